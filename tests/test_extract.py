@@ -1,0 +1,392 @@
+"""Tests for vggtl.extract: incremental, crash-safe feature extraction.
+
+Real runs on tiny generated datasets (32x32 PNGs, randomly initialised VGG16
+at 32x32 input), in-process through ``extract.run`` / ``extract.main`` and,
+where the point is a separate process (no TensorFlow import, kill -9,
+concurrent extracts), through ``python -m vggtl.extract`` subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import make_dataset, make_image, write_config
+
+from vggtl import config, data, extract, store
+from vggtl.errors import DataError
+
+N_IMAGES = 36  # make_dataset's default: 3 classes x 12
+
+
+@dataclass
+class Tiny:
+    tmp: Path
+    root: Path
+    cfg_path: Path
+
+    def cfg(self, *overrides: str) -> config.Config:
+        return config.load(self.cfg_path, list(overrides))
+
+    def run(self, *overrides: str) -> tuple[extract.ExtractResult, list[str]]:
+        logs: list[str] = []
+        result = extract.run(self.cfg(*overrides), progress=False, log=logs.append)
+        return result, logs
+
+    def store_path(self, *overrides: str) -> Path:
+        return extract.locate_store(self.cfg(*overrides))[0]
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch) -> Tiny:
+    monkeypatch.chdir(tmp_path)  # main() remembers the last extract in ./.vggtl
+    root = make_dataset(tmp_path / "data")
+    return Tiny(tmp_path, root, write_config(tmp_path / "tiny.yaml", root, tmp_path))
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """Relative names of the files extract decodes (data.decode_image calls)."""
+    calls: list[str] = []
+    real = data.decode_image
+
+    def spy(path, *args, **kwargs):
+        calls.append(f"{Path(path).parent.name}/{Path(path).name}")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "decode_image", spy)
+    return calls
+
+
+def features_by_path(path: Path) -> dict[str, np.ndarray]:
+    with store.FeatureStore(path) as fs:
+        feats = fs.features(np.arange(len(fs.paths)))
+        return dict(zip(fs.paths, feats))
+
+
+def stored_entries(path: Path) -> int:
+    with h5py.File(path, "r") as fh:
+        return len(fh["entries/sha256"])
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Files a finished extract must not leave behind: parts, temporaries, quarantines."""
+    return sorted(p.name for p in cache.rglob("*") if ".parts" in str(p) or ".tmp-" in p.name or ".invalid-" in p.name)
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def add_problem_files(root: Path) -> None:
+    """Three undecodable files and two awkward-but-valid ones."""
+    from PIL import Image
+
+    jpeg = make_image(root / "red" / "truncated.jpg", (200, 40, 40), seed=501, fmt="JPEG")
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    (root / "green" / "empty.jpg").write_bytes(b"")
+    (root / "blue" / "notes.png").write_text("these are my notes, not a picture\n")
+    make_image(root / "red" / "cmyk.jpg", (200, 40, 40), seed=502, mode="CMYK", fmt="JPEG")
+    rgb = make_image(root / "green" / "palette.png", (40, 180, 40), seed=503)
+    pal = Image.open(rgb).convert("P")
+    pal.save(rgb, transparency=pal.getpixel((0, 0)))  # some pixels are transparent
+
+
+# --------------------------------------------------------------------------- cold, warm, incremental
+
+
+def test_cold_run_computes_all_and_warm_run_nothing(tiny, monkeypatch):
+    cold, logs = tiny.run()
+    assert (cold.computed, cold.reused, cold.up_to_date, cold.skipped) == (N_IMAGES, 0, False, {})
+    assert any(line.startswith(f"extract: {N_IMAGES} image(s) to compute, 0 cached") for line in logs)
+    path = cold.store_path
+    assert path == tiny.store_path() and path.parent == tiny.tmp / "cache"
+    with store.FeatureStore(path) as fs:
+        assert sorted(fs.paths) == sorted(f.relpath for f in cold.dataset.files)
+        assert [fs.class_names[label] for label in fs.labels] == [p.split("/")[0] for p in fs.paths]
+        assert fs.feature_shape == (1, 1, 512)
+        feats = fs.features(np.arange(N_IMAGES))
+    assert np.isfinite(feats).all()
+    assert len(np.unique(feats.reshape(N_IMAGES, -1), axis=0)) == N_IMAGES  # real, distinct activations
+    assert leftovers(tiny.tmp / "cache") == []
+
+    before = path.stat().st_mtime_ns
+
+    def must_not_compute(*args, **kwargs):
+        raise AssertionError("warm run computed features")
+
+    monkeypatch.setattr(extract, "compute_features", must_not_compute)
+    warm, _ = tiny.run()
+    assert (warm.computed, warm.reused, warm.up_to_date) == (0, N_IMAGES, True)
+    assert path.stat().st_mtime_ns == before  # not even rewritten
+
+
+WARM_RUN = """
+import sys
+from vggtl import extract
+code = extract.main(sys.argv[1:])
+print("exit", code)
+print("tensorflow imported:", "tensorflow" in sys.modules)
+print("keras imported:", "keras" in sys.modules)
+"""
+
+
+def test_warm_rerun_does_not_import_tensorflow(tiny):
+    tiny.run()
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM_RUN, str(tiny.cfg_path), "--no-progress"],
+        cwd=tiny.tmp,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "exit 0" in proc.stdout, proc.stderr
+    assert f"up to date: {N_IMAGES} images cached, nothing computed" in proc.stdout
+    assert "tensorflow imported: False" in proc.stdout
+    assert "keras imported: False" in proc.stdout
+
+
+def test_added_images_are_the_only_ones_computed(tiny, decoded):
+    tiny.run()
+    before = features_by_path(tiny.store_path())
+    make_dataset(tiny.root, per_class=2, start=12)
+    decoded.clear()
+    result, _ = tiny.run()
+    assert (result.computed, result.reused, result.up_to_date) == (6, N_IMAGES, False)
+    assert sorted(decoded) == sorted(f"{c}/{c}_{i:03d}.png" for c in ("red", "green", "blue") for i in (12, 13))
+    after = features_by_path(result.store_path)
+    assert len(after) == N_IMAGES + 6
+    for relpath, feats in before.items():
+        np.testing.assert_array_equal(after[relpath], feats)
+
+
+def test_removed_image_is_dropped_from_the_index(tiny):
+    first, _ = tiny.run()
+    before = features_by_path(first.store_path)
+    gone = next(f for f in first.dataset.files if f.split == "train")
+    gone.path.unlink()
+    result, _ = tiny.run()
+    assert (result.computed, result.up_to_date) == (0, False)
+    after = features_by_path(result.store_path)
+    assert gone.relpath not in after and len(after) == N_IMAGES - 1
+    assert stored_entries(result.store_path) == N_IMAGES - 1  # its features are gone too
+    for relpath, feats in after.items():
+        np.testing.assert_array_equal(feats, before[relpath])
+
+
+def test_edited_image_is_recomputed_alone(tiny, decoded):
+    tiny.run()
+    before = features_by_path(tiny.store_path())
+    make_image(tiny.root / "red" / "red_000.png", (250, 250, 250), seed=999)  # new content, same name
+    decoded.clear()
+    result, _ = tiny.run()
+    assert (result.computed, result.reused) == (1, N_IMAGES - 1)
+    assert decoded == ["red/red_000.png"]
+    after = features_by_path(result.store_path)
+    assert not np.array_equal(after["red/red_000.png"], before["red/red_000.png"])
+    assert stored_entries(result.store_path) == N_IMAGES  # the old content's row was dropped
+    for relpath in before.keys() - {"red/red_000.png"}:
+        np.testing.assert_array_equal(after[relpath], before[relpath])
+
+
+def test_duplicate_content_is_computed_once_and_indexed_twice(tiny, decoded):
+    shutil.copy(tiny.root / "red" / "red_003.png", tiny.root / "red" / "red_003_copy.png")
+    result, _ = tiny.run()
+    assert result.computed == N_IMAGES
+    assert sum(name.startswith("red/red_003") for name in decoded) == 1
+    feats = features_by_path(result.store_path)
+    assert len(feats) == N_IMAGES + 1 and stored_entries(result.store_path) == N_IMAGES
+    np.testing.assert_array_equal(feats["red/red_003.png"], feats["red/red_003_copy.png"])
+
+
+# --------------------------------------------------------------------------- awkward files
+
+
+def test_bad_files_are_skipped_once_and_odd_formats_extracted(tiny, decoded, capsys):
+    add_problem_files(tiny.root)
+    first, _ = tiny.run()
+    bad = {"red/truncated.jpg", "green/empty.jpg", "blue/notes.png"}
+    assert set(first.skipped) == bad
+    assert "truncated" in first.skipped["red/truncated.jpg"]
+    assert first.skipped["green/empty.jpg"] == "empty file (0 bytes)"
+    assert "not an image file" in first.skipped["blue/notes.png"]
+    assert first.computed == N_IMAGES + 2  # CMYK JPEG and transparent palette PNG
+    with store.FeatureStore(first.store_path) as fs:
+        assert dict(fs.skipped) == first.skipped
+        assert {"red/cmyk.jpg", "green/palette.png"} <= set(fs.paths)
+        assert not bad & set(fs.paths)
+        assert np.isfinite(fs.features(np.arange(len(fs.paths)))).all()
+
+    decoded.clear()
+    capsys.readouterr()
+    assert extract.main([str(tiny.cfg_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "up to date" in out and "skipped 3 file(s) that could not be decoded" in out
+    assert "  green/empty.jpg: empty file (0 bytes)" in out
+    assert decoded == []
+
+    make_image(tiny.root / "blue" / "new.png", (40, 40, 200), seed=504)
+    again, _ = tiny.run()
+    assert decoded == ["blue/new.png"]  # the bad files are not decoded again
+    assert again.computed == 1 and set(again.skipped) == bad
+
+
+def test_raising_max_pixels_retries_files_skipped_as_too_big(tiny, decoded):
+    make_image(tiny.root / "red" / "big.png", (200, 40, 40), size=64, seed=600)  # 4096 pixels
+    small, _ = tiny.run("data.max_pixels=2000")
+    assert list(small.skipped) == ["red/big.png"]
+    assert "exceeds data.max_pixels = 2,000; raise data.max_pixels" in small.skipped["red/big.png"]
+
+    decoded.clear()
+    same, _ = tiny.run("data.max_pixels=2000")
+    assert same.up_to_date and list(same.skipped) == ["red/big.png"] and decoded == []
+
+    raised, _ = tiny.run("data.max_pixels=5000")
+    assert raised.store_path == small.store_path  # the limit does not change feature values
+    assert (raised.computed, raised.skipped, raised.up_to_date) == (1, {}, False)
+    assert decoded == ["red/big.png"]
+    with store.FeatureStore(raised.store_path) as fs:
+        assert "red/big.png" in set(fs.paths) and fs.skipped == []
+
+
+def test_empty_class_folder_fails_before_writing_anything(tiny, capsys):
+    (tiny.root / "purple").mkdir()
+    (tiny.root / "purple" / "README.txt").write_text("images coming soon")
+    assert extract.main([str(tiny.cfg_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: class folder '{tiny.root / 'purple'}' contains no image" in err
+    assert "add images or remove the folder" in err
+    assert not (tiny.tmp / "cache").exists()
+    assert not (tiny.tmp / ".vggtl").exists()
+    with pytest.raises(DataError, match=r"class folder '.*/purple' contains no image"):
+        extract.run(tiny.cfg(), progress=False, log=lambda _: None)
+
+
+# --------------------------------------------------------------------------- settings and damaged stores
+
+
+def test_changed_image_size_or_layer_uses_a_new_store(tiny):
+    base, _ = tiny.run()
+    base_mtime = base.store_path.stat().st_mtime_ns
+    bigger, _ = tiny.run("data.image_size=64")
+    other_layer, _ = tiny.run("backbone.layer=block4_pool")
+    paths = {base.store_path, bigger.store_path, other_layer.store_path}
+    assert len(paths) == 3 and all(p.is_file() for p in paths)
+    assert bigger.computed == other_layer.computed == N_IMAGES  # nothing reused across settings
+    assert base.store_path.stat().st_mtime_ns == base_mtime
+    with store.FeatureStore(bigger.store_path) as fs:
+        assert fs.feature_shape == (2, 2, 512) and fs.settings["image_size"] == 64
+    with store.FeatureStore(other_layer.store_path) as fs:
+        assert fs.feature_shape == (2, 2, 512) and fs.settings["layer"] == "block4_pool"
+
+
+def test_corrupt_store_is_quarantined_and_rebuilt(tiny):
+    first, _ = tiny.run()
+    before = features_by_path(first.store_path)
+    first.store_path.write_bytes(os.urandom(10_000))
+    result, logs = tiny.run()
+    assert result.computed == N_IMAGES and not result.up_to_date
+    warnings = [line for line in logs if line.startswith("warning:") and "unusable" in line]
+    assert len(warnings) == 1 and "moved aside to" in warnings[0] and "recomputing" in warnings[0]
+    assert len(list(first.store_path.parent.glob(f"{first.store_path.name}.invalid-*"))) == 1
+    after = features_by_path(result.store_path)
+    assert after.keys() == before.keys()
+    for relpath, feats in after.items():
+        np.testing.assert_array_equal(feats, before[relpath])
+
+
+# --------------------------------------------------------------------------- crashes and concurrency
+
+
+def complete_part_rows(parts: Path) -> int:
+    total = 0
+    for part in parts.glob("part-*.h5"):
+        with h5py.File(part, "r") as fh:
+            total += len(fh["entries/sha256"])
+    return total
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = make_dataset(tmp_path / "data", per_class=20)
+    cfg_path = write_config(tmp_path / "tiny.yaml", root, tmp_path)
+    total = 60
+    cfg = config.load(cfg_path, ["extract.batch_size=2"])
+    path = extract.locate_store(cfg)[0]
+    parts = store.parts_dir(path)
+    log_file = tmp_path / "killed.log"
+    # Two images per part file, so the kill lands after some parts are done.
+    env = {**subprocess_env(), extract.ROWS_PER_PART_ENV: "2"}
+    command = [sys.executable, "-m", "vggtl.extract", str(cfg_path), "--set", "extract.batch_size=2", "--no-progress"]
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(parts.glob("part-*.h5")):
+            assert proc.poll() is None, f"extract exited before writing a part:\n{log_file.read_text()}"
+            assert time.monotonic() < deadline, "no part file after 120 s"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not path.exists(), "the extract finished before the kill; the test needs it interrupted"
+    done = complete_part_rows(parts)
+    assert 0 < done < total
+
+    resumed = extract.run(cfg, progress=False, log=lambda _: None)
+    assert resumed.computed == total - done  # finished images were not recomputed
+    assert resumed.reused == done
+    assert leftovers(tmp_path / "cache") == []
+
+    clean_cfg = config.load(cfg_path, ["extract.batch_size=2", f"cache.path={tmp_path / 'clean-cache'}"])
+    clean = extract.run(clean_cfg, progress=False, log=lambda _: None)
+    assert clean.computed == total
+    got, want = features_by_path(resumed.store_path), features_by_path(clean.store_path)
+    assert got.keys() == want.keys() and len(got) == total
+    for relpath in want:
+        np.testing.assert_array_equal(got[relpath], want[relpath], err_msg=relpath)
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from vggtl import store
+with store.locked(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_extract_is_refused_while_one_holds_the_lock(tiny, capsys):
+    path = tiny.store_path()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert extract.main([str(tiny.cfg_path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"is being written by another extract (pid {holder.pid}); wait for it to finish" in err
+        assert not path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_bad_rows_per_part_override_is_refused(tiny, monkeypatch, capsys):
+    monkeypatch.setenv(extract.ROWS_PER_PART_ENV, "lots")
+    assert extract.main([str(tiny.cfg_path), "--no-progress"]) == 2
+    assert "$VGGTL_ROWS_PER_PART='lots': expected a positive integer" in capsys.readouterr().err
+    assert not (tiny.tmp / "cache").exists()

@@ -1,0 +1,439 @@
+"""Tests for vggtl.store: the HDF5 feature store, part files and the writer lock.
+
+No images and no TensorFlow here: datasets are built from fake content
+hashes and features are small random arrays, so every test runs in well
+under a second. End-to-end behaviour (real images through the backbone) is
+in test_extract.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from vggtl import store
+from vggtl.data import Dataset, ImageFile
+from vggtl.errors import StoreError
+
+SETTINGS = {"backbone": "vgg16", "layer": "block5_pool", "image_size": 32, "weights_digest": "test"}
+OTHER_SETTINGS = {**SETTINGS, "layer": "block4_pool"}
+SKIP = {"max_pixels": 1000}
+SHAPE = (2, 2, 3)
+CLASSES = ["cat", "dog"]
+
+
+def sha(tag) -> str:
+    return hashlib.sha256(str(tag).encode()).hexdigest()
+
+
+def image(relpath: str, label: int, split: str, content) -> ImageFile:
+    return ImageFile(Path("/nowhere") / relpath, relpath, label, split, sha(content))
+
+
+def fake_features(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, *SHAPE)).astype(np.float32)
+
+
+def write_part(path: Path, contents, features, skipped=(), settings=SETTINGS, skip=SKIP, dtype="float32"):
+    """Publish one complete part file for ``path``; return the writer."""
+    writer = store.PartWriter(path, settings, skip, SHAPE, dtype, rows_per_part=10_000)
+    if len(contents):
+        writer.add([sha(c) for c in contents], features)
+    for content, relpath, reason in skipped:
+        writer.add_skipped(sha(content), relpath, reason)
+    writer.flush()
+    return writer
+
+
+def store_attrs(dataset: Dataset, settings=SETTINGS, skip=SKIP) -> dict:
+    return {
+        "settings": json.dumps(settings, sort_keys=True),
+        "settings_key": store.settings_key(settings),
+        "skip_settings": json.dumps(skip, sort_keys=True),
+        "class_names": json.dumps(dataset.class_names),
+        "data_digest": dataset.digest(),
+        "config": "name: test\n",
+        "layer": settings["layer"],
+    }
+
+
+def publish(path: Path, dataset: Dataset, writer: store.PartWriter, dtype="float32", compression=None) -> dict:
+    """Write the store for ``dataset`` from one writer's parts (as extract does)."""
+    return store.write_store(
+        path, dataset, writer.written, writer.skipped_reasons, store_attrs(dataset), SHAPE, dtype, compression
+    )
+
+
+def build_store(path: Path, n: int = 6, seed: int = 0, dtype="float32"):
+    """A store of ``n`` distinct images; returns (dataset, features by row)."""
+    files = [image(f"{CLASSES[i % 2]}/{i}.png", i % 2, ("train", "val", "test")[i % 3], (seed, i)) for i in range(n)]
+    feats = fake_features(n, seed)
+    writer = write_part(path, [(seed, i) for i in range(n)], feats, dtype=dtype)
+    dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
+    publish(path, dataset, writer, dtype=dtype)
+    store.clear_parts(path)
+    return dataset, feats
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    return store.store_path(tmp_path / "cache", "tiny", SETTINGS)
+
+
+@pytest.fixture
+def feature_reads(monkeypatch):
+    """Record how many rows every read of an ``entries/features`` dataset returns."""
+    reads = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        out = real(self, key)
+        if self.name == "/entries/features":
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    return reads
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if ".tmp-" in p.name]
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def test_store_path_depends_on_every_setting(tmp_path):
+    a = store.store_path(tmp_path, "tiny", SETTINGS)
+    assert a.name.startswith("tiny-") and a.suffix == ".h5"
+    assert store.store_path(tmp_path, "tiny", dict(reversed(list(SETTINGS.items())))) == a  # key order irrelevant
+    assert store.store_path(tmp_path, "tiny", OTHER_SETTINGS) != a
+    assert store.store_path(tmp_path, "tiny", {**SETTINGS, "image_size": 64}) != a
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+@pytest.mark.parametrize("dtype, compression", [("float32", None), ("float16", "gzip")])
+def test_write_store_round_trip(path, dtype, compression):
+    files = [
+        image("cat/a.png", 0, "train", "a"),
+        image("cat/b.png", 0, "val", "b"),
+        image("dog/c.png", 1, "test", "c"),
+        image("dog/d.png", 1, "train", "d"),
+        image("dog/copy-of-a.png", 1, "train", "a"),  # same content as cat/a.png
+        image("cat/broken.png", 0, "train", "broken"),
+    ]
+    dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
+    feats = fake_features(4)
+    writer = write_part(path, "abcd", feats, skipped=[("broken", "cat/broken.png", "empty file (0 bytes)")], dtype=dtype)
+
+    summary = publish(path, dataset, writer, dtype=dtype, compression=compression)
+
+    assert summary == {"images": 5, "distinct": 4, "skipped": 1}
+    expected = feats.astype(dtype).astype(np.float32)
+    with store.FeatureStore(path) as fs:
+        assert list(fs.paths) == ["cat/a.png", "cat/b.png", "dog/c.png", "dog/d.png", "dog/copy-of-a.png"]
+        assert fs.labels.tolist() == [0, 0, 1, 1, 1]
+        assert fs.splits.tolist() == [0, 1, 2, 0, 0]
+        assert fs.split_rows("train").tolist() == [0, 3, 4]
+        assert fs.split_rows("test").tolist() == [2]
+        got = fs.features(np.arange(5))
+        assert got.dtype == np.float32 and got.shape == (5, *SHAPE)
+        np.testing.assert_array_equal(got, expected[[0, 1, 2, 3, 0]])
+        assert fs.skipped == [("cat/broken.png", "empty file (0 bytes)")]
+        assert fs.class_names == CLASSES
+        assert fs.settings == SETTINGS
+        assert fs.data_digest == dataset.digest()
+        assert fs.config_yaml == "name: test\n"
+        assert fs.feature_shape == SHAPE
+        assert fs._fh["entries/features"].dtype == np.dtype(dtype)
+        assert fs._fh["entries/features"].compression == compression
+        assert len(fs._fh["entries/sha256"]) == 4  # the duplicate is stored once
+        assert fs._fh.attrs["schema_version"] == store.SCHEMA_VERSION
+        assert fs._fh.attrs["settings_key"] == store.settings_key(SETTINGS)
+        with pytest.raises(ValueError, match="split must be one of"):
+            fs.split_rows("holdout")
+
+
+def test_write_store_refuses_an_image_without_features_or_reason(path):
+    dataset = Dataset(Path("/nowhere"), CLASSES, [image("cat/a.png", 0, "train", "a")], "class-folders", [])
+    writer = write_part(path, [], fake_features(0))
+    with pytest.raises(StoreError, match=r"internal: no features nor skip reason for \['cat/a.png'\]"):
+        publish(path, dataset, writer)
+    assert not path.exists()
+    assert temporaries(path.parent) == []
+
+
+def test_feature_store_refuses_missing_garbage_and_foreign_schema(path):
+    with pytest.raises(StoreError, match=r"does not exist; run python -m vggtl.extract"):
+        store.FeatureStore(path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not hdf5 at all" * 100)
+    with pytest.raises(StoreError, match=r"cannot be opened .*delete it and re-run extract"):
+        store.FeatureStore(path)
+    path.unlink()
+    build_store(path)
+    with h5py.File(path, "r+") as fh:
+        fh.attrs["schema_version"] = store.SCHEMA_VERSION + 1
+    with pytest.raises(StoreError, match=rf"has schema {store.SCHEMA_VERSION + 1}, this vggtl reads {store.SCHEMA_VERSION}; re-run extract"):
+        store.FeatureStore(path)
+
+
+# --------------------------------------------------------------------------- atomic publication
+
+
+def test_failed_write_leaves_old_store_intact_and_no_temporary(path, monkeypatch):
+    old_dataset, old_feats = build_store(path, n=6, seed=0)
+    new_files = [image(f"cat/new{i}.png", 0, "train", ("new", i)) for i in range(4)]
+    new_dataset = Dataset(Path("/nowhere"), CLASSES, new_files, "class-folders", [])
+    writer = write_part(path, [("new", i) for i in range(4)], fake_features(4, seed=1))
+    real_copy = store._copy_features
+    seen = {}
+
+    def copy_then_fail(out, unique, sources):
+        real_copy(out, unique[:2], sources)  # half the rows are in the new file...
+        seen["temporaries"] = temporaries(path.parent)
+        with store.FeatureStore(path) as fs:  # ...while readers still see the old store
+            seen["paths"] = list(fs.paths)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_copy_features", copy_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        publish(path, new_dataset, writer)
+
+    assert len(seen["temporaries"]) == 1 and seen["temporaries"][0].name.startswith(f".{path.name}.tmp-")
+    assert seen["paths"] == [f.relpath for f in old_dataset.files]
+    assert temporaries(path.parent) == []
+    with store.FeatureStore(path) as fs:
+        assert list(fs.paths) == [f.relpath for f in old_dataset.files]
+        np.testing.assert_array_equal(fs.features(np.arange(6)), old_feats)
+
+
+# --------------------------------------------------------------------------- part files
+
+
+def test_complete_parts_are_reused_and_half_written_temporaries_ignored(path):
+    writer = store.PartWriter(path, SETTINGS, SKIP, SHAPE, "float32", rows_per_part=2)
+    feats = fake_features(3)
+    writer.add([sha(0)], feats[:1])
+    assert list(store.parts_dir(path).iterdir()) == []  # buffered, below rows_per_part
+    writer.add([sha(1), sha(2)], feats[1:])  # reaches rows_per_part: published
+    parts = sorted(store.parts_dir(path).glob("part-*.h5"))
+    assert len(parts) == 1
+    writer.add_skipped(sha("bad"), "cat/bad.png", "not an image")
+    writer.flush()
+    assert len(sorted(store.parts_dir(path).glob("part-*.h5"))) == 2
+    assert writer.computed == 3
+
+    # A writer killed mid-part leaves a temporary; a killed store write too.
+    fh, _commit, _abort = store._atomic_h5(store.parts_dir(path) / "part-99999999999999999999-dead00.h5")
+    fh.create_dataset("entries/sha256", data=np.array([sha("half")], dtype="S64"))
+    fh.close()
+    fh, _commit, _abort = store._atomic_h5(path)
+    fh.close()
+    stale = temporaries(path.parent)
+    assert {p.name.split(".tmp-")[0] for p in stale} == {".part-99999999999999999999-dead00.h5", f".{path.name}"}
+
+    state = store.load_state(path, SETTINGS, SKIP)  # ignored even before cleanup
+    assert set(state.sources) == {sha(0), sha(1), sha(2)}
+    assert state.skipped == {sha("bad"): "not an image"}
+    assert not state.store_ok and state.notes == []
+
+    store.remove_stale_temporaries(path)
+    assert temporaries(path.parent) == []
+    assert len(list(store.parts_dir(path).glob("part-*.h5"))) == 2  # complete parts kept
+
+    state = store.load_state(path, SETTINGS, SKIP)
+    files = [image(f"cat/{i}.png", 0, "train", i) for i in range(3)] + [image("cat/bad.png", 0, "train", "bad")]
+    dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
+    store.write_store(path, dataset, state.sources, state.skipped, store_attrs(dataset), SHAPE, "float32", None)
+    store.clear_parts(path)
+    assert not store.parts_dir(path).exists()
+    with store.FeatureStore(path) as fs:
+        np.testing.assert_array_equal(fs.features([0, 1, 2]), feats)
+        assert fs.skipped == [("cat/bad.png", "not an image")]
+
+
+def test_skip_reasons_reused_only_under_the_same_skip_settings(path):
+    write_part(path, [], fake_features(0), skipped=[("big", "cat/big.png", "too many pixels")])
+    assert store.load_state(path, SETTINGS, SKIP).skipped == {sha("big"): "too many pixels"}
+    assert store.load_state(path, SETTINGS, {"max_pixels": 10**9}).skipped == {}
+
+
+def test_store_reports_whether_it_is_current(path):
+    dataset, _ = build_store(path)
+    state = store.load_state(path, SETTINGS, SKIP)
+    assert state.store_ok and state.store_skip_ok
+    assert state.store_data_digest == dataset.digest()
+    assert set(state.sources) == {f.sha256 for f in dataset.files}
+    assert {src for src, _ in state.sources.values()} == {path}
+    other_skip = store.load_state(path, SETTINGS, {"max_pixels": 5})
+    assert other_skip.store_ok and not other_skip.store_skip_ok
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def test_corrupt_store_and_part_are_quarantined(path):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(os.urandom(4096))
+    good = write_part(path, ["ok"], fake_features(1))
+    bad_part = store.parts_dir(path) / "part-00000000000000000001-bad000.h5"
+    bad_part.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(2000))  # HDF5 magic, garbage after
+
+    state = store.load_state(path, SETTINGS, SKIP)
+
+    assert not state.store_ok and not path.exists()
+    assert len(list(path.parent.glob(f"{path.name}.invalid-*"))) == 1
+    assert not bad_part.exists() and len(list(store.parts_dir(path).glob(f"{bad_part.name}.invalid-*"))) == 1
+    assert set(state.sources) == {sha("ok")} and state.sources[sha("ok")] == good.written[sha("ok")]
+    assert len(state.notes) == 2
+    assert all("was unusable (cannot be read" in note and "moved aside" in note for note in state.notes)
+
+
+def test_store_failing_half_way_is_not_half_used(path):
+    """A store readable up to its entries but broken after must contribute nothing."""
+    build_store(path)
+    with h5py.File(path, "r+") as fh:
+        del fh["skipped/reason"]  # entries/ are read first, then this fails
+    state = store.load_state(path, SETTINGS, SKIP)
+    assert not state.store_ok
+    assert state.sources == {}  # nothing may point at the quarantined file
+    assert len(list(path.parent.glob(f"{path.name}.invalid-*"))) == 1
+    assert "cannot be read" in state.notes[0]
+
+
+def test_files_with_other_settings_are_never_mixed_in(path):
+    # A part and a store built with another layer, sitting where this
+    # setting's files belong (e.g. copied by hand or a settings-key collision).
+    foreign_store = store.store_path(path.parent, "tiny", OTHER_SETTINGS)
+    files = [image("cat/a.png", 0, "train", "a")]
+    dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
+    foreign = write_part(foreign_store, ["a"], fake_features(1, seed=9), settings=OTHER_SETTINGS)
+    store.write_store(
+        foreign_store, dataset, foreign.written, {}, store_attrs(dataset, OTHER_SETTINGS), SHAPE, "float32", None
+    )
+    os.replace(foreign_store, path)
+    write_part(path, ["b"], fake_features(1, seed=8), settings=OTHER_SETTINGS)
+    mine = write_part(path, ["c"], fake_features(1, seed=7))
+
+    state = store.load_state(path, SETTINGS, SKIP)
+
+    assert set(state.sources) == {sha("c")} and state.sources[sha("c")] == mine.written[sha("c")]
+    assert not state.store_ok and not path.exists()
+    assert len(state.notes) == 2
+    assert all("built with other backbone settings" in note for note in state.notes)
+    assert len(list(store.parts_dir(path).glob("part-*.h5"))) == 1
+
+
+# --------------------------------------------------------------------------- locking
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from vggtl import store
+with store.locked(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_lock_refuses_a_second_holder_in_the_same_process(path):
+    with store.locked(path):
+        with pytest.raises(StoreError, match=rf"being written by another extract \(pid {os.getpid()}\); wait for it"):
+            with store.locked(path):
+                pass
+    with store.locked(path):  # released on exit
+        pass
+
+
+def test_lock_names_the_holder_and_dies_with_it(path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match=rf"{path.name} is being written by another extract \(pid {holder.pid}\)"):
+            with store.locked(path):
+                pass
+        os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the flock
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+        with store.locked(path):
+            assert path.with_name(path.name + ".lock").read_text() == str(os.getpid())
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_features_handles_duplicates_and_any_order(path):
+    _, feats = build_store(path, n=6)
+    with store.FeatureStore(path) as fs:
+        rows = [4, 4, 0, 5, 2, 4, 1]
+        np.testing.assert_array_equal(fs.features(rows), feats[rows])
+        np.testing.assert_array_equal(fs.features(np.array([5, 3, 1])), feats[[5, 3, 1]])
+        empty = fs.features([])
+        assert empty.shape == (0, *SHAPE) and empty.dtype == np.float32
+
+
+def test_float16_store_reads_back_as_float32(path):
+    _, feats = build_store(path, n=3, dtype="float16")
+    with store.FeatureStore(path) as fs:
+        got = fs.features([2, 0])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, feats[[2, 0]].astype(np.float16).astype(np.float32))
+
+
+def test_iter_batches_streams_the_requested_rows(path, feature_reads):
+    _, feats = build_store(path, n=10)
+    rows = [7, 1, 3, 3, 9, 0, 5]
+    with store.FeatureStore(path) as fs:
+        feature_reads.clear()
+        batches = fs.iter_batches(rows, batch_size=3)
+        first_rows, first_feats = next(batches)
+        assert len(feature_reads) == 1 and feature_reads[0] <= 3  # lazily, one batch at a time
+        got = [(first_rows, first_feats), *batches]
+    assert [r.tolist() for r, _ in got] == [[7, 1, 3], [3, 9, 0], [5]]
+    for chunk_rows, chunk_feats in got:
+        np.testing.assert_array_equal(chunk_feats, feats[chunk_rows])
+    assert max(feature_reads) <= 3
+
+
+def test_copying_sparse_sources_reads_bounded_blocks(path, feature_reads, monkeypatch):
+    """Keeping 3 of 100 cached rows must not read the 97 others into memory."""
+    monkeypatch.setattr(store, "_COPY_ROWS", 4)
+    contents = list(range(100))
+    feats = fake_features(100)
+    writer = write_part(path, contents, feats)
+    kept = [0, 50, 99]
+    files = [image(f"cat/{i}.png", 0, "train", i) for i in kept]
+    dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
+    feature_reads.clear()
+    publish(path, dataset, writer)
+    assert feature_reads and max(feature_reads) <= 2 * store._COPY_ROWS
+    with store.FeatureStore(path) as fs:
+        np.testing.assert_array_equal(fs.features([0, 1, 2]), feats[kept])
+
+
+def test_copying_dense_sources_across_many_chunks(path, monkeypatch):
+    monkeypatch.setattr(store, "_COPY_ROWS", 4)
+    feats = fake_features(30)
+    writer = write_part(path, list(range(30)), feats)
+    kept = [i for i in range(30) if i % 7]  # mostly contiguous, some gaps
+    files = [image(f"cat/{i}.png", 0, "train", i) for i in reversed(kept)]  # other order than the source
+    dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
+    publish(path, dataset, writer)
+    with store.FeatureStore(path) as fs:
+        np.testing.assert_array_equal(fs.features(np.arange(len(kept))), feats[kept[::-1]])

@@ -1,0 +1,213 @@
+"""Versioned, checksummed model artifacts: ``<output.dir>/<name>/v<N>/``.
+
+An artifact directory holds everything needed to use and audit a model:
+
+    model.keras       end-to-end model: raw RGB uint8 images -> class probabilities
+    labels.json       class names in output order
+    config.yaml       the resolved config of the run
+    metrics.json      {"val": {...}, "test": {"accuracy", "per_class", ...}, ...}
+    history.json      per-epoch training curves
+    manifest.json     data digest, per-split counts, skipped files
+    info.json         versions (Python, TF, Keras, vggtl...), seed, digests
+    report.md + PNGs  the evaluation report
+    checksums.sha256  sha256 of every other file (sha256sum format)
+
+Versions are published by renaming a finished temporary directory, so a
+killed run never leaves a directory that looks like an artifact; ``latest``
+is a symlink swapped atomically. Loading verifies every checksum first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from vggtl.errors import ArtifactError
+
+FORMAT = "vggtl-artifact"
+FORMAT_VERSION = 1
+CHECKSUMS = "checksums.sha256"
+REQUIRED = ("model.keras", "labels.json", "config.yaml", "metrics.json", "info.json")
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+def versions() -> dict:
+    """Library versions recorded in every artifact."""
+    import h5py
+    import keras
+    import numpy
+    import sklearn
+    import tensorflow
+
+    import vggtl
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "vggtl": vggtl.__version__,
+        "tensorflow": tensorflow.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "h5py": h5py.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def begin(output_dir, name: str) -> Path:
+    """A fresh hidden staging directory under ``<output_dir>/<name>/``."""
+    run_dir = Path(output_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    return staging
+
+
+def existing_versions(run_dir: Path) -> list[int]:
+    if not run_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in run_dir.iterdir() if (m := _VERSION_DIR.match(p.name)))
+
+
+def publish(staging: Path) -> Path:
+    """Checksum ``staging``, rename it to the next ``v<N>`` and point ``latest`` at it."""
+    lines = []
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = path.relative_to(staging).as_posix()
+        lines.append(f"{sha256_file(path)}  {rel}")
+    (staging / CHECKSUMS).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_dir = staging.parent
+    while True:
+        version = (existing_versions(run_dir) or [0])[-1] + 1
+        target = run_dir / f"v{version}"
+        try:
+            # rename() onto a non-existent path is atomic and fails if a
+            # concurrent run took the same number, in which case we retry.
+            os.rename(staging, target)
+            break
+        except OSError:
+            if not target.exists():
+                raise
+    link_tmp = run_dir / f".latest-{uuid.uuid4().hex[:8]}"
+    os.symlink(target.name, link_tmp)
+    os.replace(link_tmp, run_dir / "latest")
+    return target
+
+
+def abandon(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def clean_stale_staging(output_dir, name: str) -> None:
+    """Remove staging directories of runs that were killed (best effort)."""
+    run_dir = Path(output_dir) / name
+    if run_dir.is_dir():
+        for stale in run_dir.glob(".staging-*"):
+            pid = stale.name.split("-")[1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Artifact:
+    """A verified artifact: paths and parsed metadata (the model loads lazily)."""
+
+    path: Path
+    labels: list[str]
+    config: dict
+    info: dict
+    metrics: dict
+
+    def load_model(self):
+        import keras
+
+        import vggtl.layers  # noqa: F401 - registers CaffePreprocess for deserialisation
+
+        try:
+            return keras.saving.load_model(self.path / "model.keras", compile=False)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
+            raise ArtifactError(f"{self.path / 'model.keras'}: cannot be loaded ({exc})") from None
+
+
+def resolve(path) -> Path:
+    """Accept ``.../v3``, ``.../latest`` or the run directory (-> its newest version)."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"artifact {str(path)!r} does not exist")
+    if (path / "latest").exists() and not (path / "model.keras").exists():
+        path = path / "latest"
+    return path.resolve()
+
+
+def verify(path: Path) -> None:
+    """Raise ArtifactError unless every file listed in checksums.sha256 matches."""
+    sums = path / CHECKSUMS
+    if not sums.is_file():
+        raise ArtifactError(f"{path}: no {CHECKSUMS}; not a complete vggtl artifact")
+    for line in sums.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        digest, rel = line.split("  ", 1)
+        file = path / rel
+        if not file.is_file():
+            raise ArtifactError(f"{path}: file {rel} listed in {CHECKSUMS} is missing")
+        if sha256_file(file) != digest:
+            raise ArtifactError(f"{path}: checksum mismatch for {rel}; the artifact was modified or is corrupt")
+    for name in REQUIRED:
+        if not (path / name).is_file():
+            raise ArtifactError(f"{path}: required file {name} is missing")
+
+
+def load(path) -> Artifact:
+    """Resolve, verify checksums, and read the metadata of an artifact."""
+    import yaml
+
+    path = resolve(path)
+    verify(path)
+    info = json.loads((path / "info.json").read_text())
+    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format {info.get('format')} v{info.get('format_version')} is not readable by "
+            f"this vggtl ({FORMAT} v{FORMAT_VERSION})"
+        )
+    return Artifact(
+        path=path,
+        labels=json.loads((path / "labels.json").read_text()),
+        config=yaml.safe_load((path / "config.yaml").read_text()),
+        info=info,
+        metrics=json.loads((path / "metrics.json").read_text()),
+    )

@@ -1,0 +1,42 @@
+"""The ``vggtl`` console script: ``vggtl <command> ...`` runs ``python -m vggtl.<command> ...``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "extract": "cache VGG16 features of a labeled image tree (HDF5 store)",
+    "train": "train the head on cached features; write artifact + report",
+    "predict": "top-k labels for image files from an artifact",
+    "weights": "provision or verify the offline VGG16 ImageNet weights",
+}
+
+
+def usage() -> str:
+    lines = ["usage: vggtl <command> [args...]", "", "commands:"]
+    lines += [f"  {name:9s} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "Run 'vggtl <command> --help' for the arguments of a command."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        import vggtl
+
+        print(f"vggtl {vggtl.__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"vggtl.{command}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

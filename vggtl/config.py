@@ -1,0 +1,505 @@
+"""Typed, validated run configuration: YAML file + ``--set`` overrides.
+
+One dataclass per config section, defaults in code. Every value coming from
+a YAML file or a ``--set KEY=VALUE`` override goes through :func:`from_dict`,
+which refuses unknown keys (suggesting the closest known one), wrong types
+and out-of-range values with a message naming the file, the dotted key, the
+value received and what is allowed -- before any work starts.
+
+Relative paths in a config (``data.root``, ``cache.path``, ``output.dir``,
+``backbone.weights`` when it is a path) are relative to the current working
+directory, the directory commands are run from.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vggtl.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Pillow refuses images above 2x its MAX_IMAGE_PIXELS as decompression bombs
+# before we see them; we keep the same ceiling (so data.max_pixels can only
+# lower it) but make it a config key with a clear message.
+DEFAULT_MAX_PIXELS = 178_956_970
+NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
+BACKBONE_LAYERS = {
+    "vgg16": (
+        "block1_pool",
+        "block2_pool",
+        "block3_pool",
+        "block4_pool",
+        "block5_conv3",
+        "block5_pool",
+    ),
+}
+
+
+def _key(default=dataclasses.MISSING, *, choices=None, low=None, high=None, doc="", **kw):
+    """A config field with validation metadata; mutable defaults via ``default_factory``."""
+    meta = {"choices": choices, "low": low, "high": high, "doc": doc}
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: list(value) if isinstance(value, list) else dict(value), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class SplitConfig:
+    val: float = _key(0.15, low=0.0, high=0.9, doc="fraction of each class held out for validation")
+    test: float = _key(0.15, low=0.0, high=0.9, doc="fraction of each class held out for test")
+
+
+@dataclass
+class DataConfig:
+    root: str = _key(doc="class-per-folder image tree, or a tree with train/ val/ test/ subfolders")
+    split: SplitConfig = field(default_factory=SplitConfig)
+    image_size: int = _key(224, low=32, high=1024, doc="square input side in pixels")
+    extensions: list[str] = _key(list(IMAGE_EXTENSIONS), doc="file extensions scanned (case-insensitive)")
+    background: Any = _key("white", doc="color alpha is composited over: white|black|gray or [r, g, b]")
+    resize: str = _key("stretch", choices=("stretch", "center_crop"), doc="stretch like Keras, or crop the central square first")
+    max_pixels: int = _key(
+        DEFAULT_MAX_PIXELS,
+        low=1,
+        high=DEFAULT_MAX_PIXELS,
+        doc="images with more pixels are skipped as decompression bombs (at most Pillow's own ceiling, the default)",
+    )
+
+
+@dataclass
+class BackboneConfig:
+    name: str = _key("vgg16", choices=("vgg16",), doc="convolutional base")
+    weights: str | None = _key("imagenet", doc="imagenet | path to a .h5/.weights.h5 file | null (random init)")
+    layer: str = _key("block5_pool", doc="layer whose activations are cached")
+
+
+@dataclass
+class CacheConfig:
+    path: str = _key("experiments/cache", doc="directory holding the HDF5 feature stores")
+    dtype: str = _key("float16", choices=("float16", "float32"), doc="stored feature precision")
+    compression: str | None = _key(None, choices=(None, "lzf", "gzip"), doc="HDF5 chunk compression")
+
+
+@dataclass
+class ExtractConfig:
+    batch_size: int = _key(16, low=1, high=1024, doc="images per forward pass")
+    workers: int = _key(2, low=1, high=64, doc="parallel image decoders")
+
+
+@dataclass
+class HeadConfig:
+    pooling: str = _key("avg", choices=("flatten", "avg", "max"), doc="how the 7x7x512 map becomes a vector")
+    standardize: bool = _key(True, doc="standardize pooled features with training-set mean/variance")
+    units: list[int] = _key([256], doc="hidden Dense layer widths (relu); [] for a linear softmax")
+    dropout: float = _key(0.5, low=0.0, high=0.95, doc="dropout after each hidden layer (and before the softmax)")
+    l2: float = _key(0.0, low=0.0, high=1.0, doc="L2 penalty on Dense kernels")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _key(100, low=1, high=10_000, doc="maximum epochs (early stopping usually ends sooner)")
+    batch_size: int = _key(32, low=1, high=4096, doc="head training batch size")
+    optimizer: str = _key("adam", choices=("adam", "sgd", "rmsprop", "adamw"), doc="optimizer")
+    learning_rate: float = _key(1e-3, low=1e-7, high=10.0, doc="optimizer learning rate")
+    early_stopping_patience: int = _key(10, low=0, high=10_000, doc="epochs without val_loss improvement before stopping; 0 = off")
+    class_weight: str = _key("balanced", choices=("balanced", "none"), doc="reweight classes by inverse frequency")
+    label_smoothing: float = _key(0.0, low=0.0, high=0.5, doc="label smoothing of the cross-entropy")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _key("experiments", doc="where versioned artifacts are written")
+
+
+@dataclass
+class Config:
+    name: str = _key(doc="run name; artifacts go to <output.dir>/<name>/v<N>/")
+    seed: int = _key(1337, low=0, high=2**31 - 1, doc="seed for the split, initialisation and training")
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self) -> str:
+        """sha256 of the resolved config (stable key order)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def background_rgb(self) -> tuple[int, int, int]:
+        return parse_background(self.data.background)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value, tp, where: str):
+    """Check ``value`` against the annotation ``tp``; return it (ints widened to float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is not None:  # Optional[...] / X | None
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_range(value, meta, where: str):
+    choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
+    if choices is not None and value not in choices:
+        allowed = ", ".join("null" if c is None else str(c) for c in choices)
+        raise ConfigError(f"{where}: got {value!r}; allowed values: {allowed}")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if (low is not None and v < low) or (high is not None and v > high):
+                raise ConfigError(f"{where}: got {v!r}; must be between {low} and {high}")
+
+
+def _unknown_key_message(key: str, known: list[str], where: str) -> str:
+    hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    did_you_mean = f" Did you mean '{hint[0]}'?" if hint else ""
+    return f"{where}: unknown key '{key}'.{did_you_mean} Known keys here: {', '.join(known)}"
+
+
+def _build(cls, mapping, prefix: str, source: str):
+    where_section = f"{source}: '{prefix.rstrip('.')}'" if prefix else source
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where_section}: expected a mapping of keys, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in mapping:
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(str(key), list(fields), f"{source}: key '{prefix}{key}'"))
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}{name}"
+        where = f"{source}: key '{dotted}'"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, mapping.get(name), f"{dotted}.", source)
+            continue
+        if name not in mapping:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where} is required ({f.metadata.get('doc', '')})")
+            continue
+        value = _coerce(mapping[name], tp, where)
+        _check_range(value, f.metadata, where)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_background(value, where: str = "key 'data.background'") -> tuple[int, int, int]:
+    """``'white'`` or ``[r, g, b]`` -> an RGB triple of ints in [0, 255].
+
+    Args:
+        value: a color name from :data:`NAMED_COLORS` (any case) or 3 ints.
+        where: prefix of the error message (file and key).
+
+    Raises:
+        ConfigError: for anything else.
+    """
+    if isinstance(value, str) and value.lower() in NAMED_COLORS:
+        return NAMED_COLORS[value.lower()]
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+    ):
+        return tuple(value)
+    raise ConfigError(
+        f"{where}: got {value!r}; allowed: {', '.join(NAMED_COLORS)} or [r, g, b] with ints 0-255"
+    )
+
+
+def _validate_semantics(cfg: Config, source: str) -> None:
+    """Cross-field checks the per-key schema cannot express."""
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
+        raise ConfigError(f"{source}: key 'name': got {cfg.name!r}; use a plain name without slashes")
+    # Rounded because 0.6 + 0.3 == 0.8999999999999999 in binary floating point.
+    if round(cfg.data.split.val + cfg.data.split.test, 9) >= 0.9:
+        raise ConfigError(
+            f"{source}: keys 'data.split.val' + 'data.split.test' = "
+            f"{cfg.data.split.val + cfg.data.split.test:g}; must leave at least 10% for training"
+        )
+    exts = []
+    for ext in cfg.data.extensions:
+        ext = ext.strip().lower()
+        if ext in ("", "."):
+            # An empty extension would match every file name (or none), never what was meant.
+            raise ConfigError(
+                f"{source}: key 'data.extensions': got {cfg.data.extensions!r}; every entry must be like .jpg or png"
+            )
+        exts.append(ext if ext.startswith(".") else "." + ext)
+    if not exts:
+        raise ConfigError(f"{source}: key 'data.extensions': got []; list at least one extension, e.g. [.jpg, .png]")
+    cfg.data.extensions = exts
+    parse_background(cfg.data.background, f"{source}: key 'data.background'")
+    layers = BACKBONE_LAYERS[cfg.backbone.name]
+    if cfg.backbone.layer not in layers:
+        raise ConfigError(
+            f"{source}: key 'backbone.layer': got {cfg.backbone.layer!r}; allowed for "
+            f"{cfg.backbone.name}: {', '.join(layers)}"
+        )
+    if any(u < 1 for u in cfg.head.units):
+        raise ConfigError(f"{source}: key 'head.units': got {cfg.head.units!r}; every width must be >= 1")
+
+
+def check_paths(cfg: Config, source: str = "config") -> None:
+    """Refuse paths that must exist (data root, weights file) before any work starts."""
+    root = Path(cfg.data.root)
+    if not root.is_dir():
+        problem = "is a file, not a directory" if root.exists() else "does not exist"
+        raise ConfigError(
+            f"{source}: key 'data.root': directory {str(root)!r} {problem} "
+            f"(relative paths are relative to the working directory {os.getcwd()!r})"
+        )
+    weights = cfg.backbone.weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise ConfigError(
+            f"{source}: key 'backbone.weights': file {weights!r} does not exist; "
+            "use 'imagenet', null, or the path of a .h5 / .weights.h5 file"
+        )
+
+
+def from_dict(mapping: dict, source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from a plain mapping."""
+    cfg = _build(Config, mapping, "", source)
+    _validate_semantics(cfg, source)
+    return cfg
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and reads ``1e-4`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent:
+    ``1e-4`` and ``1.0e3`` would load as *strings* and then fail the type
+    check (``--set train.learning_rate=1e-4`` is the classic case). And a
+    repeated key silently replaces the first one -- a whole section can
+    vanish without a word.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"]
+        for key, n in collections.Counter(keys).items():
+            if n > 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (the later one would silently win)", node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.epochs=5'`` -> (['train', 'epochs'], 5). Values are parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: the key must be dotted names like head.dropout")
+    try:
+        value = _yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(mapping: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``mapping`` with each ``KEY=VALUE`` override applied."""
+    result = json.loads(json.dumps(mapping, default=str)) if mapping else {}
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = _yaml_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None, check_exists: bool = True) -> Config:
+    """Read, override and validate a config file.
+
+    Args:
+        path: YAML config file.
+        overrides: ``KEY=VALUE`` strings with dotted keys (``train.epochs=5``);
+            values are parsed as YAML and then typed by the schema.
+        check_exists: also refuse a missing ``data.root`` or weights file.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: naming the file, dotted key, value and what is allowed.
+    """
+    source = str(path)
+    mapping = apply_overrides(read_yaml(path), overrides or [])
+    cfg = from_dict(mapping, source)
+    if check_exists:
+        check_paths(cfg, source)
+    return cfg
+
+
+def save(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every key; used by the README and ``--help``."""
+    rows = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "(required)"
+            rows.append((f"{prefix}{f.name}", json.dumps(default) if default != "(required)" else default, f.metadata.get("doc", "")))
+
+    walk(Config, "")
+    return rows
+
+
+# --------------------------------------------------------------------------- command line
+
+LAST_EXTRACT = Path(".vggtl") / "last-extract.json"
+
+
+def add_arguments(parser, config_required: bool) -> None:
+    """The CONFIG positional and repeatable ``--set KEY=VALUE`` shared by commands."""
+    parser.add_argument(
+        "config",
+        nargs=None if config_required else "?",
+        help="YAML config file" + ("" if config_required else " (default: the config of the last extract run here)"),
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=5 (repeatable; values parsed as YAML)",
+    )
+
+
+def from_args(args, log=print) -> Config:
+    """Config from parsed arguments; without CONFIG, reuse the last extract's config."""
+    if args.config:
+        return load(args.config, args.set)
+    if not LAST_EXTRACT.is_file():
+        raise ConfigError(
+            "no CONFIG given and no extract has run in this directory "
+            f"({LAST_EXTRACT} not found); pass a config file, e.g. configs/demo.yaml"
+        )
+    try:
+        last = json.loads(LAST_EXTRACT.read_text())
+        mapping, source = last["resolved"], last["config_path"]
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: valid JSON but not an object
+        raise ConfigError(f"{LAST_EXTRACT} is unreadable; pass a config file explicitly") from None
+    extra = f" with --set {' '.join(last.get('overrides', []))}" if last.get("overrides") else ""
+    log(f"using the config of the last extract in this directory: {source}{extra}")
+    cfg = from_dict(apply_overrides(mapping, args.set), f"{source} (via {LAST_EXTRACT})")
+    check_paths(cfg, source)
+    return cfg
+
+
+def remember_last_extract(cfg: Config, config_path: str, overrides: list[str]) -> None:
+    LAST_EXTRACT.parent.mkdir(exist_ok=True)
+    tmp = LAST_EXTRACT.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"config_path": str(config_path), "overrides": overrides, "resolved": cfg.to_dict()}, indent=1))
+    os.replace(tmp, LAST_EXTRACT)

@@ -1,0 +1,380 @@
+"""Scan a labeled image tree, split it stably, and decode images robustly.
+
+Layouts accepted under ``data.root``:
+
+* class-per-folder: ``root/<class>/**/<image>``; the split into train/val/test
+  is derived from a hash of each file's *content* plus the seed, so adding
+  images never moves existing ones and moving the folder changes nothing;
+* pre-split: ``root/train/<class>/...`` plus ``val/`` (or ``validation/``)
+  and/or ``test/`` with the same class folders. A missing ``val`` or ``test``
+  subtree is carved out of ``train`` with the same hash rule.
+
+Classes are the sorted folder names. Hidden files and folders are ignored.
+Decoding never raises for a bad file: :func:`decode_image` raises
+:class:`UndecodableImage` with a human-readable reason, which callers record
+and skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vggtl.errors import DataError
+
+SPLITS = ("train", "val", "test")
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+SMALL_CLASS_WARNING = 20
+_HASH_BLOCK = 1 << 20
+
+
+class UndecodableImage(Exception):
+    """An image file that cannot be turned into pixels; ``str(exc)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image of the dataset.
+
+    Attributes:
+        path: absolute path on disk.
+        relpath: POSIX path relative to ``data.root`` (what reports show).
+        label: index into the sorted class names.
+        split: ``'train'``, ``'val'`` or ``'test'``.
+        sha256: hex digest of the file's bytes; the cache key of its features.
+    """
+
+    path: Path
+    relpath: str
+    label: int
+    split: str
+    sha256: str
+
+
+@dataclass
+class Dataset:
+    """The scanned dataset: class names, files and notes for the report."""
+
+    root: Path
+    class_names: list[str]
+    files: list[ImageFile]
+    layout: str  # "class-folders" or "pre-split"
+    warnings: list[str]
+
+    def digest(self) -> str:
+        """Manifest digest: changes when any file's content, label or split changes."""
+        h = hashlib.sha256()
+        h.update("\n".join(self.class_names).encode())
+        for f in sorted(self.files, key=lambda f: f.relpath):
+            h.update(f"\n{f.relpath}\t{f.label}\t{f.split}\t{f.sha256}".encode())
+        return h.hexdigest()
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{split: {class_name: n}}``."""
+        table = {s: {c: 0 for c in self.class_names} for s in SPLITS}
+        for f in self.files:
+            table[f.split][self.class_names[f.label]] += 1
+        return table
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and not name.startswith("__")
+
+
+def _subdirs(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
+
+
+def list_images(folder: Path, extensions) -> list[Path]:
+    """All image files under ``folder`` (recursive, hidden entries skipped, sorted)."""
+    exts = tuple(e.lower() for e in extensions)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        for name in filenames:
+            if _visible(name) and name.lower().endswith(exts):
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_split(sha256: str, seed: int, val: float, test: float) -> str:
+    """Deterministic split of one file from its content hash and the seed.
+
+    The file's position in [0, 1) depends only on (seed, content), so adding
+    or removing other files never moves it to another split.
+    """
+    digest = hashlib.sha256(f"vggtl-split:{seed}:{sha256}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test:
+        return "test"
+    if u < test + val:
+        return "val"
+    return "train"
+
+
+def _detect_layout(root: Path) -> dict[str, Path] | None:
+    """Map split name -> subtree when ``root`` is pre-split, else None."""
+    dirs = _subdirs(root)
+    aliased = [d for d in dirs if d in SPLIT_ALIASES]
+    split_dirs = {SPLIT_ALIASES[d]: root / d for d in aliased}
+    if "train" not in split_dirs or len(split_dirs) < 2:
+        return None
+    if len(split_dirs) < len(aliased):
+        # val/ and validation/ side by side: the dict would silently keep only one.
+        raise DataError(
+            f"{root}: has both {', '.join(d + '/' for d in aliased if SPLIT_ALIASES[d] == 'val')}; "
+            "keep one validation folder"
+        )
+    others = [d for d in dirs if d not in SPLIT_ALIASES]
+    if others:
+        raise DataError(
+            f"{root}: looks pre-split (has {', '.join(d + '/' for d in aliased)}) but also holds "
+            f"{', '.join(d + '/' for d in others)}; move those under train/ or remove them"
+        )
+    return split_dirs
+
+
+def _class_files(base: Path, class_names: list[str], extensions, where: str) -> dict[str, list[Path]]:
+    files = {}
+    for name in class_names:
+        images = list_images(base / name, extensions)
+        if not images:
+            raise DataError(
+                f"class folder {str(base / name)!r} contains no image "
+                f"(looked for {', '.join(extensions)}); add images or remove the folder"
+            )
+        files[name] = images
+    return files
+
+
+def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4) -> Dataset:
+    """Find the classes and images under ``root`` and assign every file a split.
+
+    Args:
+        root: dataset directory (class-per-folder or pre-split, see module doc).
+        extensions: lower-case extensions with a dot, e.g. ``('.jpg', '.png')``.
+        seed: split seed; the same seed and content give the same split.
+        val: fraction of each class held out for validation (class-folder
+            layout, or carved from ``train/`` when ``val/`` is absent).
+        test: same for the test split.
+        workers: threads used to hash file contents.
+
+    Returns:
+        A :class:`Dataset`.
+
+    Raises:
+        DataError: fewer than 2 classes, a class folder with no image, class
+            folders that differ between splits, or a split left without any
+            image of some class.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root {str(root)!r} is not a directory")
+    split_dirs = _detect_layout(root)
+    layout = "pre-split" if split_dirs else "class-folders"
+    if split_dirs is None:
+        split_dirs = {"train": root}
+    class_names = _subdirs(split_dirs["train"])
+    if len(class_names) < 2:
+        raise DataError(
+            f"{split_dirs['train']}: found {len(class_names)} class folder(s) "
+            f"({', '.join(class_names) or 'none'}); need at least 2, one folder of images per class"
+        )
+    notes: list[str] = []
+    entries: list[tuple[Path, int, str | None]] = []  # (path, label, fixed split or None)
+    for split_name, base in split_dirs.items():
+        if split_name != "train" and _subdirs(base) != class_names:
+            raise DataError(
+                f"{base}: class folders {_subdirs(base)} differ from train/'s {class_names}; "
+                "every split needs the same class folders"
+            )
+        fixed = None if split_name == "train" and layout == "class-folders" else split_name
+        for label, (name, paths) in enumerate(_class_files(base, class_names, extensions, split_name).items()):
+            entries.extend((p, label, fixed) for p in paths)
+    # Hashing is I/O + hashlib, which releases the GIL: threads parallelise it.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
+    carve_val = "val" not in split_dirs
+    carve_test = "test" not in split_dirs
+    files = []
+    for (path, label, fixed), sha in zip(entries, digests):
+        if fixed in (None, "train"):
+            split = hash_split(sha, seed, val if carve_val else 0.0, test if carve_test else 0.0)
+        else:
+            split = fixed
+        files.append(ImageFile(path.resolve(), path.relative_to(root).as_posix(), label, split, sha))
+    dataset = Dataset(root.resolve(), class_names, files, layout, notes)
+    _check_splits(dataset, seed)
+    notes.extend(_dataset_warnings(dataset))
+    return dataset
+
+
+def _check_splits(dataset: Dataset, seed: int) -> None:
+    counts = dataset.counts()
+    for split in SPLITS:
+        missing = [c for c, n in counts[split].items() if n == 0]
+        if missing:
+            raise DataError(
+                f"the {split} split has no image of class(es) {', '.join(missing)} "
+                f"(seed {seed}); add images to those classes, raise data.split.{split} "
+                f"if it is a held-out split, or try another seed"
+            )
+
+
+def _dataset_warnings(dataset: Dataset) -> list[str]:
+    notes = []
+    totals = Counter(f.label for f in dataset.files)
+    for label, name in enumerate(dataset.class_names):
+        if totals[label] < SMALL_CLASS_WARNING:
+            notes.append(f"class '{name}' has only {totals[label]} images (< {SMALL_CLASS_WARNING}); its metrics will be noisy")
+    by_hash: dict[str, set[int]] = {}
+    for f in dataset.files:
+        by_hash.setdefault(f.sha256, set()).add(f.label)
+    clashes = [
+        sorted(f.relpath for f in dataset.files if f.sha256 == sha)
+        for sha, labels in by_hash.items()
+        if len(labels) > 1
+    ]
+    for paths in clashes:
+        notes.append(f"identical image under different classes: {', '.join(paths)}")
+    return notes
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _to_basic_mode(im):
+    """Convert any Pillow mode to one of L, LA, RGB, RGBA (alpha kept for compositing)."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return im
+    if mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if mode == "PA":
+        return im.convert("RGBA")
+    if mode in ("1",):
+        return im.convert("L")
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit and float gray: Pillow's convert('L') clips at 255, which
+        # turns most 16-bit images white. Rescale to the full 8-bit range.
+        arr = np.asarray(im).astype(np.float64)
+        if mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / (65535.0 if arr.max(initial=0) <= 65535 else arr.max())
+            arr = arr * 255.0
+        elif mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La...
+
+
+def _source_box(size, resize: str) -> tuple[int, int, int, int]:
+    """Region of the source image that is resized: all of it, or its central square."""
+    w, h = size
+    if resize != "center_crop":
+        return (0, 0, w, h)
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return (left, top, left + side, top + side)
+
+
+def decode_image(path, image_size: int, resize: str = "stretch", background=(255, 255, 255), max_pixels: int | None = None) -> np.ndarray:
+    """Decode one image file to a ``(image_size, image_size, 3)`` uint8 RGB array.
+
+    EXIF orientation is applied; palette/alpha images are composited over
+    ``background``; grayscale, CMYK and 16-bit images are converted to RGB;
+    animated images give their first frame. Large JPEGs are decoded at a
+    reduced scale (still at least 2x the target) so huge photos cost little.
+
+    Args:
+        path: image file (format detected from content, not the extension).
+        image_size: output side in pixels.
+        resize: ``'stretch'`` (resize the whole image, ignoring aspect) or
+            ``'center_crop'`` (crop the central square, then resize).
+        background: RGB triple that transparent pixels are composited over.
+        max_pixels: refuse images with more pixels than this (decompression
+            bomb guard); None disables the check.
+
+    Raises:
+        UndecodableImage: with the reason (empty, truncated, not an image,
+            too many pixels, ...).
+    """
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UndecodableImage(f"cannot read file: {exc.strerror}") from None
+    if size == 0:
+        raise UndecodableImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below, with a message naming the config key.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise UndecodableImage(
+                        f"decompression bomb guard: {w}x{h} = {w * h:,} pixels exceeds "
+                        f"data.max_pixels = {max_pixels:,}; raise data.max_pixels if the image is genuine"
+                    )
+                if im.format == "JPEG" and min(w, h) >= 4 * image_size:
+                    im.draft("RGB", (2 * image_size, 2 * image_size))
+                im.load()
+                return _finish(ImageOps.exif_transpose(im), image_size, resize, background)
+    except UndecodableImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        # Raised by Image.open itself, before our own check, above Pillow's
+        # ceiling (which is also the highest data.max_pixels allowed).
+        raise UndecodableImage(f"decompression bomb guard: {exc}; data.max_pixels cannot raise Pillow's ceiling") from None
+    except Image.UnidentifiedImageError:
+        raise UndecodableImage("not an image file Pillow can read (wrong extension or corrupt header)") from None
+    except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything on bad bytes
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated file ({reason})"
+        raise UndecodableImage(f"cannot decode: {reason}") from None
+
+
+def _finish(im, image_size: int, resize: str, background) -> np.ndarray:
+    from PIL import Image
+
+    im = _to_basic_mode(im)
+    box = _source_box(im.size, resize)
+    if im.size != (image_size, image_size) or box != (0, 0, *im.size):
+        # Pillow's bilinear filter antialiases when shrinking (and premultiplies
+        # alpha); reducing_gap first box-reduces very large images, bounding
+        # time. Cropping through `box` avoids a full-size copy.
+        im = im.resize((image_size, image_size), Image.BILINEAR, box=box, reducing_gap=3.0)
+    if im.mode in ("LA", "RGBA"):
+        canvas = Image.new("RGB", im.size, tuple(background))
+        canvas.paste(im.convert("RGB"), mask=im.getchannel("A"))
+        im = canvas
+    elif im.mode == "L":
+        im = im.convert("RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.shape != (image_size, image_size, 3):  # defensive: never feed a wrong shape downstream
+        raise UndecodableImage(f"decoded to unexpected shape {arr.shape}")
+    return arr

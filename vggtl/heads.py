@@ -1,0 +1,80 @@
+"""Classification heads trained on cached backbone features."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vggtl.config import HeadConfig
+
+VARIANCE_FLOOR = 0.1
+POOLING_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
+
+
+def pool_numpy(features, pooling: str):
+    """What the head's pooling layer computes, in NumPy (for statistics)."""
+    if pooling == "flatten":
+        return features.reshape(len(features), -1)
+    reduce = np.mean if pooling == "avg" else np.max
+    return reduce(features, axis=(1, 2))
+
+
+def standardization_stats(train_features, pooling: str):
+    """Per-feature mean and variance of the pooled *training* features."""
+    pooled = pool_numpy(train_features, pooling).astype(np.float64)
+    variance = pooled.var(axis=0)
+    # Features that are (almost) constant on the training set -- e.g. corner
+    # positions that are always 0 after ReLU -- would be divided by ~0 and
+    # explode on new images. Floor their variance at a fraction of the mean.
+    floor = VARIANCE_FLOOR * float(variance.mean()) if variance.size else 0.0
+    return pooled.mean(axis=0), np.maximum(variance, max(floor, 1e-12))
+
+
+def build_head(feature_shape, n_classes: int, head: HeadConfig, stats=None, name: str = "head"):
+    """A small dense softmax classifier on top of ``feature_shape`` activations.
+
+    ``pooling -> [standardize] -> [Dense(units, relu) -> Dropout]* -> Dense(n_classes, softmax)``;
+    with ``units: []`` a dropout-regularised linear softmax on the pooled
+    features. The seed recipe of the Keras blog is ``pooling: flatten,
+    units: [256], dropout: 0.5``.
+
+    Args:
+        feature_shape: shape of one cached feature map, e.g. (7, 7, 512).
+        n_classes: number of output classes (>= 2).
+        head: the ``head`` config section.
+        stats: ``(mean, variance)`` of the pooled training features, from
+            :func:`standardization_stats`; required when ``head.standardize``.
+        name: Keras model name.
+    """
+    import keras
+
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+    regularizer = keras.regularizers.L2(head.l2) if head.l2 > 0 else None
+    inputs = keras.Input(tuple(feature_shape), name="features")
+    x = getattr(keras.layers, POOLING_LAYERS[head.pooling])(name=f"pool_{head.pooling}")(inputs)
+    if head.standardize:
+        if stats is None:
+            raise ValueError("head.standardize needs stats=(mean, variance) of the training features")
+        # Backbone activations have arbitrary, layer-dependent scales (random
+        # weights: ~0.1; ImageNet block5: ~1-10). Standardizing with fixed
+        # training statistics makes one learning rate work for all of them.
+        mean, variance = stats
+        x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance, name="standardize")(x)
+    for i, units in enumerate(head.units):
+        x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"dense_{i}")(x)
+        x = keras.layers.Dropout(head.dropout, name=f"dropout_{i}")(x)
+    if not head.units and head.dropout > 0:
+        x = keras.layers.Dropout(head.dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer, name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def make_optimizer(name: str, learning_rate: float):
+    """Keras optimizer by config name (``adam``, ``sgd`` with momentum 0.9, ...)."""
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    return {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop}[name](
+        learning_rate
+    )

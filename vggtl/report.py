@@ -1,0 +1,167 @@
+"""The evaluation report: ``report.md`` plus PNG figures inside the artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vggtl.data import SPLITS
+
+WORST_N = 12
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def plot_confusion(matrix, class_names, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(history: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        epochs = range(1, len(history.get(key, [])) + 1)
+        ax.plot(epochs, history.get(key, []), label=f"train {key}")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], label=f"val {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def worst_misclassified(test_rows, probs, labels) -> list[tuple[int, float, int]]:
+    """(row, confidence of the wrong prediction, predicted label), most confident first."""
+    preds = probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != labels)
+    order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")]
+    return [(int(test_rows[i]), float(probs[i, preds[i]]), int(preds[i])) for i in order[:WORST_N]]
+
+
+def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vggtl.data import UndecodableImage, decode_image
+
+    cols = min(4, len(items))
+    rows = (len(items) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (row, conf, pred) in zip(axes.flat, items):
+        try:
+            ax.imshow(decode_image(root / fs.paths[row], 160, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels))
+        except UndecodableImage:
+            pass
+        true = class_names[fs.labels[row]]
+        ax.set_title(f"true {true}\npred {class_names[pred]} ({conf:.2f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_probs, weights) -> Path:
+    """Write ``report.md`` and its figures into ``out_dir``; returns the report path."""
+    class_names = fs.class_names
+    test = metrics["test"]
+    lines = [f"# vggtl report: {cfg.name}", ""]
+    if weights.kind == "random":
+        lines += [
+            "**WARNING: the backbone has RANDOM weights (`backbone.weights: null`). "
+            "These numbers say nothing about transfer learning.**",
+            "",
+        ]
+    lines += [
+        f"- backbone: {cfg.backbone.name} up to `{cfg.backbone.layer}`, weights: {weights.source}",
+        f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
+        f"- seed {cfg.seed}, image size {cfg.data.image_size}, resize `{cfg.data.resize}`, "
+        f"epochs trained {metrics['epochs_trained']} (best {metrics['best_epoch']})",
+        "",
+        "## Results",
+        "",
+    ]
+    probe = metrics["baseline"]["linear_probe"]
+    lines += _table(
+        ["", "val accuracy", "test accuracy", "test macro F1"],
+        [
+            ["vggtl head", _pct(metrics["val"]["accuracy"]), _pct(test["accuracy"]), f"{test['macro_f1']:.3f}"],
+            ["linear probe (logistic regression, pooled features)", _pct(probe["val_accuracy"]), _pct(probe["test_accuracy"]), ""],
+        ],
+    )
+    lines += ["", "## Dataset", "", f"Root `{dataset.root}` ({dataset.layout} layout).", ""]
+    counts = dataset.counts()
+    lines += _table(
+        ["class", *SPLITS, "total"],
+        [[c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)] for c in class_names],
+    )
+    lines += [""]
+    if fs.skipped:
+        lines += [f"**{len(fs.skipped)} file(s) skipped** (counted above, not used):", ""]
+        lines += [f"- `{p}`: {r}" for p, r in fs.skipped]
+        lines += [""]
+    for note in dataset.warnings:
+        lines += [f"- note: {note}"]
+    lines += ["", "## Per-class test metrics", ""]
+    lines += _table(
+        ["class", "precision", "recall", "F1", "support"],
+        [
+            [c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+            for c, m in test["per_class"].items()
+        ],
+    )
+    plot_confusion(test["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
+    plot_curves(history, out_dir / "learning_curves.png")
+    lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
+    lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    worst = worst_misclassified(test_rows, test_probs, fs.labels[test_rows])
+    lines += ["## Worst misclassified test images", ""]
+    if worst:
+        plot_worst(worst, fs, class_names, cfg, dataset.root, out_dir / "worst_misclassified.png")
+        lines += ["![worst misclassified](worst_misclassified.png)", ""]
+        lines += _table(
+            ["image", "true", "predicted", "confidence"],
+            [[f"`{fs.paths[r]}`", class_names[fs.labels[r]], class_names[p], f"{c:.3f}"] for r, c, p in worst],
+        )
+    else:
+        lines += ["None: every test image is classified correctly."]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
