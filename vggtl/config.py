@@ -102,9 +102,9 @@ class ExtractConfig:
 class HeadConfig:
     pooling: str = _key("avg", choices=("flatten", "avg", "max"), doc="how the 7x7x512 map becomes a vector")
     standardize: bool = _key(True, doc="standardize pooled features with training-set mean/variance")
-    units: list[int] = _key([256], doc="hidden Dense layer widths (relu); [] for a linear softmax")
+    units: list[int] = _key([512], doc="hidden Dense layer widths (relu); [] for a linear softmax")
     dropout: float = _key(0.5, low=0.0, high=0.95, doc="dropout after each hidden layer (and before the softmax)")
-    l2: float = _key(0.0, low=0.0, high=1.0, doc="L2 penalty on Dense kernels")
+    l2: float = _key(1e-3, low=0.0, high=1.0, doc="L2 penalty on Dense kernels")
 
 
 @dataclass

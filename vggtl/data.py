@@ -17,8 +17,10 @@ and skip.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,10 @@ SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 SMALL_CLASS_WARNING = 20
 _HASH_BLOCK = 1 << 20
+_EXIF_ORIENTATION = 0x0112
+# Images above this many pixels (~64 MB as RGBA) are decoded one at a time.
+LARGE_IMAGE_PIXELS = 16_000_000
+_LARGE_DECODES = threading.Lock()
 
 
 class UndecodableImage(Exception):
@@ -233,10 +239,15 @@ def _check_splits(dataset: Dataset, seed: int) -> None:
     for split in SPLITS:
         missing = [c for c, n in counts[split].items() if n == 0]
         if missing:
+            fix = (
+                "lower data.split.val / data.split.test"
+                if split == "train"
+                else f"raise data.split.{split}"
+            )
             raise DataError(
                 f"the {split} split has no image of class(es) {', '.join(missing)} "
-                f"(seed {seed}); add images to those classes, raise data.split.{split} "
-                f"if it is a held-out split, or try another seed"
+                f"(seed {seed}); add images to those classes, {fix}, or try another seed "
+                "(the split of each file is fixed by its content and the seed)"
             )
 
 
@@ -335,14 +346,17 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
             with Image.open(path) as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
-                    raise UndecodableImage(
-                        f"decompression bomb guard: {w}x{h} = {w * h:,} pixels exceeds "
-                        f"data.max_pixels = {max_pixels:,}; raise data.max_pixels if the image is genuine"
-                    )
+                    raise UndecodableImage(_too_many_pixels(w, h, max_pixels))
                 if im.format == "JPEG" and min(w, h) >= 4 * image_size:
                     im.draft("RGB", (2 * image_size, 2 * image_size))
-                im.load()
-                return _finish(ImageOps.exif_transpose(im), image_size, resize, background)
+                # A 10k x 16k RGBA PNG takes ~670 MB per copy while it is
+                # decoded and resized; one such decode at a time keeps peak
+                # memory bounded however many decoder threads run.
+                with _LARGE_DECODES if w * h > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
+                    im.load()
+                    if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                        im = ImageOps.exif_transpose(im)
+                    return _finish(im, image_size, resize, background)
     except UndecodableImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -356,6 +370,17 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
         if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise UndecodableImage(f"cannot decode: {reason}") from None
+
+
+def _too_many_pixels(w: int, h: int, max_pixels: int) -> str:
+    from vggtl.config import DEFAULT_MAX_PIXELS
+
+    advice = (
+        "raise data.max_pixels if the image is genuine"
+        if max_pixels < DEFAULT_MAX_PIXELS
+        else "downscale the file if it is genuine (this is Pillow's ceiling)"
+    )
+    return f"decompression bomb guard: {w}x{h} = {w * h:,} pixels exceeds data.max_pixels = {max_pixels:,}; {advice}"
 
 
 def _finish(im, image_size: int, resize: str, background) -> np.ndarray:

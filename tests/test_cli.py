@@ -1,0 +1,42 @@
+"""The vggtl console script dispatches to the stage modules; python -m works too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from vggtl import cli
+
+
+def test_usage_and_unknown_command(capsys):
+    assert cli.main([]) == 2
+    assert "usage: vggtl <command>" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import vggtl
+
+    assert cli.main(["--version"]) == 0
+    assert vggtl.__version__ in capsys.readouterr().out
+
+
+def test_dispatch_reaches_module(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a config error travels through the dispatcher as exit status 2, no traceback
+    (tmp_path / "bad.yaml").write_text("name: x\ndata: {root: ., imgae_size: 3}\n")
+    assert cli.main(["extract", "bad.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean 'image_size'" in err and "Traceback" not in err
+
+
+def test_python_dash_m_config_error_is_one_line(tmp_path):
+    (tmp_path / "c.yaml").write_text("name: x\ndata: {root: missing-dir}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vggtl.extract", "c.yaml"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "key 'data.root': directory 'missing-dir' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,64 @@
+"""Head architecture per config, standardization statistics, optimizers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vggtl import heads
+from vggtl.config import HeadConfig
+
+
+def layer_types(model):
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_seed_recipe_shape():
+    head = heads.build_head((7, 7, 512), 5, HeadConfig(pooling="flatten", units=[256], dropout=0.5, standardize=False))
+    assert layer_types(head) == ["InputLayer", "Flatten", "Dense", "Dropout", "Dense"]
+    assert head.output_shape == (None, 5)
+    assert head.count_params() == 7 * 7 * 512 * 256 + 256 + 256 * 5 + 5
+
+
+def test_avg_standardized_linear():
+    x = np.random.default_rng(0).random((10, 7, 7, 512)).astype(np.float32)
+    stats = heads.standardization_stats(x, "avg")
+    head = heads.build_head((7, 7, 512), 3, HeadConfig(pooling="avg", units=[], dropout=0.2), stats=stats)
+    assert layer_types(head) == ["InputLayer", "GlobalAveragePooling2D", "Normalization", "Dropout", "Dense"]
+    probs = head.predict(x, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_standardize_requires_stats():
+    with pytest.raises(ValueError, match="needs stats"):
+        heads.build_head((1, 1, 8), 2, HeadConfig(standardize=True))
+
+
+def test_l2_is_applied():
+    head = heads.build_head((1, 1, 8), 2, HeadConfig(units=[4], l2=0.01, standardize=False))
+    assert len(head.losses) == 2
+
+
+def test_pool_numpy_matches_pooling():
+    x = np.arange(2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3)
+    assert heads.pool_numpy(x, "flatten").shape == (2, 12)
+    np.testing.assert_array_equal(heads.pool_numpy(x, "avg"), x.mean(axis=(1, 2)))
+    np.testing.assert_array_equal(heads.pool_numpy(x, "max"), x.max(axis=(1, 2)))
+
+
+def test_constant_features_do_not_explode():
+    """Always-zero positions (ReLU) must not be divided by ~0."""
+    x = np.zeros((20, 2, 2, 4), np.float32)
+    x[:, 0, 0, :] = np.random.default_rng(1).random((20, 4))
+    mean, var = heads.standardization_stats(x, "flatten")
+    assert var.min() > 0.01 * var.max()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "rmsprop", "sgd"])
+def test_optimizers(name):
+    opt = heads.make_optimizer(name, 0.01)
+    assert float(opt.learning_rate) == pytest.approx(0.01)
+
+
+def test_sgd_has_momentum():
+    assert heads.make_optimizer("sgd", 0.1).momentum == 0.9
