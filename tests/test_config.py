@@ -78,7 +78,7 @@ def test_defaults_of_a_minimal_config(root):
     assert (cfg.backbone.name, cfg.backbone.weights, cfg.backbone.layer) == ("vgg16", "imagenet", "block5_pool")
     assert (cfg.cache.path, cfg.cache.dtype, cfg.cache.compression) == ("experiments/cache", "float16", None)
     assert (cfg.extract.batch_size, cfg.extract.workers) == (16, 2)
-    assert (cfg.head.pooling, cfg.head.units, cfg.head.dropout, cfg.head.l2) == ("avg", [256], 0.5, 0.0)
+    assert (cfg.head.pooling, cfg.head.units, cfg.head.dropout, cfg.head.l2) == ("avg", [512], 0.5, 0.001)
     t = cfg.train
     assert (t.epochs, t.batch_size, t.optimizer, t.learning_rate) == (100, 32, "adam", 1e-3)
     assert (t.early_stopping_patience, t.class_weight, t.label_smoothing) == (10, "balanced", 0.0)
@@ -90,9 +90,9 @@ def test_mutable_defaults_are_not_shared(root):
     b = config.from_dict(minimal(root))
     a.head.units.append(8)
     a.data.extensions.append(".xyz")
-    assert b.head.units == [256]
+    assert b.head.units == [512]
     assert ".xyz" not in b.data.extensions
-    assert Config.__dataclass_fields__["head"].default_factory().units == [256]
+    assert Config.__dataclass_fields__["head"].default_factory().units == [512]
 
 
 def test_load_reads_values_from_the_file(tmp_path, root):
@@ -115,7 +115,7 @@ def test_ints_are_widened_to_float_for_float_keys(root):
 
 def test_null_section_means_defaults(root):
     cfg = config.from_dict(minimal(root, train=None, head=None))
-    assert cfg.train.epochs == 100 and cfg.head.units == [256]
+    assert cfg.train.epochs == 100 and cfg.head.units == [512]
 
 
 def test_round_trips_through_to_dict_to_yaml_and_save(tmp_path, root):
@@ -612,7 +612,7 @@ def test_describe_keys_covers_every_key(root):
     assert table["train.epochs"] == "100"
     assert table["cache.compression"] == "null"
     assert json.loads(table["data.extensions"]) == list(IMAGE_EXTENSIONS)
-    assert json.loads(table["head.units"]) == [256]
+    assert json.loads(table["head.units"]) == [512]
     # every non-required default is valid JSON and agrees with a default config
     defaults = leaves(config.from_dict(minimal(root)).to_dict())
     for key, default in table.items():
