@@ -201,8 +201,8 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
         if fresh and not has_parts:
             return _result(path, dataset, 0, state, start, up_to_date=True)
         todo = _distinct_missing(dataset, state)
-        reused = len({f.sha256 for f in dataset.files}) - len(todo)
-        log(f"extract: {len(todo)} image(s) to compute, {reused} cached; weights: {weights.source}")
+        cached = len({f.sha256 for f in dataset.files if f.sha256 in state.sources})
+        log(f"extract: {len(todo)} image(s) to compute, {cached} cached; weights: {weights.source}")
         writer = store.PartWriter(path, settings, skip_cfg, shape, cfg.cache.dtype, part_rows)
         if todo:
             compute_features(todo, cfg, weights, writer, progress)

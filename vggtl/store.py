@@ -25,6 +25,7 @@ lock file keeps two extractions off the same store.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -46,6 +47,7 @@ from vggtl.errors import StoreError
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _COPY_ROWS = 256
+READ_BLOCK = 256
 
 
 # --------------------------------------------------------------------------- naming
@@ -156,7 +158,6 @@ class CachedState:
     store_ok: bool = False
     store_skip_ok: bool = False
     store_data_digest: str | None = None
-    store_skipped_paths: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -169,10 +170,12 @@ def _read_entries(fh, file_path: Path, state: CachedState, skip_ok: bool) -> Non
             state.skipped.setdefault(sha.decode(), reason)
 
 
-def _quarantine(path: Path, why: str, state: CachedState) -> None:
-    bad = path.with_name(path.name + f".invalid-{int(time.time())}")
+def _quarantine(path: Path, store: Path, why: str, state: CachedState) -> None:
+    """Move an unusable store or part beside the store, out of the parts folder
+    (which is deleted after a successful run), under a unique name."""
+    bad = store.parent / f"{path.name}.invalid-{time.time_ns()}"
     os.replace(path, bad)
-    state.notes.append(f"{path.name} was unusable ({why}); moved aside to {bad.name} and recomputing")
+    state.notes.append(f"{path.name} was unusable ({why}); moved aside to {bad} and recomputing")
 
 
 def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
@@ -201,12 +204,11 @@ def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
                         found.store_ok = True
                         found.store_skip_ok = skip_ok
                         found.store_data_digest = fh.attrs.get("data_digest")
-                        found.store_skipped_paths = list(fh["skipped/path"].asstr()[:]) if "skipped" in fh else []
         except (OSError, KeyError, ValueError) as exc:
-            _quarantine(file_path, f"cannot be read: {exc}", state)
+            _quarantine(file_path, path, f"cannot be read: {exc}", state)
             continue
         if other_settings:
-            _quarantine(file_path, "built with other backbone settings", state)
+            _quarantine(file_path, path, "built with other backbone settings", state)
             continue
         for sha, source in found.sources.items():
             state.sources.setdefault(sha, source)
@@ -215,7 +217,6 @@ def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
         if file_path == path:
             state.store_ok, state.store_skip_ok = found.store_ok, found.store_skip_ok
             state.store_data_digest = found.store_data_digest
-            state.store_skipped_paths = found.store_skipped_paths
     return state
 
 
@@ -223,9 +224,24 @@ def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
 
 
 class PartWriter:
-    """Buffers newly computed features and publishes them as atomic part files."""
+    """Buffers newly computed features and publishes them as atomic part files.
 
-    def __init__(self, path: Path, settings: dict, skip_settings: dict, shape, dtype: str, rows_per_part: int = 256):
+    A part is published every ``rows_per_part`` images or every
+    ``seconds_per_part`` seconds, whichever comes first, so a killed run loses
+    at most a few seconds of convolutions (at ~5 images/s on a 2-core CPU,
+    256 images would be 50 s).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        settings: dict,
+        skip_settings: dict,
+        shape,
+        dtype: str,
+        rows_per_part: int = 256,
+        seconds_per_part: float = 5.0,
+    ):
         self.dir = parts_dir(path)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.settings_key = settings_key(settings)
@@ -233,6 +249,8 @@ class PartWriter:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.rows_per_part = rows_per_part
+        self.seconds_per_part = seconds_per_part
+        self._last_flush = time.monotonic()
         self._shas: list[str] = []
         self._feats: list[np.ndarray] = []
         self._skipped: list[tuple[str, str, str]] = []
@@ -244,7 +262,7 @@ class PartWriter:
         self._shas.extend(shas)
         self._feats.append(np.asarray(features, dtype=self.dtype))
         self.computed += len(shas)
-        if len(self._shas) >= self.rows_per_part:
+        if len(self._shas) >= self.rows_per_part or time.monotonic() - self._last_flush >= self.seconds_per_part:
             self.flush()
 
     def add_skipped(self, sha: str, relpath: str, reason: str) -> None:
@@ -252,6 +270,7 @@ class PartWriter:
         self.skipped_reasons[sha] = reason
 
     def flush(self) -> None:
+        self._last_flush = time.monotonic()
         if not self._shas and not self._skipped:
             return
         target = self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.h5"
@@ -358,11 +377,13 @@ def _copy_features(out, unique: list[str], sources: dict[str, tuple[Path, int]])
 
 
 def clear_parts(path: Path) -> None:
+    """Delete the part files once their features are in the published store."""
     folder = parts_dir(path)
     if folder.is_dir():
-        for part in folder.iterdir():
+        for part in folder.glob("part-*.h5"):
             part.unlink(missing_ok=True)
-        folder.rmdir()
+        with contextlib.suppress(OSError):  # keep anything we did not create
+            folder.rmdir()
 
 
 # --------------------------------------------------------------------------- reading
@@ -419,10 +440,25 @@ class FeatureStore:
     def features(self, rows) -> np.ndarray:
         """float32 features of the given index rows, in the order given."""
         rows = np.asarray(rows, dtype=np.int64)
-        entries = self.entries[rows]
-        unique, inverse = np.unique(entries, return_inverse=True)
-        data = self._fh["entries/features"][unique] if len(unique) else np.zeros((0, *self.feature_shape))
-        return data[inverse].astype(np.float32)
+        unique, inverse = np.unique(self.entries[rows], return_inverse=True)
+        return self._read_entries(unique)[inverse].astype(np.float32)
+
+    def _read_entries(self, unique: np.ndarray) -> np.ndarray:
+        """Rows ``unique`` (sorted) of entries/features, read block by block.
+
+        h5py's fancy indexing costs ~2 ms per row; reading whole blocks of
+        READ_BLOCK contiguous rows and picking from them is ~40x faster and
+        keeps memory bounded by one block.
+        """
+        dataset = self._fh["entries/features"]
+        out = np.empty((len(unique), *self.feature_shape), dtype=dataset.dtype)
+        blocks = unique // READ_BLOCK
+        for block in np.unique(blocks):
+            lo, hi = np.searchsorted(blocks, block, "left"), np.searchsorted(blocks, block, "right")
+            start = int(block) * READ_BLOCK
+            chunk = dataset[start : min(start + READ_BLOCK, dataset.shape[0])]
+            out[lo:hi] = chunk[unique[lo:hi] - start]
+        return out
 
     def iter_batches(self, rows, batch_size: int = 256):
         """Yield ``(rows_chunk, features_chunk)`` so callers never hold all features."""
