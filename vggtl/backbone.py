@@ -64,6 +64,9 @@ def _verified_offline(path: Path) -> str | None:
 
 def _download_keras_weights() -> Path:
     """Keras' own download path (``~/.keras/models``); raises WeightsError offline."""
+    from vggtl import tfquiet
+
+    tfquiet.load()
     import keras
 
     try:

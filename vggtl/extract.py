@@ -120,8 +120,9 @@ def batched(stream, batch_size: int, writer: store.PartWriter):
 
 def make_forward(cfg: config.Config, weights: backbone.ResolvedWeights):
     """A compiled uint8-images -> features function (imports TensorFlow)."""
-    import tensorflow as tf
+    from vggtl import tfquiet
 
+    tf = tfquiet.load()
     model = backbone.feature_model(weights, cfg.data.image_size, cfg.backbone.layer, cfg.seed)
     size = cfg.data.image_size
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
@@ -135,7 +136,7 @@ def compute_features(todo, cfg, weights, writer: store.PartWriter, progress: boo
     forward = make_forward(cfg, weights)
     decode = _decoder(cfg)
     stream = decoded_stream(todo, decode, cfg.extract.workers, lookahead=2 * cfg.extract.batch_size)
-    with tqdm(total=len(todo), unit="img", desc="extract", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(todo), unit="img", desc="extract", disable=None if progress else True, file=sys.stderr) as bar:
         for batch in batched(stream, cfg.extract.batch_size, writer):
             pixels = np.stack([p for _, p in batch])
             features = forward(pixels).numpy()

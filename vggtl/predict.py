@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import artifact as artifact_mod
-from vggtl import config, data
+from vggtl import config, data, tfquiet
 from vggtl.errors import VggtlError, cli_entry
 
 BATCH = 16
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     return 1 if failures else 0
 
 
-main = cli_entry(main)
+main = cli_entry(tfquiet.quiet(main))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from vggtl import artifact, backbone, config, extract, heads, report
+from vggtl import artifact, backbone, config, extract, heads, report, tfquiet
 from vggtl.data import SPLITS
 from vggtl.errors import StoreError, cli_entry
 from vggtl.store import FeatureStore
@@ -33,8 +33,8 @@ def load_split(fs: FeatureStore, split: str):
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TF and make TF ops deterministic (same metrics every run)."""
+    tf = tfquiet.load()
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -50,9 +50,9 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
 
 def fit_head(cfg: config.Config, x_train, y_train, x_val, y_val, n_classes: int):
     """Train the head with early stopping on val_loss; best weights restored."""
+    seed_everything(cfg.seed)  # first: also imports TensorFlow quietly
     import keras
 
-    seed_everything(cfg.seed)
     stats = heads.standardization_stats(x_train, cfg.head.pooling) if cfg.head.standardize else None
     head = heads.build_head(x_train.shape[1:], n_classes, cfg.head, stats=stats)
     head.compile(
@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     return 0
 
 
-main = cli_entry(main)
+main = cli_entry(tfquiet.quiet(main))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -521,6 +521,9 @@ def write_keras3_weights(tensors, path):
     _check_shapes(tensors, VGG16_SHAPES, source="tensors to write")
     expected = tensor_digest(tensors)
 
+    from vggtl import tfquiet
+
+    tfquiet.load()  # quiet TensorFlow start-up
     import keras  # lazy: pulls in TensorFlow, seconds of import time
 
     model = keras.applications.VGG16(include_top=False, weights=None)

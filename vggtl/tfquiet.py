@@ -1,0 +1,71 @@
+"""Import TensorFlow without its start-up chatter, keeping every other message.
+
+TensorFlow 2.21 prints absl log lines (CPU features, "no CUDA driver",
+"failed call to cuInit", a tf.data attribute notice) straight to file
+descriptor 2 before its own log settings apply, so TF_CPP_MIN_LOG_LEVEL
+cannot hide them. We capture fd 2 around the few calls that emit them and
+re-print every captured line that is not one of those known notices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import sys
+import tempfile
+
+NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
+    r"Could not find cuda drivers|failed call to cuInit|use_unbounded_threadpool|"
+    r"cpu_feature_guard|This TensorFlow binary is optimized|To enable the following instructions"
+)
+_loaded = False
+
+
+@contextlib.contextmanager
+def filtered_stderr():
+    """Capture fd 2 for the duration; afterwards re-emit all but the known TF notices."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def quiet(main):
+    """Decorate a ``main(argv)`` whose TensorFlow work (Keras fit/predict print a
+    tf.data notice per graph) should run under :func:`filtered_stderr`.
+    Not for commands with a live progress bar on stderr."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        with filtered_stderr():
+            return main(argv)
+
+    return wrapper
+
+
+def load():
+    """Import TensorFlow and initialise its devices once, quietly; returns the module."""
+    global _loaded
+    if not _loaded:
+        with filtered_stderr():
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # "cuInit failed" is printed here
+        _loaded = True
+    import tensorflow as tf
+
+    return tf
