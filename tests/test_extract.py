@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_dataset, make_image, write_config
 
-from vggtl import config, data, extract, store
+from vggtl import augment, backbone, config, data, extract, store
 from vggtl.errors import DataError
 
 N_IMAGES = 36  # make_dataset's default: 3 classes x 12
@@ -73,9 +73,13 @@ def features_by_path(path: Path) -> dict[str, np.ndarray]:
         return dict(zip(fs.paths, feats))
 
 
-def stored_entries(path: Path) -> int:
+def stored_keys(path: Path) -> list[str]:
     with h5py.File(path, "r") as fh:
-        return len(fh["entries/sha256"])
+        return list(fh["entries/key"].asstr()[:])
+
+
+def stored_entries(path: Path) -> int:
+    return len(stored_keys(path))
 
 
 def leftovers(cache: Path) -> list[str]:
@@ -107,14 +111,16 @@ def add_problem_files(root: Path) -> None:
 def test_cold_run_computes_all_and_warm_run_nothing(tiny, monkeypatch):
     cold, logs = tiny.run()
     assert (cold.computed, cold.reused, cold.up_to_date, cold.skipped) == (N_IMAGES, 0, False, {})
-    assert any(line.startswith(f"extract: {N_IMAGES} image(s) to compute, 0 cached") for line in logs)
+    assert any(line.startswith(f"extract: {N_IMAGES} image(s)/view(s) to compute, 0 cached") for line in logs)
     path = cold.store_path
     assert path == tiny.store_path() and path.parent == tiny.tmp / "cache"
     with store.FeatureStore(path) as fs:
         assert sorted(fs.paths) == sorted(f.relpath for f in cold.dataset.files)
         assert [fs.class_names[label] for label in fs.labels] == [p.split("/")[0] for p in fs.paths]
         assert fs.feature_shape == (1, 1, 512)
+        assert fs.layers == ["block5_pool"] and fs.augment["views"] == 0
         feats = fs.features(np.arange(N_IMAGES))
+    assert sorted(stored_keys(path)) == sorted(f.sha256 for f in cold.dataset.files)  # no views by default
     assert np.isfinite(feats).all()
     assert len(np.unique(feats.reshape(N_IMAGES, -1), axis=0)) == N_IMAGES  # real, distinct activations
     assert leftovers(tiny.tmp / "cache") == []
@@ -287,7 +293,7 @@ def test_changed_image_size_or_layer_uses_a_new_store(tiny):
     with store.FeatureStore(bigger.store_path) as fs:
         assert fs.feature_shape == (2, 2, 512) and fs.settings["image_size"] == 64
     with store.FeatureStore(other_layer.store_path) as fs:
-        assert fs.feature_shape == (2, 2, 512) and fs.settings["layer"] == "block4_pool"
+        assert fs.feature_shape == (2, 2, 512) and fs.settings["layers"] == fs.layers == ["block4_pool"]
 
 
 def test_corrupt_store_is_quarantined_and_rebuilt(tiny):
@@ -305,6 +311,220 @@ def test_corrupt_store_is_quarantined_and_rebuilt(tiny):
         np.testing.assert_array_equal(feats, before[relpath])
 
 
+# --------------------------------------------------------------------------- fine-tuning layers and augmented views
+
+VIEWS = "augment.views=2"
+
+
+def features_by_key(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{layer: {entry key: features}}`` of every entry (clean features and views)."""
+    keys = stored_keys(path)
+    with store.FeatureStore(path) as fs:
+        rows = np.arange(len(keys))
+        return {layer: dict(zip(keys, fs.entry_features(rows, layer))) for layer in fs.layers}
+
+
+def shas_of(dataset: data.Dataset, *splits: str) -> set[str]:
+    return {f.sha256 for f in dataset.files if f.split in splits}
+
+
+def expected_views(cfg: config.Config, shas) -> set[str]:
+    digest = cfg.augment.digest()
+    return {augment.view_key(sha, digest, v) for sha in shas for v in range(1, cfg.augment.views + 1)}
+
+
+def assert_same_entries(got: dict, want: dict, keys) -> None:
+    for layer in want:
+        for key in keys:
+            np.testing.assert_array_equal(got[layer][key], want[layer][key], err_msg=f"{layer} {key}")
+
+
+def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
+    built, batches = [], []
+    real_model, real_forward = backbone.feature_model, extract.make_forward
+
+    def spy_model(weights, image_size, layers, seed, *args, **kwargs):
+        built.append(layers)
+        return real_model(weights, image_size, layers, seed, *args, **kwargs)
+
+    def counting_forward(cfg, weights):
+        forward = real_forward(cfg, weights)
+
+        def counted(pixels):
+            batches.append(len(pixels))
+            return forward(pixels)
+
+        return counted
+
+    monkeypatch.setattr(backbone, "feature_model", spy_model)
+    monkeypatch.setattr(extract, "make_forward", counting_forward)
+    tuned, logs = tiny.run("finetune.blocks=1", "augment.views=1", "extract.batch_size=8")
+    n_train = len(shas_of(tuned.dataset, "train"))
+    total = N_IMAGES + n_train  # clean features + one view per training image
+
+    assert built == [["block5_pool", "block4_pool"]]  # one model with both outputs...
+    assert sum(batches) == total and len(batches) == -(-total // 8)  # ...run once per image/view
+    assert len(decoded) == N_IMAGES and len(set(decoded)) == N_IMAGES  # each file decoded once
+    assert (tuned.computed, tuned.reused) == (total, 0)
+    assert any(line.startswith(f"extract: {total} image(s)/view(s) to compute, 0 cached") for line in logs)
+    with store.FeatureStore(tuned.store_path) as fs:
+        assert fs.layers == fs.settings["layers"] == ["block5_pool", "block4_pool"]
+        assert fs.feature_shapes == {"block5_pool": (1, 1, 512), "block4_pool": (2, 2, 512)}
+        assert fs.feature_shape == (1, 1, 512)  # the head's input comes first
+    got = features_by_key(tuned.store_path)
+    assert len(got["block4_pool"]) == total and np.isfinite(np.stack(list(got["block4_pool"].values()))).all()
+
+    # the same values as running the base to each layer on its own
+    monkeypatch.setattr(backbone, "feature_model", real_model)
+    monkeypatch.setattr(extract, "make_forward", real_forward)
+    for layer in ("block5_pool", "block4_pool"):
+        alone, _ = tiny.run(f"backbone.layer={layer}", "augment.views=1", "extract.batch_size=8")
+        assert alone.store_path != tuned.store_path and alone.computed == total
+        want = features_by_key(alone.store_path)
+        assert want.keys() == {layer} and want[layer].keys() == got[layer].keys()
+        assert_same_entries(got, want, want[layer])
+
+
+def test_views_only_for_training_images_deterministic_and_distinct(tiny):
+    cfg = tiny.cfg(VIEWS)
+    cold, logs = tiny.run(VIEWS)
+    train = shas_of(cold.dataset, "train")
+    held_out = shas_of(cold.dataset, "val", "test")
+    assert train and held_out and not train & held_out
+    total = N_IMAGES + 2 * len(train)
+    assert (cold.computed, cold.reused, cold.up_to_date) == (total, 0, False)
+    assert any(line.startswith(f"extract: {total} image(s)/view(s) to compute, 0 cached") for line in logs)
+    assert cold.store_path == tiny.store_path()  # augment settings do not name the store
+    keys = stored_keys(cold.store_path)
+    views = expected_views(cfg, train)
+    assert len(keys) == total and set(keys) == shas_of(cold.dataset, *data.SPLITS) | views
+    assert not [k for k in keys if k.split(":", 1)[0] in held_out and k not in held_out]  # no val/test views
+    with store.FeatureStore(cold.store_path) as fs:
+        assert fs.augment == {"views": 2, "digest": cfg.augment.digest()}
+        assert len(fs.paths) == N_IMAGES  # views are entries, not indexed images
+
+    feats = features_by_key(cold.store_path)["block5_pool"]
+    for sha in train:
+        one, two = (feats[augment.view_key(sha, cfg.augment.digest(), v)] for v in (1, 2))
+        assert not np.array_equal(one, feats[sha]) and not np.array_equal(two, feats[sha])
+        assert not np.array_equal(one, two)
+
+    other, _ = tiny.run(VIEWS, f"cache.path={tiny.tmp / 'other-cache'}")
+    assert other.store_path != cold.store_path and other.computed == total
+    again = features_by_key(other.store_path)
+    assert again["block5_pool"].keys() == feats.keys()
+    assert_same_entries(again, {"block5_pool": feats}, feats)  # cold runs agree bit for bit
+
+
+def test_warm_run_with_views_computes_nothing(tiny, monkeypatch):
+    first, _ = tiny.run(VIEWS)
+    before = first.store_path.stat().st_mtime_ns
+
+    def must_not_compute(*args, **kwargs):
+        raise AssertionError("warm run computed features")
+
+    monkeypatch.setattr(extract, "compute_features", must_not_compute)
+    warm, _ = tiny.run(VIEWS)
+    assert (warm.computed, warm.reused, warm.up_to_date) == (0, first.computed, True)
+    assert first.store_path.stat().st_mtime_ns == before
+
+
+def test_changed_augment_setting_recomputes_only_the_views(tiny, decoded):
+    first, _ = tiny.run(VIEWS)
+    before = features_by_key(first.store_path)["block5_pool"]
+    train_files = [f for f in first.dataset.files if f.split == "train"]
+    old_views = expected_views(tiny.cfg(VIEWS), shas_of(first.dataset, "train"))
+    decoded.clear()
+
+    changed, logs = tiny.run(VIEWS, "augment.rotation=30")
+
+    cfg = tiny.cfg(VIEWS, "augment.rotation=30")
+    assert cfg.augment.digest() != tiny.cfg(VIEWS).augment.digest()
+    n_views = 2 * len(train_files)
+    assert changed.store_path == first.store_path
+    assert (changed.computed, changed.reused, changed.up_to_date) == (n_views, N_IMAGES, False)
+    assert any(line.startswith(f"extract: {n_views} image(s)/view(s) to compute, {N_IMAGES} cached") for line in logs)
+    assert sorted(decoded) == sorted(f.relpath for f in train_files)  # once per image with views to make
+    keys = set(stored_keys(changed.store_path))
+    new_views = expected_views(cfg, shas_of(first.dataset, "train"))
+    assert keys == shas_of(first.dataset, *data.SPLITS) | new_views
+    assert not keys & old_views  # the old views dropped out
+    after = features_by_key(changed.store_path)["block5_pool"]
+    for f in first.dataset.files:  # clean features reused as they were
+        np.testing.assert_array_equal(after[f.sha256], before[f.sha256])
+    old_digest, new_digest = tiny.cfg(VIEWS).augment.digest(), cfg.augment.digest()
+    differ = [
+        not np.array_equal(after[augment.view_key(f.sha256, new_digest, v)], before[augment.view_key(f.sha256, old_digest, v)])
+        for f in train_files
+        for v in (1, 2)
+    ]
+    assert all(differ)
+    with store.FeatureStore(changed.store_path) as fs:
+        assert fs.augment == {"views": 2, "digest": new_digest}
+
+
+def test_added_images_compute_only_their_features_and_views(tiny, decoded):
+    first, _ = tiny.run(VIEWS)
+    before = features_by_key(first.store_path)["block5_pool"]
+    make_dataset(tiny.root, per_class=2, start=12)
+    decoded.clear()
+    result, _ = tiny.run(VIEWS)
+    new = [f for f in result.dataset.files if f.sha256 not in shas_of(first.dataset, *data.SPLITS)]
+    new_train = [f for f in new if f.split == "train"]
+    assert len(new) == 6 and new_train, "the test needs some new training images"
+    assert (result.computed, result.reused) == (6 + 2 * len(new_train), first.computed)
+    assert sorted(decoded) == sorted(f.relpath for f in new)
+    keys = set(stored_keys(result.store_path))
+    assert keys == set(before) | {f.sha256 for f in new} | expected_views(tiny.cfg(VIEWS), {f.sha256 for f in new_train})
+    after = features_by_key(result.store_path)["block5_pool"]
+    for key, feats in before.items():
+        np.testing.assert_array_equal(after[key], feats)
+
+
+def test_views_skip_undecodable_files_and_share_duplicates(tiny, decoded):
+    add_problem_files(tiny.root)
+    source = next(f for f in extract.scan_dataset(tiny.cfg()).files if f.split == "train" and f.relpath.startswith("red/red_"))
+    shutil.copy(source.path, tiny.root / "red" / "copy.png")  # same content, so same split and views
+    first, _ = tiny.run(VIEWS)
+    bad = {f.sha256 for f in first.dataset.files if f.relpath in first.skipped}
+    assert len(first.skipped) == 3 and bad & shas_of(first.dataset, "train"), "the test needs an undecodable training file"
+    good = shas_of(first.dataset, *data.SPLITS) - bad
+    good_train = shas_of(first.dataset, "train") - bad
+    assert first.computed == len(good) + 2 * len(good_train)  # the copy's content counted once
+    assert set(stored_keys(first.store_path)) == good | expected_views(tiny.cfg(VIEWS), good_train)
+    assert sum(name in ("red/copy.png", source.relpath) for name in decoded) == 1
+    decoded.clear()
+    warm, _ = tiny.run(VIEWS)
+    assert warm.up_to_date and warm.computed == 0 and decoded == []  # no view is owed for a skipped file
+
+
+def test_fewer_views_drop_the_rest_without_computing(tiny, monkeypatch):
+    first, _ = tiny.run(VIEWS)
+    before = features_by_key(first.store_path)["block5_pool"]
+    clean = shas_of(first.dataset, *data.SPLITS)
+    train = shas_of(first.dataset, "train")
+
+    def must_not_compute(*args, **kwargs):
+        raise AssertionError("dropping views computed features")
+
+    monkeypatch.setattr(extract, "compute_features", must_not_compute)
+    one, _ = tiny.run("augment.views=1")
+    assert (one.computed, one.reused, one.up_to_date) == (0, N_IMAGES + len(train), False)
+    assert set(stored_keys(one.store_path)) == clean | expected_views(tiny.cfg("augment.views=1"), train)
+    none, _ = tiny.run("augment.views=0")
+    assert (none.computed, none.reused, none.up_to_date) == (0, N_IMAGES, False)
+    assert none.store_path == first.store_path
+    assert set(stored_keys(none.store_path)) == clean
+    after = features_by_key(none.store_path)["block5_pool"]
+    for sha in clean:
+        np.testing.assert_array_equal(after[sha], before[sha])
+    with store.FeatureStore(none.store_path) as fs:
+        assert fs.augment["views"] == 0 and len(fs.paths) == N_IMAGES
+    assert leftovers(tiny.tmp / "cache") == []
+    warm, _ = tiny.run("augment.views=0")
+    assert warm.up_to_date and warm.computed == 0
+
+
 # --------------------------------------------------------------------------- crashes and concurrency
 
 
@@ -312,22 +532,29 @@ def complete_part_rows(parts: Path) -> int:
     total = 0
     for part in parts.glob("part-*.h5"):
         with h5py.File(part, "r") as fh:
-            total += len(fh["entries/sha256"])
+            total += len(fh["entries/key"])
     return total
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "overrides",
+    [["extract.batch_size=2"], ["extract.batch_size=2", "augment.views=1", "finetune.blocks=1"]],
+    ids=["plain", "views-and-finetune"],
+)
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, overrides):
     monkeypatch.chdir(tmp_path)
     root = make_dataset(tmp_path / "data", per_class=20)
     cfg_path = write_config(tmp_path / "tiny.yaml", root, tmp_path)
-    total = 60
-    cfg = config.load(cfg_path, ["extract.batch_size=2"])
+    cfg = config.load(cfg_path, overrides)
+    total = 60 + cfg.augment.views * len(shas_of(extract.scan_dataset(cfg), "train"))  # images + views
     path = extract.locate_store(cfg)[0]
     parts = store.parts_dir(path)
     log_file = tmp_path / "killed.log"
     # Two images per part file, so the kill lands after some parts are done.
     env = {**subprocess_env(), extract.ROWS_PER_PART_ENV: "2"}
-    command = [sys.executable, "-m", "vggtl.extract", str(cfg_path), "--set", "extract.batch_size=2", "--no-progress"]
+    command = [sys.executable, "-m", "vggtl.extract", str(cfg_path), "--no-progress"]
+    for override in overrides:
+        command += ["--set", override]
     with open(log_file, "w") as log:
         proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -351,13 +578,17 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     assert resumed.reused == done
     assert leftovers(tmp_path / "cache") == []
 
-    clean_cfg = config.load(cfg_path, ["extract.batch_size=2", f"cache.path={tmp_path / 'clean-cache'}"])
+    clean_cfg = config.load(cfg_path, [*overrides, f"cache.path={tmp_path / 'clean-cache'}"])
     clean = extract.run(clean_cfg, progress=False, log=lambda _: None)
     assert clean.computed == total
     got, want = features_by_path(resumed.store_path), features_by_path(clean.store_path)
-    assert got.keys() == want.keys() and len(got) == total
+    assert got.keys() == want.keys() and len(got) == 60
     for relpath in want:
         np.testing.assert_array_equal(got[relpath], want[relpath], err_msg=relpath)
+    got, want = features_by_key(resumed.store_path), features_by_key(clean.store_path)  # views and every layer
+    assert got.keys() == want.keys() == set(cfg.stored_layers())
+    assert all(got[layer].keys() == want[layer].keys() and len(got[layer]) == total for layer in want)
+    assert_same_entries(got, want, want[cfg.backbone.layer])
 
 
 HOLD_LOCK = """

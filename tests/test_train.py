@@ -57,7 +57,7 @@ def test_artifact_contents_and_checksums(run_dir):
     # the end-to-end model reproduces the head's predictions on cached features
     assert info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
     history = json.loads((art.path / "history.json").read_text())
-    assert len(history["loss"]) == json.loads((art.path / "metrics.json").read_text())["epochs_trained"]
+    assert len(history["phase1"]["loss"]) == json.loads((art.path / "metrics.json").read_text())["epochs_trained"]
 
 
 def test_report_flags_random_weights(run_dir):
@@ -133,3 +133,84 @@ def test_class_weights():
     weights = train.class_weights(labels, 2, "balanced")
     assert weights[1] == pytest.approx(3 * weights[0])
     assert weights[0] * 3 + weights[1] * 1 == pytest.approx(4)
+
+
+# --------------------------------------------------------------------------- fine-tuning + views
+
+
+@pytest.fixture(scope="module")
+def ft_dir(tmp_path_factory):
+    """Phase 1 on clean + 2 views, then phase 2 (block5) on stored block4_pool activations."""
+    tmp = tmp_path_factory.mktemp("ft")
+    root = make_dataset(tmp / "data", per_class=16)
+    cfg = write_config(
+        tmp / "ft.yaml", root, tmp,
+        finetune={"blocks": 1, "epochs": 3, "optimizer": "adam", "learning_rate": 1e-4},
+        augment={"views": 2},
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("VGGTL_CACHE_DIR", str(tmp / "vggtl-cache"))
+        assert extract.main([str(cfg), "--no-progress"]) == 0
+        assert train.main([str(cfg)]) == 0
+        assert train.main([str(cfg)]) == 0
+    return tmp
+
+
+def test_finetune_records_both_phases(ft_dir):
+    art = artifact.load(ft_dir / "experiments/tiny/latest")
+    assert set(art.metrics["phase2"]) >= {"blocks", "epochs_trained", "best_epoch", "improved_val_loss"}
+    assert art.metrics["phase2"]["blocks"] == 1
+    history = json.loads((art.path / "history.json").read_text())
+    assert set(history) == {"phase1", "phase2"}
+    assert len(history["phase2"]["loss"]) == art.metrics["phase2"]["epochs_trained"]
+    report = (art.path / "report.md").read_text()
+    assert "after phase 1 (head only)" in report and "fine-tuning: top 1 block(s)" in report
+    assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+
+
+def test_finetune_is_reproducible(ft_dir):
+    v1 = (ft_dir / "experiments/tiny/v1/metrics.json").read_text()
+    v2 = (ft_dir / "experiments/tiny/v2/metrics.json").read_text()
+    assert v1 == v2
+
+
+def test_finetuned_artifact_predicts_what_was_evaluated(ft_dir):
+    art = artifact.load(ft_dir / "experiments/tiny/latest")
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    test_files = [f for f in manifest["files"] if f["split"] == "test"]
+    results = list(predict.predict_paths(art, [ft_dir / "data" / f["path"] for f in test_files], top_k=1))
+    accuracy = np.mean([r["top"][0][0] == f["label"] for r, f in zip(results, test_files)])
+    assert accuracy == pytest.approx(art.metrics["test"]["accuracy"], abs=1e-6)
+
+
+def test_train_refuses_store_with_other_views(ft_dir, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ft_dir)
+        mp.setenv("VGGTL_CACHE_DIR", str(ft_dir / "vggtl-cache"))
+        assert train.main([str(ft_dir / "ft.yaml"), "--set", "augment.rotation=30"]) == 2
+    assert "other augmented views" in capsys.readouterr().err
+
+
+def test_view_sampler_draws_one_version_per_image_per_epoch():
+    bank = np.stack([np.full((6, 1), v, np.float16) for v in range(3)])  # version v has value v
+    bank[:, :, 0] += np.arange(6)[None, :] * 10  # and image i adds 10*i
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    a = train.view_sampler(bank, labels, 2, batch_size=4, seed=5)
+    b = train.view_sampler(bank, labels, 2, batch_size=4, seed=5)
+    assert len(a) == 2
+
+    def epoch(sampler):
+        xs = np.concatenate([sampler[i][0] for i in range(len(sampler))])[:, 0]
+        sampler.on_epoch_end()
+        return xs
+
+    first, again = epoch(a), epoch(b)
+    np.testing.assert_array_equal(first, again)  # reproducible
+    images = (first // 10).astype(int)
+    assert sorted(images) == list(range(6))  # every image exactly once per epoch
+    assert set((first % 10).astype(int)) <= {0, 1, 2}
+    seen = {int(v) for _ in range(6) for v in epoch(a) % 10}
+    assert seen == {0, 1, 2}  # over epochs, clean and both views are used
+    x, y, w = train.view_sampler(bank, labels, 2, 3, 5, weights={0: 1.0, 1: 2.0})[0]
+    assert w.tolist() == [1.0 + (yy.argmax() == 1) for yy in y]

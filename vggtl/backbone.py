@@ -186,15 +186,43 @@ def load_conv_tensors(model, path: Path) -> None:
         layer.set_weights([kernel, bias])
 
 
-def feature_model(weights: ResolvedWeights, image_size: int, layer: str, seed: int):
-    """uint8 RGB images -> activations of ``layer`` (preprocessing included)."""
+def feature_model(weights: ResolvedWeights, image_size: int, layers, seed: int, base=None):
+    """uint8 RGB images -> activations of ``layers`` (preprocessing included).
+
+    Args:
+        weights, image_size, seed: as for :func:`build_vgg16`.
+        layers: one layer name (one output) or a list of names (a list of
+            outputs, all from the same single pass).
+        base: an existing VGG16 base to share layers with (fine-tuned blocks
+            trained through :func:`top_model` then show up here); by default
+            a new one is built.
+    """
     import keras
 
     from vggtl.layers import CaffePreprocess
 
-    base = build_vgg16(weights, image_size, seed)
+    names = [layers] if isinstance(layers, str) else list(layers)
+    base = base if base is not None else build_vgg16(weights, image_size, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = CaffePreprocess(name="preprocess")(inputs)
-    truncated = keras.Model(base.input, base.get_layer(layer).output, name="vgg16")
+    outputs = [base.get_layer(name).output for name in names]
+    truncated = keras.Model(base.input, outputs if len(outputs) > 1 else outputs[0], name="vgg16")
     truncated.trainable = False
-    return keras.Model(inputs, truncated(x), name=f"vgg16_{layer}")
+    return keras.Model(inputs, truncated(x), name=f"vgg16_{names[0]}")
+
+
+def top_model(base, boundary: str, top: str = "block5_pool"):
+    """The layers of ``base`` above ``boundary`` up to ``top``, as a model on
+    stored ``boundary`` activations. It shares its layers (and so its weights)
+    with ``base``: fine-tuning it fine-tunes ``base``.
+    """
+    import keras
+
+    names = [layer.name for layer in base.layers]
+    if boundary not in names or top not in names or names.index(top) <= names.index(boundary):
+        raise ValueError(f"need boundary below top in {names}, got {boundary!r} -> {top!r}")
+    inputs = keras.Input(tuple(base.get_layer(boundary).output.shape[1:]), name=boundary)
+    x = inputs
+    for layer in base.layers[names.index(boundary) + 1 : names.index(top) + 1]:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"vgg16_above_{boundary}")

@@ -34,6 +34,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # before we see them; we keep the same ceiling (so data.max_pixels can only
 # lower it) but make it a config key with a clear message.
 DEFAULT_MAX_PIXELS = 178_956_970
+# Bump when vggtl.augment's transforms change: stored views are then recomputed.
+AUGMENT_VERSION = 2
 NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 BACKBONE_LAYERS = {
     "vgg16": (
@@ -119,6 +121,36 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    blocks: int = _key(0, low=0, high=4, doc="top VGG16 conv blocks to fine-tune after the head: 0 = off, 1 = block5, 2 = blocks 4-5, ...")
+    epochs: int = _key(30, low=1, high=10_000, doc="maximum fine-tuning epochs (phase 2)")
+    optimizer: str = _key("sgd", choices=("adam", "sgd", "rmsprop", "adamw"), doc="phase-2 optimizer (sgd has momentum 0.9)")
+    learning_rate: float = _key(1e-4, low=1e-8, high=1.0, doc="phase-2 learning rate; keep it low")
+    early_stopping_patience: int = _key(5, low=0, high=10_000, doc="phase-2 epochs without val_loss improvement; 0 = off")
+    batch_size: int = _key(16, low=1, high=4096, doc="phase-2 batch size")
+
+
+@dataclass
+class AugmentConfig:
+    views: int = _key(0, low=0, high=64, doc="augmented views stored per training image; 0 = off")
+    horizontal_flip: bool = _key(True, doc="random left-right flip")
+    vertical_flip: bool = _key(False, doc="random top-bottom flip")
+    rotation: float = _key(15.0, low=0.0, high=180.0, doc="max rotation in degrees")
+    zoom: float = _key(0.1, low=0.0, high=0.9, doc="max zoom in/out as a fraction")
+    shear: float = _key(0.0, low=0.0, high=45.0, doc="max shear in degrees")
+    width_shift: float = _key(0.1, low=0.0, high=0.9, doc="max horizontal shift as a fraction of the width")
+    height_shift: float = _key(0.1, low=0.0, high=0.9, doc="max vertical shift as a fraction of the height")
+    brightness: float = _key(0.1, low=0.0, high=0.9, doc="max brightness change as a fraction")
+
+    def digest(self) -> str:
+        """Identifies the view settings: stored views are keyed by it. Includes
+        AUGMENT_VERSION so a change to the transforms' code invalidates views."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k != "views"}
+        settings["algorithm"] = AUGMENT_VERSION
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
 class OutputConfig:
     dir: str = _key("experiments", doc="where versioned artifacts are written")
 
@@ -133,6 +165,8 @@ class Config:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:
@@ -140,6 +174,14 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def stored_layers(self) -> list[str]:
+        """Layers the feature store must hold: the head's input, plus the frozen
+        boundary below the fine-tuned blocks (block4_pool for blocks: 1, ...)."""
+        layers = [self.backbone.layer]
+        if self.finetune.blocks:
+            layers.append(f"block{5 - self.finetune.blocks}_pool")
+        return layers
 
     def digest(self) -> str:
         """sha256 of the resolved config (stable key order)."""
@@ -291,6 +333,11 @@ def _validate_semantics(cfg: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: key 'backbone.layer': got {cfg.backbone.layer!r}; allowed for "
             f"{cfg.backbone.name}: {', '.join(layers)}"
+        )
+    if cfg.finetune.blocks and cfg.backbone.layer != "block5_pool":
+        raise ConfigError(
+            f"{source}: key 'finetune.blocks': fine-tuning needs the head on block5_pool, "
+            f"but 'backbone.layer' is {cfg.backbone.layer!r}; set backbone.layer: block5_pool or finetune.blocks: 0"
         )
     if any(u < 1 for u in cfg.head.units):
         raise ConfigError(f"{source}: key 'head.units': got {cfg.head.units!r}; every width must be >= 1")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import backbone, config, data, store
+from vggtl import augment, backbone, config, data, store
 from vggtl.errors import ConfigError, cli_entry
 
 ROWS_PER_PART = 256
@@ -35,8 +35,8 @@ class ExtractResult:
 
     store_path: Path
     dataset: data.Dataset
-    computed: int
-    reused: int
+    computed: int  # entries computed now: images and augmented views
+    reused: int  # entries taken from the store or earlier parts
     skipped: dict[str, str]  # relpath -> reason
     seconds: float
     up_to_date: bool
@@ -46,7 +46,7 @@ def store_settings(cfg: config.Config, weights: backbone.ResolvedWeights) -> dic
     """Everything that changes the stored feature values; its digest names the store."""
     return {
         "backbone": cfg.backbone.name,
-        "layer": cfg.backbone.layer,
+        "layers": cfg.stored_layers(),
         "weights_digest": weights.digest,
         "image_size": cfg.data.image_size,
         "resize": cfg.data.resize,
@@ -82,67 +82,85 @@ def locate_store(cfg: config.Config, allow_download: bool = True) -> tuple[Path,
 # --------------------------------------------------------------------------- decoding pipeline
 
 
-def decoded_stream(files, decode, workers: int, lookahead: int):
-    """Yield ``(file, pixels or None, reason or None)`` in order, decoding ahead in threads.
+@dataclass(frozen=True)
+class Job:
+    """One image file and the store keys still to compute for it: its clean
+    features (key = content hash) and/or augmented views (view keys)."""
 
-    At most ``lookahead`` images are in flight, so memory stays bounded
+    file: data.ImageFile
+    keys: tuple[str, ...]
+
+
+def decoded_stream(jobs, decode, workers: int, lookahead: int):
+    """Yield ``(job, [(key, pixels), ...] or None, reason or None)`` in order,
+    decoding ahead in threads.
+
+    At most ``lookahead`` jobs are in flight, so memory stays bounded
     whatever the dataset size; Pillow releases the GIL while decoding, so the
     threads overlap with the convolutions running in the main thread.
     """
-    files = iter(files)
+    jobs = iter(jobs)
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending = deque((f, pool.submit(decode, f.path)) for f in islice(files, lookahead))
+        pending = deque((job, pool.submit(decode, job)) for job in islice(jobs, lookahead))
         while pending:
-            f, future = pending.popleft()
-            nxt = next(files, None)
+            job, future = pending.popleft()
+            nxt = next(jobs, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(decode, nxt.path)))
+                pending.append((nxt, pool.submit(decode, nxt)))
             try:
-                yield f, future.result(), None
+                yield job, future.result(), None
             except data.UndecodableImage as exc:
-                yield f, None, str(exc)
+                yield job, None, str(exc)
 
 
 def batched(stream, batch_size: int, writer: store.PartWriter):
-    """Group decoded images into batches; undecodable ones go straight to the writer."""
+    """Group decoded images into ``[(key, pixels), ...]`` batches; undecodable
+    files go straight to the writer."""
     batch = []
-    for f, pixels, reason in stream:
-        if pixels is None:
-            writer.add_skipped(f.sha256, f.relpath, reason)
+    for job, items, reason in stream:
+        if items is None:
+            writer.add_skipped(job.file.sha256, job.file.relpath, reason)
             continue
-        batch.append((f, pixels))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
     if batch:
         yield batch
 
 
 def make_forward(cfg: config.Config, weights: backbone.ResolvedWeights):
-    """A compiled uint8-images -> features function (imports TensorFlow)."""
+    """A compiled function: uint8 images -> {layer: features} for every stored layer
+    (one pass through the base, however many layers are kept). Imports TensorFlow."""
     from vggtl import tfquiet
 
     tf = tfquiet.load()
-    model = backbone.feature_model(weights, cfg.data.image_size, cfg.backbone.layer, cfg.seed)
+    layers = cfg.stored_layers()
+    model = backbone.feature_model(weights, cfg.data.image_size, layers, cfg.seed)
     size = cfg.data.image_size
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def forward(x):
+        outputs = model(x, training=False)
+        return dict(zip(layers, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+
+    return tf.function(forward, input_signature=[spec])
 
 
-def compute_features(todo, cfg, weights, writer: store.PartWriter, progress: bool = True) -> None:
-    """Decode ``todo`` files, run the base, and hand features to ``writer``."""
+def compute_features(jobs, cfg, weights, writer: store.PartWriter, progress: bool = True) -> None:
+    """Decode the ``jobs``' images (and views), run the base, hand features to ``writer``."""
     from tqdm import tqdm
 
     forward = make_forward(cfg, weights)
-    decode = _decoder(cfg)
-    stream = decoded_stream(todo, decode, cfg.extract.workers, lookahead=2 * cfg.extract.batch_size)
-    with tqdm(total=len(todo), unit="img", desc="extract", disable=None if progress else True, file=sys.stderr) as bar:
+    stream = decoded_stream(jobs, _job_decoder(cfg), cfg.extract.workers, lookahead=2 * cfg.extract.batch_size)
+    total = sum(len(job.keys) for job in jobs)
+    with tqdm(total=total, unit="img", desc="extract", disable=None if progress else True, file=sys.stderr) as bar:
         for batch in batched(stream, cfg.extract.batch_size, writer):
-            pixels = np.stack([p for _, p in batch])
-            features = forward(pixels).numpy()
-            writer.add([f.sha256 for f, _ in batch], features)
+            features = forward(np.stack([p for _, p in batch]))
+            writer.add([key for key, _ in batch], {layer: f.numpy() for layer, f in features.items()})
             bar.update(len(batch))
-        bar.update(len(todo) - bar.n)
+        bar.update(total - bar.n)
     writer.flush()
 
 
@@ -161,12 +179,41 @@ def rows_per_part() -> int:
 
 
 def _decoder(cfg: config.Config):
+    """path -> clean decoded pixels, with the config's size, resize policy and background."""
     size, mode, bg, limit = cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels
 
     def decode(path):
         return data.decode_image(path, size, mode, bg, limit)
 
     return decode
+
+
+def _job_decoder(cfg: config.Config):
+    """Job -> [(key, pixels)]: the file is decoded once, views are warped from it."""
+    decode = _decoder(cfg)
+
+    def decode_job(job: Job):
+        clean = decode(job.file.path)
+        items = []
+        for key in job.keys:
+            if key == job.file.sha256:
+                items.append((key, clean))
+            else:
+                view = int(key.rsplit(":", 1)[1])
+                rng = augment.view_rng(cfg.seed, job.file.sha256, view)
+                items.append((key, augment.augment_image(clean, cfg.augment, rng, cfg.background_rgb)))
+        return items
+
+    return decode_job
+
+
+def view_keys(cfg: config.Config, dataset: data.Dataset) -> list[str]:
+    """Keys of the augmented views wanted: ``augment.views`` per distinct training image."""
+    if not cfg.augment.views:
+        return []
+    digest = cfg.augment.digest()
+    shas = dict.fromkeys(f.sha256 for f in dataset.files if f.split == "train")
+    return [augment.view_key(sha, digest, v) for sha in shas for v in range(1, cfg.augment.views + 1)]
 
 
 # --------------------------------------------------------------------------- the run
@@ -188,25 +235,30 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     for note in dataset.warnings:
         log(f"warning: {note}")
     path, settings, weights = locate_store(cfg)
-    shape = backbone.feature_shape(cfg.backbone.layer, cfg.data.image_size)
+    shapes = {layer: backbone.feature_shape(layer, cfg.data.image_size) for layer in cfg.stored_layers()}
     skip_cfg = skip_settings(cfg)
+    views = view_keys(cfg, dataset)
     with store.locked(path):
         store.remove_stale_temporaries(path)
         state = store.load_state(path, settings, skip_cfg)
         for note in state.notes:
             log(f"warning: {note}")
         has_parts = store.parts_dir(path).is_dir() and any(store.parts_dir(path).iterdir())
+        wanted = _wanted_keys(dataset, views, state.skipped)
         # A store whose skip reasons came from other skip settings (e.g. a
         # lower data.max_pixels) is not up to date: those files get retried.
+        # Other augment settings change the wanted view keys, so only the
+        # views are recomputed.
         fresh = state.store_ok and state.store_skip_ok and state.store_data_digest == dataset.digest()
-        if fresh and not has_parts:
-            return _result(path, dataset, 0, state, start, up_to_date=True)
-        todo = _distinct_missing(dataset, state)
-        cached = len({f.sha256 for f in dataset.files if f.sha256 in state.sources})
-        log(f"extract: {len(todo)} image(s) to compute, {cached} cached; weights: {weights.source}")
-        writer = store.PartWriter(path, settings, skip_cfg, shape, cfg.cache.dtype, part_rows)
-        if todo:
-            compute_features(todo, cfg, weights, writer, progress)
+        if fresh and not has_parts and state.store_keys == wanted:
+            return _result(path, dataset, 0, state, start, True, len(wanted))
+        jobs = _jobs(dataset, views, state)
+        n_todo = sum(len(job.keys) for job in jobs)
+        cached = len(wanted & set(state.sources))
+        log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {weights.source}")
+        writer = store.PartWriter(path, settings, skip_cfg, shapes, cfg.cache.dtype, part_rows)
+        if jobs:
+            compute_features(jobs, cfg, weights, writer, progress)
         sources = {**state.sources, **writer.written}
         skipped = {**state.skipped, **writer.skipped_reasons}
         attrs = {
@@ -216,33 +268,48 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
             "class_names": json.dumps(dataset.class_names),
             "data_digest": dataset.digest(),
             "config": cfg.to_yaml(),
-            "layer": cfg.backbone.layer,
+            "augment": json.dumps({"views": cfg.augment.views, "digest": cfg.augment.digest()}),
             "weights_source": weights.source,
         }
-        store.write_store(path, dataset, sources, skipped, attrs, shape, cfg.cache.dtype, cfg.cache.compression)
+        store.write_store(
+            path, dataset, sources, skipped, attrs, shapes, cfg.cache.dtype, cfg.cache.compression, view_keys=views
+        )
         store.clear_parts(path)
     state.skipped = skipped
-    return _result(path, dataset, writer.computed, state, start, up_to_date=False)
+    n_entries = len(_wanted_keys(dataset, views, skipped))
+    return _result(path, dataset, writer.computed, state, start, False, n_entries)
 
 
-def _distinct_missing(dataset: data.Dataset, state: store.CachedState) -> list[data.ImageFile]:
-    seen, todo = set(), []
+def _wanted_keys(dataset: data.Dataset, views: list[str], skipped: dict[str, str]) -> set[str]:
+    """Every key the store must hold: clean features of decodable images and their views."""
+    wanted = {f.sha256 for f in dataset.files if f.sha256 not in skipped}
+    return wanted | {k for k in views if k.split(":", 1)[0] not in skipped}
+
+
+def _jobs(dataset: data.Dataset, views: list[str], state: store.CachedState) -> list[Job]:
+    """One job per distinct image with something missing (clean features or views)."""
+    missing_views: dict[str, list[str]] = {}
+    for key in views:
+        if key not in state.sources:
+            missing_views.setdefault(key.split(":", 1)[0], []).append(key)
+    seen, jobs = set(), []
     for f in dataset.files:
-        if f.sha256 in seen or f.sha256 in state.sources or f.sha256 in state.skipped:
+        if f.sha256 in seen or f.sha256 in state.skipped:
             continue
         seen.add(f.sha256)
-        todo.append(f)
-    return todo
+        keys = ([] if f.sha256 in state.sources else [f.sha256]) + missing_views.get(f.sha256, [])
+        if keys:
+            jobs.append(Job(f, tuple(keys)))
+    return jobs
 
 
-def _result(path, dataset, computed, state, start, up_to_date) -> ExtractResult:
+def _result(path, dataset, computed, state, start, up_to_date, n_entries) -> ExtractResult:
     skipped = {f.relpath: state.skipped[f.sha256] for f in dataset.files if f.sha256 in state.skipped}
-    distinct = len({f.sha256 for f in dataset.files if f.sha256 not in state.skipped})
     return ExtractResult(
         store_path=path,
         dataset=dataset,
         computed=computed,
-        reused=distinct - computed,
+        reused=n_entries - computed,
         skipped=skipped,
         seconds=time.perf_counter() - start,
         up_to_date=up_to_date,
@@ -252,7 +319,8 @@ def _result(path, dataset, computed, state, start, up_to_date) -> ExtractResult:
 def print_summary(result: ExtractResult, log=print) -> None:
     counts = result.dataset.counts()
     ok = len(result.dataset.files) - len(result.skipped)
-    log(f"store: {result.store_path}")
+    size_mb = result.store_path.stat().st_size / 1e6 if result.store_path.is_file() else 0.0
+    log(f"store: {result.store_path} ({size_mb:.1f} MB)")
     log(f"classes ({len(result.dataset.class_names)}): {', '.join(result.dataset.class_names)}")
     for split in data.SPLITS:
         log(f"  {split:5s} {sum(counts[split].values()):6d} images")

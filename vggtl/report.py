@@ -9,6 +9,7 @@ import numpy as np
 from vggtl.data import SPLITS
 
 WORST_N = 12
+PHASE_TITLES = {"phase1": "phase 1 (head on cached features)", "phase2": "phase 2 (fine-tuning)"}
 
 
 def _pct(x: float) -> str:
@@ -46,20 +47,24 @@ def plot_confusion(matrix, class_names, path: Path) -> None:
 
 
 def plot_curves(history: dict, path: Path) -> None:
+    """Loss and accuracy per epoch; one row per phase (``{"phase1": {...}, "phase2": {...}}``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        epochs = range(1, len(history.get(key, [])) + 1)
-        ax.plot(epochs, history.get(key, []), label=f"train {key}")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], label=f"val {key}")
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.legend()
+    phases = list(history)
+    fig, axes = plt.subplots(len(phases), 2, figsize=(10, 3.5 * len(phases)), squeeze=False)
+    for row, phase in zip(axes, phases):
+        curves = history[phase]
+        for ax, key in zip(row, ("loss", "accuracy")):
+            epochs = range(1, len(curves.get(key, [])) + 1)
+            ax.plot(epochs, curves.get(key, []), label=f"train {key}")
+            if f"val_{key}" in curves:
+                ax.plot(epochs, curves[f"val_{key}"], label=f"val {key}")
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{PHASE_TITLES.get(phase, phase)}: {key}")
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -113,7 +118,17 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_
         f"- backbone: {cfg.backbone.name} up to `{cfg.backbone.layer}`, weights: {weights.source}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
         f"- seed {cfg.seed}, image size {cfg.data.image_size}, resize `{cfg.data.resize}`, "
-        f"epochs trained {metrics['epochs_trained']} (best {metrics['best_epoch']})",
+        f"phase 1 epochs {metrics['epochs_trained']} (best {metrics['best_epoch']})",
+        f"- augmentation: {cfg.augment.views} stored view(s) per training image"
+        + (f" (settings digest `{cfg.augment.digest()}`)" if cfg.augment.views else ""),
+        "- fine-tuning: "
+        + (
+            f"top {cfg.finetune.blocks} block(s), {cfg.finetune.optimizer} lr {cfg.finetune.learning_rate}, "
+            f"{metrics['phase2']['epochs_trained']} epochs (best {metrics['phase2']['best_epoch']})"
+            + ("" if metrics["phase2"]["improved_val_loss"] else " -- **did not improve val_loss; phase-1 weights kept**")
+            if "phase2" in metrics
+            else "off"
+        ),
         "",
         "## Results",
         "",
@@ -122,7 +137,17 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_
     lines += _table(
         ["", "val accuracy", "test accuracy", "test macro F1"],
         [
-            ["vggtl head", _pct(metrics["val"]["accuracy"]), _pct(test["accuracy"]), f"{test['macro_f1']:.3f}"],
+            *(
+                [["after phase 1 (head only)", _pct(metrics["phase1"]["val"]["accuracy"]), _pct(metrics["phase1"]["test"]["accuracy"]), ""]]
+                if "phase2" in metrics
+                else []
+            ),
+            [
+                "vggtl model" + (" (after fine-tuning)" if "phase2" in metrics else ""),
+                _pct(metrics["val"]["accuracy"]),
+                _pct(test["accuracy"]),
+                f"{test['macro_f1']:.3f}",
+            ],
             ["linear probe (logistic regression, pooled features)", _pct(probe["val_accuracy"]), _pct(probe["test_accuracy"]), ""],
         ],
     )

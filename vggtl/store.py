@@ -4,10 +4,13 @@ One file per (dataset name, backbone setting)::
 
     <cache.path>/<name>-<settings_key[:12]>.h5
       attrs     schema_version, vggtl_version, settings (JSON), settings_key,
-                class_names (JSON), data_digest, config (YAML), layer,
-                feature_shape, created_utc
-      entries/sha256    (N,)     S64    content hash of each distinct image
-      entries/features  (N,...)  f16/32 activations, one image per chunk
+                class_names (JSON), data_digest, config (YAML), layers (JSON),
+                feature_shapes (JSON), augment (JSON), created_utc
+      entries/key       (N,)     str    content sha256 of each distinct image, or
+                                        "<sha256>:<augment digest>:<view>" for an
+                                        augmented view of a training image
+      features/<layer>  (N,...)  f16/32 activations of each stored layer, one
+                                        entry per chunk (rows match entries/key)
       index/path        (M,)     str    file path relative to data.root
       index/label       (M,)     i4
       index/split       (M,)     i1     0 train, 1 val, 2 test
@@ -44,7 +47,7 @@ import vggtl
 from vggtl.data import SPLIT_CODES, SPLITS, Dataset
 from vggtl.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
 _COPY_ROWS = 256
 READ_BLOCK = 256
@@ -148,8 +151,9 @@ def remove_stale_temporaries(path: Path) -> None:
 class CachedState:
     """What a previous run left: features and skip reasons by content hash.
 
-    ``sources`` maps sha256 -> (file, row) for features found in the store
-    or in complete part files. ``store_skip_ok`` says the store's skip
+    ``sources`` maps entry key (content sha256, or a view key) -> (file, row)
+    for features found in the store or in complete part files;
+    ``store_keys`` are the keys of the published store alone. ``store_skip_ok`` says the store's skip
     reasons were made with the current skip settings (so it can be up to date).
     """
 
@@ -158,13 +162,13 @@ class CachedState:
     store_ok: bool = False
     store_skip_ok: bool = False
     store_data_digest: str | None = None
+    store_keys: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
 
 def _read_entries(fh, file_path: Path, state: CachedState, skip_ok: bool) -> None:
-    shas = fh["entries/sha256"][:]
-    for row, sha in enumerate(shas):
-        state.sources.setdefault(sha.decode(), (file_path, row))
+    for row, key in enumerate(fh["entries/key"].asstr()[:]):
+        state.sources.setdefault(key, (file_path, row))
     if skip_ok and "skipped" in fh:
         for sha, reason in zip(fh["skipped/sha256"][:], fh["skipped/reason"].asstr()[:]):
             state.skipped.setdefault(sha.decode(), reason)
@@ -204,6 +208,7 @@ def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
                         found.store_ok = True
                         found.store_skip_ok = skip_ok
                         found.store_data_digest = fh.attrs.get("data_digest")
+                        found.store_keys = set(found.sources)
         except (OSError, KeyError, ValueError) as exc:
             _quarantine(file_path, path, f"cannot be read: {exc}", state)
             continue
@@ -217,6 +222,7 @@ def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
         if file_path == path:
             state.store_ok, state.store_skip_ok = found.store_ok, found.store_skip_ok
             state.store_data_digest = found.store_data_digest
+            state.store_keys = found.store_keys
     return state
 
 
@@ -237,7 +243,7 @@ class PartWriter:
         path: Path,
         settings: dict,
         skip_settings: dict,
-        shape,
+        shapes: dict[str, tuple],
         dtype: str,
         rows_per_part: int = 256,
         seconds_per_part: float = 5.0,
@@ -246,23 +252,25 @@ class PartWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.settings_key = settings_key(settings)
         self.skip_settings = json.dumps(skip_settings, sort_keys=True)
-        self.shape = tuple(shape)
+        self.shapes = {layer: tuple(shape) for layer, shape in shapes.items()}
         self.dtype = np.dtype(dtype)
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
         self._last_flush = time.monotonic()
-        self._shas: list[str] = []
-        self._feats: list[np.ndarray] = []
+        self._keys: list[str] = []
+        self._feats: dict[str, list[np.ndarray]] = {layer: [] for layer in self.shapes}
         self._skipped: list[tuple[str, str, str]] = []
         self.written: dict[str, tuple[Path, int]] = {}
         self.skipped_reasons: dict[str, str] = {}
         self.computed = 0
 
-    def add(self, shas, features) -> None:
-        self._shas.extend(shas)
-        self._feats.append(np.asarray(features, dtype=self.dtype))
-        self.computed += len(shas)
-        if len(self._shas) >= self.rows_per_part or time.monotonic() - self._last_flush >= self.seconds_per_part:
+    def add(self, keys, features: dict) -> None:
+        """Buffer ``features[layer]`` (one row per key) for every stored layer."""
+        self._keys.extend(keys)
+        for layer in self.shapes:
+            self._feats[layer].append(np.asarray(features[layer], dtype=self.dtype))
+        self.computed += len(keys)
+        if len(self._keys) >= self.rows_per_part or time.monotonic() - self._last_flush >= self.seconds_per_part:
             self.flush()
 
     def add_skipped(self, sha: str, relpath: str, reason: str) -> None:
@@ -271,24 +279,27 @@ class PartWriter:
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not self._shas and not self._skipped:
+        if not self._keys and not self._skipped:
             return
         target = self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.h5"
         fh, commit, abort = _atomic_h5(target)
         try:
             fh.attrs["settings_key"] = self.settings_key
             fh.attrs["skip_settings"] = self.skip_settings
-            feats = np.concatenate(self._feats) if self._feats else np.zeros((0, *self.shape), self.dtype)
-            fh.create_dataset("entries/sha256", data=np.array(self._shas, dtype="S64").reshape(-1))
-            fh.create_dataset("entries/features", data=feats)
+            fh.create_dataset("entries/key", data=self._keys, dtype=_STR, shape=(len(self._keys),))
+            for layer, shape in self.shapes.items():
+                chunks = self._feats[layer]
+                feats = np.concatenate(chunks) if chunks else np.zeros((0, *shape), self.dtype)
+                fh.create_dataset(f"features/{layer}", data=feats)
             _write_skipped(fh, self._skipped)
             commit()
         except BaseException:
             abort()
             raise
-        for row, sha in enumerate(self._shas):
-            self.written[sha] = (target, row)
-        self._shas, self._feats, self._skipped = [], [], []
+        for row, key in enumerate(self._keys):
+            self.written[key] = (target, row)
+        self._keys, self._skipped = [], []
+        self._feats = {layer: [] for layer in self.shapes}
 
 
 def _write_skipped(fh, skipped: list[tuple[str, str, str]]) -> None:
@@ -304,11 +315,16 @@ def write_store(
     sources: dict[str, tuple[Path, int]],
     skipped: dict[str, str],
     attrs: dict,
-    shape,
+    shapes: dict[str, tuple],
     dtype: str,
     compression: str | None,
+    view_keys=(),
 ) -> dict:
     """Write the complete store for ``dataset`` atomically; return its summary.
+
+    Args:
+        view_keys: keys of the augmented views to keep (those of skipped
+            images are left out); every other view in ``sources`` drops out.
 
     Features are copied from ``sources`` (old store and part files) in
     bounded chunks, so memory does not grow with the dataset.
@@ -316,10 +332,12 @@ def write_store(
     good = [f for f in dataset.files if f.sha256 in sources]
     bad = [f for f in dataset.files if f.sha256 not in sources]
     missing = [f.relpath for f in bad if f.sha256 not in skipped]
+    missing += [k for k in view_keys if k.split(":", 1)[0] in sources and k not in sources]
     if missing:
         raise StoreError(f"internal: no features nor skip reason for {missing[:3]}")
     unique = list(dict.fromkeys(f.sha256 for f in good))
-    row_of = {sha: i for i, sha in enumerate(unique)}
+    unique += [k for k in view_keys if k in sources]
+    row_of = {key: i for i, key in enumerate(unique)}
     fh, commit, abort = _atomic_h5(path)
     try:
         for k, v in attrs.items():
@@ -327,16 +345,18 @@ def write_store(
         fh.attrs["schema_version"] = SCHEMA_VERSION
         fh.attrs["vggtl_version"] = vggtl.__version__
         fh.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        fh.attrs["feature_shape"] = json.dumps(list(shape))
-        fh.create_dataset("entries/sha256", data=np.array(unique, dtype="S64").reshape(-1))
-        out = fh.create_dataset(
-            "entries/features",
-            shape=(len(unique), *shape),
-            dtype=dtype,
-            chunks=(1, *shape) if unique else None,
-            compression=compression,
-        )
-        _copy_features(out, unique, sources)
+        fh.attrs["layers"] = json.dumps(list(shapes))
+        fh.attrs["feature_shapes"] = json.dumps({layer: list(shape) for layer, shape in shapes.items()})
+        fh.create_dataset("entries/key", data=unique, dtype=_STR, shape=(len(unique),))
+        for layer, shape in shapes.items():
+            out = fh.create_dataset(
+                f"features/{layer}",
+                shape=(len(unique), *shape),
+                dtype=dtype,
+                chunks=(1, *shape) if unique else None,
+                compression=compression,
+            )
+            _copy_features(out, layer, unique, sources)
         fh.create_dataset("index/path", data=[f.relpath for f in good], dtype=_STR)
         fh.create_dataset("index/label", data=np.array([f.label for f in good], dtype="i4"))
         fh.create_dataset("index/split", data=np.array([SPLIT_CODES[f.split] for f in good], dtype="i1"))
@@ -346,11 +366,11 @@ def write_store(
     except BaseException:
         abort()
         raise
-    return {"images": len(good), "distinct": len(unique), "skipped": len(bad)}
+    return {"images": len(good), "entries": len(unique), "skipped": len(bad)}
 
 
-def _copy_features(out, unique: list[str], sources: dict[str, tuple[Path, int]]) -> None:
-    """Fill ``out`` row by row from the source files, reading in sorted runs."""
+def _copy_features(out, layer: str, unique: list[str], sources: dict[str, tuple[Path, int]]) -> None:
+    """Fill ``out`` (one layer) row by row from the source files, reading in sorted runs."""
     by_file: dict[Path, list[tuple[int, int]]] = {}
     for dst, sha in enumerate(unique):
         src_file, src_row = sources[sha]
@@ -358,7 +378,7 @@ def _copy_features(out, unique: list[str], sources: dict[str, tuple[Path, int]])
     for src_file, pairs in by_file.items():
         pairs.sort()
         with h5py.File(src_file, "r") as src:
-            feats = src["entries/features"]
+            feats = src[f"features/{layer}"]
             for start in range(0, len(pairs), _COPY_ROWS):
                 chunk = pairs[start : start + _COPY_ROWS]
                 src_rows = [s for s, _ in chunk]
@@ -394,6 +414,12 @@ class FeatureStore:
 
     Args:
         path: the ``.h5`` store file.
+
+    Attributes:
+        layers: stored layers; ``layers[0]`` is the head's input
+            (``backbone.layer``) and the default of every reader.
+        paths, labels, splits, entries: the per-file index (``entries`` are
+            rows of the clean features).
     """
 
     def __init__(self, path):
@@ -413,7 +439,10 @@ class FeatureStore:
         self.settings: dict = json.loads(attrs["settings"])
         self.data_digest: str = attrs["data_digest"]
         self.config_yaml: str = attrs["config"]
-        self.feature_shape = tuple(json.loads(attrs["feature_shape"]))
+        self.layers: list[str] = json.loads(attrs["layers"])
+        self.feature_shapes = {layer: tuple(shape) for layer, shape in json.loads(attrs["feature_shapes"]).items()}
+        self.feature_shape = self.feature_shapes[self.layers[0]]
+        self.augment: dict = json.loads(attrs.get("augment", "{}"))
         self.paths = np.array(self._fh["index/path"].asstr()[:], dtype=object)
         self.labels = self._fh["index/label"][:]
         self.splits = self._fh["index/split"][:]
@@ -437,21 +466,42 @@ class FeatureStore:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         return np.flatnonzero(self.splits == SPLIT_CODES[split])
 
-    def features(self, rows) -> np.ndarray:
-        """float32 features of the given index rows, in the order given."""
-        rows = np.asarray(rows, dtype=np.int64)
-        unique, inverse = np.unique(self.entries[rows], return_inverse=True)
-        return self._read_entries(unique)[inverse].astype(np.float32)
+    def features(self, rows, layer: str | None = None, dtype="float32") -> np.ndarray:
+        """Clean features of the given index rows, in the order given."""
+        return self.entry_features(self.entries[np.asarray(rows, dtype=np.int64)], layer, dtype)
 
-    def _read_entries(self, unique: np.ndarray) -> np.ndarray:
-        """Rows ``unique`` (sorted) of entries/features, read block by block.
+    def entry_rows(self, keys) -> np.ndarray:
+        """Entry rows of the given keys (e.g. view keys); StoreError names a missing one."""
+        if not hasattr(self, "_row_of_key"):
+            self._row_of_key = {k: i for i, k in enumerate(self._fh["entries/key"].asstr()[:])}
+        try:
+            return np.array([self._row_of_key[k] for k in keys], dtype=np.int64)
+        except KeyError as exc:
+            raise StoreError(f"feature store {self.path} has no entry {exc.args[0]!r}; re-run extract") from None
+
+    def clean_keys(self, rows) -> list[str]:
+        """Content hashes (clean entry keys) of the given index rows."""
+        if not hasattr(self, "_keys"):
+            self._keys = self._fh["entries/key"].asstr()[:]
+        return [self._keys[e] for e in self.entries[np.asarray(rows, dtype=np.int64)]]
+
+    def entry_features(self, entries, layer: str | None = None, dtype="float32") -> np.ndarray:
+        """Features of the given entry rows (any order, repeats allowed) for ``layer``."""
+        layer = layer or self.layers[0]
+        if layer not in self.feature_shapes:
+            raise StoreError(f"feature store {self.path} holds {self.layers}, not {layer!r}; re-run extract with this config")
+        unique, inverse = np.unique(np.asarray(entries, dtype=np.int64), return_inverse=True)
+        return self._read_entries(unique, layer)[inverse].astype(dtype, copy=False)
+
+    def _read_entries(self, unique: np.ndarray, layer: str) -> np.ndarray:
+        """Rows ``unique`` (sorted) of features/<layer>, read block by block.
 
         h5py's fancy indexing costs ~2 ms per row; reading whole blocks of
         READ_BLOCK contiguous rows and picking from them is ~40x faster and
         keeps memory bounded by one block.
         """
-        dataset = self._fh["entries/features"]
-        out = np.empty((len(unique), *self.feature_shape), dtype=dataset.dtype)
+        dataset = self._fh[f"features/{layer}"]
+        out = np.empty((len(unique), *self.feature_shapes[layer]), dtype=dataset.dtype)
         blocks = unique // READ_BLOCK
         for block in np.unique(blocks):
             lo, hi = np.searchsorted(blocks, block, "left"), np.searchsorted(blocks, block, "right")

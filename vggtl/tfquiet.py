@@ -65,6 +65,9 @@ def load():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # "cuInit failed" is printed here
+            # Python-side TF warnings (e.g. predict-function retracing when a
+            # run evaluates several models) are advice for TF developers.
+            tf.get_logger().setLevel("ERROR")
         _loaded = True
     import tensorflow as tf
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from vggtl import artifact, backbone, config, extract, heads, report, tfquiet
+from vggtl import artifact, augment, backbone, config, extract, heads, report, tfquiet
 from vggtl.data import SPLITS
 from vggtl.errors import StoreError, cli_entry
 from vggtl.store import FeatureStore
@@ -26,9 +26,25 @@ PROBE_MAX_ITER = 2000
 E2E_TOLERANCE = 0.02
 
 
-def load_split(fs: FeatureStore, split: str):
+def load_split(fs: FeatureStore, split: str, layer: str | None = None):
+    """(rows, clean float32 features of ``layer``, labels) of one split."""
     rows = fs.split_rows(split)
-    return rows, fs.features(rows), fs.labels[rows]
+    return rows, fs.features(rows, layer), fs.labels[rows]
+
+
+def training_bank(fs: FeatureStore, rows, layer: str | None, views: int) -> np.ndarray:
+    """``(views + 1, N, ...)`` float16: the clean features of the training rows,
+    then each stored augmented view (float16 halves the RAM of the bank)."""
+    clean = fs.features(rows, layer, dtype=np.float16)
+    if not views:
+        return clean[None]
+    shas = fs.clean_keys(rows)
+    digest = fs.augment["digest"]
+    bank = [clean]
+    for view in range(1, views + 1):
+        keys = [augment.view_key(sha, digest, view) for sha in shas]
+        bank.append(fs.entry_features(fs.entry_rows(keys), layer, dtype=np.float16))
+    return np.stack(bank)
 
 
 def seed_everything(seed: int) -> None:
@@ -48,37 +64,131 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts) if c > 0}
 
 
-def fit_head(cfg: config.Config, x_train, y_train, x_val, y_val, n_classes: int):
-    """Train the head with early stopping on val_loss; best weights restored."""
+def view_sampler(bank: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int, weights=None):
+    """A Keras PyDataset that, each epoch, shuffles the training images and draws
+    one version of each -- the clean image or one of its stored views --
+    uniformly and reproducibly from (seed, epoch)."""
+    import keras
+
+    class ViewSampler(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.onehot = keras.utils.to_categorical(labels, n_classes)
+            self.sample_weight = (
+                np.array([weights[int(y)] for y in labels], dtype=np.float32) if weights else None
+            )
+            self._draw()
+
+        def _draw(self):
+            rng = np.random.default_rng([seed, self.epoch])
+            self.order = rng.permutation(bank.shape[1])
+            self.version = rng.integers(0, bank.shape[0], size=bank.shape[1])
+
+        def __len__(self):
+            return -(-bank.shape[1] // batch_size)
+
+        def __getitem__(self, i):
+            idx = self.order[i * batch_size : (i + 1) * batch_size]
+            x = bank[self.version[idx], idx].astype(np.float32)
+            if self.sample_weight is None:
+                return x, self.onehot[idx]
+            return x, self.onehot[idx], self.sample_weight[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._draw()
+
+    return ViewSampler()
+
+
+def _fit(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, patience, class_weight_mode, seed):
+    """fit() on the training bank (clean + views) with early stopping on val_loss."""
+    import keras
+
+    callbacks = []
+    if patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
+    weights = class_weights(y_train, n_classes, class_weight_mode)
+    x_val, y_val = val_data
+    validation = (x_val, keras.utils.to_categorical(y_val, n_classes))
+    if bank.shape[0] == 1:  # no views: plain arrays, Keras shuffles
+        history = model.fit(
+            bank[0].astype(np.float32),
+            keras.utils.to_categorical(y_train, n_classes),
+            validation_data=validation,
+            epochs=epochs,
+            batch_size=batch_size,
+            class_weight=weights,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    else:
+        sampler = view_sampler(bank, y_train, n_classes, batch_size, seed, weights)
+        history = model.fit(sampler, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
+    """Phase 1: train the head on cached features (clean + views); best weights restored."""
     seed_everything(cfg.seed)  # first: also imports TensorFlow quietly
     import keras
 
-    stats = heads.standardization_stats(x_train, cfg.head.pooling) if cfg.head.standardize else None
-    head = heads.build_head(x_train.shape[1:], n_classes, cfg.head, stats=stats)
+    stats = heads.standardization_stats(bank[0].astype(np.float32), cfg.head.pooling) if cfg.head.standardize else None
+    head = heads.build_head(bank.shape[2:], n_classes, cfg.head, stats=stats)
     head.compile(
         optimizer=heads.make_optimizer(cfg.train.optimizer, cfg.train.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
         metrics=["accuracy"],
     )
-    callbacks = []
-    if cfg.train.early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=cfg.train.early_stopping_patience, restore_best_weights=True
-            )
-        )
-    history = head.fit(
-        x_train,
-        keras.utils.to_categorical(y_train, n_classes),
-        validation_data=(x_val, keras.utils.to_categorical(y_val, n_classes)),
-        epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        class_weight=class_weights(y_train, n_classes, cfg.train.class_weight),
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=0,
+    history = _fit(
+        head, bank, y_train, (x_val, y_val), n_classes,
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+        patience=cfg.train.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed,
     )
-    return head, {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return head, history
+
+
+def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_classes: int):
+    """Phase 2: train the unfrozen top blocks + head on stored boundary activations.
+
+    ``base`` is the VGG16 base whose top blocks are trained in place (the
+    layers are shared with the returned model), so the end-to-end model built
+    from ``base`` afterwards carries the fine-tuned weights.
+    """
+    seed_everything(cfg.seed + 1)
+    import keras
+
+    boundary = cfg.stored_layers()[1]
+    top = backbone.top_model(base, boundary, cfg.backbone.layer)
+    for layer in top.layers:
+        layer.trainable = True
+    inputs = keras.Input(bank.shape[2:], name=boundary)
+    model = keras.Model(inputs, head(top(inputs)), name="finetune")
+    model.compile(
+        optimizer=heads.make_optimizer(cfg.finetune.optimizer, cfg.finetune.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+    start_loss = model.evaluate(x_val, keras.utils.to_categorical(y_val, n_classes), verbose=0)[0]
+    start_weights = model.get_weights()
+    history = _fit(
+        model, bank, y_train, (x_val, y_val), n_classes,
+        epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
+        patience=cfg.finetune.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed + 1,
+    )
+    # Early stopping restores the best phase-2 epoch, which can still be worse
+    # than where phase 2 started: then fine-tuning did not help; keep phase 1.
+    kept = min(history["val_loss"]) < start_loss
+    if not kept:
+        model.set_weights(start_weights)
+    history["start_val_loss"] = [float(start_loss)]
+    return model, history, kept
+
+
+def best_epoch(history: dict) -> int:
+    return int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(history["loss"])
 
 
 def split_metrics(y_true, probs, class_names) -> dict:
@@ -127,24 +237,25 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
     return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in ("val", "test")}
 
 
-def end_to_end_model(cfg: config.Config, weights: backbone.ResolvedWeights, head):
-    """raw RGB uint8 images -> probabilities: preprocessing + frozen base + head."""
+def end_to_end_model(cfg: config.Config, weights: backbone.ResolvedWeights, base, head):
+    """raw RGB uint8 images -> probabilities: preprocessing + ``base`` (possibly
+    with fine-tuned top blocks) + head."""
     import keras
 
     size = cfg.data.image_size
-    features = backbone.feature_model(weights, size, cfg.backbone.layer, cfg.seed)
+    features = backbone.feature_model(weights, size, cfg.backbone.layer, cfg.seed, base=base)
     inputs = keras.Input((size, size, 3), name="image")
     return keras.Model(inputs, head(features(inputs)), name=f"vggtl_{cfg.name}")
 
 
-def check_end_to_end(model, fs: FeatureStore, cfg: config.Config, head, dataset_root, n: int = 8) -> float:
-    """Max |p_model - p_head(cached)| on a few test images: proves the artifact
-    computes what was trained and evaluated (fp16 cache gives ~1e-3)."""
+def check_end_to_end(model, evaluate_cached, fs: FeatureStore, cfg: config.Config, dataset_root, n: int = 8) -> float:
+    """Max |p_model - p_cached| on a few test images, where ``evaluate_cached(rows)``
+    gives the probabilities the metrics were computed from. Proves the artifact
+    computes what was trained and evaluated (the fp16 cache gives ~1e-3)."""
     from vggtl.data import UndecodableImage, decode_image
 
-    rows = fs.split_rows("test")[:n]
     images, kept = [], []
-    for row in rows:
+    for row in fs.split_rows("test")[:n]:
         try:
             images.append(
                 decode_image(dataset_root / fs.paths[row], cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)
@@ -155,8 +266,25 @@ def check_end_to_end(model, fs: FeatureStore, cfg: config.Config, head, dataset_
     if not kept:
         return 0.0
     direct = model.predict(np.stack(images), verbose=0)
-    cached = head.predict(fs.features(kept), verbose=0)
-    return float(np.max(np.abs(direct - cached)))
+    return float(np.max(np.abs(direct - evaluate_cached(kept))))
+
+
+def open_current_store(cfg: config.Config, dataset, config_arg) -> tuple[FeatureStore, dict, backbone.ResolvedWeights]:
+    """The store for ``cfg``, refused unless it matches the data and augment settings now."""
+    store_path, settings, weights = extract.locate_store(cfg)
+    again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
+    if not store_path.is_file():
+        raise StoreError(f"no feature store for this config at {store_path}; run: {again}")
+    fs = FeatureStore(store_path)
+    if fs.data_digest != dataset.digest():
+        fs.close()
+        raise StoreError(
+            f"feature store {store_path} is out of date with {cfg.data.root} (images or splits changed); run {again} first"
+        )
+    if cfg.augment.views and fs.augment != {"views": cfg.augment.views, "digest": cfg.augment.digest()}:
+        fs.close()
+        raise StoreError(f"feature store {store_path} holds other augmented views than augment.* asks for; run {again} first")
+    return fs, settings, weights
 
 
 def main(argv=None) -> int:
@@ -168,54 +296,84 @@ def main(argv=None) -> int:
 
     # -- the store must exist and match the data as it is now
     dataset = extract.scan_dataset(cfg)
-    store_path, settings, weights = extract.locate_store(cfg)
-    if not store_path.is_file():
-        raise StoreError(f"no feature store for this config at {store_path}; run: python -m vggtl.extract {args.config or 'CONFIG'}")
-    fs = FeatureStore(store_path)
-    if fs.data_digest != dataset.digest():
-        raise StoreError(
-            f"feature store {store_path} is out of date with {cfg.data.root} (images or splits changed); "
-            f"run python -m vggtl.extract {args.config or 'CONFIG'} first"
-        )
+    fs, settings, weights = open_current_store(cfg, dataset, args.config)
+    store_path = fs.path
     class_names = fs.class_names
     n_classes = len(class_names)
 
-    # -- data: cached features for each split
-    _, x_train, y_train = load_split(fs, "train")
+    # -- phase 1 data: cached head-input features (+ augmented views for training)
+    train_rows, y_train = fs.split_rows("train"), fs.labels[fs.split_rows("train")]
+    bank = training_bank(fs, train_rows, None, cfg.augment.views)
     val_rows, x_val, y_val = load_split(fs, "val")
     test_rows, x_test, y_test = load_split(fs, "test")
-    print(f"train: {len(y_train)}  val: {len(y_val)}  test: {len(y_test)}  classes: {n_classes}  features: {fs.feature_shape}")
+    print(
+        f"train: {len(y_train)} (+{cfg.augment.views} views each)  val: {len(y_val)}  test: {len(y_test)}  "
+        f"classes: {n_classes}  features: {fs.feature_shape}"
+    )
 
-    # -- the head
-    head, history = fit_head(cfg, x_train, y_train, x_val, y_val, n_classes)
-    best_epoch = int(np.argmin(history["val_loss"])) + 1 if "val_loss" in history else len(history["loss"])
-    print(f"trained {len(history['loss'])} epochs (best: {best_epoch})")
+    # -- phase 1: the head
+    head, history1 = fit_head(cfg, bank, y_train, x_val, y_val, n_classes)
+    del bank
+    print(f"phase 1 (head): {len(history1['loss'])} epochs (best: {best_epoch(history1)})")
+    val_probs, test_probs = head.predict(x_val, verbose=0), head.predict(x_test, verbose=0)
+    phase1 = {
+        "val": {"accuracy": split_metrics(y_val, val_probs, class_names)["accuracy"]},
+        "test": {"accuracy": split_metrics(y_test, test_probs, class_names)["accuracy"]},
+        "epochs_trained": len(history1["loss"]),
+        "best_epoch": best_epoch(history1),
+    }
+    history = {"phase1": history1}
+    evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)  # noqa: E731
+
+    # -- phase 2: fine-tune the top blocks on stored boundary activations
+    base = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
+    if cfg.finetune.blocks:
+        boundary = cfg.stored_layers()[1]
+        bank = training_bank(fs, train_rows, boundary, cfg.augment.views)
+        _, xb_val, _ = load_split(fs, "val", boundary)
+        _, xb_test, _ = load_split(fs, "test", boundary)
+        tuned, history["phase2"], improved = finetune(cfg, base, head, bank, y_train, xb_val, y_val, n_classes)
+        del bank
+        print(
+            f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}): "
+            f"{len(history['phase2']['loss'])} epochs (best: {best_epoch(history['phase2'])})"
+            + ("" if improved else "; no val_loss improvement over phase 1, phase-1 weights kept")
+        )
+        val_probs, test_probs = tuned.predict(xb_val, verbose=0), tuned.predict(xb_test, verbose=0)
+        evaluate_cached = lambda rows: tuned.predict(fs.features(rows, boundary), verbose=0)  # noqa: E731
 
     # -- evaluation and baseline
-    val_probs = head.predict(x_val, verbose=0)
-    test_probs = head.predict(x_test, verbose=0)
     metrics = {
         "val": split_metrics(y_val, val_probs, class_names),
         "test": split_metrics(y_test, test_probs, class_names),
         "baseline": {"linear_probe": linear_probe(fs, cfg.seed)},
-        "epochs_trained": len(history["loss"]),
-        "best_epoch": best_epoch,
+        "phase1": phase1,
+        "epochs_trained": phase1["epochs_trained"],
+        "best_epoch": phase1["best_epoch"],
     }
+    if cfg.finetune.blocks:
+        metrics["phase2"] = {
+            "blocks": cfg.finetune.blocks,
+            "epochs_trained": len(history["phase2"]["loss"]),
+            "best_epoch": best_epoch(history["phase2"]),
+            "improved_val_loss": improved,
+        }
     print(
         f"val accuracy {metrics['val']['accuracy']:.4f}   test accuracy {metrics['test']['accuracy']:.4f}   "
-        f"(linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
+        f"(head only: test {phase1['test']['accuracy']:.4f}; "
+        f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
     )
 
     # -- the artifact: end-to-end model + metadata, published atomically
     artifact.clean_stale_staging(cfg.output.dir, cfg.name)
     staging = artifact.begin(cfg.output.dir, cfg.name)
     try:
-        model = end_to_end_model(cfg, weights, head)
+        model = end_to_end_model(cfg, weights, base, head)
         model.save(staging / "model.keras")
-        e2e_gap = check_end_to_end(model, fs, cfg, head, dataset.root)
+        e2e_gap = check_end_to_end(model, evaluate_cached, fs, cfg, dataset.root)
         if e2e_gap > E2E_TOLERANCE:
             raise RuntimeError(
-                f"internal: the end-to-end model differs from the trained head on cached features by {e2e_gap:.4f}"
+                f"internal: the end-to-end model differs from the evaluated model on cached features by {e2e_gap:.4f}"
             )
         artifact.write_json(staging / "labels.json", class_names)
         config.save(cfg, staging / "config.yaml")
