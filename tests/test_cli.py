@@ -40,3 +40,16 @@ def test_python_dash_m_config_error_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert "key 'data.root': directory 'missing-dir' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_usage_lists_the_view_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  classify " in out and "  summary " in out
+
+
+def test_dispatch_reaches_classify_and_summary(tmp_path, capsys):
+    assert cli.main(["classify", str(tmp_path / "missing.jpg")]) == 2
+    assert "missing.jpg' does not exist" in capsys.readouterr().err
+    assert cli.main(["summary", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err

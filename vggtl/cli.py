@@ -10,6 +10,8 @@ COMMANDS = {
     "train": "train the head on cached features; write artifact + report",
     "predict": "top-k labels for image files from an artifact",
     "weights": "provision or verify the offline VGG16 ImageNet weights",
+    "classify": "ImageNet labels for photos with the full pretrained VGG16/VGG19",
+    "summary": "layer table (and diagram) of an artifact's or a config's model",
 }
 
 

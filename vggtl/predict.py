@@ -1,9 +1,12 @@
-"""``python -m vggtl.predict ARTIFACT IMAGE_OR_DIR ... [--top-k K] [--json]``.
+"""``python -m vggtl.predict ARTIFACT IMAGE_OR_DIR ... [--top-k K] [--json] [--gradcam DIR [--class NAME]] [--tiles RxC [--overlap F]]``.
 
 Top-k labels with probabilities for raw image files, from the artifact alone:
 no config file, no feature store. Images are decoded exactly as during
 extraction (EXIF orientation, alpha over the run's background, resize
 policy), using the settings recorded in the artifact's ``config.yaml``.
+``--gradcam DIR`` also writes a Grad-CAM heatmap per image (see
+:mod:`vggtl.gradcam`); ``--tiles RxC`` classifies a grid of crops of each
+image instead (see :mod:`vggtl.tiles`).
 Exit status: 0 when every image was classified, 1 when some could not be
 read (each listed with its reason), 2 on a usage error.
 """
@@ -41,28 +44,161 @@ def expand_inputs(inputs, extensions) -> list[Path]:
     return paths
 
 
-def predict_paths(art: artifact_mod.Artifact, paths, top_k: int, model=None):
-    """Yield one result dict per path: ``{"path", "top": [(label, p), ...]}`` or ``{"path", "error"}``."""
-    cfg = config.from_dict(art.config, f"{art.path}/config.yaml")
-    model = model or art.load_model()
-    k = min(top_k, len(art.labels))
-    for start in range(0, len(paths), BATCH):
-        chunk = paths[start : start + BATCH]
+def iter_probabilities(paths, decode, predict_fn, batch: int = BATCH):
+    """Decode and classify images in batches.
+
+    Args:
+        paths: image files.
+        decode: callable ``path -> (S, S, 3) uint8`` raising
+            :class:`vggtl.data.UndecodableImage`.
+        predict_fn: callable mapping an ``(n, S, S, 3)`` uint8 batch to
+            ``(n, n_classes)`` probabilities.
+        batch: images per forward pass.
+
+    Yields:
+        ``{"path", "image", "probs"}`` per decoded image, ``{"path", "error"}``
+        per undecodable one, in input order within each batch.
+    """
+    for start in range(0, len(paths), batch):
         images, ok = [], []
-        for path in chunk:
+        for path in paths[start : start + batch]:
             try:
-                images.append(
-                    data.decode_image(path, cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)
-                )
+                images.append(decode(path))
                 ok.append(path)
             except data.UndecodableImage as exc:
                 yield {"path": str(path), "error": str(exc)}
         if not ok:
             continue
-        probs = model.predict(np.stack(images), verbose=0)
-        for path, p in zip(ok, probs):
-            order = np.argsort(-p, kind="stable")[:k]
-            yield {"path": str(path), "top": [(art.labels[i], round(float(p[i]), 6)) for i in order]}
+        probs = np.asarray(predict_fn(np.stack(images)))
+        for path, image, p in zip(ok, images, probs):
+            yield {"path": str(path), "image": image, "probs": p}
+
+
+def _decoder(cfg: config.Config):
+    def decode(path):
+        return data.decode_image(path, cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)
+
+    return decode
+
+
+def predict_paths(art: artifact_mod.Artifact, paths, top_k: int, model=None):
+    """Yield one result dict per path: ``{"path", "top": [(label, p), ...]}`` or ``{"path", "error"}``."""
+    cfg = config.from_dict(art.config, f"{art.path}/config.yaml")
+    model = model or art.load_model()
+    k = min(top_k, len(art.labels))
+    for result in iter_probabilities(paths, _decoder(cfg), lambda batch: model.predict(batch, verbose=0)):
+        if "error" in result:
+            yield result
+            continue
+        p = result["probs"]
+        order = np.argsort(-p, kind="stable")[:k]
+        yield {"path": result["path"], "top": [(art.labels[i], round(float(p[i]), 6)) for i in order]}
+
+
+# --------------------------------------------------------------------------- options shared with classify
+
+
+def add_view_arguments(parser, class_help: str, class_metavar: str = "NAME") -> None:
+    """``--gradcam DIR``, ``--class``, ``--tiles RxC`` and ``--overlap F`` (predict and classify)."""
+    parser.add_argument("--gradcam", metavar="OUT_DIR", help="write <stem>_gradcam.jpg (overlay) and .npy (heatmap) per image")
+    parser.add_argument("--class", dest="class_name", metavar=class_metavar, help=class_help)
+    parser.add_argument("--tiles", metavar="RxC", help="classify an R x C grid of crops of each image, e.g. 2x2")
+    parser.add_argument("--overlap", metavar="F", help="with --tiles: fraction of a tile shared with each neighbour, in [0, 0.9) (default 0)")
+
+
+def check_view_arguments(args) -> tuple[tuple[int, int] | None, float]:
+    """Validate the combination of view options; return ``(grid or None, overlap)``."""
+    from vggtl import tiles
+
+    if args.top_k < 1:
+        raise VggtlError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.class_name is not None and args.gradcam is None:
+        raise VggtlError("--class chooses the class Grad-CAM explains; use it together with --gradcam OUT_DIR")
+    if args.overlap is not None and args.tiles is None:
+        raise VggtlError("--overlap only applies to tiled predictions; add --tiles RxC (e.g. --tiles 2x2)")
+    if args.gradcam is not None and args.tiles is not None:
+        raise VggtlError("--gradcam and --tiles cannot be combined; run them as two commands")
+    grid = tiles.parse_grid(args.tiles) if args.tiles is not None else None
+    overlap = tiles.check_overlap(args.overlap) if args.overlap is not None else 0.0
+    return grid, overlap
+
+
+def resolve_label(name: str, labels) -> int:
+    """Index of ``name`` in the artifact's ``labels``; VggtlError listing them otherwise."""
+    if name in labels:
+        return labels.index(name)
+    raise VggtlError(f"--class {name!r} is not a class of this artifact; choose one of: {', '.join(labels)}")
+
+
+# --------------------------------------------------------------------------- command
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        record = {"path": result["path"], "top": [{"label": l, "probability": p} for l, p in result["top"]]}
+        if "gradcam" in result:
+            record["gradcam"] = result["gradcam"]
+        print(json.dumps(record))
+        return
+    top = "  ".join(f"{label} {p:.3f}" for label, p in result["top"])
+    print(f"{result['path']}\t{top}")
+    if "gradcam" in result:
+        g = result["gradcam"]
+        print(f"  grad-cam of {g['class']!r} at {g['layer']}: {g['jpg']}")
+
+
+def _run_images(art, cfg, model, paths, args) -> int:
+    from vggtl import gradcam
+
+    failures, stems = 0, set()
+    class_index = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
+    k = min(args.top_k, len(art.labels))
+    for result in iter_probabilities(paths, _decoder(cfg), lambda batch: model.predict(batch, verbose=0)):
+        if "error" in result:
+            failures += 1
+            print(f"{result['path']}: skipped: {result['error']}", file=sys.stderr)
+            if args.json:
+                print(json.dumps(result))
+            continue
+        p = result["probs"]
+        out = {"path": result["path"], "top": [(art.labels[i], round(float(p[i]), 6)) for i in np.argsort(-p, kind="stable")[:k]]}
+        if args.gradcam is not None:
+            target = class_index if class_index is not None else int(np.argmax(p))
+            try:
+                written = gradcam.explain_file(
+                    model, result["path"], result["image"], target, args.gradcam, gradcam.unique_stem(result["path"], stems),
+                    resize=cfg.data.resize, background=cfg.background_rgb, max_pixels=cfg.data.max_pixels,
+                )
+                out["gradcam"] = {"class": art.labels[target], **written}
+            except data.UndecodableImage as exc:  # the full-size decode can fail where the reduced one did not
+                failures += 1
+                print(f"{result['path']}: no grad-cam: {exc}", file=sys.stderr)
+        _print_result(out, args.json)
+    return failures
+
+
+def _run_tiles(art, cfg, model, paths, args, grid, overlap) -> int:
+    from vggtl import tiles
+
+    failures = 0
+    k = min(args.top_k, len(art.labels))
+    for path in paths:
+        try:
+            result = tiles.predict_tiles(
+                path, *grid, overlap, lambda batch: model.predict(batch, verbose=0), cfg.data.image_size,
+                cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels,
+            )
+        except data.UndecodableImage as exc:
+            failures += 1
+            print(f"{path}: skipped: {exc}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"path": str(path), "error": str(exc)}))
+            continue
+        if args.json:
+            print(json.dumps(tiles.to_json(result, lambda i, p: {"label": art.labels[i], "probability": p}, k)))
+        else:
+            print("\n".join(tiles.table_lines(result, art.labels, k)))
+    return failures
 
 
 def main(argv=None) -> int:
@@ -71,24 +207,20 @@ def main(argv=None) -> int:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories")
     parser.add_argument("--top-k", type=int, default=3, help="labels to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image (JSON lines)")
+    add_view_arguments(parser, "with --gradcam: explain this class (one of the artifact's labels) instead of the predicted one")
     args = parser.parse_args(argv)
-    if args.top_k < 1:
-        raise VggtlError(f"--top-k must be >= 1, got {args.top_k}")
+    grid, overlap = check_view_arguments(args)
     art = artifact_mod.load(args.artifact)
+    if args.class_name is not None:
+        resolve_label(args.class_name, art.labels)  # refuse a bad name before loading the model
     extensions = art.config.get("data", {}).get("extensions") or list(config.IMAGE_EXTENSIONS)
     paths = expand_inputs(args.inputs, extensions)
-    failures = 0
-    for result in predict_paths(art, paths, args.top_k):
-        if "error" in result:
-            failures += 1
-            print(f"{result['path']}: skipped: {result['error']}", file=sys.stderr)
-        if args.json:
-            if "top" in result:
-                result = {"path": result["path"], "top": [{"label": l, "probability": p} for l, p in result["top"]]}
-            print(json.dumps(result))
-        elif "top" in result:
-            top = "  ".join(f"{label} {p:.3f}" for label, p in result["top"])
-            print(f"{result['path']}\t{top}")
+    cfg = config.from_dict(art.config, f"{art.path}/config.yaml")
+    model = art.load_model()
+    if grid is not None:
+        failures = _run_tiles(art, cfg, model, paths, args, grid, overlap)
+    else:
+        failures = _run_images(art, cfg, model, paths, args)
     return 1 if failures else 0
 
 

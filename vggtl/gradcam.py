@@ -1,0 +1,350 @@
+"""Grad-CAM: where in an image a convolutional classifier looks for a class.
+
+Grad-CAM (Selvaraju et al., 2017) weights the feature maps of a conv layer by
+the spatially averaged gradient of the class score with respect to them, sums
+them and keeps the positive part: a coarse ``(h, w)`` map, here normalised to
+[0, 1], of the regions that raise the score of that class.
+
+vggtl artifacts nest their conv layers two models deep (``image`` ->
+``vgg16_<layer>`` -> ``vgg16`` -> ``block5_conv3``, then ``head``), so a plain
+``keras.Model(model.inputs, [model.get_layer(name).output, model.output])``
+cannot reach them. :func:`gradcam` instead replays the model eagerly, leaf
+layer by leaf layer (expanding nested models), records the conv activations
+on a ``tf.GradientTape`` and checks that the replay reproduces the model's own
+output, so a graph that is not a simple chain is refused rather than
+explained wrongly. The same code serves the Keras ``VGG16(include_top=True)``
+ImageNet classifier.
+
+The score differentiated is the class *logit* when the last layer is a
+softmax ``Dense`` (as in the paper: softmax saturates and mixes in the other
+classes), else the model output for the class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CONV_LAYER = "block5_conv3"
+DEFAULT_ALPHA = 0.4
+DEFAULT_MAX_SIDE = 1024
+COLORMAP = "jet"
+# The replay must match the model's own output: anything larger means the
+# graph is not the chain we replayed (float32 round-off is ~1e-6).
+REPLAY_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------- graph replay
+
+
+def leaf_layers(model) -> list:
+    """The layers of ``model`` in call order, nested models expanded, inputs dropped.
+
+    Args:
+        model: a Keras ``Functional`` or ``Sequential`` model whose layers
+            (and those of every nested model) form a single chain.
+
+    Returns:
+        List of Keras layers that are not models.
+    """
+    import keras
+
+    leaves = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            leaves.extend(leaf_layers(layer))
+        else:
+            leaves.append(layer)
+    return leaves
+
+
+def conv_layer_names(model) -> list[str]:
+    """Names of all ``Conv2D`` layers of ``model``, nested models included, in call order."""
+    import keras
+
+    return [layer.name for layer in leaf_layers(model) if isinstance(layer, keras.layers.Conv2D)]
+
+
+def last_conv_layer(model) -> str:
+    """Name of the last ``Conv2D`` layer of ``model`` (the usual Grad-CAM layer).
+
+    Raises:
+        ValueError: ``model`` has no ``Conv2D`` layer.
+    """
+    names = conv_layer_names(model)
+    if not names:
+        raise ValueError(f"model {model.name!r} has no Conv2D layer; Grad-CAM needs a convolutional layer")
+    return names[-1]
+
+
+def _is_softmax_dense(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") == "softmax"
+
+
+def _replay(leaves, x, conv_layer: str, tape):
+    """Run ``leaves`` on ``x``; return (conv activations, class scores, model output)."""
+    import tensorflow as tf
+
+    activations = None
+    for i, layer in enumerate(leaves):
+        if i == len(leaves) - 1 and _is_softmax_dense(layer):
+            # Pre-softmax logits: Dense without its activation.
+            scores = tf.matmul(x, layer.kernel)
+            if layer.use_bias:
+                scores = scores + layer.bias
+            return activations, scores, tf.nn.softmax(scores, axis=-1)
+        x = layer(x, training=False)
+        if layer.name == conv_layer:
+            # The backbone's weights are frozen (not watched by default):
+            # watch the activations themselves so the tape records what follows.
+            tape.watch(x)
+            activations = x
+    return activations, x, x
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def _check_image(model, image_uint8) -> np.ndarray:
+    image = np.asarray(image_uint8)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image_uint8 must have shape (height, width, 3), got {image.shape}")
+    expected = tuple(model.input_shape[1:3])
+    if None not in expected and image.shape[:2] != expected:
+        raise ValueError(
+            f"image_uint8 is {image.shape[0]}x{image.shape[1]} but model {model.name!r} takes "
+            f"{expected[0]}x{expected[1]} images; decode it at the model's size first"
+        )
+    return image
+
+
+def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV_LAYER, preprocess=None) -> np.ndarray:
+    """Grad-CAM heatmap of ``class_index`` for one image.
+
+    Args:
+        model: Keras classifier; its layers, nested models expanded, must form
+            a single chain (vggtl artifacts and ``keras.applications.VGG16``
+            do). Its output is ``(batch, n_classes)``.
+        image_uint8: ``(height, width, 3)`` RGB image at the model's input
+            size, values 0-255 (what :func:`vggtl.data.decode_image` returns).
+        class_index: output index of the class to explain, in
+            ``[0, n_classes)``.
+        conv_layer: name of the convolutional layer whose activations are
+            weighted, anywhere in the nested models; see
+            :func:`conv_layer_names`. Deeper layers give coarser, more
+            class-specific maps.
+        preprocess: callable applied to the float32 ``(1, h, w, 3)`` batch
+            before the model, e.g. ``keras.applications.vgg16.preprocess_input``
+            for the Keras ImageNet model; None when the model preprocesses
+            itself (vggtl artifacts).
+
+    Returns:
+        ``(h, w)`` float32 array in [0, 1] at the resolution of ``conv_layer``
+        (14x14 for ``block5_conv3`` at 224 px); all zeros when no region
+        raises the class score.
+
+    Raises:
+        ValueError: unknown ``conv_layer``, ``class_index`` out of range, an
+            image of the wrong shape, or a model the replay cannot reproduce.
+    """
+    from vggtl import tfquiet
+
+    tf = tfquiet.load()
+    image = _check_image(model, image_uint8)
+    leaves = leaf_layers(model)
+    if conv_layer not in {layer.name for layer in leaves}:
+        raise ValueError(
+            f"conv_layer {conv_layer!r} is not a layer of model {model.name!r}; "
+            f"its conv layers are: {', '.join(conv_layer_names(model)) or 'none'}"
+        )
+    batch = image[None].astype("float32")
+    if preprocess is not None:
+        batch = preprocess(batch)
+    x = tf.convert_to_tensor(batch, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        try:
+            activations, scores, output = _replay(leaves, x, conv_layer, tape)
+        except Exception as exc:  # noqa: BLE001 - a layer fed the wrong tensors raises anything
+            # Keras' messages embed whole tensors: keep the first line.
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"model {model.name!r} cannot be replayed layer by layer ({type(exc).__name__}: {first}); "
+                "Grad-CAM here supports models whose layers form a single chain"
+            ) from None
+        n_classes = int(scores.shape[-1])
+        if not 0 <= int(class_index) < n_classes:
+            raise ValueError(f"class_index must be in [0, {n_classes}), got {class_index}")
+        score = scores[:, int(class_index)]
+    _check_replay(model, x, output)
+    grads = tape.gradient(score, activations)
+    if grads is None:
+        raise ValueError(f"the class score does not depend on layer {conv_layer!r}; choose an earlier layer")
+    weights = tf.reduce_mean(grads, axis=(1, 2))  # (1, channels): importance of each feature map
+    cam = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))[0].numpy()
+    peak = float(cam.max())
+    return (cam / peak if peak > 0 else np.zeros_like(cam)).astype(np.float32)
+
+
+def _check_replay(model, x, output) -> None:
+    direct = np.asarray(model(x, training=False))
+    diff = float(np.max(np.abs(direct - np.asarray(output))))
+    if not diff <= REPLAY_TOLERANCE:
+        raise ValueError(
+            f"replaying model {model.name!r} layer by layer differs from the model by {diff:.3g}; "
+            "Grad-CAM here supports models whose layers form a single chain"
+        )
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def colorize(heatmap, size) -> np.ndarray:
+    """``heatmap`` resized to ``size`` = (width, height) and mapped through the jet colormap, uint8 RGB."""
+    import matplotlib
+    from PIL import Image
+
+    width, height = size
+    resized = Image.fromarray(np.asarray(heatmap, dtype=np.float32), "F").resize((width, height), Image.BILINEAR)
+    values = np.clip(np.asarray(resized), 0.0, 1.0)
+    rgba = matplotlib.colormaps[COLORMAP](values)
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def overlay(original_rgb, heatmap, alpha: float = DEFAULT_ALPHA, box=None) -> np.ndarray:
+    """Blend a colorized heatmap over an image.
+
+    Args:
+        original_rgb: ``(H, W, 3)`` uint8 RGB image, any size.
+        heatmap: ``(h, w)`` float array in [0, 1], e.g. from :func:`gradcam`.
+        alpha: weight of the heatmap colors, in [0, 1]; 0 returns the image
+            unchanged, 1 the colors alone.
+        box: ``(left, top, right, bottom)`` region of ``original_rgb`` the
+            model saw (the central square for ``data.resize: center_crop``);
+            None means the whole image. Outside it the image is left as is.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB image.
+
+    Raises:
+        ValueError: bad shapes, ``alpha`` outside [0, 1] or a box outside the image.
+    """
+    original = np.asarray(original_rgb)
+    heat = np.asarray(heatmap)
+    if original.ndim != 3 or original.shape[-1] != 3 or original.dtype != np.uint8:
+        raise ValueError(f"original_rgb must be a (height, width, 3) uint8 array, got {original.dtype} {original.shape}")
+    if heat.ndim != 2 or heat.size == 0:
+        raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {heat.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    height, width = original.shape[:2]
+    left, top, right, bottom = box if box is not None else (0, 0, width, height)
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise ValueError(f"box {box} is not inside the {width}x{height} image")
+    out = original.astype(np.float32)
+    colors = colorize(heat, (right - left, bottom - top)).astype(np.float32)
+    region = out[top:bottom, left:right]
+    out[top:bottom, left:right] = (1.0 - alpha) * region + alpha * colors
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write(out_dir, stem: str, original_rgb, heatmap, box=None, alpha: float = DEFAULT_ALPHA, max_side: int = DEFAULT_MAX_SIDE):
+    """Save ``<stem>_gradcam.jpg`` (overlay on the original) and ``<stem>_gradcam.npy`` (raw heatmap).
+
+    Args:
+        out_dir: directory, created if missing.
+        stem: file name stem, usually the input image's.
+        original_rgb: the full decoded image, ``(H, W, 3)`` uint8.
+        heatmap: ``(h, w)`` float array in [0, 1] from :func:`gradcam`.
+        box: region of ``original_rgb`` the model saw, see :func:`overlay`.
+        alpha: heatmap weight in the overlay.
+        max_side: the overlay's longer side is at most this many pixels
+            (the original is downscaled first, never upscaled).
+
+    Returns:
+        ``(jpg_path, npy_path)`` as `pathlib.Path`.
+    """
+    from PIL import Image
+
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    original = np.asarray(original_rgb)
+    height, width = original.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        original = np.asarray(Image.fromarray(original).resize(size, Image.BILINEAR, reducing_gap=3.0))
+        if box is not None:
+            box = _scale_box(box, size[0] / width, size[1] / height, size)
+    jpg = out_dir / f"{stem}_gradcam.jpg"
+    npy = out_dir / f"{stem}_gradcam.npy"
+    Image.fromarray(overlay(original, heatmap, alpha, box)).save(jpg, quality=92)
+    np.save(npy, np.asarray(heatmap, dtype=np.float32))
+    return jpg, npy
+
+
+def _scale_box(box, sx: float, sy: float, size) -> tuple[int, int, int, int]:
+    left, top, right, bottom = box
+    width, height = size
+    new = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
+    # Keep at least one pixel and stay inside the image after rounding.
+    left, top = min(new[0], width - 1), min(new[1], height - 1)
+    return (left, top, max(left + 1, min(new[2], width)), max(top + 1, min(new[3], height)))
+
+
+def unique_stem(path, used: set) -> str:
+    """``path``'s stem, suffixed ``-2``, ``-3``... if already in ``used`` (which is updated).
+
+    Two inputs named ``a/cat.jpg`` and ``b/cat.jpg`` must not overwrite each
+    other's heatmaps in one output directory.
+    """
+    stem = Path(path).stem
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+def explain_file(model, path, image_uint8, class_index: int, out_dir, stem: str, conv_layer: str | None = None,
+                 preprocess=None, resize: str = "stretch", background=(255, 255, 255), max_pixels: int | None = None) -> dict:
+    """Grad-CAM of one image file, written next to each other in ``out_dir``.
+
+    Args:
+        model: the classifier, see :func:`gradcam`.
+        path: the image file; decoded again at full size for the overlay.
+        image_uint8: the same image as decoded for the model.
+        class_index: output index of the class to explain.
+        out_dir: directory for ``<stem>_gradcam.jpg`` and ``<stem>_gradcam.npy``.
+        stem: file name stem, see :func:`unique_stem`.
+        conv_layer: layer to explain; None means :func:`last_conv_layer`.
+        preprocess: see :func:`gradcam`.
+        resize: the ``data.resize`` policy the model input was made with
+            (``center_crop`` overlays the heatmap on the central square only).
+        background: RGB triple transparent pixels are composited over.
+        max_pixels: decompression-bomb guard for the full-size decode.
+
+    Returns:
+        ``{"layer", "jpg", "npy"}`` (paths as strings).
+
+    Raises:
+        vggtl.data.UndecodableImage: the full-size decode failed.
+    """
+    from vggtl import tiles
+
+    layer = conv_layer or last_conv_layer(model)
+    heatmap = gradcam(model, image_uint8, class_index, layer, preprocess)
+    original = tiles.decode_full_rgb(path, background, max_pixels)
+    box = tiles.model_box((original.shape[1], original.shape[0]), resize)
+    jpg, npy = write(out_dir, stem, original, heatmap, box=box)
+    return {"layer": layer, "jpg": str(jpg), "npy": str(npy)}
