@@ -1,9 +1,11 @@
 """vggtl: transfer learning from a frozen ImageNet VGG16 on small labeled image folders.
 
 The package is split into one module per pipeline stage (``config``, ``data``,
-``backbone``, ``store``, ``extract``, ``heads``, ``train``, ``artifact``,
-``report``, ``predict``); each command-line entry point is a ``main(argv=None)``
-run by ``python -m vggtl.<stage>`` or the ``vggtl`` console script.
+``augment``, ``backbone``, ``weights``, ``store``, ``extract``, ``heads``,
+``train``, ``artifact``, ``report``, ``predict``) and per tool (``classify``,
+``gradcam``, ``tiles``, ``summary``); each command-line entry point is a
+``main(argv=None)`` run by ``python -m vggtl.<module>`` or the ``vggtl``
+console script.
 
 Importing the package is cheap on purpose: TensorFlow is imported only by the
 stages that run a network, so a warm ``extract`` on unchanged data never pays
