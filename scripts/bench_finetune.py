@@ -177,7 +177,7 @@ def part_extract(config_path: Path, views: int, work: Path) -> None:
         times = []
         for _ in range(2):  # cold, then warm
             start = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if proc.returncode:
                 sys.exit(proc.stderr)
             times.append(time.perf_counter() - start)
