@@ -3,7 +3,7 @@
 The package is split into one module per pipeline stage (``config``, ``data``,
 ``augment``, ``backbone``, ``weights``, ``store``, ``extract``, ``heads``,
 ``train``, ``artifact``, ``report``, ``predict``) and per tool (``classify``,
-``gradcam``, ``tiles``, ``summary``); each command-line entry point is a
+``gradcam``, ``tiles``, ``summary``, ``scratch``); each command-line entry point is a
 ``main(argv=None)`` run by ``python -m vggtl.<module>`` or the ``vggtl``
 console script.
 

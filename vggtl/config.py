@@ -151,6 +151,14 @@ class AugmentConfig:
 
 
 @dataclass
+class BaselineConfig:
+    scratch: bool = _key(False, doc="also train the tutorials' small CNN from scratch on the same split, for the report")
+    image_size: int = _key(64, low=16, high=512, doc="input side of the from-scratch CNN")
+    epochs: int = _key(100, low=1, high=10_000, doc="maximum epochs of the from-scratch CNN")
+    patience: int = _key(15, low=1, high=10_000, doc="its early-stopping patience on val_loss")
+
+
+@dataclass
 class OutputConfig:
     dir: str = _key("experiments", doc="where versioned artifacts are written")
 
@@ -167,6 +175,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:

@@ -149,6 +149,16 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_
                 f"{test['macro_f1']:.3f}",
             ],
             ["linear probe (logistic regression, pooled features)", _pct(probe["val_accuracy"]), _pct(probe["test_accuracy"]), ""],
+            *(
+                [[
+                    f"from scratch (small CNN, {metrics['baseline']['scratch']['image_size']}px, augmentation, no transfer)",
+                    _pct(metrics["baseline"]["scratch"]["val_accuracy"]),
+                    _pct(metrics["baseline"]["scratch"]["test_accuracy"]),
+                    "",
+                ]]
+                if "scratch" in metrics["baseline"]
+                else []
+            ),
         ],
     )
     lines += ["", "## Dataset", "", f"Root `{dataset.root}` ({dataset.layout} layout).", ""]

@@ -351,6 +351,11 @@ def main(argv=None) -> int:
         "epochs_trained": phase1["epochs_trained"],
         "best_epoch": phase1["best_epoch"],
     }
+    if cfg.baseline.scratch:
+        from vggtl import scratch
+
+        metrics["baseline"]["scratch"] = scratch.train_scratch(cfg, fs, dataset.root)
+        print(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
     if cfg.finetune.blocks:
         metrics["phase2"] = {
             "blocks": cfg.finetune.blocks,
