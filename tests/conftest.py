@@ -66,3 +66,17 @@ def write_config(path: Path, root: Path, tmp: Path, **sections) -> Path:
 
 
 needs_real_weights = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"{SHARED_WEIGHTS} absent")
+
+
+def run_pipeline(tmp: Path, cfg: Path, train_argvs) -> Path:
+    """extract CONFIG, then train once per argv in ``train_argvs``, inside ``tmp``
+    (the working directory and the vggtl cache), asserting every exit status is 0."""
+    from vggtl import extract, train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("VGGTL_CACHE_DIR", str(tmp / "vggtl-cache"))
+        assert extract.main([str(cfg), "--no-progress"]) == 0
+        for argv in train_argvs:
+            assert train.main(argv) == 0
+    return tmp

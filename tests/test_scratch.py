@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from conftest import make_dataset, write_config
-from vggtl import extract, scratch, train
+from conftest import make_dataset, run_pipeline, write_config
+from vggtl import scratch
 
 
 def test_tutorial_architecture():
@@ -26,13 +26,7 @@ def run_with_baseline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scratch")
     root = make_dataset(tmp / "data", per_class=16)
     cfg = write_config(tmp / "s.yaml", root, tmp, baseline={"scratch": True, "image_size": 32, "epochs": 30, "patience": 10})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("VGGTL_CACHE_DIR", str(tmp / "vggtl-cache"))
-        assert extract.main([str(cfg), "--no-progress"]) == 0
-        assert train.main([str(cfg)]) == 0
-        assert train.main([str(cfg)]) == 0
-    return tmp
+    return run_pipeline(tmp, cfg, [[str(cfg)], [str(cfg)]])
 
 
 def test_scratch_metrics_and_report(run_with_baseline):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_dataset, write_config
-from vggtl import artifact, extract, predict, train
+from conftest import make_dataset, run_pipeline, write_config
+from vggtl import artifact, predict, train
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +17,8 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     root = make_dataset(tmp / "data", per_class=16)
     cfg = write_config(tmp / "tiny.yaml", root, tmp)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("VGGTL_CACHE_DIR", str(tmp / "vggtl-cache"))
-        assert extract.main([str(cfg), "--no-progress"]) == 0
-        assert train.main([]) == 0  # no CONFIG: uses the last extract's config
-        assert train.main([str(cfg)]) == 0
-    return tmp
+    # the first train has no CONFIG: it uses the last extract's config
+    return run_pipeline(tmp, cfg, [[], [str(cfg)]])
 
 
 def test_versions_and_latest(run_dir):
@@ -148,13 +143,7 @@ def ft_dir(tmp_path_factory):
         finetune={"blocks": 1, "epochs": 3, "optimizer": "adam", "learning_rate": 1e-4},
         augment={"views": 2},
     )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        mp.setenv("VGGTL_CACHE_DIR", str(tmp / "vggtl-cache"))
-        assert extract.main([str(cfg), "--no-progress"]) == 0
-        assert train.main([str(cfg)]) == 0
-        assert train.main([str(cfg)]) == 0
-    return tmp
+    return run_pipeline(tmp, cfg, [[str(cfg)], [str(cfg)]])
 
 
 def test_finetune_records_both_phases(ft_dir):
