@@ -641,9 +641,9 @@ def test_center_crop_of_a_square_image_equals_stretch(tmp_path):
 
 
 def test_source_box():
-    assert data._source_box((100, 40), "stretch") == (0, 0, 100, 40)
-    assert data._source_box((100, 40), "center_crop") == (30, 0, 70, 40)
-    assert data._source_box((40, 101), "center_crop") == (0, 30, 40, 70)
+    assert data.source_box((100, 40), "stretch") == (0, 0, 100, 40)
+    assert data.source_box((100, 40), "center_crop") == (30, 0, 70, 40)
+    assert data.source_box((40, 101), "center_crop") == (0, 30, 40, 70)
 
 
 @pytest.mark.parametrize("resize", ["stretch", "center_crop"])

@@ -98,7 +98,8 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and not name.startswith("__")
 
 
-def _subdirs(path: Path) -> list[str]:
+def visible_subdirs(path: Path) -> list[str]:
+    """Sorted names of the non-hidden subfolders of ``path`` (class names, split names)."""
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
 
 
@@ -137,9 +138,9 @@ def hash_split(sha256: str, seed: int, val: float, test: float) -> str:
     return "train"
 
 
-def _detect_layout(root: Path) -> dict[str, Path] | None:
+def detect_layout(root: Path) -> dict[str, Path] | None:
     """Map split name -> subtree when ``root`` is pre-split, else None."""
-    dirs = _subdirs(root)
+    dirs = visible_subdirs(root)
     aliased = [d for d in dirs if d in SPLIT_ALIASES]
     split_dirs = {SPLIT_ALIASES[d]: root / d for d in aliased}
     if "train" not in split_dirs or len(split_dirs) < 2:
@@ -195,11 +196,11 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data root {str(root)!r} is not a directory")
-    split_dirs = _detect_layout(root)
+    split_dirs = detect_layout(root)
     layout = "pre-split" if split_dirs else "class-folders"
     if split_dirs is None:
         split_dirs = {"train": root}
-    class_names = _subdirs(split_dirs["train"])
+    class_names = visible_subdirs(split_dirs["train"])
     if len(class_names) < 2:
         raise DataError(
             f"{split_dirs['train']}: found {len(class_names)} class folder(s) "
@@ -208,9 +209,9 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4)
     notes: list[str] = []
     entries: list[tuple[Path, int, str | None]] = []  # (path, label, fixed split or None)
     for split_name, base in split_dirs.items():
-        if split_name != "train" and _subdirs(base) != class_names:
+        if split_name != "train" and visible_subdirs(base) != class_names:
             raise DataError(
-                f"{base}: class folders {_subdirs(base)} differ from train/'s {class_names}; "
+                f"{base}: class folders {visible_subdirs(base)} differ from train/'s {class_names}; "
                 "every split needs the same class folders"
             )
         fixed = None if split_name == "train" and layout == "class-folders" else split_name
@@ -273,7 +274,7 @@ def _dataset_warnings(dataset: Dataset) -> list[str]:
 # --------------------------------------------------------------------------- decoding
 
 
-def _to_basic_mode(im):
+def to_basic_mode(im):
     """Convert any Pillow mode to one of L, LA, RGB, RGBA (alpha kept for compositing)."""
     from PIL import Image
 
@@ -299,7 +300,7 @@ def _to_basic_mode(im):
     return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La...
 
 
-def _source_box(size, resize: str) -> tuple[int, int, int, int]:
+def source_box(size, resize: str) -> tuple[int, int, int, int]:
     """Region of the source image that is resized: all of it, or its central square."""
     w, h = size
     if resize != "center_crop":
@@ -346,7 +347,7 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
             with Image.open(path) as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
-                    raise UndecodableImage(_too_many_pixels(w, h, max_pixels))
+                    raise UndecodableImage(too_many_pixels_reason(w, h, max_pixels))
                 if im.format == "JPEG" and min(w, h) >= 4 * image_size:
                     im.draft("RGB", (2 * image_size, 2 * image_size))
                 # A 10k x 16k RGBA PNG takes ~670 MB per copy while it is
@@ -356,7 +357,7 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
                     im.load()
                     if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                         im = ImageOps.exif_transpose(im)
-                    return _finish(im, image_size, resize, background)
+                    return finish_image(im, image_size, resize, background)
     except UndecodableImage:
         raise
     except Image.DecompressionBombError as exc:
@@ -372,7 +373,8 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
         raise UndecodableImage(f"cannot decode: {reason}") from None
 
 
-def _too_many_pixels(w: int, h: int, max_pixels: int) -> str:
+def too_many_pixels_reason(w: int, h: int, max_pixels: int) -> str:
+    """Skip reason for a ``w`` x ``h`` image above ``max_pixels``, with the right advice."""
     from vggtl.config import DEFAULT_MAX_PIXELS
 
     advice = (
@@ -383,11 +385,14 @@ def _too_many_pixels(w: int, h: int, max_pixels: int) -> str:
     return f"decompression bomb guard: {w}x{h} = {w * h:,} pixels exceeds data.max_pixels = {max_pixels:,}; {advice}"
 
 
-def _finish(im, image_size: int, resize: str, background) -> np.ndarray:
+def finish_image(im, image_size: int, resize: str, background) -> np.ndarray:
+    """An opened (EXIF-oriented) Pillow image -> ``(image_size, image_size, 3)`` uint8:
+    mode normalised, resized per ``resize``, alpha composited over ``background``.
+    What :func:`decode_image` does after opening the file; tiles reuse it per crop."""
     from PIL import Image
 
-    im = _to_basic_mode(im)
-    box = _source_box(im.size, resize)
+    im = to_basic_mode(im)
+    box = source_box(im.size, resize)
     if im.size != (image_size, image_size) or box != (0, 0, *im.size):
         # Pillow's bilinear filter antialiases when shrinking (and premultiplies
         # alpha); reducing_gap first box-reduces very large images, bounding

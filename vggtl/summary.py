@@ -44,10 +44,10 @@ def count_classes(root) -> int | None:
     if not root.is_dir():
         return None
     try:
-        split_dirs = data._detect_layout(root)
+        split_dirs = data.detect_layout(root)
     except DataError:
         split_dirs = None  # a malformed tree: extract will say so; count its top folders
-    return len(data._subdirs(split_dirs["train"] if split_dirs else root))
+    return len(data.visible_subdirs(split_dirs["train"] if split_dirs else root))
 
 
 def model_from_config(cfg: config.Config):

@@ -150,7 +150,7 @@ def open_full(path, max_pixels: int | None = None):
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
                     # Same wording as data.decode_image, which names the config key.
-                    raise data.UndecodableImage(data._too_many_pixels(width, height, max_pixels))
+                    raise data.UndecodableImage(data.too_many_pixels_reason(width, height, max_pixels))
                 im.load()
                 return ImageOps.exif_transpose(im)  # a copy, valid after the file closes
     except data.UndecodableImage:
@@ -174,7 +174,7 @@ def decode_full_rgb(path, background=(255, 255, 255), max_pixels: int | None = N
     """
     from PIL import Image
 
-    im = data._to_basic_mode(open_full(path, max_pixels))
+    im = data.to_basic_mode(open_full(path, max_pixels))
     if im.mode in ("LA", "RGBA"):
         canvas = Image.new("RGB", im.size, tuple(background))
         canvas.paste(im.convert("RGB"), mask=im.getchannel("A"))
@@ -184,7 +184,7 @@ def decode_full_rgb(path, background=(255, 255, 255), max_pixels: int | None = N
 
 def model_box(size, resize: str) -> tuple[int, int, int, int]:
     """Region of a ``size`` = (width, height) image the model sees under ``data.resize``."""
-    return data._source_box(size, resize)
+    return data.source_box(size, resize)
 
 
 def decode_tiles(path, rows: int, cols: int, overlap: float, image_size: int, resize: str = "stretch",
@@ -214,9 +214,9 @@ def decode_tiles(path, rows: int, cols: int, overlap: float, image_size: int, re
         boxes = tile_boxes(full.width, full.height, rows, cols, overlap)
     except ValueError as exc:
         raise data.UndecodableImage(f"cannot tile: {exc}") from None
-    # data._finish is what decode_image runs after opening the file: mode
+    # data.finish_image is what decode_image runs after opening the file: mode
     # conversion, resize policy, Pillow bilinear, alpha compositing.
-    tiles = np.stack([data._finish(full.crop(box), image_size, resize, background) for box in boxes])
+    tiles = np.stack([data.finish_image(full.crop(box), image_size, resize, background) for box in boxes])
     return (full.width, full.height), boxes, tiles
 
 
