@@ -319,25 +319,11 @@ def _run_images(model, preprocess, image_size, paths, args) -> int:
 def _run_tiles(model, preprocess, image_size, paths, args, grid, overlap) -> int:
     from vggtl import tiles
 
-    failures = 0
-    names = [label for _, label in class_index()]
-    for path in paths:
-        try:
-            result = tiles.predict_tiles(
-                path, *grid, overlap, lambda batch: model.predict(preprocess(batch.astype("float32")), verbose=0),
-                image_size, "stretch", BACKGROUND, config.DEFAULT_MAX_PIXELS,
-            )
-        except data.UndecodableImage as exc:
-            failures += 1
-            print(f"{path}: skipped: {exc}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"path": str(path), "error": str(exc)}))
-            continue
-        if args.json:
-            print(json.dumps(tiles.to_json(result, lambda i, p: _entry(*class_index()[i], p), args.top_k)))
-        else:
-            print("\n".join(tiles.table_lines(result, names, args.top_k)))
-    return failures
+    return tiles.print_tiled_predictions(
+        paths, grid, overlap, lambda batch: model.predict(preprocess(batch.astype("float32")), verbose=0),
+        {"image_size": image_size, "resize": "stretch", "background": BACKGROUND, "max_pixels": config.DEFAULT_MAX_PIXELS},
+        [label for _, label in class_index()], lambda i, p: _entry(*class_index()[i], p), args.top_k, args.json,
+    )
 
 
 def _input_size(model) -> int:

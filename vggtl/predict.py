@@ -180,25 +180,12 @@ def _run_images(art, cfg, model, paths, args) -> int:
 def _run_tiles(art, cfg, model, paths, args, grid, overlap) -> int:
     from vggtl import tiles
 
-    failures = 0
-    k = min(args.top_k, len(art.labels))
-    for path in paths:
-        try:
-            result = tiles.predict_tiles(
-                path, *grid, overlap, lambda batch: model.predict(batch, verbose=0), cfg.data.image_size,
-                cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels,
-            )
-        except data.UndecodableImage as exc:
-            failures += 1
-            print(f"{path}: skipped: {exc}", file=sys.stderr)
-            if args.json:
-                print(json.dumps({"path": str(path), "error": str(exc)}))
-            continue
-        if args.json:
-            print(json.dumps(tiles.to_json(result, lambda i, p: {"label": art.labels[i], "probability": p}, k)))
-        else:
-            print("\n".join(tiles.table_lines(result, art.labels, k)))
-    return failures
+    return tiles.print_tiled_predictions(
+        paths, grid, overlap, lambda batch: model.predict(batch, verbose=0),
+        {"image_size": cfg.data.image_size, "resize": cfg.data.resize, "background": cfg.background_rgb,
+         "max_pixels": cfg.data.max_pixels},
+        art.labels, lambda i, p: {"label": art.labels[i], "probability": p}, min(args.top_k, len(art.labels)), args.json,
+    )
 
 
 def main(argv=None) -> int:

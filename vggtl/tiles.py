@@ -313,3 +313,40 @@ def to_json(result: TiledPrediction, entry, top_k: int) -> dict:
         ],
         "aggregate": [entry(j, round(float(result.aggregate[j]), 6)) for j in top_indices(result.aggregate, top_k)],
     }
+
+
+def print_tiled_predictions(paths, grid, overlap, predict_fn, decode_settings: dict, names, entry, top_k: int, as_json: bool) -> int:
+    """The ``--tiles`` mode of ``predict`` and ``classify``: tile, predict and print each path.
+
+    Args:
+        paths: image files.
+        grid: ``(rows, cols)`` from :func:`parse_grid`.
+        overlap: from :func:`check_overlap`.
+        predict_fn: uint8 batch -> probabilities.
+        decode_settings: ``image_size``, ``resize``, ``background``, ``max_pixels``.
+        names: class names for the table.
+        entry: ``(class index, probability) -> dict`` for JSON output.
+        top_k: classes shown per tile and in the aggregate.
+        as_json: print JSON lines instead of tables.
+
+    Returns:
+        How many paths could not be decoded (each reported on stderr).
+    """
+    import json
+    import sys
+
+    failures = 0
+    for path in paths:
+        try:
+            result = predict_tiles(path, *grid, overlap, predict_fn, **decode_settings)
+        except data.UndecodableImage as exc:
+            failures += 1
+            print(f"{path}: skipped: {exc}", file=sys.stderr)
+            if as_json:
+                print(json.dumps({"path": str(path), "error": str(exc)}))
+            continue
+        if as_json:
+            print(json.dumps(to_json(result, entry, top_k)))
+        else:
+            print("\n".join(table_lines(result, names, top_k)))
+    return failures
