@@ -310,6 +310,64 @@ def source_box(size, resize: str) -> tuple[int, int, int, int]:
     return (left, top, left + side, top + side)
 
 
+@contextlib.contextmanager
+def opened_image(path, max_pixels: int | None = None, draft_size: int | None = None):
+    """Open, check and load an image file; yield it EXIF-oriented, mode untouched.
+
+    Every way a file can be bad becomes :class:`UndecodableImage` with a
+    reason (empty, unreadable, not an image, truncated, too many pixels),
+    including errors raised while the caller works on the image inside the
+    ``with`` block. Images above LARGE_IMAGE_PIXELS hold a one-at-a-time slot
+    for the whole block: a 10k x 16k RGBA PNG takes ~670 MB per copy while it
+    is decoded and resized, and this keeps peak memory bounded however many
+    decoder threads run.
+
+    Args:
+        path: image file (format detected from content, not the extension).
+        max_pixels: refuse images with more pixels than this (decompression
+            bomb guard, ``data.max_pixels``); None disables the check.
+        draft_size: for large JPEGs, decode at a reduced DCT scale that
+            stays at least ``2 * draft_size`` on each side.
+    """
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UndecodableImage(f"cannot read file: {exc.strerror}") from None
+    if size == 0:
+        raise UndecodableImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below, with a message naming the config key.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise UndecodableImage(too_many_pixels_reason(w, h, max_pixels))
+                if draft_size and im.format == "JPEG" and min(w, h) >= 4 * draft_size:
+                    im.draft("RGB", (2 * draft_size, 2 * draft_size))
+                with _LARGE_DECODES if w * h > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
+                    im.load()
+                    if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                        im = ImageOps.exif_transpose(im)
+                    yield im
+    except UndecodableImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        # Raised by Image.open itself, before our own check, above Pillow's
+        # ceiling (which is also the highest data.max_pixels allowed).
+        raise UndecodableImage(f"decompression bomb guard: {exc}; data.max_pixels cannot raise Pillow's ceiling") from None
+    except Image.UnidentifiedImageError:
+        raise UndecodableImage("not an image file Pillow can read (wrong extension or corrupt header)") from None
+    except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything on bad bytes
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated file ({reason})"
+        raise UndecodableImage(f"cannot decode: {reason}") from None
+
+
 def decode_image(path, image_size: int, resize: str = "stretch", background=(255, 255, 255), max_pixels: int | None = None) -> np.ndarray:
     """Decode one image file to a ``(image_size, image_size, 3)`` uint8 RGB array.
 
@@ -331,46 +389,8 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
         UndecodableImage: with the reason (empty, truncated, not an image,
             too many pixels, ...).
     """
-    from PIL import Image, ImageOps
-
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise UndecodableImage(f"cannot read file: {exc.strerror}") from None
-    if size == 0:
-        raise UndecodableImage("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # We enforce our own pixel limit below, with a message naming the config key.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise UndecodableImage(too_many_pixels_reason(w, h, max_pixels))
-                if im.format == "JPEG" and min(w, h) >= 4 * image_size:
-                    im.draft("RGB", (2 * image_size, 2 * image_size))
-                # A 10k x 16k RGBA PNG takes ~670 MB per copy while it is
-                # decoded and resized; one such decode at a time keeps peak
-                # memory bounded however many decoder threads run.
-                with _LARGE_DECODES if w * h > LARGE_IMAGE_PIXELS else contextlib.nullcontext():
-                    im.load()
-                    if im.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-                        im = ImageOps.exif_transpose(im)
-                    return finish_image(im, image_size, resize, background)
-    except UndecodableImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        # Raised by Image.open itself, before our own check, above Pillow's
-        # ceiling (which is also the highest data.max_pixels allowed).
-        raise UndecodableImage(f"decompression bomb guard: {exc}; data.max_pixels cannot raise Pillow's ceiling") from None
-    except Image.UnidentifiedImageError:
-        raise UndecodableImage("not an image file Pillow can read (wrong extension or corrupt header)") from None
-    except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything on bad bytes
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason.lower():
-            reason = f"truncated file ({reason})"
-        raise UndecodableImage(f"cannot decode: {reason}") from None
+    with opened_image(path, max_pixels, draft_size=image_size) as im:
+        return finish_image(im, image_size, resize, background)
 
 
 def too_many_pixels_reason(w: int, h: int, max_pixels: int) -> str:

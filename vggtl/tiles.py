@@ -16,7 +16,6 @@ guard, then every tile box is cut from it and finished by the same code as
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,33 +134,9 @@ def open_full(path, max_pixels: int | None = None):
         vggtl.data.UndecodableImage: with the same reasons as
             :func:`vggtl.data.decode_image`.
     """
-    from PIL import Image, ImageOps
-
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise data.UndecodableImage("empty file (0 bytes)")
-    except OSError as exc:
-        raise data.UndecodableImage(f"cannot read file: {exc.strerror}") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if max_pixels is not None and width * height > max_pixels:
-                    # Same wording as data.decode_image, which names the config key.
-                    raise data.UndecodableImage(data.too_many_pixels_reason(width, height, max_pixels))
-                im.load()
-                return ImageOps.exif_transpose(im)  # a copy, valid after the file closes
-    except data.UndecodableImage:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise data.UndecodableImage(f"decompression bomb guard: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise data.UndecodableImage("not an image file Pillow can read (wrong extension or corrupt header)") from None
-    except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything on bad bytes
-        reason = str(exc) or type(exc).__name__
-        raise data.UndecodableImage(f"cannot decode: {reason}") from None
+    # Loaded pixels stay valid after the file closes.
+    with data.opened_image(path, max_pixels) as im:
+        return im
 
 
 def decode_full_rgb(path, background=(255, 255, 255), max_pixels: int | None = None) -> np.ndarray:
