@@ -302,7 +302,8 @@ def main(argv=None) -> int:
     n_classes = len(class_names)
 
     # -- phase 1 data: cached head-input features (+ augmented views for training)
-    train_rows, y_train = fs.split_rows("train"), fs.labels[fs.split_rows("train")]
+    train_rows = fs.split_rows("train")
+    y_train = fs.labels[train_rows]
     bank = training_bank(fs, train_rows, None, cfg.augment.views)
     val_rows, x_val, y_val = load_split(fs, "val")
     test_rows, x_test, y_test = load_split(fs, "test")
