@@ -135,7 +135,7 @@ def part_epoch(base, epochs: int) -> None:
 
     # vggtl: top block + head on stored block4_pool activations
     base_model = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
-    top = backbone.top_model(base_model, "block4_pool")
+    top = backbone.top_model(base_model, "block4_pool", "block5_pool")
     for layer in top.layers:
         layer.trainable = True
     inputs = keras.Input(fs.feature_shapes["block4_pool"])
@@ -150,7 +150,7 @@ def part_epoch(base, epochs: int) -> None:
     images = np.stack([decode(r) for r in rows])
     test_images = np.stack([decode(r) for r in fs.split_rows("test")])
     e2e_base = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
-    features = backbone.feature_model(weights, cfg.data.image_size, "block5_pool", cfg.seed, base=e2e_base)
+    features = backbone.feature_model("vgg16", weights, cfg.data.image_size, "block5_pool", cfg.seed, base=e2e_base)
     features.trainable = True  # recursive: undo feature_model's freeze ...
     for layer in e2e_base.layers:  # ... then freeze all but block5, as the Keras guide does
         layer.trainable = layer.name.startswith("block5")

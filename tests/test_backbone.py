@@ -128,3 +128,75 @@ def test_random_init_is_reproducible():
     c = backbone.build_vgg16(resolved, 32, seed=4).get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+# --------------------------------------------------------------------------- other backbones
+
+
+def test_other_backbones_use_the_keras_cache(monkeypatch):
+    from vggtl import architectures
+
+    arch = architectures.get("resnet50")
+    cached = weights.keras_cache_path(arch.notop_file)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"not really weights")
+    monkeypatch.setenv(weights.ENV_VAR, "/nowhere")  # the VGG16 variable plays no part here
+    found = backbone.resolve_weights("imagenet", seed=0, allow_download=False, name="resnet50")
+    assert found.path == cached and found.source.startswith("Keras cache")
+    assert found.digest == "sha256:" + __import__("hashlib").sha256(b"not really weights").hexdigest()
+
+
+def test_other_backbones_offline_list_their_remedies(monkeypatch):
+    def offline(filename, url, md5=None):
+        raise WeightsError("Keras download failed: <urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    def must_not_fetch(*args, **kwargs):
+        raise AssertionError("the offline VGG16 copy must not stand in for another backbone")
+
+    monkeypatch.setattr(weights, "keras_download", offline)
+    monkeypatch.setattr(weights, "fetch", must_not_fetch)
+    with pytest.raises(WeightsError) as info:
+        backbone.resolve_weights("imagenet", seed=0, name="inception_v3")
+    message = str(info.value)
+    assert message.startswith("no ImageNet inception_v3 weights available (none found locally; Keras download failed")
+    assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(weights.keras_cache_path("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")) in message
+    assert "backbone.weights" in message and "covers vgg16 only" in message
+
+
+def test_other_backbone_weights_file_round_trip(tmp_path):
+    """A weights file saved from one mobilenet_v2 loads into the built base."""
+    source = backbone.build_base("mobilenet_v2", backbone.resolve_weights(None, seed=1), 32, seed=1)
+    path = tmp_path / "mine.weights.h5"
+    source.save_weights(path)
+    resolved = backbone.resolve_weights(str(path), seed=0, name="mobilenet_v2")
+    assert resolved.kind == "file" and resolved.digest.startswith("sha256:")
+    loaded = backbone.build_base("mobilenet_v2", resolved, 32, seed=0)
+    for a, b in zip(source.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_weights_file_for_the_backbone_is_explained(tmp_path):
+    vgg = backbone.build_base("vgg19", backbone.resolve_weights(None, seed=1), 32, seed=1)
+    path = tmp_path / "vgg19.weights.h5"
+    vgg.save_weights(path)
+    resolved = backbone.resolve_weights(str(path), seed=0, name="resnet50")
+    with pytest.raises(WeightsError, match=r"cannot be loaded into ResNet50\(include_top=False\) .*resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+        backbone.build_base("resnet50", resolved, 32, seed=0)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "inception_v3", "mobilenet_v2"])
+def test_feature_model_of_other_backbones(name):
+    """Preprocessing inside, frozen (BatchNorm in inference mode), the table's shape."""
+    from vggtl import architectures
+
+    arch = architectures.get(name)
+    size = arch.min_size
+    model = backbone.feature_model(name, backbone.resolve_weights(None, seed=0), size, arch.default_layer, seed=0)
+    assert model.get_layer("preprocess").mode == arch.preprocessing
+    assert not model.trainable_weights
+    x = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.uint8)
+    out = model.predict(x, verbose=0)
+    assert out.shape == (2, *arch.feature_shape(arch.default_layer, size))
+    # inference mode: a batch gives each image what it gives alone
+    np.testing.assert_allclose(model.predict(x[:1], verbose=0), out[:1], atol=1e-4)

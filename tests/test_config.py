@@ -226,7 +226,7 @@ def test_range_bounds_are_inclusive(root):
         ({"cache": {"compression": "zip"}}, r"key 'cache\.compression': got 'zip'; allowed values: null, lzf, gzip"),
         ({"cache": {"dtype": "float64"}}, r"key 'cache\.dtype': got 'float64'"),
         ({"train": {"optimizer": "Adam"}}, r"key 'train\.optimizer': got 'Adam'; allowed values: adam, sgd"),
-        ({"backbone": {"name": "resnet50"}}, r"key 'backbone\.name': got 'resnet50'; allowed values: vgg16"),
+        ({"backbone": {"name": "resnet18"}}, r"key 'backbone\.name': got 'resnet18'; allowed values: vgg16, vgg19, resnet50, inception_v3, mobilenet_v2"),
         ({"backbone": {"layer": "block6_pool"}}, r"key 'backbone\.layer': got 'block6_pool'; allowed for vgg16: block1_pool"),
     ],
 )
@@ -615,6 +615,56 @@ def test_describe_keys_covers_every_key(root):
     assert json.loads(table["head.units"]) == [512]
     # every non-required default is valid JSON and agrees with a default config
     defaults = leaves(config.from_dict(minimal(root)).to_dict())
+    # null image size and layer mean the backbone's own (vgg16: 224, block5_pool)
+    backbone_own = {"data.image_size": 224, "backbone.layer": "block5_pool"}
     for key, default in table.items():
         if default != "(required)":
-            assert json.loads(default) == defaults[key], key
+            assert backbone_own.get(key, json.loads(default)) == defaults[key], key
+    assert table["data.image_size"] == table["backbone.layer"] == "null"
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+@pytest.mark.parametrize(
+    "name, size, layer",
+    [
+        ("vgg16", 224, "block5_pool"),
+        ("vgg19", 224, "block5_pool"),
+        ("resnet50", 224, "conv5_block3_out"),
+        ("inception_v3", 299, "mixed10"),
+        ("mobilenet_v2", 224, "out_relu"),
+    ],
+)
+def test_backbone_defaults_fill_image_size_and_layer(root, name, size, layer):
+    cfg = config.from_dict(minimal(root, backbone={"name": name}))
+    assert (cfg.data.image_size, cfg.backbone.layer) == (size, layer)
+    # explicit values win, and the resolved config reads back the same
+    cfg2 = config.from_dict(minimal(root, backbone={"name": name}, data={"root": str(root), "image_size": 160}))
+    assert cfg2.data.image_size == 160
+    assert config.from_dict(yaml.safe_load(cfg.to_yaml())).digest() == cfg.digest()
+
+
+def test_backbone_layer_must_belong_to_that_backbone(root):
+    with pytest.raises(ConfigError, match=(
+        r"key 'backbone\.layer': got 'block5_pool'; allowed for resnet50: "
+        r"conv2_block3_out, conv3_block4_out, conv4_block6_out, conv5_block3_out"
+    )):
+        config.from_dict(minimal(root, backbone={"name": "resnet50", "layer": "block5_pool"}))
+
+
+def test_image_size_below_the_backbones_minimum(root):
+    with pytest.raises(ConfigError, match=(
+        r"key 'data\.image_size': got 64; inception_v3 up to mixed10 needs at least 75 \(its own size is 299\)"
+    )):
+        config.from_dict(minimal(root, backbone={"name": "inception_v3"}, data={"root": str(root), "image_size": 64}))
+
+
+def test_finetune_blocks_per_backbone(root):
+    cfg = config.from_dict(minimal(root, backbone={"name": "resnet50"}, finetune={"blocks": 2}))
+    assert cfg.stored_layers() == ["conv5_block3_out", "conv3_block4_out"]
+    assert config.from_dict(minimal(root, finetune={"blocks": 1})).stored_layers() == ["block5_pool", "block4_pool"]
+    with pytest.raises(ConfigError, match=r"key 'finetune\.blocks': got 4; mobilenet_v2 allows 0-3"):
+        config.from_dict(minimal(root, backbone={"name": "mobilenet_v2"}, finetune={"blocks": 4}))
+    with pytest.raises(ConfigError, match=r"fine-tuning needs the head on mixed10, but 'backbone\.layer' is 'mixed7'"):
+        config.from_dict(minimal(root, backbone={"name": "inception_v3", "layer": "mixed7"}, finetune={"blocks": 1}))

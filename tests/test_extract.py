@@ -343,9 +343,9 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
     built, batches = [], []
     real_model, real_forward = backbone.feature_model, extract.make_forward
 
-    def spy_model(weights, image_size, layers, seed, *args, **kwargs):
+    def spy_model(name, weights, image_size, layers, seed, *args, **kwargs):
         built.append(layers)
-        return real_model(weights, image_size, layers, seed, *args, **kwargs)
+        return real_model(name, weights, image_size, layers, seed, *args, **kwargs)
 
     def counting_forward(cfg, weights):
         forward = real_forward(cfg, weights)

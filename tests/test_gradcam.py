@@ -22,13 +22,15 @@ def red_square_image(quadrant: str = "top_left") -> np.ndarray:
     return image
 
 
-def red_detector(nested: bool):
+def red_detector(kind: str):
     """Class 0 = "there is red", class 1 = its opposite; deterministic weights.
 
     ``red`` (1x1 conv) fires on R - G - B > 0, ``last_conv`` copies it at 1/4
     resolution, the head averages it: the logit of class 0 is exactly the mean
-    red activation. With ``nested=True`` the layers sit in sub-models like a
-    vggtl artifact (image -> features[rescale -> base[convs]] -> head).
+    red activation. ``kind``: ``'flat'``; ``'nested'``, the layers in
+    sub-models like a vggtl artifact (image -> features[rescale -> base[convs]]
+    -> head); ``'dag'``, nested with a ResNet-like base (``last_conv`` plus a
+    skip connection from ``pool``, so the base is not a chain).
     """
     import keras
 
@@ -39,14 +41,16 @@ def red_detector(nested: bool):
     gap = keras.layers.GlobalAveragePooling2D(name="gap")
     dense = keras.layers.Dense(2, activation="softmax", name="predictions")
     image = keras.Input((SIZE, SIZE, 3), name="image")
-    if nested:
+    if kind != "flat":
         base_in = keras.Input((SIZE, SIZE, 3), name="base_in")
-        base = keras.Model(base_in, last(pool(red(base_in))), name="base")
+        pooled = pool(red(base_in))
+        out = last(pooled) if kind == "nested" else keras.layers.Add(name="skip")([last(pooled), pooled])
+        base = keras.Model(base_in, out, name="base")
         feat_in = keras.Input((SIZE, SIZE, 3), name="feat_in")
         features = keras.Model(feat_in, base(rescale(feat_in)), name="features")
         head_in = keras.Input(base.output.shape[1:], name="head_in")
         head = keras.Model(head_in, dense(gap(head_in)), name="head")
-        model = keras.Model(image, head(features(image)), name="nested")
+        model = keras.Model(image, head(features(image)), name=kind)
     else:
         model = keras.Model(image, dense(gap(last(pool(red(rescale(image)))))), name="flat")
     red.set_weights([np.array([1.0, -1.0, -1.0]).reshape(1, 1, 3, 1), np.zeros(1)])
@@ -68,10 +72,10 @@ def quadrant_mass(heat: np.ndarray) -> dict:
 
 @pytest.fixture(scope="module")
 def models():
-    return {"flat": red_detector(False), "nested": red_detector(True)}
+    return {kind: red_detector(kind) for kind in ("flat", "nested", "dag")}
 
 
-@pytest.mark.parametrize("kind", ["flat", "nested"])
+@pytest.mark.parametrize("kind", ["flat", "nested", "dag"])
 @pytest.mark.parametrize("quadrant", ["top_left", "bottom_right"])
 def test_heatmap_points_at_the_red_square(models, kind, quadrant):
     model = models[kind]
@@ -116,16 +120,41 @@ def test_bad_arguments(models):
         gradcam.gradcam(model, np.zeros((SIZE, SIZE), np.uint8), 0, conv_layer="last_conv")
 
 
-def test_models_that_are_not_chains_are_refused():
+def test_a_network_that_is_not_a_chain_is_explained_as_one_unit():
+    import keras
+
+    # ResNet-like at the top level: no nested models, a skip connection.
+    inputs = keras.Input((SIZE, SIZE, 3))
+    red = keras.layers.Conv2D(1, 1, activation="relu", name="red")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    skip = keras.layers.Add(name="add")([red(x), keras.layers.Conv2D(1, 1, name="zero")(x)])
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(skip)), name="resnetish")
+    red.set_weights([np.array([1.0, -1.0, -1.0]).reshape(1, 1, 3, 1), np.zeros(1)])
+    model.get_layer("zero").set_weights([np.zeros((1, 1, 3, 1)), np.zeros(1)])
+    dense.set_weights([np.array([[10.0, -10.0]]), np.zeros(2)])
+    assert not gradcam.is_chain(model)
+    heat = gradcam.gradcam(model, red_square_image("bottom_right"), 0, conv_layer="red")
+    assert quadrant_mass(heat)["bottom_right"] > 0.99
+
+
+def test_a_layer_inside_a_nested_network_that_is_not_a_chain_is_refused():
+    import keras
+
+    base_in = keras.Input((8, 8, 3))
+    inner = keras.Model(base_in, keras.layers.Conv2D(3, 3, padding="same", name="deep")(base_in), name="inner")
+    x = keras.layers.Add()([inner(base_in), base_in])
+    dag = keras.Model(base_in, x, name="dag_base")
+    image = keras.Input((8, 8, 3))
+    model = keras.Model(image, keras.layers.GlobalAveragePooling2D()(dag(image)), name="wrapped")
+    with pytest.raises(ValueError, match="layer 'deep' sits inside a nested part of model 'wrapped' that is not a chain"):
+        gradcam.gradcam(model, np.zeros((8, 8, 3), np.uint8), 0, conv_layer="deep")
+
+
+def test_a_layer_applied_twice_is_refused():
     import keras
 
     inputs = keras.Input((8, 8, 3))
-    conv = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
-    residual = keras.layers.Add(name="add")([inputs, conv])
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(residual)), name="resnetish")
-    with pytest.raises(ValueError, match="cannot be replayed layer by layer .*single chain"):
-        gradcam.gradcam(model, np.zeros((8, 8, 3), np.uint8), 0, conv_layer="conv")
-
     conv2 = keras.layers.Conv2D(4, 3, name="conv2")
     shared = keras.layers.Dense(4, name="shared")
     final = keras.layers.Dense(2, name="scores")
@@ -134,7 +163,7 @@ def test_models_that_are_not_chains_are_refused():
     conv2.set_weights([np.full((3, 3, 3, 4), 0.01), np.zeros(4)])
     shared.set_weights([3 * np.eye(4), np.ones(4)])
     final.set_weights([np.ones((4, 2)), np.zeros(2)])
-    with pytest.raises(ValueError, match="differs from the model by .*single chain"):
+    with pytest.raises(ValueError, match="differs from the model by .*chains of layers and nested networks"):
         gradcam.gradcam(model, np.full((8, 8, 3), 10, np.uint8), 0, conv_layer="conv2")
 
 

@@ -1,30 +1,47 @@
-"""The preprocessing layer must equal keras.applications.vgg16.preprocess_input exactly."""
+"""The preprocessing layer must equal each backbone's keras.applications preprocess_input exactly."""
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import numpy as np
+import pytest
 
-from vggtl.layers import CaffePreprocess
+from vggtl import architectures
+from vggtl.layers import CaffePreprocess, ImagenetPreprocess
 
 
-def test_matches_keras_preprocess_input():
+@pytest.mark.parametrize("name", list(architectures.ARCHITECTURES))
+def test_matches_the_backbones_preprocess_input(name):
+    arch = architectures.get(name)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
-    expected = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
-    got = keras.ops.convert_to_numpy(CaffePreprocess()(images))
+    module = importlib.import_module(f"keras.applications.{arch.module}")
+    expected = module.preprocess_input(images.astype(np.float32))
+    got = keras.ops.convert_to_numpy(ImagenetPreprocess(arch.preprocessing)(images))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
-    # channel order really flips: a pure-red pixel ends up in the last channel
+
+
+def test_caffe_mode_flips_channels():
+    # a pure-red pixel ends up in the last channel
     red = np.zeros((1, 1, 1, 3), np.uint8)
     red[..., 0] = 255
-    out = keras.ops.convert_to_numpy(CaffePreprocess()(red))[0, 0, 0]
+    out = keras.ops.convert_to_numpy(ImagenetPreprocess("caffe")(red))[0, 0, 0]
     assert out[2] > 100 and out[0] < 0
 
 
-def test_survives_save_and_load(tmp_path):
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode must be one of caffe, tf, got 'torch'"):
+        ImagenetPreprocess("torch")
+
+
+@pytest.mark.parametrize("layer", [ImagenetPreprocess("tf"), ImagenetPreprocess("caffe"), CaffePreprocess()])
+def test_survives_save_and_load(tmp_path, layer):
     inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, CaffePreprocess()(inputs))
+    model = keras.Model(inputs, layer(inputs))
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
-    x = np.full((1, 4, 4, 3), 128, np.uint8)
+    x = np.full((1, 4, 4, 3), 200, np.uint8)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert type(loaded.layers[-1]) is type(layer)

@@ -42,6 +42,20 @@ def test_gradcam_writes_overlay_and_heatmap(art, tmp_path, capsys):
     assert heat.shape == (2, 2) and heat.min() >= 0 and heat.max() <= 1  # block5_conv3 at 32 px
 
 
+@pytest.mark.parametrize("name, layer, side", [("resnet50", "conv5_block3_out", 1), ("mobilenet_v2", "out_relu", 2)])
+def test_gradcam_on_other_backbones_uses_their_layer(tmp_path, capsys, name, layer, side):
+    """ResNet/MobileNet bases are not chains: explained through their own layer."""
+    other = make_artifact(tmp_path / "art", favourite="blue", image_size=33 if name == "mobilenet_v2" else 32, backbone_name=name)
+    image = make_image(tmp_path / "b.png", (40, 40, 200))
+    code, out, err = run(capsys, other, image, "--gradcam", tmp_path / "cams", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["top"][0]["label"] == "blue"
+    assert record["gradcam"]["layer"] == layer
+    heat = np.load(tmp_path / "cams" / "b_gradcam.npy")
+    assert heat.shape == (side, side) and heat.min() >= 0 and heat.max() <= 1
+
+
 def test_gradcam_class_choice_and_json(art, tmp_path, capsys):
     image = make_image(tmp_path / "a.png", (40, 40, 200))
     code, out, err = run(capsys, art, image, "--gradcam", tmp_path / "cams", "--class", "green", "--json")

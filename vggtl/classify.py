@@ -21,12 +21,10 @@ read, 2 on a usage error (including missing weights).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import difflib
 import functools
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import config, data, tfquiet
+from vggtl import weights as weights_mod
+from vggtl.architectures import KERAS_WEIGHTS_URL
 from vggtl.errors import VggtlError, WeightsError, cli_entry
 from vggtl.predict import add_view_arguments, check_view_arguments, expand_inputs, iter_probabilities
 
@@ -44,7 +44,6 @@ CLASS_INDEX_FILE = "imagenet_class_index.json"
 CLASS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"
 N_CLASSES = 1000
 BACKGROUND = (255, 255, 255)
-_KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,13 @@ MODELS = {
     "vgg16": ModelSpec(
         "vgg16",
         "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-        _KERAS_BASE_URL + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+        KERAS_WEIGHTS_URL + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
         "64373286793e3c8b2b4e3219cbf3544b",
     ),
     "vgg19": ModelSpec(
         "vgg19",
         "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-        _KERAS_BASE_URL + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5",
+        KERAS_WEIGHTS_URL + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5",
         "cbe5617147190e668d6c5d5026f83318",
     ),
 }
@@ -156,8 +155,7 @@ def decode_predictions(probs, top_k: int) -> list[tuple[str, str, float]]:
 
 def keras_cache_path(spec: ModelSpec) -> Path:
     """Where Keras keeps ``spec``'s weights: ``$KERAS_HOME/models/<file>`` (``~/.keras`` when unset)."""
-    home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
-    return Path(home).expanduser() / "models" / spec.filename
+    return weights_mod.keras_cache_path(spec.filename)
 
 
 def _missing_weights_message(spec: ModelSpec, reason: str) -> str:
@@ -170,24 +168,11 @@ def _missing_weights_message(spec: ModelSpec, reason: str) -> str:
 
 
 def _download(spec: ModelSpec) -> Path:
-    """Keras' own download into its cache; WeightsError when it fails."""
-    tfquiet.load()
-    import keras
-
-    target = keras_cache_path(spec)
+    """Keras' own download into its cache; WeightsError with the remedies when it fails."""
     try:
-        # get_file silently falls back to /tmp/.keras when the cache does not exist yet.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Keras prints its progress bar on stdout: keep stdout for results.
-        with contextlib.redirect_stdout(sys.stderr):
-            return Path(
-                keras.utils.get_file(
-                    spec.filename, spec.url, cache_subdir="models", file_hash=spec.md5, cache_dir=str(target.parent.parent)
-                )
-            )
-    except Exception as exc:  # noqa: BLE001 - urllib, HTTP and hash errors vary
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise WeightsError(_missing_weights_message(spec, f"none found locally; Keras download failed: {reason}")) from None
+        return weights_mod.keras_download(spec.filename, spec.url, spec.md5)
+    except WeightsError as exc:
+        raise WeightsError(_missing_weights_message(spec, f"none found locally; {exc}")) from None
 
 
 def resolve_weights(model: str, weights=None, download: bool = True) -> Path:
@@ -240,14 +225,10 @@ def build_model(model: str, weights_path):
 
     builder = {"vgg16": keras.applications.VGG16, "vgg19": keras.applications.VGG19}[model]
     net = builder(include_top=True, weights=None)
-    try:
-        net.load_weights(str(weights_path))
-    except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for bad files
-        reason = " ".join(str(exc).split())[:300]
-        raise WeightsError(
-            f"{weights_path}: cannot be loaded into {model.upper()}(include_top=True) ({reason}); "
-            f"it must be the full classifier's weights ({MODELS[model].filename}), not the notop file"
-        ) from None
+    weights_mod.load_into(
+        net, weights_path, f"{model.upper()}(include_top=True)",
+        f"it must be the full classifier's weights ({MODELS[model].filename}), not the notop file",
+    )
     return net
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from vggtl import architectures
 from vggtl.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -37,18 +38,6 @@ DEFAULT_MAX_PIXELS = 178_956_970
 # Bump when vggtl.augment's transforms change: stored views are then recomputed.
 AUGMENT_VERSION = 2
 NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
-BACKBONE_LAYERS = {
-    "vgg16": (
-        "block1_pool",
-        "block2_pool",
-        "block3_pool",
-        "block4_pool",
-        "block5_conv3",
-        "block5_pool",
-    ),
-}
-
-
 def _key(default=dataclasses.MISSING, *, choices=None, low=None, high=None, doc="", **kw):
     """A config field with validation metadata; mutable defaults via ``default_factory``."""
     meta = {"choices": choices, "low": low, "high": high, "doc": doc}
@@ -68,7 +57,9 @@ class SplitConfig:
 class DataConfig:
     root: str = _key(doc="class-per-folder image tree, or a tree with train/ val/ test/ subfolders")
     split: SplitConfig = field(default_factory=SplitConfig)
-    image_size: int = _key(224, low=32, high=1024, doc="square input side in pixels")
+    image_size: int | None = _key(
+        None, low=32, high=1024, doc="square input side in pixels; null = the backbone's own (224, inception_v3: 299)"
+    )
     extensions: list[str] = _key(list(IMAGE_EXTENSIONS), doc="file extensions scanned (case-insensitive)")
     background: Any = _key("white", doc="color alpha is composited over: white|black|gray or [r, g, b]")
     resize: str = _key("stretch", choices=("stretch", "center_crop"), doc="stretch like Keras, or crop the central square first")
@@ -82,9 +73,13 @@ class DataConfig:
 
 @dataclass
 class BackboneConfig:
-    name: str = _key("vgg16", choices=("vgg16",), doc="convolutional base")
+    name: str = _key(
+        architectures.DEFAULT, choices=tuple(architectures.ARCHITECTURES), doc="convolutional base (ImageNet-pretrained)"
+    )
     weights: str | None = _key("imagenet", doc="imagenet | path to a .h5/.weights.h5 file | null (random init)")
-    layer: str = _key("block5_pool", doc="layer whose activations are cached")
+    layer: str | None = _key(
+        None, doc="layer whose activations are cached; null = the backbone's top (vgg16: block5_pool); see README"
+    )
 
 
 @dataclass
@@ -122,7 +117,9 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    blocks: int = _key(0, low=0, high=4, doc="top VGG16 conv blocks to fine-tune after the head: 0 = off, 1 = block5, 2 = blocks 4-5, ...")
+    blocks: int = _key(
+        0, low=0, high=4, doc="top blocks/stages of the backbone to fine-tune after the head: 0 = off, 1 = VGG block5, 2 = blocks 4-5, ..."
+    )
     epochs: int = _key(30, low=1, high=10_000, doc="maximum fine-tuning epochs (phase 2)")
     optimizer: str = _key("sgd", choices=("adam", "sgd", "rmsprop", "adamw"), doc="phase-2 optimizer (sgd has momentum 0.9)")
     learning_rate: float = _key(1e-4, low=1e-8, high=1.0, doc="phase-2 learning rate; keep it low")
@@ -186,10 +183,10 @@ class Config:
 
     def stored_layers(self) -> list[str]:
         """Layers the feature store must hold: the head's input, plus the frozen
-        boundary below the fine-tuned blocks (block4_pool for blocks: 1, ...)."""
+        boundary below the fine-tuned blocks (VGG: block4_pool for blocks: 1, ...)."""
         layers = [self.backbone.layer]
         if self.finetune.blocks:
-            layers.append(f"block{5 - self.finetune.blocks}_pool")
+            layers.append(architectures.get(self.backbone.name).finetune_boundaries[self.finetune.blocks - 1])
         return layers
 
     def digest(self) -> str:
@@ -337,19 +334,44 @@ def _validate_semantics(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: key 'data.extensions': got []; list at least one extension, e.g. [.jpg, .png]")
     cfg.data.extensions = exts
     parse_background(cfg.data.background, f"{source}: key 'data.background'")
-    layers = BACKBONE_LAYERS[cfg.backbone.name]
-    if cfg.backbone.layer not in layers:
-        raise ConfigError(
-            f"{source}: key 'backbone.layer': got {cfg.backbone.layer!r}; allowed for "
-            f"{cfg.backbone.name}: {', '.join(layers)}"
-        )
-    if cfg.finetune.blocks and cfg.backbone.layer != "block5_pool":
-        raise ConfigError(
-            f"{source}: key 'finetune.blocks': fine-tuning needs the head on block5_pool, "
-            f"but 'backbone.layer' is {cfg.backbone.layer!r}; set backbone.layer: block5_pool or finetune.blocks: 0"
-        )
+    _resolve_backbone(cfg, source)
     if any(u < 1 for u in cfg.head.units):
         raise ConfigError(f"{source}: key 'head.units': got {cfg.head.units!r}; every width must be >= 1")
+
+
+def _resolve_backbone(cfg: Config, source: str) -> None:
+    """Fill in the backbone's own image size and layer where the config left
+    them null, and check them (and finetune.blocks) against that backbone."""
+    arch = architectures.get(cfg.backbone.name)
+    name = cfg.backbone.name
+    if cfg.data.image_size is None:
+        cfg.data.image_size = arch.default_size
+    if cfg.backbone.layer is None:
+        cfg.backbone.layer = arch.default_layer
+    if cfg.backbone.layer not in arch.layers:
+        raise ConfigError(
+            f"{source}: key 'backbone.layer': got {cfg.backbone.layer!r}; allowed for {name}: {', '.join(arch.layers)}"
+        )
+    if cfg.finetune.blocks > len(arch.finetune_boundaries):
+        raise ConfigError(
+            f"{source}: key 'finetune.blocks': got {cfg.finetune.blocks}; {name} allows 0-{len(arch.finetune_boundaries)}"
+        )
+    if cfg.finetune.blocks and cfg.backbone.layer != arch.default_layer:
+        raise ConfigError(
+            f"{source}: key 'finetune.blocks': fine-tuning needs the head on {arch.default_layer}, "
+            f"but 'backbone.layer' is {cfg.backbone.layer!r}; set backbone.layer: {arch.default_layer} or finetune.blocks: 0"
+        )
+    smallest = max(arch.min_size, *(_smallest_input(arch, layer) for layer in cfg.stored_layers()))
+    if cfg.data.image_size < smallest:
+        raise ConfigError(
+            f"{source}: key 'data.image_size': got {cfg.data.image_size}; {name} up to {cfg.backbone.layer} "
+            f"needs at least {smallest} (its own size is {arch.default_size})"
+        )
+
+
+def _smallest_input(arch: architectures.Architecture, layer: str) -> int:
+    """Smallest square input side for which ``layer`` has a non-empty output."""
+    return next(size for size in range(1, 4096) if arch.layers[layer].side(size) >= 1)
 
 
 def check_paths(cfg: Config, source: str = "config") -> None:

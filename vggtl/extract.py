@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import augment, backbone, config, data, store
+from vggtl import architectures, augment, backbone, config, data, store
 from vggtl.errors import ConfigError, cli_entry
 
 ROWS_PER_PART = 256
@@ -51,7 +51,7 @@ def store_settings(cfg: config.Config, weights: backbone.ResolvedWeights) -> dic
         "image_size": cfg.data.image_size,
         "resize": cfg.data.resize,
         "background": list(cfg.background_rgb),
-        "preprocessing": backbone.PREPROCESSING,
+        "preprocessing": architectures.get(cfg.backbone.name).preprocessing_description,
         "dtype": cfg.cache.dtype,
         "schema_version": store.SCHEMA_VERSION,
     }
@@ -74,7 +74,7 @@ def scan_dataset(cfg: config.Config) -> data.Dataset:
 
 
 def locate_store(cfg: config.Config, allow_download: bool = True) -> tuple[Path, dict, backbone.ResolvedWeights]:
-    weights = backbone.resolve_weights(cfg.backbone.weights, cfg.seed, allow_download=allow_download)
+    weights = backbone.resolve_weights(cfg.backbone.weights, cfg.seed, allow_download=allow_download, name=cfg.backbone.name)
     settings = store_settings(cfg, weights)
     return store.store_path(cfg.cache.path, cfg.name, settings), settings, weights
 
@@ -137,7 +137,7 @@ def make_forward(cfg: config.Config, weights: backbone.ResolvedWeights):
 
     tf = tfquiet.load()
     layers = cfg.stored_layers()
-    model = backbone.feature_model(weights, cfg.data.image_size, layers, cfg.seed)
+    model = backbone.feature_model(cfg.backbone.name, weights, cfg.data.image_size, layers, cfg.seed)
     size = cfg.data.image_size
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
 
@@ -235,7 +235,7 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     for note in dataset.warnings:
         log(f"warning: {note}")
     path, settings, weights = locate_store(cfg)
-    shapes = {layer: backbone.feature_shape(layer, cfg.data.image_size) for layer in cfg.stored_layers()}
+    shapes = {layer: backbone.feature_shape(layer, cfg.data.image_size, cfg.backbone.name) for layer in cfg.stored_layers()}
     skip_cfg = skip_settings(cfg)
     views = view_keys(cfg, dataset)
     with store.locked(path):

@@ -8,10 +8,12 @@ them and keeps the positive part: a coarse ``(h, w)`` map, here normalised to
 vggtl artifacts nest their conv layers two models deep (``image`` ->
 ``vgg16_<layer>`` -> ``vgg16`` -> ``block5_conv3``, then ``head``), so a plain
 ``keras.Model(model.inputs, [model.get_layer(name).output, model.output])``
-cannot reach them. :func:`gradcam` instead replays the model eagerly, leaf
-layer by leaf layer (expanding nested models), records the conv activations
-on a ``tf.GradientTape`` and checks that the replay reproduces the model's own
-output, so a graph that is not a simple chain is refused rather than
+cannot reach them. :func:`gradcam` instead replays the model eagerly on a
+``tf.GradientTape``, unit by unit: nested models whose layers form a chain
+are expanded into their layers; a nested network that is not a chain
+(ResNet, Inception, MobileNet) runs as one unit, through a two-output copy
+of itself when it holds the explained layer. The replay must reproduce the
+model's own output, so a graph it does not understand is refused rather than
 explained wrongly. The same code serves the Keras ``VGG16(include_top=True)``
 ImageNet classifier.
 
@@ -22,6 +24,7 @@ classes), else the model output for the class.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -61,11 +64,62 @@ def leaf_layers(model) -> list:
     return leaves
 
 
+def is_chain(model) -> bool:
+    """True when ``model`` is a single path of layers (VGG, vggtl heads); False
+    for networks with merges or several inputs/outputs (ResNet's adds,
+    Inception's concatenations). A layer applied twice is caught later, by
+    the replay's check against the model's own output."""
+    import keras
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return False
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            # A nested model's .input is its own input, not what feeds it.
+            if len(layer.inputs) != 1 or len(layer.outputs) != 1:
+                return False
+        elif isinstance(layer.input, (list, tuple)):
+            return False
+    return True
+
+
+def replay_units(model) -> list:
+    """The units :func:`gradcam` replays ``model`` with, in call order: leaf
+    layers, with nested chain models expanded, and whole nested networks that
+    are not chains."""
+    import keras
+
+    units = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model) and is_chain(layer):
+            units.extend(replay_units(layer))
+        else:
+            units.append(layer)
+    return units
+
+
 def conv_layer_names(model) -> list[str]:
     """Names of all ``Conv2D`` layers of ``model``, nested models included, in call order."""
     import keras
 
     return [layer.name for layer in leaf_layers(model) if isinstance(layer, keras.layers.Conv2D)]
+
+
+def default_layer(model, backbone: str | None = None) -> str:
+    """The layer Grad-CAM explains by default: ``backbone``'s usual one (e.g.
+    ``block5_conv3`` for vgg16, ``conv5_block3_out`` for resnet50) when
+    ``model`` has it, else :func:`last_conv_layer`."""
+    from vggtl import architectures
+
+    if backbone is not None:
+        name = architectures.get(backbone).gradcam_layer
+        if name in {layer.name for layer in leaf_layers(model)}:
+            return name
+    return last_conv_layer(model)
 
 
 def last_conv_layer(model) -> str:
@@ -86,23 +140,38 @@ def _is_softmax_dense(layer) -> bool:
     return isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") == "softmax"
 
 
-def _replay(leaves, x, conv_layer: str, tape):
-    """Run ``leaves`` on ``x``; return (conv activations, class scores, model output)."""
+def _probe(network, conv_layer: str):
+    """``network`` with two outputs: ``conv_layer``'s activations and its own output."""
+    import keras
+
+    probes = _PROBES.setdefault(network, {})
+    if conv_layer not in probes:
+        probes[conv_layer] = keras.Model(network.inputs, [network.get_layer(conv_layer).output, network.output])
+    return probes[conv_layer]
+
+
+_PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _replay(units, x, conv_layer: str):
+    """Run ``units`` on ``x``; return (conv activations, class scores, model output).
+    The caller's tape must watch ``x``, so every operation is recorded."""
+    import keras
     import tensorflow as tf
 
     activations = None
-    for i, layer in enumerate(leaves):
-        if i == len(leaves) - 1 and _is_softmax_dense(layer):
+    for i, unit in enumerate(units):
+        if i == len(units) - 1 and _is_softmax_dense(unit):
             # Pre-softmax logits: Dense without its activation.
-            scores = tf.matmul(x, layer.kernel)
-            if layer.use_bias:
-                scores = scores + layer.bias
+            scores = tf.matmul(x, unit.kernel)
+            if unit.use_bias:
+                scores = scores + unit.bias
             return activations, scores, tf.nn.softmax(scores, axis=-1)
-        x = layer(x, training=False)
-        if layer.name == conv_layer:
-            # The backbone's weights are frozen (not watched by default):
-            # watch the activations themselves so the tape records what follows.
-            tape.watch(x)
+        if isinstance(unit, keras.Model) and conv_layer in {layer.name for layer in unit.layers}:
+            activations, x = _probe(unit, conv_layer)(x, training=False)
+            continue
+        x = unit(x, training=False)
+        if unit.name == conv_layer:
             activations = x
     return activations, x, x
 
@@ -127,9 +196,10 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
     """Grad-CAM heatmap of ``class_index`` for one image.
 
     Args:
-        model: Keras classifier; its layers, nested models expanded, must form
-            a single chain (vggtl artifacts and ``keras.applications.VGG16``
-            do). Its output is ``(batch, n_classes)``.
+        model: Keras classifier: a chain of layers and nested models (vggtl
+            artifacts, ``keras.applications.VGG16``); nested networks that
+            are not chains must hold ``conv_layer`` directly, if at all.
+            Its output is ``(batch, n_classes)``.
         image_uint8: ``(height, width, 3)`` RGB image at the model's input
             size, values 0-255 (what :func:`vggtl.data.decode_image` returns).
         class_index: output index of the class to explain, in
@@ -156,8 +226,7 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
 
     tf = tfquiet.load()
     image = _check_image(model, image_uint8)
-    leaves = leaf_layers(model)
-    if conv_layer not in {layer.name for layer in leaves}:
+    if conv_layer not in {layer.name for layer in leaf_layers(model)}:
         raise ValueError(
             f"conv_layer {conv_layer!r} is not a layer of model {model.name!r}; "
             f"its conv layers are: {', '.join(conv_layer_names(model)) or 'none'}"
@@ -167,15 +236,24 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
         batch = preprocess(batch)
     x = tf.convert_to_tensor(batch, dtype=tf.float32)
     with tf.GradientTape() as tape:
+        # The backbone's weights are frozen (not watched by default): watch
+        # the input so every operation after it is recorded.
+        tape.watch(x)
         try:
-            activations, scores, output = _replay(leaves, x, conv_layer, tape)
+            units = replay_units(model) if is_chain(model) else [model]
+            activations, scores, output = _replay(units, x, conv_layer)
         except Exception as exc:  # noqa: BLE001 - a layer fed the wrong tensors raises anything
             # Keras' messages embed whole tensors: keep the first line.
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise ValueError(
                 f"model {model.name!r} cannot be replayed layer by layer ({type(exc).__name__}: {first}); "
-                "Grad-CAM here supports models whose layers form a single chain"
+                "Grad-CAM here supports chains of layers and nested networks"
             ) from None
+        if activations is None:
+            raise ValueError(
+                f"layer {conv_layer!r} sits inside a nested part of model {model.name!r} that is not a chain; "
+                "choose a layer of the backbone itself"
+            )
         n_classes = int(scores.shape[-1])
         if not 0 <= int(class_index) < n_classes:
             raise ValueError(f"class_index must be in [0, {n_classes}), got {class_index}")
@@ -196,7 +274,7 @@ def _check_replay(model, x, output) -> None:
     if not diff <= REPLAY_TOLERANCE:
         raise ValueError(
             f"replaying model {model.name!r} layer by layer differs from the model by {diff:.3g}; "
-            "Grad-CAM here supports models whose layers form a single chain"
+            "Grad-CAM here supports chains of layers and nested networks"
         )
 
 
@@ -327,7 +405,8 @@ def explain_file(model, path, image_uint8, class_index: int, out_dir, stem: str,
         class_index: output index of the class to explain.
         out_dir: directory for ``<stem>_gradcam.jpg`` and ``<stem>_gradcam.npy``.
         stem: file name stem, see :func:`unique_stem`.
-        conv_layer: layer to explain; None means :func:`last_conv_layer`.
+        conv_layer: layer to explain; None means :func:`last_conv_layer`
+            (vggtl.predict passes :func:`default_layer`).
         preprocess: see :func:`gradcam`.
         resize: the ``data.resize`` policy the model input was made with
             (``center_crop`` overlays the heatmap on the central square only).

@@ -153,6 +153,7 @@ def _run_images(art, cfg, model, paths, args) -> int:
     failures, stems = 0, set()
     class_index = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
     k = min(args.top_k, len(art.labels))
+    layer = gradcam.default_layer(model, cfg.backbone.name) if args.gradcam is not None else None
     for result in iter_probabilities(paths, _decoder(cfg), lambda batch: model.predict(batch, verbose=0)):
         if "error" in result:
             failures += 1
@@ -167,7 +168,7 @@ def _run_images(art, cfg, model, paths, args) -> int:
             try:
                 written = gradcam.explain_file(
                     model, result["path"], result["image"], target, args.gradcam, gradcam.unique_stem(result["path"], stems),
-                    resize=cfg.data.resize, background=cfg.background_rgb, max_pixels=cfg.data.max_pixels,
+                    conv_layer=layer, resize=cfg.data.resize, background=cfg.background_rgb, max_pixels=cfg.data.max_pixels,
                 )
                 out["gradcam"] = {"class": art.labels[target], **written}
             except data.UndecodableImage as exc:  # the full-size decode can fail where the reduced one did not

@@ -67,8 +67,8 @@ def model_from_config(cfg: config.Config):
         note = f"{n_classes} classes assumed (data.root {cfg.data.root} {why})"
     weights = backbone.resolve_weights(None, cfg.seed)  # random: shapes only
     size = cfg.data.image_size
-    features = backbone.feature_model(weights, size, cfg.backbone.layer, cfg.seed)
-    shape = backbone.feature_shape(cfg.backbone.layer, size)
+    features = backbone.feature_model(cfg.backbone.name, weights, size, cfg.backbone.layer, cfg.seed)
+    shape = backbone.feature_shape(cfg.backbone.layer, size, cfg.backbone.name)
     # Standardization statistics only change values, not shapes: neutral ones.
     pooled = int(np.prod(shape)) if cfg.head.pooling == "flatten" else shape[-1]
     stats = (np.zeros(pooled), np.ones(pooled)) if cfg.head.standardize else None

@@ -10,7 +10,6 @@ Same config + same data + same seed gives the same ``metrics.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -153,7 +152,7 @@ def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
 def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_classes: int):
     """Phase 2: train the unfrozen top blocks + head on stored boundary activations.
 
-    ``base`` is the VGG16 base whose top blocks are trained in place (the
+    ``base`` is the backbone whose top blocks are trained in place (the
     layers are shared with the returned model), so the end-to-end model built
     from ``base`` afterwards carries the fine-tuned weights.
     """
@@ -163,7 +162,11 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
     boundary = cfg.stored_layers()[1]
     top = backbone.top_model(base, boundary, cfg.backbone.layer)
     for layer in top.layers:
-        layer.trainable = True
+        # BatchNormalization (ResNet, Inception, MobileNet) stays frozen: in
+        # Keras 3 a frozen BN layer runs in inference mode with its ImageNet
+        # statistics, which a few small batches would otherwise overwrite.
+        # (Calling the block with training=False does not hold inside fit.)
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     inputs = keras.Input(bank.shape[2:], name=boundary)
     model = keras.Model(inputs, head(top(inputs)), name="finetune")
     model.compile(
@@ -243,7 +246,7 @@ def end_to_end_model(cfg: config.Config, weights: backbone.ResolvedWeights, base
     import keras
 
     size = cfg.data.image_size
-    features = backbone.feature_model(weights, size, cfg.backbone.layer, cfg.seed, base=base)
+    features = backbone.feature_model(cfg.backbone.name, weights, size, cfg.backbone.layer, cfg.seed, base=base)
     inputs = keras.Input((size, size, 3), name="image")
     return keras.Model(inputs, head(features(inputs)), name=f"vggtl_{cfg.name}")
 
@@ -327,7 +330,7 @@ def main(argv=None) -> int:
     evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)  # noqa: E731
 
     # -- phase 2: fine-tune the top blocks on stored boundary activations
-    base = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
+    base = backbone.build_base(cfg.backbone.name, weights, cfg.data.image_size, cfg.seed)
     if cfg.finetune.blocks:
         boundary = cfg.stored_layers()[1]
         bank = training_bank(fs, train_rows, boundary, cfg.augment.views)
@@ -410,6 +413,11 @@ def main(argv=None) -> int:
                 "data_digest": dataset.digest(),
                 "store": {"path": str(store_path), "settings": settings},
                 "weights": {"source": weights.source, "digest": weights.digest, "random": weights.kind == "random"},
+                "backbone": {
+                    "name": cfg.backbone.name,
+                    "layer": cfg.backbone.layer,
+                    "preprocessing": settings["preprocessing"],
+                },
                 "image_size": cfg.data.image_size,
                 "input": "RGB uint8 (or float 0-255), shape (H, W, 3) = image_size; preprocessing inside the model",
                 "end_to_end_check_max_abs_diff": e2e_gap,

@@ -28,6 +28,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -167,11 +168,49 @@ def offline_weights_path():
     return cache_dir() / "weights" / _OFFLINE_FILENAME
 
 
-def keras_cache_path():
-    """Where Keras keeps its downloaded VGG16 notop file (``$KERAS_HOME/models``)."""
+def keras_cache_path(filename=KERAS_NOTOP_FILENAME):
+    """Where Keras keeps a downloaded weights file: ``$KERAS_HOME/models/<filename>``.
+
+    Args:
+        filename: the file's name in Keras' cache; the VGG16 notop file by default.
+    """
     # Same rule as keras.src.backend.config: $KERAS_HOME, else ~/.keras.
     home = os.environ.get("KERAS_HOME") or Path.home() / ".keras"
-    return Path(home).expanduser() / "models" / KERAS_NOTOP_FILENAME
+    return Path(home).expanduser() / "models" / filename
+
+
+def keras_download(filename, url, md5=None):
+    """Keras' own download of ``url`` into its cache (:func:`keras_cache_path`).
+
+    Args:
+        filename: name of the file in the cache.
+        url: where to download it from.
+        md5: the hash Keras checks after downloading, or None.
+
+    Returns:
+        `pathlib.Path` of the downloaded (or already cached) file.
+
+    Raises:
+        WeightsError: the download failed (offline, HTTP error, hash
+            mismatch); the message is the reason only, callers add remedies.
+    """
+    from vggtl import tfquiet
+
+    tfquiet.load()
+    import keras
+
+    target = keras_cache_path(filename)
+    try:
+        # get_file silently falls back to /tmp/.keras when the cache does not exist yet.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Keras prints its progress bar on stdout: keep stdout for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            return Path(
+                keras.utils.get_file(filename, url, cache_subdir="models", file_hash=md5, cache_dir=str(target.parent.parent))
+            )
+    except Exception as exc:  # noqa: BLE001 - urllib, HTTP and hash errors vary by platform
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise WeightsError(f"Keras download failed: {reason}") from None
 
 
 def candidate_paths():
@@ -484,6 +523,51 @@ def verify_file(path, expected=VGG16_TENSOR_DIGEST):
             f"these are not the pinned VGG16 ImageNet weights; delete the file and run "
             f"`python -m vggtl.weights fetch`"
         )
+    return digest
+
+
+def load_into(model, path, what, hint):
+    """``model.load_weights(path)``, refusing partial loads.
+
+    Keras 3 only *warns* when parts of a network find no weights in the file
+    ("... will retain their freshly-initialized weights"); a half-random
+    network must be an error.
+
+    Args:
+        model: a built Keras model.
+        path: a Keras ``.weights.h5`` or legacy ``.h5`` weights file.
+        what: the network, for the message, e.g. ``'ResNet50(include_top=False)'``.
+        hint: what the file must be instead, for the message.
+
+    Raises:
+        WeightsError: naming the file, the network, Keras' reason and ``hint``.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            model.load_weights(str(path))
+    except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for bad files
+        reason = " ".join(str(exc).split())[:300]
+        raise WeightsError(f"{path}: cannot be loaded into {what} ({reason}); {hint}") from None
+
+
+def file_sha256(path):
+    """sha256 of a weights file's bytes, memoized like :func:`verify_file`.
+
+    The digest of weights that are not VGG16's (other backbones), whose
+    tensors :func:`tensor_digest` does not know.
+
+    Raises:
+        WeightsError: ``path`` does not exist or is not a file.
+    """
+    path = _existing_file(path)
+    key = "sha256|" + _stat_key(path)
+    digest = _read_memo().get(key)
+    if digest is None:
+        digest = "sha256:" + _sha256_file(path)
+        _memoize_digest(key, digest)
     return digest
 
 

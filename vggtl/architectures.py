@@ -1,0 +1,224 @@
+"""The convolutional bases vggtl can use, as data: sizes, layers, preprocessing, weight files.
+
+Import-light on purpose (no TensorFlow, no h5py): ``config`` validates
+``backbone.*`` against this table and ``extract`` works out the stored feature
+shapes from it before deciding whether TensorFlow is needed at all.
+
+Feature-map sides are computed from the input side with the exact
+downsampling arithmetic of each Keras application (a test checks every
+listed layer against the real models at several sizes), because the naive
+``size // stride`` is wrong for valid-padded networks such as Inception V3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Downsampling steps, as functions of the input side:
+#   floor2 - 2x2 max-pool, stride 2, valid padding (VGG)
+#   ceil2  - stride-2 layer with 'same'-like padding (ResNet, MobileNetV2)
+#   v3s2   - 3x3 kernel, stride 2, valid padding (Inception V3)
+#   v3     - 3x3 kernel, stride 1, valid padding (Inception V3)
+_STEPS = {
+    "floor2": lambda side: side // 2,
+    "ceil2": lambda side: (side + 1) // 2,
+    "v3s2": lambda side: (side - 3) // 2 + 1,
+    "v3": lambda side: side - 2,
+}
+_INCEPTION_STEM = ("v3s2", "v3", "v3s2", "v3", "v3s2")  # conv, conv, pool, conv, pool -> mixed0..2
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer whose activations can be cached.
+
+    Attributes:
+        steps: downsampling steps from the input (keys of ``_STEPS``).
+        channels: feature channels.
+    """
+
+    steps: tuple[str, ...]
+    channels: int
+
+    def side(self, image_size: int) -> int:
+        side = image_size
+        for step in self.steps:
+            side = _STEPS[step](side)
+        return side
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One supported convolutional base.
+
+    Attributes:
+        name: the ``backbone.name`` value.
+        application: ``keras.applications`` constructor, e.g. ``'ResNet50'``.
+        module: ``keras.applications`` module holding its ``preprocess_input``.
+        preprocessing: ``'caffe'`` (RGB->BGR, minus ImageNet means) or
+            ``'tf'`` (scale to [-1, 1]), as that ``preprocess_input`` does.
+        default_size: input side the ImageNet weights were trained at.
+        min_size: smallest input side Keras accepts.
+        layers: cacheable layers, bottom to top.
+        default_layer: the usual bottleneck (the top of the conv base).
+        finetune_boundaries: frozen boundary for ``finetune.blocks`` = 1, 2, ...
+            (the blocks above it are trained).
+        gradcam_layer: the layer Grad-CAM explains by default.
+        notop_file, notop_md5: Keras' ``include_top=False`` weights file and
+            the md5 Keras pins for it (None where Keras pins none).
+    """
+
+    name: str
+    application: str
+    module: str
+    preprocessing: str
+    default_size: int
+    min_size: int
+    layers: dict[str, Layer]
+    default_layer: str
+    finetune_boundaries: tuple[str, ...]
+    gradcam_layer: str
+    notop_file: str
+    notop_md5: str | None
+
+    @property
+    def notop_url(self) -> str:
+        return f"{KERAS_WEIGHTS_URL}{self.module}/{self.notop_file}"
+
+    @property
+    def preprocessing_description(self) -> str:
+        """Recorded in store settings: a change of preprocessing invalidates caches."""
+        what = {"caffe": "RGB->BGR, minus ImageNet means", "tf": "scaled to [-1, 1]"}[self.preprocessing]
+        return f"keras.applications.{self.module}.preprocess_input ({self.preprocessing}: {what})"
+
+    def feature_shape(self, layer: str, image_size: int) -> tuple[int, int, int]:
+        """Output shape of ``layer`` for square ``image_size`` inputs, e.g. (7, 7, 512)."""
+        spec = self.layers[layer]
+        side = spec.side(image_size)
+        return (side, side, spec.channels)
+
+
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+def _vgg_layers(convs_in_block5: int) -> dict[str, Layer]:
+    layers = {f"block{b}_pool": Layer(("floor2",) * b, min(64 * 2 ** (b - 1), 512)) for b in range(1, 5)}
+    layers[f"block5_conv{convs_in_block5}"] = Layer(("floor2",) * 4, 512)
+    layers["block5_pool"] = Layer(("floor2",) * 5, 512)
+    return layers
+
+
+def _ceil2(n: int) -> tuple[str, ...]:
+    return ("ceil2",) * n
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a
+    for a in (
+        Architecture(
+            name="vgg16",
+            application="VGG16",
+            module="vgg16",
+            preprocessing="caffe",
+            default_size=224,
+            min_size=32,
+            layers=_vgg_layers(3),
+            default_layer="block5_pool",
+            finetune_boundaries=("block4_pool", "block3_pool", "block2_pool", "block1_pool"),
+            gradcam_layer="block5_conv3",
+            notop_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            notop_md5="6d6bbae143d832006294945121d1f1fc",
+        ),
+        Architecture(
+            name="vgg19",
+            application="VGG19",
+            module="vgg19",
+            preprocessing="caffe",
+            default_size=224,
+            min_size=32,
+            layers=_vgg_layers(4),
+            default_layer="block5_pool",
+            finetune_boundaries=("block4_pool", "block3_pool", "block2_pool", "block1_pool"),
+            gradcam_layer="block5_conv4",
+            notop_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            notop_md5="253f8cb515780f3b799900260a226db6",
+        ),
+        Architecture(
+            name="resnet50",
+            application="ResNet50",
+            module="resnet",
+            preprocessing="caffe",
+            default_size=224,
+            min_size=32,
+            layers={
+                "conv2_block3_out": Layer(_ceil2(2), 256),
+                "conv3_block4_out": Layer(_ceil2(3), 512),
+                "conv4_block6_out": Layer(_ceil2(4), 1024),
+                "conv5_block3_out": Layer(_ceil2(5), 2048),
+            },
+            default_layer="conv5_block3_out",
+            # finetune.blocks counts ResNet stages: 1 = conv5_*, 2 = conv4_* and conv5_*, ...
+            finetune_boundaries=("conv4_block6_out", "conv3_block4_out", "conv2_block3_out"),
+            gradcam_layer="conv5_block3_out",
+            notop_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            notop_md5="4d473c1dd8becc155b73f8504c6f6626",
+        ),
+        Architecture(
+            name="inception_v3",
+            application="InceptionV3",
+            module="inception_v3",
+            preprocessing="tf",
+            default_size=299,
+            min_size=75,
+            layers={
+                "mixed2": Layer(_INCEPTION_STEM, 288),
+                "mixed7": Layer(_INCEPTION_STEM + ("v3s2",), 768),
+                "mixed8": Layer(_INCEPTION_STEM + ("v3s2",) * 2, 1280),
+                "mixed9": Layer(_INCEPTION_STEM + ("v3s2",) * 2, 2048),
+                "mixed10": Layer(_INCEPTION_STEM + ("v3s2",) * 2, 2048),
+            },
+            default_layer="mixed10",
+            # finetune.blocks counts inception modules from the top: 2 trains
+            # mixed9 and mixed10, the Keras fine-tuning guide's choice.
+            finetune_boundaries=("mixed9", "mixed8", "mixed7"),
+            gradcam_layer="mixed10",
+            notop_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            notop_md5="bcbd6486424b2319ff4ef7d526e38f63",
+        ),
+        Architecture(
+            name="mobilenet_v2",
+            application="MobileNetV2",
+            module="mobilenet_v2",
+            preprocessing="tf",
+            default_size=224,
+            min_size=32,
+            layers={
+                "block_2_add": Layer(_ceil2(2), 24),
+                "block_5_add": Layer(_ceil2(3), 32),
+                "block_12_add": Layer(_ceil2(4), 96),
+                "out_relu": Layer(_ceil2(5), 1280),
+            },
+            default_layer="out_relu",
+            # finetune.blocks counts resolution stages: 1 = blocks 13-16 + Conv_1, ...
+            finetune_boundaries=("block_12_add", "block_5_add", "block_2_add"),
+            gradcam_layer="out_relu",
+            # Keras names the file after the input size it loads (224 here,
+            # the size it picks for inputs it has no weights for).
+            notop_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+            notop_md5=None,
+        ),
+    )
+}
+DEFAULT = "vgg16"
+
+
+def get(name: str) -> Architecture:
+    """The :class:`Architecture` called ``name``.
+
+    Raises:
+        KeyError: with the allowed names, when ``name`` is not supported.
+    """
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; allowed: {', '.join(ARCHITECTURES)}") from None
