@@ -36,7 +36,7 @@ from vggtl import config, data, tfquiet
 from vggtl import weights as weights_mod
 from vggtl.architectures import KERAS_WEIGHTS_URL
 from vggtl.errors import VggtlError, WeightsError, cli_entry
-from vggtl.predict import add_view_arguments, check_view_arguments, expand_inputs, iter_probabilities
+from vggtl.predict import add_view_arguments, check_view_arguments, expand_inputs, print_image_predictions
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 # md5 that keras.applications.imagenet_utils.decode_predictions pins for its
@@ -260,41 +260,36 @@ def _print_result(out: dict, as_json: bool) -> None:
         print(f"  grad-cam of {g['label']!r} ({g['wnid']}) at {g['layer']}: {g['jpg']}")
 
 
-def _run_images(model, preprocess, image_size, paths, args) -> int:
+def _explainer(model, preprocess, args):
+    """``--gradcam``: result -> Grad-CAM files of the chosen (or predicted) ImageNet class."""
     from vggtl import gradcam
 
-    failures, stems = 0, set()
-    target_class = resolve_class(args.class_name) if args.class_name is not None else None
+    chosen, stems = resolve_class(args.class_name) if args.class_name is not None else None, set()
 
+    def explain(result):
+        target = chosen if chosen is not None else int(np.argmax(result["probs"]))
+        written = gradcam.explain_file(
+            model, result["path"], result["image"], target, args.gradcam,
+            gradcam.unique_stem(result["path"], stems), preprocess=preprocess,
+            background=BACKGROUND, max_pixels=config.DEFAULT_MAX_PIXELS,
+        )
+        wnid, label = class_index()[target]
+        return {"wnid": wnid, "label": label, **written}
+
+    return explain
+
+
+def _run_images(model, preprocess, image_size, paths, args) -> int:
     def decode(path):
         return data.decode_image(path, image_size, "stretch", BACKGROUND, config.DEFAULT_MAX_PIXELS)
 
     def predict_fn(batch):
         return model.predict(preprocess(batch.astype("float32")), verbose=0)
 
-    for result in iter_probabilities(paths, decode, predict_fn):
-        if "error" in result:
-            failures += 1
-            print(f"{result['path']}: skipped: {result['error']}", file=sys.stderr)
-            if args.json:
-                print(json.dumps(result))
-            continue
-        out = {"path": result["path"], "top": decode_predictions(result["probs"], args.top_k)}
-        if args.gradcam is not None:
-            target = target_class if target_class is not None else int(np.argmax(result["probs"]))
-            try:
-                written = gradcam.explain_file(
-                    model, result["path"], result["image"], target, args.gradcam,
-                    gradcam.unique_stem(result["path"], stems), preprocess=preprocess,
-                    background=BACKGROUND, max_pixels=config.DEFAULT_MAX_PIXELS,
-                )
-                wnid, label = class_index()[target]
-                out["gradcam"] = {"wnid": wnid, "label": label, **written}
-            except data.UndecodableImage as exc:  # the full-size decode can fail where the reduced one did not
-                failures += 1
-                print(f"{result['path']}: no grad-cam: {exc}", file=sys.stderr)
-        _print_result(out, args.json)
-    return failures
+    return print_image_predictions(
+        paths, decode, predict_fn, lambda p: decode_predictions(p, args.top_k), _print_result, args.json,
+        _explainer(model, preprocess, args) if args.gradcam is not None else None,
+    )
 
 
 def _run_tiles(model, preprocess, image_size, paths, args, grid, overlap) -> int:

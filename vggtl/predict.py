@@ -74,6 +74,42 @@ def iter_probabilities(paths, decode, predict_fn, batch: int = BATCH):
             yield {"path": str(path), "image": image, "probs": p}
 
 
+def print_image_predictions(paths, decode, predict_fn, top, print_result, as_json: bool, explain=None) -> int:
+    """The per-image loop of ``predict`` and ``classify``: decode, predict,
+    optionally explain with Grad-CAM, print one result per image.
+
+    Args:
+        paths, decode, predict_fn: as for :func:`iter_probabilities`.
+        top: callable ``probs -> top entries`` put in each result.
+        print_result: callable ``(result, as_json)`` printing one result.
+        as_json: print undecodable files as JSON lines too.
+        explain: None, or callable ``{"path", "image", "probs"} -> dict``
+            stored as the result's ``"gradcam"``; it may raise
+            :class:`vggtl.data.UndecodableImage` (the full-size decode for the
+            overlay can fail where the reduced one did not).
+
+    Returns:
+        Number of images that failed (not decodable, or no Grad-CAM).
+    """
+    failures = 0
+    for result in iter_probabilities(paths, decode, predict_fn):
+        if "error" in result:
+            failures += 1
+            print(f"{result['path']}: skipped: {result['error']}", file=sys.stderr)
+            if as_json:
+                print(json.dumps(result))
+            continue
+        out = {"path": result["path"], "top": top(result["probs"])}
+        if explain is not None:
+            try:
+                out["gradcam"] = explain(result)
+            except data.UndecodableImage as exc:
+                failures += 1
+                print(f"{result['path']}: no grad-cam: {exc}", file=sys.stderr)
+        print_result(out, as_json)
+    return failures
+
+
 def _decoder(cfg: config.Config):
     def decode(path):
         return data.decode_image(path, cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)
@@ -147,35 +183,31 @@ def _print_result(result: dict, as_json: bool) -> None:
         print(f"  grad-cam of {g['class']!r} at {g['layer']}: {g['jpg']}")
 
 
-def _run_images(art, cfg, model, paths, args) -> int:
+def _explainer(art, cfg, model, args):
+    """``--gradcam``: result -> Grad-CAM files of the chosen (or predicted) class."""
     from vggtl import gradcam
 
-    failures, stems = 0, set()
-    class_index = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
+    chosen = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
+    layer, stems = gradcam.default_layer(model, cfg.backbone.name), set()
+
+    def explain(result):
+        target = chosen if chosen is not None else int(np.argmax(result["probs"]))
+        written = gradcam.explain_file(
+            model, result["path"], result["image"], target, args.gradcam, gradcam.unique_stem(result["path"], stems),
+            conv_layer=layer, resize=cfg.data.resize, background=cfg.background_rgb, max_pixels=cfg.data.max_pixels,
+        )
+        return {"class": art.labels[target], **written}
+
+    return explain
+
+
+def _run_images(art, cfg, model, paths, args) -> int:
     k = min(args.top_k, len(art.labels))
-    layer = gradcam.default_layer(model, cfg.backbone.name) if args.gradcam is not None else None
-    for result in iter_probabilities(paths, _decoder(cfg), lambda batch: model.predict(batch, verbose=0)):
-        if "error" in result:
-            failures += 1
-            print(f"{result['path']}: skipped: {result['error']}", file=sys.stderr)
-            if args.json:
-                print(json.dumps(result))
-            continue
-        p = result["probs"]
-        out = {"path": result["path"], "top": [(art.labels[i], round(float(p[i]), 6)) for i in np.argsort(-p, kind="stable")[:k]]}
-        if args.gradcam is not None:
-            target = class_index if class_index is not None else int(np.argmax(p))
-            try:
-                written = gradcam.explain_file(
-                    model, result["path"], result["image"], target, args.gradcam, gradcam.unique_stem(result["path"], stems),
-                    conv_layer=layer, resize=cfg.data.resize, background=cfg.background_rgb, max_pixels=cfg.data.max_pixels,
-                )
-                out["gradcam"] = {"class": art.labels[target], **written}
-            except data.UndecodableImage as exc:  # the full-size decode can fail where the reduced one did not
-                failures += 1
-                print(f"{result['path']}: no grad-cam: {exc}", file=sys.stderr)
-        _print_result(out, args.json)
-    return failures
+    return print_image_predictions(
+        paths, _decoder(cfg), lambda batch: model.predict(batch, verbose=0),
+        lambda p: [(art.labels[i], round(float(p[i]), 6)) for i in np.argsort(-p, kind="stable")[:k]],
+        _print_result, args.json, _explainer(art, cfg, model, args) if args.gradcam is not None else None,
+    )
 
 
 def _run_tiles(art, cfg, model, paths, args, grid, overlap) -> int:
