@@ -1,7 +1,9 @@
 """vggtl: transfer learning from a frozen ImageNet VGG16 on small labeled image folders.
 
+(VGG19, ResNet50, Inception V3 and MobileNetV2 bases too: ``architectures``.)
+
 The package is split into one module per pipeline stage (``config``, ``data``,
-``augment``, ``backbone``, ``weights``, ``store``, ``extract``, ``heads``,
+``augment``, ``architectures``, ``backbone``, ``weights``, ``store``, ``extract``, ``heads``,
 ``train``, ``artifact``, ``report``, ``predict``) and per tool (``classify``,
 ``gradcam``, ``tiles``, ``summary``, ``scratch``); each command-line entry point is a
 ``main(argv=None)`` run by ``python -m vggtl.<module>`` or the ``vggtl``

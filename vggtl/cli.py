@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "extract": "cache VGG16 features of a labeled image tree (HDF5 store)",
+    "extract": "cache frozen-backbone features (VGG16 by default) of a labeled image tree (HDF5 store)",
     "train": "train the head on cached features; write artifact + report",
     "predict": "top-k labels for image files from an artifact",
     "weights": "provision or verify the offline VGG16 ImageNet weights",

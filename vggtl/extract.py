@@ -2,9 +2,9 @@
 
 Scans ``data.root``, works out which images the feature store already holds
 (by content hash), decodes and pushes only the missing ones through the
-frozen VGG16 base, and publishes the updated store atomically. A warm re-run
-on unchanged data hashes the files, sees nothing to do and exits without
-importing TensorFlow.
+frozen convolutional base (VGG16 by default), and publishes the updated
+store atomically. A warm re-run on unchanged data hashes the files, sees
+nothing to do and exits without importing TensorFlow.
 """
 
 from __future__ import annotations
