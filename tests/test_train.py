@@ -148,7 +148,7 @@ def ft_dir(tmp_path_factory):
 
 def test_finetune_records_both_phases(ft_dir):
     art = artifact.load(ft_dir / "experiments/tiny/latest")
-    assert set(art.metrics["phase2"]) >= {"blocks", "epochs_trained", "best_epoch", "improved_val_loss"}
+    assert set(art.metrics["phase2"]) >= {"blocks", "epochs_trained", "best_epoch", "improved_val_cross_entropy"}
     assert art.metrics["phase2"]["blocks"] == 1
     history = json.loads((art.path / "history.json").read_text())
     assert set(history) == {"phase1", "phase2"}
@@ -178,6 +178,27 @@ def test_finetuned_artifact_predicts_what_was_evaluated(ft_dir):
     assert_predicts_what_was_evaluated(ft_dir)
 
 
+def test_phase2_that_does_not_help_is_reverted(ft_dir, capsys):
+    """A destructive phase 2 (huge learning rate, no early stopping to restore
+    a better epoch) must leave the phase-1 model in the artifact."""
+    out = ft_dir / "reverted"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ft_dir)
+        mp.setenv("VGGTL_CACHE_DIR", str(ft_dir / "vggtl-cache"))
+        assert train.main([
+            str(ft_dir / "ft.yaml"), "--set", f"output.dir={out}", "--set", "finetune.optimizer=sgd",
+            "--set", "finetune.learning_rate=1.0", "--set", "finetune.early_stopping_patience=0",
+        ]) == 0
+    assert "phase-1 weights kept" in capsys.readouterr().out
+    art = artifact.load(out / "tiny/latest")
+    assert art.metrics["phase2"]["improved_val_cross_entropy"] is False
+    assert art.metrics["test"]["accuracy"] == art.metrics["phase1"]["test"]["accuracy"]
+    before, after = json.loads((art.path / "history.json").read_text())["phase2"]["val_cross_entropy_before_after"]
+    assert not after < before
+    assert "phase-1 weights kept" in (art.path / "report.md").read_text()
+    assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+
+
 def test_train_refuses_store_with_other_views(ft_dir, capsys):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ft_dir)
@@ -196,7 +217,8 @@ def resnet_dir(tmp_path_factory):
         tmp / "rn.yaml", root, tmp,
         backbone={"name": "resnet50", "weights": None},
         data={"root": str(root), "image_size": 32, "split": {"val": 0.25, "test": 0.25}},
-        train={"epochs": 15, "batch_size": 8, "early_stopping_patience": 5, "learning_rate": 0.01},
+        # one short phase 1, so phase 2 has something to improve and is kept
+        train={"epochs": 1, "batch_size": 8, "early_stopping_patience": 5, "learning_rate": 0.001},
         finetune={"blocks": 1, "epochs": 2, "optimizer": "adam", "learning_rate": 1e-4},
     )
     return run_pipeline(tmp, cfg, [[str(cfg)], [str(cfg)]])
@@ -215,7 +237,7 @@ def test_other_backbone_end_to_end(resnet_dir):
     assert art.metrics["test"]["accuracy"] >= 0.8  # random ResNet features still separate the colors
     # phase 2 kept its fine-tuned conv5 stage (BatchNorm included), so the
     # end-to-end check below compares the fine-tuned artifact with what was evaluated
-    assert art.metrics["phase2"]["improved_val_loss"] is True
+    assert art.metrics["phase2"]["improved_val_cross_entropy"] is True
     assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
     # only the conv5 stage trained, and its BatchNorm statistics did not move
     from vggtl import backbone

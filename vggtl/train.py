@@ -174,7 +174,7 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
         metrics=["accuracy"],
     )
-    start_loss = model.evaluate(x_val, keras.utils.to_categorical(y_val, n_classes), verbose=0)[0]
+    start_loss = cross_entropy(y_val, model.predict(x_val, verbose=0))
     start_weights = model.get_weights()
     history = _fit(
         model, bank, y_train, (x_val, y_val), n_classes,
@@ -183,15 +183,25 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
     )
     # Early stopping restores the best phase-2 epoch, which can still be worse
     # than where phase 2 started: then fine-tuning did not help; keep phase 1.
-    kept = min(history["val_loss"]) < start_loss
+    # Judged on the validation cross-entropy alone: Keras' val_loss includes
+    # the L2 penalties, which a network collapsing towards uniform
+    # predictions lowers (seen with a random-weight ResNet50).
+    end_loss = cross_entropy(y_val, model.predict(x_val, verbose=0))
+    kept = end_loss < start_loss
     if not kept:
         model.set_weights(start_weights)
-    history["start_val_loss"] = [float(start_loss)]
+    history["val_cross_entropy_before_after"] = [start_loss, end_loss]
     return model, history, kept
 
 
 def best_epoch(history: dict) -> int:
     return int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else len(history["loss"])
+
+
+def cross_entropy(y_true, probs) -> float:
+    """Mean cross-entropy of ``probs`` at the true labels (no regularization terms)."""
+    eps = 1e-7
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
 
 
 def split_metrics(y_true, probs, class_names) -> dict:
@@ -203,8 +213,7 @@ def split_metrics(y_true, probs, class_names) -> dict:
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    eps = 1e-7
-    loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
+    loss = cross_entropy(y_true, probs)
     return {
         "accuracy": round(float(np.mean(y_pred == y_true)), 6),
         "loss": round(loss, 6),
@@ -341,7 +350,7 @@ def main(argv=None) -> int:
         print(
             f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}): "
             f"{len(history['phase2']['loss'])} epochs (best: {best_epoch(history['phase2'])})"
-            + ("" if improved else "; no val_loss improvement over phase 1, phase-1 weights kept")
+            + ("" if improved else "; validation cross-entropy not better than phase 1's, phase-1 weights kept")
         )
         val_probs, test_probs = tuned.predict(xb_val, verbose=0), tuned.predict(xb_test, verbose=0)
         evaluate_cached = lambda rows: tuned.predict(fs.features(rows, boundary), verbose=0)  # noqa: E731
@@ -365,7 +374,7 @@ def main(argv=None) -> int:
             "blocks": cfg.finetune.blocks,
             "epochs_trained": len(history["phase2"]["loss"]),
             "best_epoch": best_epoch(history["phase2"]),
-            "improved_val_loss": improved,
+            "improved_val_cross_entropy": improved,
         }
     print(
         f"val accuracy {metrics['val']['accuracy']:.4f}   test accuracy {metrics['test']['accuracy']:.4f}   "
