@@ -125,7 +125,7 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_
         + (
             f"top {cfg.finetune.blocks} block(s), {cfg.finetune.optimizer} lr {cfg.finetune.learning_rate}, "
             f"{metrics['phase2']['epochs_trained']} epochs (best {metrics['phase2']['best_epoch']})"
-            + ("" if metrics["phase2"]["improved_val_cross_entropy"] else " -- **did not improve the validation cross-entropy; phase-1 weights kept**")
+            + ("" if metrics["phase2"]["kept"] else " -- **did not improve the validation cross-entropy and accuracy; phase-1 weights kept**")
             if "phase2" in metrics
             else "off"
         ),
