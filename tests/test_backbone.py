@@ -181,7 +181,7 @@ def test_wrong_weights_file_for_the_backbone_is_explained(tmp_path):
     path = tmp_path / "vgg19.weights.h5"
     vgg.save_weights(path)
     resolved = backbone.resolve_weights(str(path), seed=0, name="resnet50")
-    with pytest.raises(WeightsError, match=r"cannot be loaded into ResNet50\(include_top=False\) .*resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+    with pytest.raises(WeightsError, match=r"has no weights for some layers of ResNet50\(include_top=False\); .*resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
         backbone.build_base("resnet50", resolved, 32, seed=0)
 
 

@@ -621,3 +621,18 @@ def test_bad_rows_per_part_override_is_refused(tiny, monkeypatch, capsys):
     assert extract.main([str(tiny.cfg_path), "--no-progress"]) == 2
     assert "$VGGTL_ROWS_PER_PART='lots': expected a positive integer" in capsys.readouterr().err
     assert not (tiny.tmp / "cache").exists()
+
+
+def test_weights_of_another_network_fail_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    root = make_dataset(tmp_path / "data", per_class=16)
+    other = backbone.build_base("mobilenet_v2", backbone.resolve_weights(None, seed=1), 32, seed=1)
+    wrong = tmp_path / "mobilenet.weights.h5"
+    other.save_weights(wrong)
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path, backbone={"name": "resnet50", "weights": str(wrong)})
+    monkeypatch.chdir(tmp_path)
+    assert extract.main([str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {wrong}: has no weights for some layers of ResNet50(include_top=False)" in err
+    assert "Traceback" not in err
+    leftovers = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert all(name.endswith(".lock") for name in leftovers), leftovers  # no store, no parts

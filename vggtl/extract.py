@@ -148,11 +148,11 @@ def make_forward(cfg: config.Config, weights: backbone.ResolvedWeights):
     return tf.function(forward, input_signature=[spec])
 
 
-def compute_features(jobs, cfg, weights, writer: store.PartWriter, progress: bool = True) -> None:
-    """Decode the ``jobs``' images (and views), run the base, hand features to ``writer``."""
+def compute_features(jobs, cfg, forward, writer: store.PartWriter, progress: bool = True) -> None:
+    """Decode the ``jobs``' images (and views), run ``forward`` (see :func:`make_forward`),
+    hand features to ``writer``."""
     from tqdm import tqdm
 
-    forward = make_forward(cfg, weights)
     stream = decoded_stream(jobs, _job_decoder(cfg), cfg.extract.workers, lookahead=2 * cfg.extract.batch_size)
     total = sum(len(job.keys) for job in jobs)
     with tqdm(total=total, unit="img", desc="extract", disable=None if progress else True, file=sys.stderr) as bar:
@@ -256,9 +256,12 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
         n_todo = sum(len(job.keys) for job in jobs)
         cached = len(wanted & set(state.sources))
         log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {weights.source}")
+        # Built (weights loaded) before the part writer exists: a weights file
+        # that does not fit the backbone fails without leaving anything behind.
+        forward = make_forward(cfg, weights) if jobs else None
         writer = store.PartWriter(path, settings, skip_cfg, shapes, cfg.cache.dtype, part_rows)
         if jobs:
-            compute_features(jobs, cfg, weights, writer, progress)
+            compute_features(jobs, cfg, forward, writer, progress)
         sources = {**state.sources, **writer.written}
         skipped = {**state.skipped, **writer.skipped_reasons}
         attrs = {

@@ -548,6 +548,10 @@ def load_into(model, path, what, hint):
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)
             model.load_weights(str(path))
+    except UserWarning:
+        # Keras' own wording blames old Keras versions; here it means the file
+        # belongs to another network.
+        raise WeightsError(f"{path}: has no weights for some layers of {what}; {hint}") from None
     except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for bad files
         reason = " ".join(str(exc).split())[:300]
         raise WeightsError(f"{path}: cannot be loaded into {what} ({reason}); {hint}") from None
