@@ -636,3 +636,21 @@ def test_weights_of_another_network_fail_before_anything_is_written(tmp_path, ca
     assert "Traceback" not in err
     leftovers = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert all(name.endswith(".lock") for name in leftovers), leftovers  # no store, no parts
+
+
+def test_inception_store_has_the_tables_shape_and_its_preprocessing(tmp_path, monkeypatch):
+    """A valid-padded, 'tf'-preprocessed backbone through the real extract path."""
+    root = make_dataset(tmp_path / "data", per_class=6, size=80)
+    cfg = write_config(
+        tmp_path / "c.yaml", root, tmp_path,
+        backbone={"name": "inception_v3", "weights": None, "layer": "mixed7"},
+        data={"root": str(root), "image_size": 75, "split": {"val": 0.2, "test": 0.2}},
+    )
+    monkeypatch.chdir(tmp_path)
+    result = extract.run(config.load(cfg), progress=False, log=lambda *_: None)
+    with store.FeatureStore(result.store_path) as fs:
+        assert fs.settings["backbone"] == "inception_v3"
+        assert fs.settings["preprocessing"].startswith("keras.applications.inception_v3.preprocess_input (tf:")
+        assert fs.feature_shapes == {"mixed7": (3, 3, 768)}  # 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3
+        features = fs.features(np.arange(len(fs.paths)))
+    assert features.shape == (18, 3, 3, 768) and np.isfinite(features).all() and features.std() > 0
