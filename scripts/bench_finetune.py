@@ -71,7 +71,7 @@ def run_variant(fs, weights, cfg, n_classes) -> float:
     if not cfg.finetune.blocks:
         return accuracy(head, x_test, y_test)
     boundary = cfg.stored_layers()[1]
-    base = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
+    base = backbone.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
     bank = train.training_bank(fs, rows, boundary, cfg.augment.views)
     _, xb_val, _ = train.load_split(fs, "val", boundary)
     _, xb_test, _ = train.load_split(fs, "test", boundary)
@@ -134,7 +134,7 @@ def part_epoch(base, epochs: int) -> None:
         return timer.times, accuracy(model, x_test, y_test)
 
     # vggtl: top block + head on stored block4_pool activations
-    base_model = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
+    base_model = backbone.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
     top = backbone.top_model(base_model, "block4_pool", "block5_pool")
     for layer in top.layers:
         layer.trainable = True
@@ -149,7 +149,7 @@ def part_epoch(base, epochs: int) -> None:
     decode = lambda r: data.decode_image(fs_root / fs.paths[r], cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)  # noqa: E731
     images = np.stack([decode(r) for r in rows])
     test_images = np.stack([decode(r) for r in fs.split_rows("test")])
-    e2e_base = backbone.build_vgg16(weights, cfg.data.image_size, cfg.seed)
+    e2e_base = backbone.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
     features = backbone.feature_model("vgg16", weights, cfg.data.image_size, "block5_pool", cfg.seed, base=e2e_base)
     features.trainable = True  # recursive: undo feature_model's freeze ...
     for layer in e2e_base.layers:  # ... then freeze all but block5, as the Keras guide does
@@ -185,7 +185,7 @@ def part_extract(config_path: Path, views: int, work: Path) -> None:
 
     plain = run("plain", "augment.views=0")
     viewed = run("views", f"augment.views={views}")
-    print(f"\n== extraction (whole command, block5_pool + block4_pool stored)")
+    print("\n== extraction (whole command, block5_pool + block4_pool stored)")
     print(f"plain:          cold {plain[0]:7.1f} s   warm {plain[1]:.2f} s")
     print(f"views: {views}:       cold {viewed[0]:7.1f} s   warm {viewed[1]:.2f} s")
     print(f"cold ratio: {viewed[0] / plain[0]:.2f}x  (about {views + 1}x expected only for the training share: "

@@ -103,7 +103,7 @@ def test_tampered_offline_copy_is_refused(tmp_path):
 @needs_real_weights
 def test_loaded_model_has_the_file_tensors():
     resolved = backbone.resolve_weights(str(SHARED_WEIGHTS), seed=0)
-    model = backbone.build_vgg16(resolved, 32, seed=0)
+    model = backbone.build_base("vgg16", resolved, 32, seed=0)
     expected = weights.read_conv_tensors(SHARED_WEIGHTS)
     kernel, bias = model.get_layer("block3_conv2").get_weights()
     np.testing.assert_array_equal(kernel, expected["block3_conv2"][0])
@@ -123,9 +123,9 @@ def test_shape_mismatch_is_reported_by_layer(monkeypatch, tmp_path):
 
 def test_random_init_is_reproducible():
     resolved = backbone.resolve_weights(None, seed=3)
-    a = backbone.build_vgg16(resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
-    b = backbone.build_vgg16(resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
-    c = backbone.build_vgg16(resolved, 32, seed=4).get_layer("block1_conv1").get_weights()[0]
+    a = backbone.build_base("vgg16", resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
+    b = backbone.build_base("vgg16", resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
+    c = backbone.build_base("vgg16", resolved, 32, seed=4).get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 

@@ -201,11 +201,6 @@ def build_base(name: str, weights: ResolvedWeights, image_size: int | None, seed
     return base
 
 
-def build_vgg16(weights: ResolvedWeights, image_size: int | None, seed: int):
-    """The VGG16 conv base, see :func:`build_base`."""
-    return build_base("vgg16", weights, image_size, seed)
-
-
 def load_conv_tensors(model, path: Path) -> None:
     """Load VGG16 conv kernels/biases from ``path`` into ``model`` by layer name."""
     tensors = weights_mod.read_conv_tensors(path)

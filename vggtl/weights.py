@@ -469,6 +469,15 @@ def _read_memo():
     return memo if isinstance(memo, dict) else {}
 
 
+def _memoized(key, compute):
+    """The digest memoized under ``key``, else ``compute()``, memoized."""
+    digest = _read_memo().get(key)
+    if digest is None:
+        digest = compute()
+        _memoize_digest(key, digest)
+    return digest
+
+
 def _memoize_digest(key, digest):
     # Best effort: one JSON file in the cache (the weights themselves may sit
     # in a read-only directory, as the shared copy does). Losing it only
@@ -512,11 +521,7 @@ def verify_file(path, expected=VGG16_TENSOR_DIGEST):
             differs from ``expected``.
     """
     path = _existing_file(path)
-    key = _stat_key(path)
-    digest = _read_memo().get(key)
-    if digest is None:
-        digest = tensor_digest(read_conv_tensors(path))
-        _memoize_digest(key, digest)
+    digest = _memoized(_stat_key(path), lambda: tensor_digest(read_conv_tensors(path)))
     if expected is not None and digest != expected:
         raise WeightsError(
             f"weights file {path} has tensor digest {digest}, expected {expected}: "
@@ -567,12 +572,7 @@ def file_sha256(path):
         WeightsError: ``path`` does not exist or is not a file.
     """
     path = _existing_file(path)
-    key = "sha256|" + _stat_key(path)
-    digest = _read_memo().get(key)
-    if digest is None:
-        digest = "sha256:" + _sha256_file(path)
-        _memoize_digest(key, digest)
-    return digest
+    return _memoized("sha256|" + _stat_key(path), lambda: "sha256:" + _sha256_file(path))
 
 
 # ---------------------------------------------------------------------------
