@@ -21,8 +21,8 @@ from vggtl import architectures
 from vggtl import weights as weights_mod
 from vggtl.errors import WeightsError
 
-KERAS_NOTOP_FILE = weights_mod.KERAS_NOTOP_FILENAME
 VGG16 = architectures.get("vgg16")
+KERAS_NOTOP_FILE = VGG16.notop_file
 KERAS_NOTOP_URL = VGG16.notop_url
 KERAS_NOTOP_MD5 = VGG16.notop_md5
 
@@ -143,16 +143,12 @@ def resolve_weights(spec: str | None, seed: int, allow_download: bool = True, na
 
 def _resolve_keras_imagenet(arch: architectures.Architecture, allow_download: bool) -> ResolvedWeights:
     """ImageNet weights of a backbone other than VGG16: Keras' cache, else Keras' download."""
+    try:
+        path, origin = weights_mod.keras_cached_or_download(arch.notop_file, arch.notop_url, arch.notop_md5, allow_download)
+        return ResolvedWeights("file", path, file_digest(path, arch.name), f"{origin} ({path})")
+    except WeightsError as exc:
+        reason = str(exc)
     cached = weights_mod.keras_cache_path(arch.notop_file)
-    if cached.is_file():
-        return ResolvedWeights("file", cached, file_digest(cached, arch.name), f"Keras cache ({cached})")
-    reason = "none found locally"
-    if allow_download:
-        try:
-            path = weights_mod.keras_download(arch.notop_file, arch.notop_url, arch.notop_md5)
-            return ResolvedWeights("file", path, file_digest(path, arch.name), f"Keras download ({path})")
-        except WeightsError as exc:
-            reason = f"none found locally; {exc}"
     raise WeightsError(
         f"no ImageNet {arch.name} weights available ({reason}). Remedies, any one of:\n"
         f"  1. run once with internet access: Keras downloads {arch.notop_file} to {cached}\n"

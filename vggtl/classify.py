@@ -167,14 +167,6 @@ def _missing_weights_message(spec: ModelSpec, reason: str) -> str:
     )
 
 
-def _download(spec: ModelSpec) -> Path:
-    """Keras' own download into its cache; WeightsError with the remedies when it fails."""
-    try:
-        return weights_mod.keras_download(spec.filename, spec.url, spec.md5)
-    except WeightsError as exc:
-        raise WeightsError(_missing_weights_message(spec, f"none found locally; {exc}")) from None
-
-
 def resolve_weights(model: str, weights=None, download: bool = True) -> Path:
     """The include_top weights file for ``model``.
 
@@ -198,12 +190,10 @@ def resolve_weights(model: str, weights=None, download: bool = True) -> Path:
         if not path.is_file():
             raise WeightsError(f"--weights {str(weights)!r} does not exist; pass the path of {spec.filename}")
         return path
-    cached = keras_cache_path(spec)
-    if cached.is_file():
-        return cached
-    if not download:
-        raise WeightsError(_missing_weights_message(spec, "none found locally"))
-    return _download(spec)
+    try:
+        return weights_mod.keras_cached_or_download(spec.filename, spec.url, spec.md5, download)[0]
+    except WeightsError as exc:
+        raise WeightsError(_missing_weights_message(spec, str(exc))) from None
 
 
 # --------------------------------------------------------------------------- model

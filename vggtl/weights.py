@@ -43,6 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vggtl import architectures
 from vggtl.errors import WeightsError, cli_entry
 
 __all__ = [
@@ -118,7 +119,7 @@ ENV_VAR = "VGGTL_VGG16_WEIGHTS"
 #: Environment variable overriding the vggtl cache directory.
 CACHE_ENV_VAR = "VGGTL_CACHE_DIR"
 #: File name Keras itself uses for the notop weights in its cache.
-KERAS_NOTOP_FILENAME = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+KERAS_NOTOP_FILENAME = architectures.get("vgg16").notop_file
 
 _OFFLINE_FILENAME = "vgg16_imagenet_notop.weights.h5"
 # Bumping this string changes every digest: only do it if the byte layout
@@ -529,6 +530,31 @@ def verify_file(path, expected=VGG16_TENSOR_DIGEST):
             f"`python -m vggtl.weights fetch`"
         )
     return digest
+
+
+def keras_cached_or_download(filename, url, md5=None, allow_download=True):
+    """Keras' cached copy of a weights file, else Keras' download of it.
+
+    Args:
+        filename, url, md5: as for :func:`keras_download`.
+        allow_download: try the download when the cache lacks the file.
+
+    Returns:
+        ``(path, origin)`` with origin ``'Keras cache'`` or ``'Keras download'``.
+
+    Raises:
+        WeightsError: whose message is the reason only (``none found
+            locally[; Keras download failed: ...]``); callers add remedies.
+    """
+    cached = keras_cache_path(filename)
+    if cached.is_file():
+        return cached, "Keras cache"
+    if not allow_download:
+        raise WeightsError("none found locally")
+    try:
+        return keras_download(filename, url, md5), "Keras download"
+    except WeightsError as exc:
+        raise WeightsError(f"none found locally; {exc}") from None
 
 
 def load_into(model, path, what, hint):
