@@ -48,24 +48,25 @@ def image_paths(root: Path, n: int) -> list[Path]:
 
 
 def bench(name: str, paths: list[Path], batch_size: int, root: Path) -> dict:
-    from vggtl import architectures, backbone, config, data, extract
+    from vggtl import config, data, extract
+    from vggtl.backbones import build, registry
 
     cfg = config.from_dict(
         {"name": "bench", "data": {"root": str(root)}, "backbone": {"name": name, "weights": None},
          "extract": {"batch_size": batch_size}},
         "bench_backbones",
     )
-    arch = architectures.get(name)
+    arch = registry.get(name)
     size = cfg.data.image_size
     images = np.stack([data.decode_image(p, size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels) for p in paths])
-    weights = backbone.resolve_weights(None, cfg.seed, name=name)
+    weights = build.resolve_weights(None, cfg.seed, name=name)
     forward = extract.make_forward(cfg, weights)
     forward(images[:batch_size])  # trace and warm up once
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
         [f.numpy() for f in forward(images[i : i + batch_size]).values()]
     seconds = time.perf_counter() - start
-    base = backbone.build_base(name, weights, size, cfg.seed)
+    base = build.build_base(name, weights, size, cfg.seed)
     shape = arch.feature_shape(cfg.backbone.layer, size)
     return {
         "name": name,
@@ -79,20 +80,21 @@ def bench(name: str, paths: list[Path], batch_size: int, root: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    from vggtl import architectures, tfquiet
+    from vggtl import tfquiet
+    from vggtl.backbones import registry
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "clipart8")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--backbones", default=",".join(architectures.ARCHITECTURES))
+    parser.add_argument("--backbones", default=",".join(registry.ARCHITECTURES))
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"--data {args.data}: no such directory")
     names = [n.strip() for n in args.backbones.split(",") if n.strip()]
-    unknown = [n for n in names if n not in architectures.ARCHITECTURES]
+    unknown = [n for n in names if n not in registry.ARCHITECTURES]
     if unknown:
-        sys.exit(f"--backbones: unknown {', '.join(unknown)}; choose from {', '.join(architectures.ARCHITECTURES)}")
+        sys.exit(f"--backbones: unknown {', '.join(unknown)}; choose from {', '.join(registry.ARCHITECTURES)}")
     tfquiet.load()
     paths = image_paths(args.data, args.images)
     print(f"{len(paths)} images from {args.data}, batch {args.batch_size}, compute only, random weights")

@@ -49,7 +49,7 @@ def variant(base, seed: int, blocks: int, views: int, finetune_epochs: int):
 
 def open_store(cfg):
     from vggtl import extract
-    from vggtl.store import FeatureStore
+    from vggtl.features.store import FeatureStore
 
     path, _, weights = extract.locate_store(cfg, allow_download=False)
     return FeatureStore(path), weights
@@ -61,7 +61,8 @@ def accuracy(model, x, y) -> float:
 
 def run_variant(fs, weights, cfg, n_classes) -> float:
     """Phase 1 (+ phase 2) on the store exactly as vggtl.train does; test accuracy."""
-    from vggtl import backbone, train
+    from vggtl import train
+    from vggtl.backbones import build
 
     rows = fs.split_rows("train")
     y_train = fs.labels[rows]
@@ -71,7 +72,7 @@ def run_variant(fs, weights, cfg, n_classes) -> float:
     if not cfg.finetune.blocks:
         return accuracy(head, x_test, y_test)
     boundary = cfg.stored_layers()[1]
-    base = backbone.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
+    base = build.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
     bank = train.training_bank(fs, rows, boundary, cfg.augment.views)
     _, xb_val, _ = train.load_split(fs, "val", boundary)
     _, xb_test, _ = train.load_split(fs, "test", boundary)
@@ -102,7 +103,9 @@ def part_epoch(base, epochs: int) -> None:
     """Phase-2 epochs: stored boundary activations vs end to end on decoded images."""
     import keras
 
-    from vggtl import backbone, data, heads, train
+    from vggtl import data, train
+    from vggtl.backbones import build
+    from vggtl.training import heads
 
     cfg = variant(base, base.seed, 1, 0, epochs)
     fs, weights = open_store(cfg)
@@ -134,8 +137,8 @@ def part_epoch(base, epochs: int) -> None:
         return timer.times, accuracy(model, x_test, y_test)
 
     # vggtl: top block + head on stored block4_pool activations
-    base_model = backbone.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
-    top = backbone.top_model(base_model, "block4_pool", "block5_pool")
+    base_model = build.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
+    top = build.top_model(base_model, "block4_pool", "block5_pool")
     for layer in top.layers:
         layer.trainable = True
     inputs = keras.Input(fs.feature_shapes["block4_pool"])
@@ -149,8 +152,8 @@ def part_epoch(base, epochs: int) -> None:
     decode = lambda r: data.decode_image(fs_root / fs.paths[r], cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)  # noqa: E731
     images = np.stack([decode(r) for r in rows])
     test_images = np.stack([decode(r) for r in fs.split_rows("test")])
-    e2e_base = backbone.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
-    features = backbone.feature_model("vgg16", weights, cfg.data.image_size, "block5_pool", cfg.seed, base=e2e_base)
+    e2e_base = build.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
+    features = build.feature_model("vgg16", weights, cfg.data.image_size, "block5_pool", cfg.seed, base=e2e_base)
     features.trainable = True  # recursive: undo feature_model's freeze ...
     for layer in e2e_base.layers:  # ... then freeze all but block5, as the Keras guide does
         layer.trainable = layer.name.startswith("block5")

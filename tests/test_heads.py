@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vggtl import heads
+from vggtl.training import heads
 from vggtl.config import HeadConfig
 
 

@@ -8,13 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from vggtl import architectures
-from vggtl.layers import CaffePreprocess, ImagenetPreprocess
+from vggtl.backbones import registry
+from vggtl.backbones.preprocess import CaffePreprocess, ImagenetPreprocess
 
 
-@pytest.mark.parametrize("name", list(architectures.ARCHITECTURES))
+@pytest.mark.parametrize("name", list(registry.ARCHITECTURES))
 def test_matches_the_backbones_preprocess_input(name):
-    arch = architectures.get(name)
+    arch = registry.get(name)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
     module = importlib.import_module(f"keras.applications.{arch.module}")

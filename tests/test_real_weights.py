@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, SHARED_WEIGHTS, needs_real_weights, write_config
 from vggtl import extract, train
-from vggtl.store import FeatureStore
+from vggtl.features.store import FeatureStore
 
 pytestmark = [pytest.mark.real_weights, pytest.mark.slow, needs_real_weights]
 CLASSES = ("birds", "fruit", "vehicles", "clothing")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vggtl import report
+from vggtl.training import report
 
 
 def test_worst_misclassified_ranks_confident_errors_first():

@@ -7,18 +7,18 @@ import json
 import pytest
 
 from conftest import make_dataset, run_pipeline, write_config
-from vggtl import scratch
+from vggtl.training import baselines
 
 
 def test_tutorial_architecture():
-    model = scratch.build_scratch_cnn(5, 64)
+    model = baselines.build_scratch_cnn(5, 64)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds[kinds.index("Conv2D") :] == [
         "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense",
     ]
     assert {"RandomFlip", "RandomRotation", "RandomZoom"} <= set(kinds)
     assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 5)
-    assert "RandomFlip" not in [type(layer).__name__ for layer in scratch.build_scratch_cnn(2, 32, augment=False).layers]
+    assert "RandomFlip" not in [type(layer).__name__ for layer in baselines.build_scratch_cnn(2, 32, augment=False).layers]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for vggtl.store: the HDF5 feature store, part files and the writer lock.
+"""Tests for vggtl.features.store: the HDF5 feature store, part files and the writer lock.
 
 No images and no TensorFlow here: datasets are built from fake content
 hashes and features are small random arrays, so every test runs in well
@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from vggtl import store
+from vggtl.features import store
 from vggtl.data import Dataset, ImageFile
 from vggtl.errors import StoreError
 
@@ -444,7 +444,7 @@ def test_files_with_other_settings_are_never_mixed_in(path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from vggtl import store
+from vggtl.features import store
 with store.locked(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)

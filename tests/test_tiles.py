@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vggtl import data, tiles
+from vggtl import data
+from vggtl.inspect import tiles
 from vggtl.errors import VggtlError
 
 QUADRANT_COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "white": (250, 250, 250)}

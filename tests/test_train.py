@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset, run_pipeline, write_config
-from vggtl import artifact, predict, train
+from vggtl import predict, train
+from vggtl.training import artifact
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +241,9 @@ def test_other_backbone_end_to_end(resnet_dir):
     assert art.metrics["phase2"]["kept"] is True
     assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
     # only the conv5 stage trained, and its BatchNorm statistics did not move
-    from vggtl import backbone
+    from vggtl.backbones import build
 
-    fresh = backbone.build_base("resnet50", backbone.resolve_weights(None, art.config["seed"]), 32, art.config["seed"])
+    fresh = build.build_base("resnet50", build.resolve_weights(None, art.config["seed"]), 32, art.config["seed"])
     tuned = art.load_model().get_layer("resnet50_conv5_block3_out").get_layer("resnet50")
     assert not np.array_equal(tuned.get_layer("conv5_block3_3_conv").get_weights()[0], fresh.get_layer("conv5_block3_3_conv").get_weights()[0])
     np.testing.assert_array_equal(tuned.get_layer("conv4_block6_3_conv").get_weights()[0], fresh.get_layer("conv4_block6_3_conv").get_weights()[0])

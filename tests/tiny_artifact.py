@@ -19,7 +19,9 @@ def make_artifact(
     The head's bias makes ``favourite`` the top label of every image (by a
     wide margin), so tests can assert on labels without training.
     """
-    from vggtl import artifact, backbone, config, heads, train
+    from vggtl import config, train
+    from vggtl.backbones import build
+    from vggtl.training import artifact, heads
 
     cfg = config.from_dict(
         {
@@ -31,13 +33,13 @@ def make_artifact(
         },
         "tiny_artifact",
     )
-    weights = backbone.resolve_weights(None, seed)
-    shape = backbone.feature_shape(cfg.backbone.layer, image_size, cfg.backbone.name)
+    weights = build.resolve_weights(None, seed)
+    shape = build.feature_shape(cfg.backbone.layer, image_size, cfg.backbone.name)
     head = heads.build_head(shape, len(LABELS), cfg.head, stats=(np.zeros(shape[-1]), np.ones(shape[-1])))
     kernel, bias = head.get_layer("predictions").get_weights()
     bias[LABELS.index(favourite)] = 6.0
     head.get_layer("predictions").set_weights([kernel, bias])
-    base = backbone.build_base(cfg.backbone.name, weights, image_size, seed)
+    base = build.build_base(cfg.backbone.name, weights, image_size, seed)
     model = train.end_to_end_model(cfg, weights, base, head)
     staging = artifact.begin(root / "experiments", "tiny")
     model.save(staging / "model.keras")

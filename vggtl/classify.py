@@ -34,7 +34,7 @@ import numpy as np
 
 from vggtl import config, data, tfquiet
 from vggtl import weights as weights_mod
-from vggtl.architectures import KERAS_WEIGHTS_URL
+from vggtl.backbones.registry import KERAS_WEIGHTS_URL
 from vggtl.errors import VggtlError, WeightsError, cli_entry
 from vggtl.predict import add_view_arguments, check_view_arguments, expand_inputs, print_image_predictions
 
@@ -252,7 +252,7 @@ def _print_result(out: dict, as_json: bool) -> None:
 
 def _explainer(model, preprocess, args):
     """``--gradcam``: result -> Grad-CAM files of the chosen (or predicted) ImageNet class."""
-    from vggtl import gradcam
+    from vggtl.inspect import gradcam
 
     chosen, stems = resolve_class(args.class_name) if args.class_name is not None else None, set()
 
@@ -283,7 +283,7 @@ def _run_images(model, preprocess, image_size, paths, args) -> int:
 
 
 def _run_tiles(model, preprocess, image_size, paths, args, grid, overlap) -> int:
-    from vggtl import tiles
+    from vggtl.inspect import tiles
 
     return tiles.print_tiled_predictions(
         paths, grid, overlap, lambda batch: model.predict(preprocess(batch.astype("float32")), verbose=0),

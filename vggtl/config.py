@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from vggtl import architectures
+from vggtl.backbones import registry
 from vggtl.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -35,7 +35,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # before we see them; we keep the same ceiling (so data.max_pixels can only
 # lower it) but make it a config key with a clear message.
 DEFAULT_MAX_PIXELS = 178_956_970
-# Bump when vggtl.augment's transforms change: stored views are then recomputed.
+# Bump when vggtl.features.augment's transforms change: stored views are then recomputed.
 AUGMENT_VERSION = 2
 NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
 def _key(default=dataclasses.MISSING, *, choices=None, low=None, high=None, doc="", **kw):
@@ -74,7 +74,7 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = _key(
-        architectures.DEFAULT, choices=tuple(architectures.ARCHITECTURES), doc="convolutional base (ImageNet-pretrained)"
+        registry.DEFAULT, choices=tuple(registry.ARCHITECTURES), doc="convolutional base (ImageNet-pretrained)"
     )
     weights: str | None = _key("imagenet", doc="imagenet | path to a .h5/.weights.h5 file | null (random init)")
     layer: str | None = _key(
@@ -186,7 +186,7 @@ class Config:
         boundary below the fine-tuned blocks (VGG: block4_pool for blocks: 1, ...)."""
         layers = [self.backbone.layer]
         if self.finetune.blocks:
-            layers.append(architectures.get(self.backbone.name).finetune_boundaries[self.finetune.blocks - 1])
+            layers.append(registry.get(self.backbone.name).finetune_boundaries[self.finetune.blocks - 1])
         return layers
 
     def digest(self) -> str:
@@ -342,7 +342,7 @@ def _validate_semantics(cfg: Config, source: str) -> None:
 def _resolve_backbone(cfg: Config, source: str) -> None:
     """Fill in the backbone's own image size and layer where the config left
     them null, and check them (and finetune.blocks) against that backbone."""
-    arch = architectures.get(cfg.backbone.name)
+    arch = registry.get(cfg.backbone.name)
     name = cfg.backbone.name
     if cfg.data.image_size is None:
         cfg.data.image_size = arch.default_size
@@ -369,7 +369,7 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
         )
 
 
-def _smallest_input(arch: architectures.Architecture, layer: str) -> int:
+def _smallest_input(arch: registry.Architecture, layer: str) -> int:
     """Smallest square input side for which ``layer`` has a non-empty output."""
     return next(size for size in range(1, 4096) if arch.layers[layer].side(size) >= 1)
 

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import architectures, augment, backbone, config, data, store
+from vggtl import config, data
+from vggtl.backbones import build, registry
+from vggtl.features import augment, store
 from vggtl.errors import ConfigError, cli_entry
 
 ROWS_PER_PART = 256
@@ -42,7 +44,7 @@ class ExtractResult:
     up_to_date: bool
 
 
-def store_settings(cfg: config.Config, weights: backbone.ResolvedWeights) -> dict:
+def store_settings(cfg: config.Config, weights: build.ResolvedWeights) -> dict:
     """Everything that changes the stored feature values; its digest names the store."""
     return {
         "backbone": cfg.backbone.name,
@@ -51,7 +53,7 @@ def store_settings(cfg: config.Config, weights: backbone.ResolvedWeights) -> dic
         "image_size": cfg.data.image_size,
         "resize": cfg.data.resize,
         "background": list(cfg.background_rgb),
-        "preprocessing": architectures.get(cfg.backbone.name).preprocessing_description,
+        "preprocessing": registry.get(cfg.backbone.name).preprocessing_description,
         "dtype": cfg.cache.dtype,
         "schema_version": store.SCHEMA_VERSION,
     }
@@ -73,8 +75,8 @@ def scan_dataset(cfg: config.Config) -> data.Dataset:
     )
 
 
-def locate_store(cfg: config.Config, allow_download: bool = True) -> tuple[Path, dict, backbone.ResolvedWeights]:
-    weights = backbone.resolve_weights(cfg.backbone.weights, cfg.seed, allow_download=allow_download, name=cfg.backbone.name)
+def locate_store(cfg: config.Config, allow_download: bool = True) -> tuple[Path, dict, build.ResolvedWeights]:
+    weights = build.resolve_weights(cfg.backbone.weights, cfg.seed, allow_download=allow_download, name=cfg.backbone.name)
     settings = store_settings(cfg, weights)
     return store.store_path(cfg.cache.path, cfg.name, settings), settings, weights
 
@@ -130,14 +132,14 @@ def batched(stream, batch_size: int, writer: store.PartWriter):
         yield batch
 
 
-def make_forward(cfg: config.Config, weights: backbone.ResolvedWeights):
+def make_forward(cfg: config.Config, weights: build.ResolvedWeights):
     """A compiled function: uint8 images -> {layer: features} for every stored layer
     (one pass through the base, however many layers are kept). Imports TensorFlow."""
     from vggtl import tfquiet
 
     tf = tfquiet.load()
     layers = cfg.stored_layers()
-    model = backbone.feature_model(cfg.backbone.name, weights, cfg.data.image_size, layers, cfg.seed)
+    model = build.feature_model(cfg.backbone.name, weights, cfg.data.image_size, layers, cfg.seed)
     size = cfg.data.image_size
     spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
 
@@ -235,7 +237,7 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     for note in dataset.warnings:
         log(f"warning: {note}")
     path, settings, weights = locate_store(cfg)
-    shapes = {layer: backbone.feature_shape(layer, cfg.data.image_size, cfg.backbone.name) for layer in cfg.stored_layers()}
+    shapes = {layer: build.feature_shape(layer, cfg.data.image_size, cfg.backbone.name) for layer in cfg.stored_layers()}
     skip_cfg = skip_settings(cfg)
     views = view_keys(cfg, dataset)
     with store.locked(path):

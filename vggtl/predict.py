@@ -5,8 +5,8 @@ no config file, no feature store. Images are decoded exactly as during
 extraction (EXIF orientation, alpha over the run's background, resize
 policy), using the settings recorded in the artifact's ``config.yaml``.
 ``--gradcam DIR`` also writes a Grad-CAM heatmap per image (see
-:mod:`vggtl.gradcam`); ``--tiles RxC`` classifies a grid of crops of each
-image instead (see :mod:`vggtl.tiles`).
+:mod:`vggtl.inspect.gradcam`); ``--tiles RxC`` classifies a grid of crops of each
+image instead (see :mod:`vggtl.inspect.tiles`).
 Exit status: 0 when every image was classified, 1 when some could not be
 read (each listed with its reason), 2 on a usage error.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import artifact as artifact_mod
+from vggtl.training import artifact as artifact_mod
 from vggtl import config, data, tfquiet
 from vggtl.errors import VggtlError, cli_entry
 
@@ -144,7 +144,7 @@ def add_view_arguments(parser, class_help: str, class_metavar: str = "NAME") -> 
 
 def check_view_arguments(args) -> tuple[tuple[int, int] | None, float]:
     """Validate the combination of view options; return ``(grid or None, overlap)``."""
-    from vggtl import tiles
+    from vggtl.inspect import tiles
 
     if args.top_k < 1:
         raise VggtlError(f"--top-k must be >= 1, got {args.top_k}")
@@ -185,7 +185,7 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 def _explainer(art, cfg, model, args):
     """``--gradcam``: result -> Grad-CAM files of the chosen (or predicted) class."""
-    from vggtl import gradcam
+    from vggtl.inspect import gradcam
 
     chosen = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
     layer, stems = gradcam.default_layer(model, cfg.backbone.name), set()
@@ -211,7 +211,7 @@ def _run_images(art, cfg, model, paths, args) -> int:
 
 
 def _run_tiles(art, cfg, model, paths, args, grid, overlap) -> int:
-    from vggtl import tiles
+    from vggtl.inspect import tiles
 
     return tiles.print_tiled_predictions(
         paths, grid, overlap, lambda batch: model.predict(batch, verbose=0),

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import artifact, backbone, config, data, heads, tfquiet
+from vggtl import config, data, tfquiet
+from vggtl.backbones import build
+from vggtl.training import artifact, heads
 from vggtl.errors import DataError, VggtlError, cli_entry
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -65,10 +67,10 @@ def model_from_config(cfg: config.Config):
         n_classes = DEFAULT_CLASSES
         why = "does not exist" if found is None else f"has {found} class folder(s)"
         note = f"{n_classes} classes assumed (data.root {cfg.data.root} {why})"
-    weights = backbone.resolve_weights(None, cfg.seed)  # random: shapes only
+    weights = build.resolve_weights(None, cfg.seed)  # random: shapes only
     size = cfg.data.image_size
-    features = backbone.feature_model(cfg.backbone.name, weights, size, cfg.backbone.layer, cfg.seed)
-    shape = backbone.feature_shape(cfg.backbone.layer, size, cfg.backbone.name)
+    features = build.feature_model(cfg.backbone.name, weights, size, cfg.backbone.layer, cfg.seed)
+    shape = build.feature_shape(cfg.backbone.layer, size, cfg.backbone.name)
     # Standardization statistics only change values, not shapes: neutral ones.
     pooled = int(np.prod(shape)) if cfg.head.pooling == "flatten" else shape[-1]
     stats = (np.zeros(pooled), np.ones(pooled)) if cfg.head.standardize else None

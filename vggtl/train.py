@@ -15,10 +15,13 @@ import time
 
 import numpy as np
 
-from vggtl import artifact, augment, backbone, config, extract, heads, report, tfquiet
+from vggtl import config, extract, tfquiet
+from vggtl.backbones import build
+from vggtl.features import augment
+from vggtl.training import artifact, heads, report
 from vggtl.data import SPLITS
 from vggtl.errors import StoreError, cli_entry
-from vggtl.store import FeatureStore
+from vggtl.features.store import FeatureStore
 
 PROBE_MAX_ITER = 2000
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -160,7 +163,7 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
     import keras
 
     boundary = cfg.stored_layers()[1]
-    top = backbone.top_model(base, boundary, cfg.backbone.layer)
+    top = build.top_model(base, boundary, cfg.backbone.layer)
     for layer in top.layers:
         # BatchNormalization (ResNet, Inception, MobileNet) stays frozen: in
         # Keras 3 a frozen BN layer runs in inference mode with its ImageNet
@@ -258,13 +261,13 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
     return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in ("val", "test")}
 
 
-def end_to_end_model(cfg: config.Config, weights: backbone.ResolvedWeights, base, head):
+def end_to_end_model(cfg: config.Config, weights: build.ResolvedWeights, base, head):
     """raw RGB uint8 images -> probabilities: preprocessing + ``base`` (possibly
     with fine-tuned top blocks) + head."""
     import keras
 
     size = cfg.data.image_size
-    features = backbone.feature_model(cfg.backbone.name, weights, size, cfg.backbone.layer, cfg.seed, base=base)
+    features = build.feature_model(cfg.backbone.name, weights, size, cfg.backbone.layer, cfg.seed, base=base)
     inputs = keras.Input((size, size, 3), name="image")
     return keras.Model(inputs, head(features(inputs)), name=f"vggtl_{cfg.name}")
 
@@ -290,7 +293,7 @@ def check_end_to_end(model, evaluate_cached, fs: FeatureStore, cfg: config.Confi
     return float(np.max(np.abs(direct - evaluate_cached(kept))))
 
 
-def open_current_store(cfg: config.Config, dataset, config_arg) -> tuple[FeatureStore, dict, backbone.ResolvedWeights]:
+def open_current_store(cfg: config.Config, dataset, config_arg) -> tuple[FeatureStore, dict, build.ResolvedWeights]:
     """The store for ``cfg``, refused unless it matches the data and augment settings now."""
     store_path, settings, weights = extract.locate_store(cfg)
     again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
@@ -348,7 +351,7 @@ def main(argv=None) -> int:
     evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)  # noqa: E731
 
     # -- phase 2: fine-tune the top blocks on stored boundary activations
-    base = backbone.build_base(cfg.backbone.name, weights, cfg.data.image_size, cfg.seed)
+    base = build.build_base(cfg.backbone.name, weights, cfg.data.image_size, cfg.seed)
     if cfg.finetune.blocks:
         boundary = cfg.stored_layers()[1]
         bank = training_bank(fs, train_rows, boundary, cfg.augment.views)
@@ -374,9 +377,9 @@ def main(argv=None) -> int:
         "best_epoch": phase1["best_epoch"],
     }
     if cfg.baseline.scratch:
-        from vggtl import scratch
+        from vggtl.training import baselines
 
-        metrics["baseline"]["scratch"] = scratch.train_scratch(cfg, fs, dataset.root)
+        metrics["baseline"]["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
         print(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
     if cfg.finetune.blocks:
         metrics["phase2"] = {

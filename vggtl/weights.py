@@ -43,7 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vggtl import architectures
+from vggtl.backbones import registry
 from vggtl.errors import WeightsError, cli_entry
 
 __all__ = [
@@ -119,7 +119,7 @@ ENV_VAR = "VGGTL_VGG16_WEIGHTS"
 #: Environment variable overriding the vggtl cache directory.
 CACHE_ENV_VAR = "VGGTL_CACHE_DIR"
 #: File name Keras itself uses for the notop weights in its cache.
-KERAS_NOTOP_FILENAME = architectures.get("vgg16").notop_file
+KERAS_NOTOP_FILENAME = registry.get("vgg16").notop_file
 
 _OFFLINE_FILENAME = "vgg16_imagenet_notop.weights.h5"
 # Bumping this string changes every digest: only do it if the byte layout

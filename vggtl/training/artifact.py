@@ -155,7 +155,7 @@ class Artifact:
     def load_model(self):
         import keras
 
-        import vggtl.layers  # noqa: F401 - registers the preprocessing layers for deserialisation
+        import vggtl.backbones.preprocess  # noqa: F401 - registers the preprocessing layers for deserialisation
 
         try:
             return keras.saving.load_model(self.path / "model.keras", compile=False)

@@ -113,10 +113,10 @@ def default_layer(model, backbone: str | None = None) -> str:
     """The layer Grad-CAM explains by default: ``backbone``'s usual one (e.g.
     ``block5_conv3`` for vgg16, ``conv5_block3_out`` for resnet50) when
     ``model`` has it, else :func:`last_conv_layer`."""
-    from vggtl import architectures
+    from vggtl.backbones import registry
 
     if backbone is not None:
-        name = architectures.get(backbone).gradcam_layer
+        name = registry.get(backbone).gradcam_layer
         if name in {layer.name for layer in leaf_layers(model)}:
             return name
     return last_conv_layer(model)
@@ -419,7 +419,7 @@ def explain_file(model, path, image_uint8, class_index: int, out_dir, stem: str,
     Raises:
         vggtl.data.UndecodableImage: the full-size decode failed.
     """
-    from vggtl import tiles
+    from vggtl.inspect import tiles
 
     layer = conv_layer or last_conv_layer(model)
     heatmap = gradcam(model, image_uint8, class_index, layer, preprocess)

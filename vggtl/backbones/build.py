@@ -2,7 +2,7 @@
 
 VGG16 is the default and the only base whose ImageNet weights vggtl can
 provision offline (:mod:`vggtl.weights`); the other bases of
-:mod:`vggtl.architectures` (vgg19, resnet50, inception_v3, mobilenet_v2)
+:mod:`vggtl.backbones.registry` (vgg19, resnet50, inception_v3, mobilenet_v2)
 take their weights from Keras' cache or download, or from a file.
 
 Weight resolution (``backbone.weights``) is import-light on purpose: working
@@ -17,11 +17,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from vggtl import architectures
+from vggtl.backbones import registry
 from vggtl import weights as weights_mod
 from vggtl.errors import WeightsError
 
-VGG16 = architectures.get("vgg16")
+VGG16 = registry.get("vgg16")
 KERAS_NOTOP_FILE = VGG16.notop_file
 KERAS_NOTOP_URL = VGG16.notop_url
 KERAS_NOTOP_MD5 = VGG16.notop_md5
@@ -89,7 +89,7 @@ def resolve_weights(spec: str | None, seed: int, allow_download: bool = True, na
         spec: ``'imagenet'``, a file path, or None for random initialisation.
         seed: used only to make random-init digests seed-specific.
         allow_download: try Keras' download when nothing local is found.
-        name: the backbone (``backbone.name``), see :mod:`vggtl.architectures`.
+        name: the backbone (``backbone.name``), see :mod:`vggtl.backbones.registry`.
 
     For VGG16, ``'imagenet'`` looks, in order, at ``$VGGTL_VGG16_WEIGHTS``,
     Keras' cache (``~/.keras/models``), the verified vggtl offline copy
@@ -98,7 +98,7 @@ def resolve_weights(spec: str | None, seed: int, allow_download: bool = True, na
     backbones use Keras' cache, then Keras' download. It never falls back to
     random weights.
     """
-    arch = architectures.get(name)
+    arch = registry.get(name)
     if spec is None:
         return ResolvedWeights("random", None, f"random-init:seed={seed}", "random initialisation (backbone.weights: null)")
     if spec != "imagenet":
@@ -141,7 +141,7 @@ def resolve_weights(spec: str | None, seed: int, allow_download: bool = True, na
         return ResolvedWeights("file", path, file_digest(path), f"vggtl offline copy ({path}, verified)")
 
 
-def _resolve_keras_imagenet(arch: architectures.Architecture, allow_download: bool) -> ResolvedWeights:
+def _resolve_keras_imagenet(arch: registry.Architecture, allow_download: bool) -> ResolvedWeights:
     """ImageNet weights of a backbone other than VGG16: Keras' cache, else Keras' download."""
     try:
         path, origin = weights_mod.keras_cached_or_download(arch.notop_file, arch.notop_url, arch.notop_md5, allow_download)
@@ -160,7 +160,7 @@ def _resolve_keras_imagenet(arch: architectures.Architecture, allow_download: bo
 
 def feature_shape(layer: str, image_size: int, name: str = "vgg16") -> tuple[int, int, int]:
     """Output shape of ``layer`` of backbone ``name`` for square inputs, e.g. (7, 7, 512) at 224."""
-    arch = architectures.get(name)
+    arch = registry.get(name)
     shape = arch.feature_shape(layer, image_size)
     if shape[0] < 1:
         raise WeightsError(f"data.image_size {image_size} is too small for layer {layer} of {name} (its output would be empty)")
@@ -171,7 +171,7 @@ def build_base(name: str, weights: ResolvedWeights, image_size: int | None, seed
     """The convolutional base of backbone ``name`` (include_top=False) with ``weights`` loaded.
 
     Args:
-        name: ``backbone.name``, see :mod:`vggtl.architectures`.
+        name: ``backbone.name``, see :mod:`vggtl.backbones.registry`.
         weights: from :func:`resolve_weights`.
         image_size: square input side, or None for any size.
         seed: seeds random initialisation when ``weights.kind == 'random'``.
@@ -181,7 +181,7 @@ def build_base(name: str, weights: ResolvedWeights, image_size: int | None, seed
     """
     import keras
 
-    arch = architectures.get(name)
+    arch = registry.get(name)
     keras.utils.set_random_seed(seed)
     application = getattr(keras.applications, arch.application)
     base = application(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
@@ -224,9 +224,9 @@ def feature_model(name: str, weights: ResolvedWeights, image_size: int, layers, 
     """
     import keras
 
-    from vggtl.layers import ImagenetPreprocess
+    from vggtl.backbones.preprocess import ImagenetPreprocess
 
-    arch = architectures.get(name)
+    arch = registry.get(name)
     names = [layers] if isinstance(layers, str) else list(layers)
     base = base if base is not None else build_base(name, weights, image_size, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
