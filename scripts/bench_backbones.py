@@ -48,30 +48,32 @@ def image_paths(root: Path, n: int) -> list[Path]:
 
 
 def bench(name: str, paths: list[Path], batch_size: int, root: Path) -> dict:
-    from vggtl import config, data, extract
-    from vggtl.backbones import build, registry
+    from vggtl import config
+    from vggtl.backbones import build
+    from vggtl.backbones.resolve import random_weights
+    from vggtl.features import pipeline
 
     cfg = config.from_dict(
         {"name": "bench", "data": {"root": str(root)}, "backbone": {"name": name, "weights": None},
          "extract": {"batch_size": batch_size}},
         "bench_backbones",
     )
-    arch = registry.get(name)
-    size = cfg.data.image_size
-    images = np.stack([data.decode_image(p, size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels) for p in paths])
-    weights = build.resolve_weights(None, cfg.seed, name=name)
-    forward = extract.make_forward(cfg, weights)
+    spec = cfg.spec
+    size = spec.image_size
+    images = np.stack([spec.decode.decode(p) for p in paths])
+    weights = random_weights(cfg.seed)
+    forward = pipeline.make_forward(cfg, weights)
     forward(images[:batch_size])  # trace and warm up once
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
         [f.numpy() for f in forward(images[i : i + batch_size]).values()]
     seconds = time.perf_counter() - start
-    base = build.build_base(name, weights, size, cfg.seed)
-    shape = arch.feature_shape(cfg.backbone.layer, size)
+    base = build.build_base(spec, weights, cfg.seed)
+    shape = spec.feature_shape(spec.head_layer)
     return {
         "name": name,
         "size": size,
-        "layer": cfg.backbone.layer,
+        "layer": spec.head_layer,
         "shape": shape,
         "img_per_s": len(images) / seconds,
         "params_m": base.count_params() / 1e6,

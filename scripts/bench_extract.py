@@ -110,12 +110,13 @@ def replicate(src: Path, dst: Path, copies: int, limit: int) -> int:
 
 def compute_only(cfg_path: Path) -> tuple[float, int]:
     """Forward time of the same images, pre-decoded, same batch and function."""
-    from vggtl import config, extract
+    from vggtl import config
+    from vggtl.features import pipeline
 
     cfg = config.load(cfg_path)
-    dataset = extract.scan_dataset(cfg)
-    _, _, weights = extract.locate_store(cfg)
-    decode = extract._decoder(cfg)
+    dataset = pipeline.scan_dataset(cfg)
+    weights = pipeline.locate_store(cfg).weights
+    decode = cfg.spec.decode.decode
     seen, images = set(), []
     for f in dataset.files:
         if f.sha256 in seen:
@@ -125,12 +126,12 @@ def compute_only(cfg_path: Path) -> tuple[float, int]:
             images.append(decode(f.path))
         except Exception:  # noqa: BLE001 - skipped files are skipped by extract too
             pass
-    forward = extract.make_forward(cfg, weights)
+    forward = pipeline.make_forward(cfg, weights)
     batch = cfg.extract.batch_size
-    forward(np.stack(images[:batch])).numpy()  # trace once, as extract does before timing matters
+    [f.numpy() for f in forward(np.stack(images[:batch])).values()]  # trace once, as extract does before timing matters
     start = time.perf_counter()
     for i in range(0, len(images), batch):
-        forward(np.stack(images[i : i + batch])).numpy()
+        [f.numpy() for f in forward(np.stack(images[i : i + batch])).values()]
     return time.perf_counter() - start, len(images)
 
 

@@ -48,11 +48,11 @@ def variant(base, seed: int, blocks: int, views: int, finetune_epochs: int):
 
 
 def open_store(cfg):
-    from vggtl import extract
+    from vggtl.features import pipeline
     from vggtl.features.store import FeatureStore
 
-    path, _, weights = extract.locate_store(cfg, allow_download=False)
-    return FeatureStore(path), weights
+    where = pipeline.locate_store(cfg, allow_download=False)
+    return FeatureStore(where.path), where.weights
 
 
 def accuracy(model, x, y) -> float:
@@ -61,7 +61,7 @@ def accuracy(model, x, y) -> float:
 
 def run_variant(fs, weights, cfg, n_classes) -> float:
     """Phase 1 (+ phase 2) on the store exactly as vggtl.train does; test accuracy."""
-    from vggtl import train
+    from vggtl.training import fit as train
     from vggtl.backbones import build
 
     rows = fs.split_rows("train")
@@ -71,8 +71,8 @@ def run_variant(fs, weights, cfg, n_classes) -> float:
     head, _ = train.fit_head(cfg, train.training_bank(fs, rows, None, cfg.augment.views), y_train, x_val, y_val, n_classes)
     if not cfg.finetune.blocks:
         return accuracy(head, x_test, y_test)
-    boundary = cfg.stored_layers()[1]
-    base = build.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
+    boundary = cfg.spec.boundary_layer
+    base = build.build_base(cfg.spec, weights, cfg.seed)
     bank = train.training_bank(fs, rows, boundary, cfg.augment.views)
     _, xb_val, _ = train.load_split(fs, "val", boundary)
     _, xb_test, _ = train.load_split(fs, "test", boundary)
@@ -103,7 +103,7 @@ def part_epoch(base, epochs: int) -> None:
     """Phase-2 epochs: stored boundary activations vs end to end on decoded images."""
     import keras
 
-    from vggtl import data, train
+    from vggtl.training import fit as train
     from vggtl.backbones import build
     from vggtl.training import heads
 
@@ -137,7 +137,7 @@ def part_epoch(base, epochs: int) -> None:
         return timer.times, accuracy(model, x_test, y_test)
 
     # vggtl: top block + head on stored block4_pool activations
-    base_model = build.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
+    base_model = build.build_base(cfg.spec, weights, cfg.seed)
     top = build.top_model(base_model, "block4_pool", "block5_pool")
     for layer in top.layers:
         layer.trainable = True
@@ -149,11 +149,11 @@ def part_epoch(base, epochs: int) -> None:
     # end to end (Keras guide): decoded images -> preprocessing -> VGG16 (block5 trainable) -> same phase-1 head
     head.set_weights(head_weights)
     fs_root = Path(cfg.data.root)
-    decode = lambda r: data.decode_image(fs_root / fs.paths[r], cfg.data.image_size, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels)  # noqa: E731
+    decode = lambda r: cfg.spec.decode.decode(fs_root / fs.paths[r])  # noqa: E731
     images = np.stack([decode(r) for r in rows])
     test_images = np.stack([decode(r) for r in fs.split_rows("test")])
-    e2e_base = build.build_base("vgg16", weights, cfg.data.image_size, cfg.seed)
-    features = build.feature_model("vgg16", weights, cfg.data.image_size, "block5_pool", cfg.seed, base=e2e_base)
+    e2e_base = build.build_base(cfg.spec, weights, cfg.seed)
+    features = build.feature_model(cfg.spec, weights, "block5_pool", cfg.seed, base=e2e_base)
     features.trainable = True  # recursive: undo feature_model's freeze ...
     for layer in e2e_base.layers:  # ... then freeze all but block5, as the Keras guide does
         layer.trainable = layer.name.startswith("block5")

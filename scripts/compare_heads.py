@@ -15,8 +15,10 @@ import copy
 
 import numpy as np
 
-from vggtl import config, extract, train
+from vggtl import config
+from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
+from vggtl.training import fit
 
 CANDIDATES = {
     "seed recipe: flatten, 256, dropout .5": {"head": {"pooling": "flatten", "units": [256], "dropout": 0.5, "standardize": False}},
@@ -35,9 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args(argv)
     base = config.load(args.config)
-    path, _, _ = extract.locate_store(base, allow_download=False)
+    path = pipeline.locate_store(base, allow_download=False).path
     with FeatureStore(path) as fs:
-        splits = {s: train.load_split(fs, s) for s in ("train", "val", "test")}
+        splits = {s: fit.load_split(fs, s) for s in ("train", "val", "test")}
         n_classes = len(fs.class_names)
         print(f"store {path}: train {len(splits['train'][2])}, val {len(splits['val'][2])}, test {len(splits['test'][2])}")
         for label, overrides in CANDIDATES.items():
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
                     mapping[section].update(values)
                 mapping["seed"] = seed
                 cfg = config.from_dict(mapping)
-                head, _ = train.fit_head(cfg, splits["train"][1], splits["train"][2], splits["val"][1], splits["val"][2], n_classes)
+                head, _ = fit.fit_head(cfg, splits["train"][1][None], splits["train"][2], splits["val"][1], splits["val"][2], n_classes)
                 for split in ("val", "test"):
                     probs = head.predict(splits[split][1], verbose=0)
                     scores[split].append(float(np.mean(probs.argmax(1) == splits[split][2])))

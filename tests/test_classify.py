@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 
 from conftest import make_image
 from vggtl import classify
+from vggtl.inspect import imagenet
 from vggtl.errors import VggtlError, WeightsError
 
 COFFEE_MUG = 504
@@ -25,17 +25,17 @@ SIZE = 32
 
 
 def test_class_index_is_keras_own_file():
-    entries = classify.class_index()
+    entries = imagenet.class_index()
     assert len(entries) == 1000
     assert len({wnid for wnid, _ in entries}) == 1000
     assert entries[0] == ("n01440764", "tench")
     assert entries[COFFEE_MUG] == ("n03063599", "coffee_mug")
     assert entries[999] == ("n15075141", "toilet_tissue")
     # byte-identical to the file keras.applications.imagenet_utils downloads and pins
-    assert classify.class_index_md5() == classify.CLASS_INDEX_MD5
+    assert imagenet.class_index_md5() == imagenet.CLASS_INDEX_MD5
     import keras.src.applications.imagenet_utils as imagenet_utils
 
-    assert classify.CLASS_INDEX_MD5 in Path(imagenet_utils.__file__).read_text()
+    assert imagenet.CLASS_INDEX_MD5 in Path(imagenet_utils.__file__).read_text()
 
 
 def test_class_index_ships_as_package_data():
@@ -44,21 +44,21 @@ def test_class_index_ships_as_package_data():
 
 
 def test_resolve_class():
-    assert classify.resolve_class("coffee_mug") == COFFEE_MUG
-    assert classify.resolve_class("Coffee Mug") == COFFEE_MUG
-    assert classify.resolve_class("n03063599") == COFFEE_MUG
+    assert imagenet.resolve_class("coffee_mug") == COFFEE_MUG
+    assert imagenet.resolve_class("Coffee Mug") == COFFEE_MUG
+    assert imagenet.resolve_class("n03063599") == COFFEE_MUG
     with pytest.raises(VggtlError, match=r"names 2 ImageNet classes; pass the wnid .*n02012849 \(index 134\), n03126707 \(index 517\)"):
-        classify.resolve_class("crane")
+        imagenet.resolve_class("crane")
     with pytest.raises(VggtlError, match="neither an ImageNet label nor a wnid.*Did you mean: coffee_mug"):
-        classify.resolve_class("cofee mug")
+        imagenet.resolve_class("cofee mug")
 
 
 def test_decode_predictions():
     probs = np.zeros(1000)
     probs[[COFFEE_MUG, 0, 999]] = [0.7, 0.2, 0.1]
-    assert classify.decode_predictions(probs, 2) == [("n03063599", "coffee_mug", 0.7), ("n01440764", "tench", 0.2)]
+    assert imagenet.decode_predictions(probs, 2) == [("n03063599", "coffee_mug", 0.7), ("n01440764", "tench", 0.2)]
     with pytest.raises(ValueError, match=r"probs must have shape \(1000,\)"):
-        classify.decode_predictions(np.zeros(8), 2)
+        imagenet.decode_predictions(np.zeros(8), 2)
 
 
 # --------------------------------------------------------------------------- weights
@@ -67,21 +67,21 @@ def test_decode_predictions():
 def test_weights_resolution_order(tmp_path):
     explicit = tmp_path / "mine.h5"
     explicit.write_bytes(b"x")
-    assert classify.resolve_weights("vgg16", explicit) == explicit
+    assert imagenet.classifier_weights("vgg16", explicit) == explicit
     with pytest.raises(WeightsError, match="--weights '.*missing.h5' does not exist"):
-        classify.resolve_weights("vgg16", tmp_path / "missing.h5")
+        imagenet.classifier_weights("vgg16", tmp_path / "missing.h5")
     # conftest points KERAS_HOME at an empty temporary directory
     cached = Path(os.environ["KERAS_HOME"]) / "models" / "vgg19_weights_tf_dim_ordering_tf_kernels.h5"
     with pytest.raises(WeightsError, match="none found locally") as info:
-        classify.resolve_weights("vgg19", download=False)
+        imagenet.classifier_weights("vgg19", download=False)
     message = str(info.value)
     assert "--weights /path/to/vgg19_weights_tf_dim_ordering_tf_kernels.h5" in message
     assert str(cached) in message and "internet access" in message
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"x")
-    assert classify.resolve_weights("vgg19") == cached
+    assert imagenet.classifier_weights("vgg19") == cached
     with pytest.raises(VggtlError, match="--model 'vgg11': choose one of vgg16, vgg19"):
-        classify.resolve_weights("vgg11")
+        imagenet.classifier_weights("vgg11")
 
 
 def test_failed_download_becomes_weights_error(monkeypatch):
@@ -92,7 +92,7 @@ def test_failed_download_becomes_weights_error(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", fail)
     with pytest.raises(WeightsError, match="Keras download failed: URL fetch failure.*Remedies"):
-        classify.resolve_weights("vgg16")
+        imagenet.classifier_weights("vgg16")
 
 
 def test_weights_of_another_model_are_refused(tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_offline_without_weights_fails_cleanly(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "error: no ImageNet VGG16 classifier weights (include_top) available" in proc.stderr
     assert "Keras download failed" in proc.stderr
-    assert f"--weights /path/to/vgg16_weights_tf_dim_ordering_tf_kernels.h5" in proc.stderr
+    assert "--weights /path/to/vgg16_weights_tf_dim_ordering_tf_kernels.h5" in proc.stderr
     assert str(home / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5") in proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stdout == ""
@@ -160,7 +160,7 @@ def run(stand_in, tmp_path, monkeypatch, capsys):
         built.append((model, Path(path)))
         return stand_in
 
-    monkeypatch.setattr(classify, "build_model", build_model)
+    monkeypatch.setattr(imagenet, "build_classifier", build_model)
 
     def run_(*argv):
         code = classify.main([*map(str, argv), "--weights", str(weights)])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from vggtl import cli
 
 
@@ -53,3 +55,22 @@ def test_dispatch_reaches_classify_and_summary(tmp_path, capsys):
     assert "missing.jpg' does not exist" in capsys.readouterr().err
     assert cli.main(["summary", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["extract", "train", "predict", "classify", "summary", "weights"])
+def test_help_is_plain_text(command, capsys):
+    """--help shows the command's docstring without reST markup."""
+    import importlib
+
+    module = importlib.import_module(f"vggtl.{command}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ")
+    assert "``" not in out and ":mod:" not in out and ":func:" not in out
+    assert module.__doc__.strip().splitlines()[0] in out
+
+
+def test_description_strips_rest_markup():
+    assert cli.description("Use ``vggtl.train.run`` and :func:`~vggtl.config.load`.") == "Use vggtl.train.run and vggtl.config.load."

@@ -72,7 +72,7 @@ def test_defaults_of_a_minimal_config(root):
     assert (cfg.data.split.val, cfg.data.split.test) == (0.15, 0.15)
     assert cfg.data.image_size == 224
     assert cfg.data.extensions == list(IMAGE_EXTENSIONS)
-    assert cfg.data.background == "white" and cfg.background_rgb == (255, 255, 255)
+    assert cfg.data.background == "white" and cfg.spec.decode.background == (255, 255, 255)
     assert cfg.data.resize == "stretch"
     assert cfg.data.max_pixels == DEFAULT_MAX_PIXELS
     assert (cfg.backbone.name, cfg.backbone.weights, cfg.backbone.layer) == ("vgg16", "imagenet", "block5_pool")
@@ -122,8 +122,9 @@ def test_round_trips_through_to_dict_to_yaml_and_save(tmp_path, root):
     cfg = config.from_dict(minimal(root, data={"background": [1, 2, 3], "resize": "center_crop"}, head={"units": []}))
     assert config.from_dict(cfg.to_dict()) == cfg
     assert config.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
-    config.save(cfg, tmp_path / "saved.yaml")
+    (tmp_path / "saved.yaml").write_text(cfg.to_yaml())
     assert config.load(tmp_path / "saved.yaml") == cfg
+    assert config.load(tmp_path / "saved.yaml").spec == cfg.spec
 
 
 def test_digest_is_stable_and_tracks_every_value(root):
@@ -273,7 +274,7 @@ def test_names_that_are_not_plain_are_refused(root, name):
 )
 def test_background_named_or_rgb(root, value, rgb):
     cfg = config.from_dict(minimal(root, data={"background": value}))
-    assert cfg.background_rgb == rgb
+    assert cfg.spec.decode.background == rgb
     assert config.parse_background(value) == rgb
 
 
@@ -429,7 +430,7 @@ def test_imagenet_and_null_weights_need_no_file(tmp_path, root, weights):
         ("backbone.weights=null", lambda c: c.backbone.weights, None),
         ("head.units=[64, 32]", lambda c: c.head.units, [64, 32]),
         ("head.units=[]", lambda c: c.head.units, []),
-        ("data.background=[0, 0, 0]", lambda c: c.background_rgb, (0, 0, 0)),
+        ("data.background=[0, 0, 0]", lambda c: c.spec.decode.background, (0, 0, 0)),
         ("data.extensions=[.JPG, png]", lambda c: c.data.extensions, [".jpg", ".png"]),
         ("data.split.val=0.1", lambda c: c.data.split.val, 0.1),
         ("data.resize=center_crop", lambda c: c.data.resize, "center_crop"),
@@ -440,6 +441,21 @@ def test_imagenet_and_null_weights_need_no_file(tmp_path, root, weights):
 def test_set_overrides(tmp_path, root, override, getter, expected):
     path = write_config(tmp_path / "c.yaml", root, tmp_path)
     assert getter(config.load(path, [override])) == expected
+
+
+def test_dict_overrides_for_the_python_api(tmp_path, root):
+    path = write_config(tmp_path / "c.yaml", root, tmp_path)
+    cfg = config.load(path, {"train.epochs": 5, "head.units": [64], "backbone.name": "resnet50", "augment": {"views": 2}})
+    assert (cfg.train.epochs, cfg.head.units, cfg.augment.views) == (5, [64], 2)
+    # the spec follows: the new backbone's own layer, resolved once
+    assert cfg.spec.name == "resnet50" and cfg.spec.head_layer == "conv5_block3_out"
+    # typed and checked like the file: values are not parsed from strings
+    with pytest.raises(ConfigError, match=r"key 'train\.epochs': expected an integer, got '5'"):
+        config.load(path, {"train.epochs": "5"})
+    with pytest.raises(ConfigError, match=r"unknown key 'epoch'\. Did you mean 'epochs'"):
+        config.load(path, {"train.epoch": 5})
+    with pytest.raises(ConfigError, match=r"override '': the key must be dotted names"):
+        config.load(path, {"": 5})
 
 
 def test_later_overrides_win_and_the_input_is_not_mutated(root):
@@ -557,7 +573,7 @@ def test_remember_last_extract_round_trip(tmp_path, monkeypatch):
     logs = []
     again = config.from_args(parser().parse_args([]), log=logs.append)
     assert again == cfg
-    assert again.train.epochs == 3 and again.cache.compression == "lzf" and again.background_rgb == (9, 9, 9)
+    assert again.train.epochs == 3 and again.cache.compression == "lzf" and again.spec.decode.background == (9, 9, 9)
     assert len(logs) == 1 and str(path) in logs[0] and "--set train.epochs=3 cache.compression=lzf" in logs[0]
 
     # --set on top of the remembered config; the original file is not needed any more
@@ -662,8 +678,10 @@ def test_image_size_below_the_backbones_minimum(root):
 
 def test_finetune_blocks_per_backbone(root):
     cfg = config.from_dict(minimal(root, backbone={"name": "resnet50"}, finetune={"blocks": 2}))
-    assert cfg.stored_layers() == ["conv5_block3_out", "conv3_block4_out"]
-    assert config.from_dict(minimal(root, finetune={"blocks": 1})).stored_layers() == ["block5_pool", "block4_pool"]
+    assert cfg.spec.stored_layers == ("conv5_block3_out", "conv3_block4_out")
+    assert cfg.spec.boundary_layer == "conv3_block4_out"
+    assert config.from_dict(minimal(root, finetune={"blocks": 1})).spec.stored_layers == ("block5_pool", "block4_pool")
+    assert config.from_dict(minimal(root)).spec.boundary_layer is None
     with pytest.raises(ConfigError, match=r"key 'finetune\.blocks': got 4; mobilenet_v2 allows 0-3"):
         config.from_dict(minimal(root, backbone={"name": "mobilenet_v2"}, finetune={"blocks": 4}))
     with pytest.raises(ConfigError, match=r"fine-tuning needs the head on mixed10, but 'backbone\.layer' is 'mixed7'"):

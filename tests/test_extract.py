@@ -23,9 +23,10 @@ import pytest
 from conftest import make_dataset, make_image, write_config
 
 from vggtl import config, data, extract
-from vggtl.backbones import build
-from vggtl.features import augment, store
+from vggtl.backbones import build, resolve
+from vggtl.backbones.spec import default_spec
 from vggtl.errors import DataError
+from vggtl.features import augment, pipeline, store
 
 N_IMAGES = 36  # make_dataset's default: 3 classes x 12
 
@@ -45,7 +46,7 @@ class Tiny:
         return result, logs
 
     def store_path(self, *overrides: str) -> Path:
-        return extract.locate_store(self.cfg(*overrides))[0]
+        return pipeline.locate_store(self.cfg(*overrides)).path
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ def test_cold_run_computes_all_and_warm_run_nothing(tiny, monkeypatch):
     def must_not_compute(*args, **kwargs):
         raise AssertionError("warm run computed features")
 
-    monkeypatch.setattr(extract, "compute_features", must_not_compute)
+    monkeypatch.setattr(pipeline, "compute_features", must_not_compute)
     warm, _ = tiny.run()
     assert (warm.computed, warm.reused, warm.up_to_date) == (0, N_IMAGES, True)
     assert path.stat().st_mtime_ns == before  # not even rewritten
@@ -331,8 +332,8 @@ def shas_of(dataset: data.Dataset, *splits: str) -> set[str]:
 
 
 def expected_views(cfg: config.Config, shas) -> set[str]:
-    digest = cfg.augment.digest()
-    return {augment.view_key(sha, digest, v) for sha in shas for v in range(1, cfg.augment.views + 1)}
+    digest = augment.settings_digest(cfg.augment)
+    return {store.view_key(sha, digest, v) for sha in shas for v in range(1, cfg.augment.views + 1)}
 
 
 def assert_same_entries(got: dict, want: dict, keys) -> None:
@@ -343,11 +344,11 @@ def assert_same_entries(got: dict, want: dict, keys) -> None:
 
 def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
     built, batches = [], []
-    real_model, real_forward = build.feature_model, extract.make_forward
+    real_model, real_forward = build.feature_model, pipeline.make_forward
 
-    def spy_model(name, weights, image_size, layers, seed, *args, **kwargs):
+    def spy_model(spec, weights, layers, seed, *args, **kwargs):
         built.append(layers)
-        return real_model(name, weights, image_size, layers, seed, *args, **kwargs)
+        return real_model(spec, weights, layers, seed, *args, **kwargs)
 
     def counting_forward(cfg, weights):
         forward = real_forward(cfg, weights)
@@ -359,7 +360,7 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
         return counted
 
     monkeypatch.setattr(build, "feature_model", spy_model)
-    monkeypatch.setattr(extract, "make_forward", counting_forward)
+    monkeypatch.setattr(pipeline, "make_forward", counting_forward)
     tuned, logs = tiny.run("finetune.blocks=1", "augment.views=1", "extract.batch_size=8")
     n_train = len(shas_of(tuned.dataset, "train"))
     total = N_IMAGES + n_train  # clean features + one view per training image
@@ -378,7 +379,7 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
 
     # the same values as running the base to each layer on its own
     monkeypatch.setattr(build, "feature_model", real_model)
-    monkeypatch.setattr(extract, "make_forward", real_forward)
+    monkeypatch.setattr(pipeline, "make_forward", real_forward)
     for layer in ("block5_pool", "block4_pool"):
         alone, _ = tiny.run(f"backbone.layer={layer}", "augment.views=1", "extract.batch_size=8")
         assert alone.store_path != tuned.store_path and alone.computed == total
@@ -402,12 +403,12 @@ def test_views_only_for_training_images_deterministic_and_distinct(tiny):
     assert len(keys) == total and set(keys) == shas_of(cold.dataset, *data.SPLITS) | views
     assert not [k for k in keys if k.split(":", 1)[0] in held_out and k not in held_out]  # no val/test views
     with store.FeatureStore(cold.store_path) as fs:
-        assert fs.augment == {"views": 2, "digest": cfg.augment.digest()}
+        assert fs.augment == {"views": 2, "digest": augment.settings_digest(cfg.augment)}
         assert len(fs.paths) == N_IMAGES  # views are entries, not indexed images
 
     feats = features_by_key(cold.store_path)["block5_pool"]
     for sha in train:
-        one, two = (feats[augment.view_key(sha, cfg.augment.digest(), v)] for v in (1, 2))
+        one, two = (feats[store.view_key(sha, augment.settings_digest(cfg.augment), v)] for v in (1, 2))
         assert not np.array_equal(one, feats[sha]) and not np.array_equal(two, feats[sha])
         assert not np.array_equal(one, two)
 
@@ -425,7 +426,7 @@ def test_warm_run_with_views_computes_nothing(tiny, monkeypatch):
     def must_not_compute(*args, **kwargs):
         raise AssertionError("warm run computed features")
 
-    monkeypatch.setattr(extract, "compute_features", must_not_compute)
+    monkeypatch.setattr(pipeline, "compute_features", must_not_compute)
     warm, _ = tiny.run(VIEWS)
     assert (warm.computed, warm.reused, warm.up_to_date) == (0, first.computed, True)
     assert first.store_path.stat().st_mtime_ns == before
@@ -441,7 +442,7 @@ def test_changed_augment_setting_recomputes_only_the_views(tiny, decoded):
     changed, logs = tiny.run(VIEWS, "augment.rotation=30")
 
     cfg = tiny.cfg(VIEWS, "augment.rotation=30")
-    assert cfg.augment.digest() != tiny.cfg(VIEWS).augment.digest()
+    assert augment.settings_digest(cfg.augment) != augment.settings_digest(tiny.cfg(VIEWS).augment)
     n_views = 2 * len(train_files)
     assert changed.store_path == first.store_path
     assert (changed.computed, changed.reused, changed.up_to_date) == (n_views, N_IMAGES, False)
@@ -454,9 +455,9 @@ def test_changed_augment_setting_recomputes_only_the_views(tiny, decoded):
     after = features_by_key(changed.store_path)["block5_pool"]
     for f in first.dataset.files:  # clean features reused as they were
         np.testing.assert_array_equal(after[f.sha256], before[f.sha256])
-    old_digest, new_digest = tiny.cfg(VIEWS).augment.digest(), cfg.augment.digest()
+    old_digest, new_digest = augment.settings_digest(tiny.cfg(VIEWS).augment), augment.settings_digest(cfg.augment)
     differ = [
-        not np.array_equal(after[augment.view_key(f.sha256, new_digest, v)], before[augment.view_key(f.sha256, old_digest, v)])
+        not np.array_equal(after[store.view_key(f.sha256, new_digest, v)], before[store.view_key(f.sha256, old_digest, v)])
         for f in train_files
         for v in (1, 2)
     ]
@@ -485,7 +486,7 @@ def test_added_images_compute_only_their_features_and_views(tiny, decoded):
 
 def test_views_skip_undecodable_files_and_share_duplicates(tiny, decoded):
     add_problem_files(tiny.root)
-    source = next(f for f in extract.scan_dataset(tiny.cfg()).files if f.split == "train" and f.relpath.startswith("red/red_"))
+    source = next(f for f in pipeline.scan_dataset(tiny.cfg()).files if f.split == "train" and f.relpath.startswith("red/red_"))
     shutil.copy(source.path, tiny.root / "red" / "copy.png")  # same content, so same split and views
     first, _ = tiny.run(VIEWS)
     bad = {f.sha256 for f in first.dataset.files if f.relpath in first.skipped}
@@ -509,7 +510,7 @@ def test_fewer_views_drop_the_rest_without_computing(tiny, monkeypatch):
     def must_not_compute(*args, **kwargs):
         raise AssertionError("dropping views computed features")
 
-    monkeypatch.setattr(extract, "compute_features", must_not_compute)
+    monkeypatch.setattr(pipeline, "compute_features", must_not_compute)
     one, _ = tiny.run("augment.views=1")
     assert (one.computed, one.reused, one.up_to_date) == (0, N_IMAGES + len(train), False)
     assert set(stored_keys(one.store_path)) == clean | expected_views(tiny.cfg("augment.views=1"), train)
@@ -548,12 +549,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, o
     root = make_dataset(tmp_path / "data", per_class=20)
     cfg_path = write_config(tmp_path / "tiny.yaml", root, tmp_path)
     cfg = config.load(cfg_path, overrides)
-    total = 60 + cfg.augment.views * len(shas_of(extract.scan_dataset(cfg), "train"))  # images + views
-    path = extract.locate_store(cfg)[0]
+    total = 60 + cfg.augment.views * len(shas_of(pipeline.scan_dataset(cfg), "train"))  # images + views
+    path = pipeline.locate_store(cfg).path
     parts = store.parts_dir(path)
     log_file = tmp_path / "killed.log"
     # Two images per part file, so the kill lands after some parts are done.
-    env = {**subprocess_env(), extract.ROWS_PER_PART_ENV: "2"}
+    env = {**subprocess_env(), pipeline.ROWS_PER_PART_ENV: "2"}
     command = [sys.executable, "-m", "vggtl.extract", str(cfg_path), "--no-progress"]
     for override in overrides:
         command += ["--set", override]
@@ -588,7 +589,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, o
     for relpath in want:
         np.testing.assert_array_equal(got[relpath], want[relpath], err_msg=relpath)
     got, want = features_by_key(resumed.store_path), features_by_key(clean.store_path)  # views and every layer
-    assert got.keys() == want.keys() == set(cfg.stored_layers())
+    assert got.keys() == want.keys() == set(cfg.spec.stored_layers)
     assert all(got[layer].keys() == want[layer].keys() and len(got[layer]) == total for layer in want)
     assert_same_entries(got, want, want[cfg.backbone.layer])
 
@@ -619,7 +620,7 @@ def test_second_extract_is_refused_while_one_holds_the_lock(tiny, capsys):
 
 
 def test_bad_rows_per_part_override_is_refused(tiny, monkeypatch, capsys):
-    monkeypatch.setenv(extract.ROWS_PER_PART_ENV, "lots")
+    monkeypatch.setenv(pipeline.ROWS_PER_PART_ENV, "lots")
     assert extract.main([str(tiny.cfg_path), "--no-progress"]) == 2
     assert "$VGGTL_ROWS_PER_PART='lots': expected a positive integer" in capsys.readouterr().err
     assert not (tiny.tmp / "cache").exists()
@@ -627,7 +628,7 @@ def test_bad_rows_per_part_override_is_refused(tiny, monkeypatch, capsys):
 
 def test_weights_of_another_network_fail_before_anything_is_written(tmp_path, capsys, monkeypatch):
     root = make_dataset(tmp_path / "data", per_class=16)
-    other = build.build_base("mobilenet_v2", build.resolve_weights(None, seed=1), 32, seed=1)
+    other = build.build_base(default_spec("mobilenet_v2", 32), resolve.random_weights(1), 1)
     wrong = tmp_path / "mobilenet.weights.h5"
     other.save_weights(wrong)
     cfg = write_config(tmp_path / "c.yaml", root, tmp_path, backbone={"name": "resnet50", "weights": str(wrong)})
@@ -637,7 +638,7 @@ def test_weights_of_another_network_fail_before_anything_is_written(tmp_path, ca
     assert f"error: {wrong}: has no weights for some layers of ResNet50(include_top=False)" in err
     assert "Traceback" not in err
     leftovers = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert all(name.endswith(".lock") for name in leftovers), leftovers  # no store, no parts
+    assert all(name.endswith((".lock", ".lock.pid")) for name in leftovers), leftovers  # no store, no parts
 
 
 def test_inception_store_has_the_tables_shape_and_its_preprocessing(tmp_path, monkeypatch):

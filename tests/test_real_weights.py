@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, SHARED_WEIGHTS, needs_real_weights, write_config
 from vggtl import extract, train
 from vggtl.features.store import FeatureStore
+from vggtl.training import run as training_run
 
 pytestmark = [pytest.mark.real_weights, pytest.mark.slow, needs_real_weights]
 CLASSES = ("birds", "fruit", "vehicles", "clothing")
@@ -63,4 +64,4 @@ def test_transfer_beats_chance(demo_run):
     assert metrics["baseline"]["linear_probe"]["test_accuracy"] >= 0.6
     info = json.loads((demo_run / "experiments/tiny/latest/info.json").read_text())
     assert info["weights"]["random"] is False
-    assert info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+    assert info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE

@@ -9,6 +9,7 @@ import yaml
 
 from tiny_artifact import make_artifact
 from vggtl import summary
+from vggtl.inspect import layer_table
 
 VGG16_CONV_PARAMS = 14_714_688
 
@@ -77,7 +78,7 @@ def test_artifact_summary(tmp_path, capsys):
 
 
 def test_diagram_hint_when_graphviz_is_missing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(summary, "diagram_available", lambda: False)
+    monkeypatch.setattr(layer_table, "diagram_available", lambda: False)
     cfg = write_cfg(tmp_path / "c.yaml", tmp_path / "none")
     code, out, err = run(capsys, cfg, "--diagram", tmp_path / "m.png")
     assert code == 1
@@ -90,7 +91,7 @@ def test_diagram_is_drawn_when_available(tmp_path, capsys, monkeypatch):
     import keras
 
     calls = []
-    monkeypatch.setattr(summary, "diagram_available", lambda: True)
+    monkeypatch.setattr(layer_table, "diagram_available", lambda: True)
     monkeypatch.setattr(keras.utils, "plot_model", lambda model, **kw: calls.append((model.name, kw)))
     code, out, err = run(capsys, write_cfg(tmp_path / "c.yaml", tmp_path / "none"), "--diagram", tmp_path / "m.svg")
     assert code == 0, err

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import make_dataset, run_pipeline, write_config
 from vggtl import predict, train
-from vggtl.training import artifact
+from vggtl.training import artifact, fit
+from vggtl.training import run as training_run
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_artifact_contents_and_checksums(run_dir):
     assert len(info["data_digest"]) == 64 and len(info["config_digest"]) == 64
     assert {"python", "tensorflow", "keras", "vggtl"} <= set(info["versions"])
     # the end-to-end model reproduces the head's predictions on cached features
-    assert info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+    assert info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
     history = json.loads((art.path / "history.json").read_text())
     assert len(history["phase1"]["loss"]) == json.loads((art.path / "metrics.json").read_text())["epochs_trained"]
 
@@ -125,8 +126,8 @@ def test_train_without_store(tmp_path, capsys, monkeypatch):
 
 def test_class_weights():
     labels = np.array([0, 0, 0, 1])
-    assert train.class_weights(labels, 2, "none") is None
-    weights = train.class_weights(labels, 2, "balanced")
+    assert fit.class_weights(labels, 2, "none") is None
+    weights = fit.class_weights(labels, 2, "balanced")
     assert weights[1] == pytest.approx(3 * weights[0])
     assert weights[0] * 3 + weights[1] * 1 == pytest.approx(4)
 
@@ -156,7 +157,7 @@ def test_finetune_records_both_phases(ft_dir):
     assert len(history["phase2"]["loss"]) == art.metrics["phase2"]["epochs_trained"]
     report = (art.path / "report.md").read_text()
     assert "after phase 1 (head only)" in report and "fine-tuning: top 1 block(s)" in report
-    assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+    assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
 
 
 def test_finetune_is_reproducible(ft_dir):
@@ -197,7 +198,7 @@ def test_phase2_that_does_not_help_is_reverted(ft_dir, capsys):
     before, after = json.loads((art.path / "history.json").read_text())["phase2"]["val_cross_entropy_before_after"]
     assert not after < before
     assert "phase-1 weights kept" in (art.path / "report.md").read_text()
-    assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+    assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
 
 
 def test_train_refuses_store_with_other_views(ft_dir, capsys):
@@ -239,11 +240,13 @@ def test_other_backbone_end_to_end(resnet_dir):
     # phase 2 kept its fine-tuned conv5 stage (BatchNorm included), so the
     # end-to-end check below compares the fine-tuned artifact with what was evaluated
     assert art.metrics["phase2"]["kept"] is True
-    assert art.info["end_to_end_check_max_abs_diff"] < train.E2E_TOLERANCE
+    assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
     # only the conv5 stage trained, and its BatchNorm statistics did not move
     from vggtl.backbones import build
+    from vggtl.backbones.resolve import random_weights
+    from vggtl.backbones.spec import default_spec
 
-    fresh = build.build_base("resnet50", build.resolve_weights(None, art.config["seed"]), 32, art.config["seed"])
+    fresh = build.build_base(default_spec("resnet50", 32), random_weights(art.config["seed"]), art.config["seed"])
     tuned = art.load_model().get_layer("resnet50_conv5_block3_out").get_layer("resnet50")
     assert not np.array_equal(tuned.get_layer("conv5_block3_3_conv").get_weights()[0], fresh.get_layer("conv5_block3_3_conv").get_weights()[0])
     np.testing.assert_array_equal(tuned.get_layer("conv4_block6_3_conv").get_weights()[0], fresh.get_layer("conv4_block6_3_conv").get_weights()[0])
@@ -270,8 +273,8 @@ def test_view_sampler_draws_one_version_per_image_per_epoch():
     bank = np.stack([np.full((6, 1), v, np.float16) for v in range(3)])  # version v has value v
     bank[:, :, 0] += np.arange(6)[None, :] * 10  # and image i adds 10*i
     labels = np.array([0, 1, 0, 1, 0, 1])
-    a = train.view_sampler(bank, labels, 2, batch_size=4, seed=5)
-    b = train.view_sampler(bank, labels, 2, batch_size=4, seed=5)
+    a = fit.view_sampler(bank, labels, 2, batch_size=4, seed=5)
+    b = fit.view_sampler(bank, labels, 2, batch_size=4, seed=5)
     assert len(a) == 2
 
     def epoch(sampler):
@@ -286,5 +289,5 @@ def test_view_sampler_draws_one_version_per_image_per_epoch():
     assert set((first % 10).astype(int)) <= {0, 1, 2}
     seen = {int(v) for _ in range(6) for v in epoch(a) % 10}
     assert seen == {0, 1, 2}  # over epochs, clean and both views are used
-    x, y, w = train.view_sampler(bank, labels, 2, 3, 5, weights={0: 1.0, 1: 2.0})[0]
+    x, y, w = fit.view_sampler(bank, labels, 2, 3, 5, weights={0: 1.0, 1: 2.0})[0]
     assert w.tolist() == [1.0 + (yy.argmax() == 1) for yy in y]

@@ -1,6 +1,6 @@
 """A small, complete vggtl artifact built without an extract/train run:
-train's own end-to-end model (train.end_to_end_model) on random backbone
-weights, with a head biased towards one class."""
+train's own end-to-end model (vggtl.backbones.build.end_to_end_model) on
+random backbone weights, with a head biased towards one class."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ def make_artifact(
     The head's bias makes ``favourite`` the top label of every image (by a
     wide margin), so tests can assert on labels without training.
     """
-    from vggtl import config, train
+    from vggtl import config
     from vggtl.backbones import build
+    from vggtl.backbones.resolve import random_weights
     from vggtl.training import artifact, heads
 
     cfg = config.from_dict(
@@ -33,14 +34,13 @@ def make_artifact(
         },
         "tiny_artifact",
     )
-    weights = build.resolve_weights(None, seed)
-    shape = build.feature_shape(cfg.backbone.layer, image_size, cfg.backbone.name)
+    weights = random_weights(seed)
+    shape = cfg.spec.feature_shape(cfg.spec.head_layer)
     head = heads.build_head(shape, len(LABELS), cfg.head, stats=(np.zeros(shape[-1]), np.ones(shape[-1])))
     kernel, bias = head.get_layer("predictions").get_weights()
     bias[LABELS.index(favourite)] = 6.0
     head.get_layer("predictions").set_weights([kernel, bias])
-    base = build.build_base(cfg.backbone.name, weights, image_size, seed)
-    model = train.end_to_end_model(cfg, weights, base, head)
+    model = build.end_to_end_model(cfg.spec, weights, head, f"vggtl_{cfg.name}", seed)
     staging = artifact.begin(root / "experiments", "tiny")
     model.save(staging / "model.keras")
     artifact.write_json(staging / "labels.json", list(LABELS))

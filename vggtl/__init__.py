@@ -1,13 +1,22 @@
 """vggtl: transfer learning from a frozen ImageNet VGG16 on small labeled image folders.
 
-(VGG19, ResNet50, Inception V3 and MobileNetV2 bases too: ``architectures``.)
+(VGG19, ResNet50, Inception V3 and MobileNetV2 bases too: ``backbones.registry``.)
 
-The package is split into one module per pipeline stage (``config``, ``data``,
-``augment``, ``architectures``, ``backbone``, ``weights``, ``store``, ``extract``, ``heads``,
-``train``, ``artifact``, ``report``, ``predict``) and per tool (``classify``,
-``gradcam``, ``tiles``, ``summary``, ``scratch``); each command-line entry point is a
-``main(argv=None)`` run by ``python -m vggtl.<module>`` or the ``vggtl``
-console script.
+Layout, one folder per question:
+
+* ground floor: ``errors``, ``files``, ``tfquiet``, ``data`` (scan, split,
+  decode), ``config`` (schema, overrides, the resolved ``cfg.spec``), ``cli``;
+* ``backbones/``: the registry of networks, the resolved spec, model building,
+  the preprocessing layer, Keras weight files, VGG16's offline weights;
+* ``features/``: the HDF5 feature store (its whole format), the extraction
+  pipeline, augmented views;
+* ``training/``: heads, fitting, metrics, baselines, the run, artifacts, reports;
+* ``inspect/``: predictions, Grad-CAM, tiles, ImageNet classification, layer tables;
+* commands (``extract``, ``train``, ``predict``, ``classify``, ``summary``,
+  ``weights``): parse arguments, make one library call, print; each is a
+  ``main(argv=None)`` run by ``python -m vggtl.<command>`` or the ``vggtl``
+  console script, and ``extract.run``, ``train.run`` and
+  ``predict.predict_paths`` are the Python API.
 
 Importing the package is cheap on purpose: TensorFlow is imported only by the
 stages that run a network, so a warm ``extract`` on unchanged data never pays

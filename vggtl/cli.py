@@ -1,8 +1,13 @@
-"""The ``vggtl`` console script: ``vggtl <command> ...`` runs ``python -m vggtl.<command> ...``."""
+"""The vggtl console script: vggtl <command> ... runs python -m vggtl.<command> ...
+
+Also the argparse helpers every command shares.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import re
 import sys
 
 COMMANDS = {
@@ -13,6 +18,19 @@ COMMANDS = {
     "classify": "ImageNet labels for photos with the full pretrained VGG16/VGG19",
     "summary": "layer table (and diagram) of an artifact's or a config's model",
 }
+
+
+def description(doc: str) -> str:
+    """A command module's docstring as plain text for ``--help``: reST markup
+    (double backticks, :mod:/:func: roles) removed, paragraphs kept."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc.strip())
+    return text.replace("``", "")
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """An ArgumentParser for a command: ``--help`` shows its docstring as plain
+    paragraphs (see :func:`description`)."""
+    return argparse.ArgumentParser(prog=prog, description=description(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def usage() -> str:

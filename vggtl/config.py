@@ -28,16 +28,13 @@ from typing import Any
 import yaml
 
 from vggtl.backbones import registry
+from vggtl.backbones.spec import Spec
+from vggtl.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeSettings
 from vggtl.errors import ConfigError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# Pillow refuses images above 2x its MAX_IMAGE_PIXELS as decompression bombs
-# before we see them; we keep the same ceiling (so data.max_pixels can only
-# lower it) but make it a config key with a clear message.
-DEFAULT_MAX_PIXELS = 178_956_970
-# Bump when vggtl.features.augment's transforms change: stored views are then recomputed.
-AUGMENT_VERSION = 2
 NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
+
+
 def _key(default=dataclasses.MISSING, *, choices=None, low=None, high=None, doc="", **kw):
     """A config field with validation metadata; mutable defaults via ``default_factory``."""
     meta = {"choices": choices, "low": low, "high": high, "doc": doc}
@@ -139,13 +136,6 @@ class AugmentConfig:
     height_shift: float = _key(0.1, low=0.0, high=0.9, doc="max vertical shift as a fraction of the height")
     brightness: float = _key(0.1, low=0.0, high=0.9, doc="max brightness change as a fraction")
 
-    def digest(self) -> str:
-        """Identifies the view settings: stored views are keyed by it. Includes
-        AUGMENT_VERSION so a change to the transforms' code invalidates views."""
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k != "views"}
-        settings["algorithm"] = AUGMENT_VERSION
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
 
 @dataclass
 class BaselineConfig:
@@ -174,28 +164,24 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    # Not a config key: the backbone resolved from the keys above, set once by
+    # from_dict; every stage reads names, sizes and layer roles from it.
+    spec: Spec | None = field(default=None, init=False, repr=False, compare=False, metadata={"derived": True})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config keys as plain data (what config.yaml and digests hold)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if not f.metadata.get("derived")}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def stored_layers(self) -> list[str]:
-        """Layers the feature store must hold: the head's input, plus the frozen
-        boundary below the fine-tuned blocks (VGG: block4_pool for blocks: 1, ...)."""
-        layers = [self.backbone.layer]
-        if self.finetune.blocks:
-            layers.append(registry.get(self.backbone.name).finetune_boundaries[self.finetune.blocks - 1])
-        return layers
 
     def digest(self) -> str:
         """sha256 of the resolved config (stable key order)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
-    @property
-    def background_rgb(self) -> tuple[int, int, int]:
-        return parse_background(self.data.background)
+
+def _plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 # --------------------------------------------------------------------------- parsing
@@ -266,7 +252,7 @@ def _build(cls, mapping, prefix: str, source: str):
     if not isinstance(mapping, dict):
         raise ConfigError(f"{where_section}: expected a mapping of keys, got {mapping!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in mapping:
         if key not in fields:
             raise ConfigError(_unknown_key_message(str(key), list(fields), f"{source}: key '{prefix}{key}'"))
@@ -341,13 +327,29 @@ def _validate_semantics(cfg: Config, source: str) -> None:
 
 def _resolve_backbone(cfg: Config, source: str) -> None:
     """Fill in the backbone's own image size and layer where the config left
-    them null, and check them (and finetune.blocks) against that backbone."""
+    them null, check them (and finetune.blocks) against that backbone, and
+    set ``cfg.spec``."""
     arch = registry.get(cfg.backbone.name)
-    name = cfg.backbone.name
     if cfg.data.image_size is None:
         cfg.data.image_size = arch.default_size
     if cfg.backbone.layer is None:
         cfg.backbone.layer = arch.default_layer
+    _check_layers(cfg, arch, source)
+    boundary = arch.finetune_boundaries[cfg.finetune.blocks - 1] if cfg.finetune.blocks else None
+    decode = DecodeSettings(cfg.data.image_size, cfg.data.resize, parse_background(cfg.data.background), cfg.data.max_pixels)
+    spec = Spec(arch, cfg.backbone.layer, boundary, decode)
+    smallest = max(arch.min_size, *(arch.smallest_input(layer) for layer in spec.stored_layers))
+    if cfg.data.image_size < smallest:
+        raise ConfigError(
+            f"{source}: key 'data.image_size': got {cfg.data.image_size}; {arch.name} up to {cfg.backbone.layer} "
+            f"needs at least {smallest} (its own size is {arch.default_size})"
+        )
+    cfg.spec = spec
+
+
+def _check_layers(cfg: Config, arch: registry.Architecture, source: str) -> None:
+    """``backbone.layer`` and ``finetune.blocks`` must exist for ``arch`` and fit each other."""
+    name = arch.name
     if cfg.backbone.layer not in arch.layers:
         raise ConfigError(
             f"{source}: key 'backbone.layer': got {cfg.backbone.layer!r}; allowed for {name}: {', '.join(arch.layers)}"
@@ -361,17 +363,6 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
             f"{source}: key 'finetune.blocks': fine-tuning needs the head on {arch.default_layer}, "
             f"but 'backbone.layer' is {cfg.backbone.layer!r}; set backbone.layer: {arch.default_layer} or finetune.blocks: 0"
         )
-    smallest = max(arch.min_size, *(_smallest_input(arch, layer) for layer in cfg.stored_layers()))
-    if cfg.data.image_size < smallest:
-        raise ConfigError(
-            f"{source}: key 'data.image_size': got {cfg.data.image_size}; {name} up to {cfg.backbone.layer} "
-            f"needs at least {smallest} (its own size is {arch.default_size})"
-        )
-
-
-def _smallest_input(arch: registry.Architecture, layer: str) -> int:
-    """Smallest square input side for which ``layer`` has a non-empty output."""
-    return next(size for size in range(1, 4096) if arch.layers[layer].side(size) >= 1)
 
 
 def check_paths(cfg: Config, source: str = "config") -> None:
@@ -450,18 +441,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(mapping: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``mapping`` with each ``KEY=VALUE`` override applied."""
+def _override_items(overrides) -> list[tuple[str, list[str], Any]]:
+    """``(how to name it, dotted parts, value)`` for ``KEY=VALUE`` strings or a
+    ``{dotted key: value}`` mapping."""
+    if isinstance(overrides, dict):
+        items = []
+        for key, value in overrides.items():
+            if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+                raise ConfigError(f"override {key!r}: the key must be dotted names like 'head.dropout'")
+            items.append((f"override {key!r}", key.split("."), value))
+        return items
+    return [(f"--set {text!r}", *parse_override(text)) for text in overrides or []]
+
+
+def apply_overrides(mapping: dict, overrides) -> dict:
+    """Return a copy of ``mapping`` with the overrides applied.
+
+    Args:
+        mapping: the config as read from YAML.
+        overrides: ``KEY=VALUE`` strings (``--set``; values parsed as YAML)
+            or a ``{dotted key: value}`` mapping (values used as they are).
+    """
     result = json.loads(json.dumps(mapping, default=str)) if mapping else {}
-    for text in overrides or []:
-        parts, value = parse_override(text)
+    for where, parts, value in _override_items(overrides):
         node = result
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
+                raise ConfigError(f"{where}: '{part}' is a value, not a section")
             node = child
         node[parts[-1]] = value
     return result
@@ -484,13 +493,15 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load(path: str | os.PathLike, overrides: list[str] | None = None, check_exists: bool = True) -> Config:
+def load(path: str | os.PathLike, overrides: list[str] | dict | None = None, check_exists: bool = True) -> Config:
     """Read, override and validate a config file.
 
     Args:
         path: YAML config file.
-        overrides: ``KEY=VALUE`` strings with dotted keys (``train.epochs=5``);
-            values are parsed as YAML and then typed by the schema.
+        overrides: ``KEY=VALUE`` strings with dotted keys (``train.epochs=5``,
+            values parsed as YAML), or a mapping such as
+            ``{"train.epochs": 5, "head.units": [128]}``; either way the
+            values are then typed and checked by the schema.
         check_exists: also refuse a missing ``data.root`` or weights file.
 
     Returns:
@@ -507,10 +518,6 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None, check_exis
     return cfg
 
 
-def save(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
-
-
 def describe_keys() -> list[tuple[str, str, str]]:
     """(dotted key, default, doc) for every key; used by the README and ``--help``."""
     rows = []
@@ -518,6 +525,8 @@ def describe_keys() -> list[tuple[str, str, str]]:
     def walk(cls, prefix):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if not f.init:  # derived, not a key (Config.spec)
+                continue
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.")
@@ -577,7 +586,12 @@ def from_args(args, log=print) -> Config:
 
 
 def remember_last_extract(cfg: Config, config_path: str, overrides: list[str]) -> None:
-    LAST_EXTRACT.parent.mkdir(exist_ok=True)
+    """Record ``cfg`` so ``train`` without CONFIG can reuse it (best effort:
+    a working directory vggtl cannot write only loses that convenience)."""
     tmp = LAST_EXTRACT.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"config_path": str(config_path), "overrides": overrides, "resolved": cfg.to_dict()}, indent=1))
-    os.replace(tmp, LAST_EXTRACT)
+    try:
+        LAST_EXTRACT.parent.mkdir(exist_ok=True)
+        tmp.write_text(json.dumps({"config_path": str(config_path), "overrides": overrides, "resolved": cfg.to_dict()}, indent=1))
+        os.replace(tmp, LAST_EXTRACT)
+    except OSError:
+        tmp.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ and skip.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import threading
@@ -29,13 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl.errors import DataError
+from vggtl.errors import DataError, path_error
+from vggtl.files import sha256_file
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Pillow refuses images above 2x its MAX_IMAGE_PIXELS as decompression bombs
+# before we see them; we keep the same ceiling (so data.max_pixels can only
+# lower it) but make it a config key with a clear message.
+DEFAULT_MAX_PIXELS = 178_956_970
+WHITE = (255, 255, 255)
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 SMALL_CLASS_WARNING = 20
-_HASH_BLOCK = 1 << 20
 _EXIF_ORIENTATION = 0x0112
 # Images above this many pixels (~64 MB as RGBA) are decoded one at a time.
 LARGE_IMAGE_PIXELS = 16_000_000
@@ -63,6 +70,32 @@ class ImageFile:
     label: int
     split: str
     sha256: str
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How an image file becomes model input; what extraction, training checks,
+    reports, predictions, tiles and Grad-CAM must all agree on.
+
+    Attributes:
+        image_size: output side in pixels (square).
+        resize: ``'stretch'`` or ``'center_crop'`` (``data.resize``).
+        background: RGB triple alpha is composited over (``data.background``).
+        max_pixels: decompression-bomb guard (``data.max_pixels``); None: off.
+    """
+
+    image_size: int
+    resize: str = "stretch"
+    background: tuple[int, int, int] = WHITE
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def decode(self, path) -> np.ndarray:
+        """:func:`decode_image` with these settings."""
+        return decode_image(path, self.image_size, self.resize, self.background, self.max_pixels)
+
+    def at_size(self, image_size: int) -> "DecodeSettings":
+        """The same settings at another side (thumbnails, the from-scratch CNN)."""
+        return dataclasses.replace(self, image_size=image_size)
 
 
 @dataclass
@@ -116,11 +149,12 @@ def list_images(folder: Path, extensions) -> list[Path]:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+    """Content hash of one image file; an unreadable file stops the scan with its path
+    (its split and cache key depend on its bytes, so it cannot be skipped silently)."""
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise path_error(exc, path, "read the image file") from None
 
 
 def hash_split(sha256: str, seed: int, val: float, test: float) -> str:
@@ -395,8 +429,6 @@ def decode_image(path, image_size: int, resize: str = "stretch", background=(255
 
 def too_many_pixels_reason(w: int, h: int, max_pixels: int) -> str:
     """Skip reason for a ``w`` x ``h`` image above ``max_pixels``, with the right advice."""
-    from vggtl.config import DEFAULT_MAX_PIXELS
-
     advice = (
         "raise data.max_pixels if the image is genuine"
         if max_pixels < DEFAULT_MAX_PIXELS

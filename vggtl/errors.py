@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -35,11 +36,62 @@ class ArtifactError(VggtlError):
     """A model artifact is missing, incomplete or fails its checksums."""
 
 
+class PathError(VggtlError):
+    """A file or directory cannot be read or written (disk full, permissions, a
+    path running through a regular file...)."""
+
+
 EXIT_USER_ERROR = 2
+
+# What to do about the usual errnos; anything else gets the system's wording alone.
+_ADVICE = {
+    errno.ENOSPC: "free some disk space or choose a directory on another disk",
+    errno.EDQUOT: "free some space within your quota or choose another directory",
+    errno.EFBIG: "the file-size limit was reached (ulimit -f); raise it or free space",
+    errno.EACCES: "check the permissions, or choose a directory you can write",
+    errno.EPERM: "check the permissions, or choose a directory you can write",
+    errno.EROFS: "the file system is read-only; choose a writable directory",
+    errno.ENOTDIR: "a part of this path is a regular file, not a directory; choose another path",
+    errno.EISDIR: "this path is a directory, not a file",
+}
+
+
+def describe_os_error(exc: OSError, path=None, action: str = "access") -> str:
+    """One paragraph: ``cannot <action> <path>: <reason>; <advice>``.
+
+    Args:
+        exc: the error.
+        path: the path to name; defaults to ``exc.filename``.
+        action: verb phrase, e.g. ``'write the feature store'``.
+    """
+    named = path if path is not None else exc.filename
+    reason = exc.strerror or " ".join(str(exc).split())[:300] or type(exc).__name__
+    code = exc.errno if exc.errno is not None else _errno_in_text(str(exc))
+    advice = _ADVICE.get(code)
+    where = f" {named}" if named is not None else ""
+    return f"cannot {action}{where}: {reason}" + (f"; {advice}" if advice else "")
+
+
+def _errno_in_text(text: str) -> int | None:
+    """h5py reports write failures as text ("errno = 28, ..."), without errno set."""
+    for code in _ADVICE:
+        if f"errno = {code}," in text or f"[Errno {code}]" in text:
+            return code
+    return None
+
+
+def path_error(exc: OSError, path=None, action: str = "access") -> PathError:
+    """The :class:`PathError` to raise ``from None`` in place of ``exc``."""
+    return PathError(describe_os_error(exc, path, action))
 
 
 def cli_entry(main):
-    """Wrap a ``main(argv)`` so user errors exit 2 with a one-paragraph message."""
+    """Wrap a ``main(argv)`` so user errors exit 2 with a one-paragraph message.
+
+    An ``OSError`` that reaches this point (a file vggtl had to read or write
+    and could not) is reported the same way, naming the path: disk full or a
+    read-only directory is the user's environment, not a bug in vggtl.
+    """
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -55,5 +107,8 @@ def cli_entry(main):
             # `vggtl predict ... | head`: the reader left; stop quietly, as Unix tools do.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+        except OSError as exc:
+            print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
 
     return wrapper

@@ -1,8 +1,10 @@
 """The convolutional bases vggtl can use, as data: sizes, layers, preprocessing, weight files.
 
-Import-light on purpose (no TensorFlow, no h5py): ``config`` validates
-``backbone.*`` against this table and ``extract`` works out the stored feature
-shapes from it before deciding whether TensorFlow is needed at all.
+A new backbone is one :class:`Architecture` entry in :data:`ARCHITECTURES`;
+nothing else in vggtl names a backbone. Import-light on purpose (no
+TensorFlow, no h5py): ``config`` validates ``backbone.*`` against this table
+and ``extract`` works out the stored feature shapes from it before deciding
+whether TensorFlow is needed at all.
 
 Feature-map sides are computed from the input side with the exact
 downsampling arithmetic of each Keras application (a test checks every
@@ -66,6 +68,10 @@ class Architecture:
         gradcam_layer: the layer Grad-CAM explains by default.
         notop_file, notop_md5: Keras' ``include_top=False`` weights file and
             the md5 Keras pins for it (None where Keras pins none).
+        offline_weights: module of :mod:`vggtl.backbones` that provisions
+            and fingerprints this network's ImageNet weights without Keras'
+            download host (``'vgg16_offline'``), or None: Keras' cache and
+            download only, digest = sha256 of the file.
     """
 
     name: str
@@ -80,6 +86,7 @@ class Architecture:
     gradcam_layer: str
     notop_file: str
     notop_md5: str | None
+    offline_weights: str | None = None
 
     @property
     def notop_url(self) -> str:
@@ -90,6 +97,10 @@ class Architecture:
         """Recorded in store settings: a change of preprocessing invalidates caches."""
         what = {"caffe": "RGB->BGR, minus ImageNet means", "tf": "scaled to [-1, 1]"}[self.preprocessing]
         return f"keras.applications.{self.module}.preprocess_input ({self.preprocessing}: {what})"
+
+    def smallest_input(self, layer: str) -> int:
+        """Smallest square input side for which ``layer`` has a non-empty output."""
+        return next(size for size in range(1, 4096) if self.layers[layer].side(size) >= 1)
 
     def feature_shape(self, layer: str, image_size: int) -> tuple[int, int, int]:
         """Output shape of ``layer`` for square ``image_size`` inputs, e.g. (7, 7, 512)."""
@@ -128,6 +139,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             gradcam_layer="block5_conv3",
             notop_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             notop_md5="6d6bbae143d832006294945121d1f1fc",
+            offline_weights="vgg16_offline",
         ),
         Architecture(
             name="vgg19",

@@ -12,17 +12,26 @@ smear edge structures into the frame).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 
 import numpy as np
 
 from vggtl.config import AugmentConfig
 
+# Bump when the transforms below change: stored views are then recomputed.
+AUGMENT_VERSION = 2
 
-def view_key(sha256: str, augment_digest: str, view: int) -> str:
-    """Store key of one augmented view (clean features are keyed by the plain hash)."""
-    return f"{sha256}:{augment_digest}:{view}"
+
+def settings_digest(cfg: AugmentConfig) -> str:
+    """Identifies the view settings (every ``augment.*`` key but ``views``, and
+    :data:`AUGMENT_VERSION`): stored views are keyed by it, so changing a
+    transform's range or code recomputes the views and nothing else."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "views"}
+    settings["algorithm"] = AUGMENT_VERSION
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def view_rng(seed: int, sha256: str, view: int) -> np.random.Generator:

@@ -29,8 +29,6 @@ lock file keeps two extractions off the same store.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -40,12 +38,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import h5py
 import numpy as np
 
 import vggtl
+from vggtl.backbones.spec import Spec
 from vggtl.data import SPLIT_CODES, SPLITS, Dataset
-from vggtl.errors import StoreError
+from vggtl.errors import StoreError, path_error
 
 SCHEMA_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
@@ -53,7 +53,65 @@ _COPY_ROWS = 256
 READ_BLOCK = 256
 
 
-# --------------------------------------------------------------------------- naming
+# --------------------------------------------------------------------------- what a store holds
+
+
+@dataclass(frozen=True)
+class StoreFormat:
+    """What one store holds and how; built once per run by :func:`store_format`.
+
+    Attributes:
+        settings: everything that changes stored feature values (backbone,
+            layers, weights digest, size, resize, background, preprocessing,
+            dtype, schema); its digest names the file.
+        skip_settings: what decides that a file is skipped (the pixel limit);
+            changing it retries skipped files.
+        shapes: ``{layer: activation shape}``, the head's input layer first.
+        dtype: stored precision (``cache.dtype``).
+        compression: HDF5 chunk compression (``cache.compression``).
+        augment: ``{"views": n, "digest": settings digest}`` of the stored
+            augmented views.
+    """
+
+    settings: dict
+    skip_settings: dict
+    shapes: dict[str, tuple]
+    dtype: str
+    compression: str | None
+    augment: dict
+
+    @property
+    def key(self) -> str:
+        return settings_key(self.settings)
+
+
+def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: dict) -> StoreFormat:
+    """The :class:`StoreFormat` of a run.
+
+    Args:
+        spec: the resolved backbone (``cfg.spec``).
+        weights_digest: digest of the weights actually loaded.
+        cache: the ``cache`` config section (dtype, compression).
+        max_pixels: ``data.max_pixels``.
+        augment: :func:`augment_attr` of the run's ``augment.*``.
+    """
+    settings = {
+        "backbone": spec.name,
+        "layers": list(spec.stored_layers),
+        "weights_digest": weights_digest,
+        "image_size": spec.image_size,
+        "resize": spec.decode.resize,
+        "background": list(spec.decode.background),
+        "preprocessing": spec.arch.preprocessing_description,
+        "dtype": cache.dtype,
+        "schema_version": SCHEMA_VERSION,
+    }
+    return StoreFormat(settings, {"max_pixels": max_pixels}, spec.feature_shapes, cache.dtype, cache.compression, augment)
+
+
+def augment_attr(views: int, digest: str) -> dict:
+    """The store's record of its augmented views (``augment`` attribute)."""
+    return {"views": views, "digest": digest}
 
 
 def settings_key(settings: dict) -> str:
@@ -69,6 +127,24 @@ def parts_dir(path: Path) -> Path:
     return path.with_name(path.name + ".parts")
 
 
+# --------------------------------------------------------------------------- entry keys
+
+
+def view_key(sha256: str, augment_digest: str, view: int) -> str:
+    """Key of one augmented view; clean features are keyed by the content hash alone."""
+    return f"{sha256}:{augment_digest}:{view}"
+
+
+def content_hash(key: str) -> str:
+    """The image a key belongs to (a clean key is its own content hash)."""
+    return key.split(":", 1)[0]
+
+
+def view_index(key: str) -> int:
+    """The view number of a view key (1, 2, ...)."""
+    return int(key.rsplit(":", 1)[1])
+
+
 # --------------------------------------------------------------------------- locking
 
 
@@ -76,28 +152,35 @@ def parts_dir(path: Path) -> Path:
 def locked(path: Path):
     """Exclusive lock for writers of ``path``; refuses at once if another holds it.
 
-    ``flock`` locks vanish with their process, so a killed extraction never
-    leaves a stale lock behind.
+    The lock (``filelock``: ``flock`` on POSIX, ``msvcrt`` on Windows)
+    vanishes with its process, so a killed extraction never leaves a stale
+    lock behind. The holder's pid is kept in a side file for the message.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    owner = path.with_name(path.name + ".lock.pid")
+    lock = filelock.FileLock(lock_path, timeout=0)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreError(
-                f"feature store {path} is being written by another extract (pid {holder}); "
-                "wait for it to finish, then run again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        lock.acquire()
+    except filelock.Timeout:
+        raise StoreError(
+            f"feature store {path} is being written by another extract (pid {_read_owner(owner)}); "
+            "wait for it to finish, then run again"
+        ) from None
+    except OSError as exc:
+        raise path_error(exc, lock_path, "lock the feature store") from None
+    try:
+        with contextlib.suppress(OSError):  # only the message needs it
+            owner.write_text(str(os.getpid()))
         yield
     finally:
-        os.close(fd)
+        lock.release()
+
+
+def _read_owner(owner: Path) -> str:
+    try:
+        return owner.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -111,28 +194,95 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_h5(path: Path):
-    """Open a temporary HDF5 file next to ``path``; call ``commit()`` to publish it."""
+class _LatchingFile:
+    """The file object HDF5 writes a store or part through (h5py's ``fileobj``
+    driver), which never lets a write error reach HDF5.
+
+    HDF5 cannot recover from a failed write (disk full, file-size limit): its
+    objects stay half-flushed and the process crashes when they are freed. So
+    the first OSError is latched here, HDF5 is told every write succeeded
+    (later writes are dropped, reads past what reached the disk give zeros),
+    and :func:`_published_h5` raises the latched error after HDF5 has closed
+    cleanly -- and deletes the file, which was never renamed into place.
+    """
+
+    def __init__(self, path: Path):
+        # Unbuffered: HDF5 aggregates its own writes, and a buffered file would
+        # raise a deferred write error from seek() or tell().
+        self._file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by _published_h5
+        self.error: OSError | None = None
+
+    def _guard(self, op, *args, default=None):
+        if self.error is None:
+            try:
+                return op(*args)
+            except OSError as exc:
+                self.error = exc
+        return default
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self._file.seek(offset, whence)
+
+    def tell(self):
+        return self._file.tell()
+
+    def write(self, data):
+        self._guard(self._file.write, data)
+        return len(data)
+
+    def read(self, size=-1):
+        return self._guard(self._file.read, size, default=b"") or b""
+
+    def readinto(self, buffer):
+        got = self._guard(self._file.readinto, buffer, default=0) or 0
+        memoryview(buffer)[got:] = bytes(len(buffer) - got)
+        return len(buffer)
+
+    def truncate(self, size=None):
+        self._guard(self._file.truncate, size)
+        return size
+
+    def flush(self):
+        self._guard(self._file.flush)
+
+    def close(self):
+        """Fsync and close the real file (once); the latched error, if any, stays."""
+        if not self._file.closed:
+            self._guard(os.fsync, self._file.fileno())
+            self._file.close()
+
+
+@contextmanager
+def _published_h5(path: Path, what: str):
+    """Yield an HDF5 file open under a temporary name next to ``path``. When the
+    block ends normally the file is closed, fsynced and renamed onto ``path``
+    (atomic: readers see the old file or the whole new one); on any error it
+    is deleted, and an OSError (disk full, read-only directory...) becomes a
+    PathError naming ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    fh = h5py.File(tmp, "w")
-
-    def commit():
-        fh.close()
-        _fsync_path(tmp)
+    raw = None
+    try:
+        raw = _LatchingFile(tmp)
+        with h5py.File(raw, "w") as fh:
+            yield fh
+        raw.close()
+        if raw.error is not None:
+            raise raw.error
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_path(path.parent)
+    except OSError as exc:
+        _discard(raw, tmp)
+        raise path_error(exc, path, f"write the {what}") from None
+    except BaseException:
+        _discard(raw, tmp)
+        raise
 
-    def abort():
-        try:
-            fh.close()
-        finally:
-            tmp.unlink(missing_ok=True)
 
-    return fh, commit, abort
+def _discard(raw: _LatchingFile | None, tmp: Path) -> None:
+    if raw is not None:
+        with contextlib.suppress(OSError):
+            raw.close()
+    tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -182,16 +332,16 @@ def _quarantine(path: Path, store: Path, why: str, state: CachedState) -> None:
     state.notes.append(f"{path.name} was unusable ({why}); moved aside to {bad} and recomputing")
 
 
-def load_state(path: Path, settings: dict, skip_settings: dict) -> CachedState:
+def load_state(path: Path, fmt: StoreFormat) -> CachedState:
     """Collect cached features/skips from the store and complete part files.
 
-    Files whose settings differ from ``settings`` are never used: a part or
+    Files whose settings differ from ``fmt.settings`` are never used: a part or
     store built with other weights/layer/size is moved aside, not mixed in.
-    Skip reasons are reused only when ``skip_settings`` (e.g. the pixel limit)
+    Skip reasons are reused only when ``fmt.skip_settings`` (the pixel limit)
     match, so raising ``data.max_pixels`` retries the files it skipped.
     """
     state = CachedState()
-    key = settings_key(settings)
+    key, skip_settings = fmt.key, fmt.skip_settings
     candidates = ([path] if path.exists() else []) + sorted(parts_dir(path).glob("part-*.h5"))
     for file_path in candidates:
         # Read each file into its own state and merge only once it was read
@@ -238,22 +388,16 @@ class PartWriter:
     256 images would be 50 s).
     """
 
-    def __init__(
-        self,
-        path: Path,
-        settings: dict,
-        skip_settings: dict,
-        shapes: dict[str, tuple],
-        dtype: str,
-        rows_per_part: int = 256,
-        seconds_per_part: float = 5.0,
-    ):
+    def __init__(self, path: Path, fmt: StoreFormat, rows_per_part: int = 256, seconds_per_part: float = 5.0):
         self.dir = parts_dir(path)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.settings_key = settings_key(settings)
-        self.skip_settings = json.dumps(skip_settings, sort_keys=True)
-        self.shapes = {layer: tuple(shape) for layer, shape in shapes.items()}
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise path_error(exc, self.dir, "create the feature store's parts directory") from None
+        self.settings_key = fmt.key
+        self.skip_settings = json.dumps(fmt.skip_settings, sort_keys=True)
+        self.shapes = {layer: tuple(shape) for layer, shape in fmt.shapes.items()}
+        self.dtype = np.dtype(fmt.dtype)
         self.rows_per_part = rows_per_part
         self.seconds_per_part = seconds_per_part
         self._last_flush = time.monotonic()
@@ -282,8 +426,7 @@ class PartWriter:
         if not self._keys and not self._skipped:
             return
         target = self.dir / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:6]}.h5"
-        fh, commit, abort = _atomic_h5(target)
-        try:
+        with _published_h5(target, "feature store part") as fh:
             fh.attrs["settings_key"] = self.settings_key
             fh.attrs["skip_settings"] = self.skip_settings
             fh.create_dataset("entries/key", data=self._keys, dtype=_STR, shape=(len(self._keys),))
@@ -292,10 +435,6 @@ class PartWriter:
                 feats = np.concatenate(chunks) if chunks else np.zeros((0, *shape), self.dtype)
                 fh.create_dataset(f"features/{layer}", data=feats)
             _write_skipped(fh, self._skipped)
-            commit()
-        except BaseException:
-            abort()
-            raise
         for row, key in enumerate(self._keys):
             self.written[key] = (target, row)
         self._keys, self._skipped = [], []
@@ -311,62 +450,78 @@ def _write_skipped(fh, skipped: list[tuple[str, str, str]]) -> None:
 
 def write_store(
     path: Path,
+    fmt: StoreFormat,
     dataset: Dataset,
     sources: dict[str, tuple[Path, int]],
     skipped: dict[str, str],
-    attrs: dict,
-    shapes: dict[str, tuple],
-    dtype: str,
-    compression: str | None,
+    provenance: dict,
     view_keys=(),
 ) -> dict:
     """Write the complete store for ``dataset`` atomically; return its summary.
 
     Args:
+        path: the store file.
+        fmt: what it holds (settings, layers and shapes, dtype, views).
+        dataset: the scanned data; its files make the index.
+        sources: ``{key: (file, row)}`` of every computed entry (old store
+            and part files).
+        skipped: ``{content hash: reason}`` of undecodable files.
+        provenance: ``config`` (YAML) and ``weights_source`` attributes.
         view_keys: keys of the augmented views to keep (those of skipped
             images are left out); every other view in ``sources`` drops out.
 
-    Features are copied from ``sources`` (old store and part files) in
-    bounded chunks, so memory does not grow with the dataset.
+    Features are copied from ``sources`` in bounded chunks, so memory does
+    not grow with the dataset.
     """
     good = [f for f in dataset.files if f.sha256 in sources]
     bad = [f for f in dataset.files if f.sha256 not in sources]
     missing = [f.relpath for f in bad if f.sha256 not in skipped]
-    missing += [k for k in view_keys if k.split(":", 1)[0] in sources and k not in sources]
+    missing += [k for k in view_keys if content_hash(k) in sources and k not in sources]
     if missing:
         raise StoreError(f"internal: no features nor skip reason for {missing[:3]}")
-    unique = list(dict.fromkeys(f.sha256 for f in good))
-    unique += [k for k in view_keys if k in sources]
-    row_of = {key: i for i, key in enumerate(unique)}
-    fh, commit, abort = _atomic_h5(path)
-    try:
-        for k, v in attrs.items():
-            fh.attrs[k] = v
-        fh.attrs["schema_version"] = SCHEMA_VERSION
-        fh.attrs["vggtl_version"] = vggtl.__version__
-        fh.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        fh.attrs["layers"] = json.dumps(list(shapes))
-        fh.attrs["feature_shapes"] = json.dumps({layer: list(shape) for layer, shape in shapes.items()})
+    unique = list(dict.fromkeys(f.sha256 for f in good)) + [k for k in view_keys if k in sources]
+    with _published_h5(path, "feature store") as fh:
+        _write_attrs(fh, fmt, dataset, provenance)
         fh.create_dataset("entries/key", data=unique, dtype=_STR, shape=(len(unique),))
-        for layer, shape in shapes.items():
+        for layer, shape in fmt.shapes.items():
             out = fh.create_dataset(
                 f"features/{layer}",
                 shape=(len(unique), *shape),
-                dtype=dtype,
+                dtype=fmt.dtype,
                 chunks=(1, *shape) if unique else None,
-                compression=compression,
+                compression=fmt.compression,
             )
             _copy_features(out, layer, unique, sources)
-        fh.create_dataset("index/path", data=[f.relpath for f in good], dtype=_STR)
-        fh.create_dataset("index/label", data=np.array([f.label for f in good], dtype="i4"))
-        fh.create_dataset("index/split", data=np.array([SPLIT_CODES[f.split] for f in good], dtype="i1"))
-        fh.create_dataset("index/entry", data=np.array([row_of[f.sha256] for f in good], dtype="i8"))
+        _write_index(fh, good, {key: i for i, key in enumerate(unique)})
         _write_skipped(fh, [(f.sha256, f.relpath, skipped[f.sha256]) for f in bad])
-        commit()
-    except BaseException:
-        abort()
-        raise
     return {"images": len(good), "entries": len(unique), "skipped": len(bad)}
+
+
+def _write_attrs(fh, fmt: StoreFormat, dataset: Dataset, provenance: dict) -> None:
+    attrs = {
+        "settings": json.dumps(fmt.settings, sort_keys=True),
+        "settings_key": fmt.key,
+        "skip_settings": json.dumps(fmt.skip_settings, sort_keys=True),
+        "class_names": json.dumps(dataset.class_names),
+        "data_digest": dataset.digest(),
+        "config": provenance["config"],
+        "augment": json.dumps(fmt.augment),
+        "weights_source": provenance["weights_source"],
+        "schema_version": SCHEMA_VERSION,
+        "vggtl_version": vggtl.__version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "layers": json.dumps(list(fmt.shapes)),
+        "feature_shapes": json.dumps({layer: list(shape) for layer, shape in fmt.shapes.items()}),
+    }
+    for key, value in attrs.items():
+        fh.attrs[key] = value
+
+
+def _write_index(fh, files, row_of: dict[str, int]) -> None:
+    fh.create_dataset("index/path", data=[f.relpath for f in files], dtype=_STR)
+    fh.create_dataset("index/label", data=np.array([f.label for f in files], dtype="i4"))
+    fh.create_dataset("index/split", data=np.array([SPLIT_CODES[f.split] for f in files], dtype="i1"))
+    fh.create_dataset("index/entry", data=np.array([row_of[f.sha256] for f in files], dtype="i8"))
 
 
 def _copy_features(out, layer: str, unique: list[str], sources: dict[str, tuple[Path, int]]) -> None:
@@ -478,6 +633,15 @@ class FeatureStore:
             return np.array([self._row_of_key[k] for k in keys], dtype=np.int64)
         except KeyError as exc:
             raise StoreError(f"feature store {self.path} has no entry {exc.args[0]!r}; re-run extract") from None
+
+    def holds_views(self, augment: dict) -> bool:
+        """True when the stored augmented views are those ``augment`` (:func:`augment_attr`) asks for."""
+        return self.augment == augment
+
+    def view_features(self, rows, view: int, layer: str | None = None, dtype="float32") -> np.ndarray:
+        """Features of augmented view ``view`` (1, 2, ...) of the given index rows."""
+        keys = [view_key(sha, self.augment["digest"], view) for sha in self.clean_keys(rows)]
+        return self.entry_features(self.entry_rows(keys), layer, dtype)
 
     def clean_keys(self, rows) -> list[str]:
         """Content hashes (clean entry keys) of the given index rows."""

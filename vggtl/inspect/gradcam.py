@@ -109,16 +109,12 @@ def conv_layer_names(model) -> list[str]:
     return [layer.name for layer in leaf_layers(model) if isinstance(layer, keras.layers.Conv2D)]
 
 
-def default_layer(model, backbone: str | None = None) -> str:
-    """The layer Grad-CAM explains by default: ``backbone``'s usual one (e.g.
-    ``block5_conv3`` for vgg16, ``conv5_block3_out`` for resnet50) when
-    ``model`` has it, else :func:`last_conv_layer`."""
-    from vggtl.backbones import registry
-
-    if backbone is not None:
-        name = registry.get(backbone).gradcam_layer
-        if name in {layer.name for layer in leaf_layers(model)}:
-            return name
+def default_layer(model, preferred: str | None = None) -> str:
+    """The layer Grad-CAM explains by default: ``preferred`` (a backbone's
+    ``gradcam_layer``, e.g. ``block5_conv3`` for vgg16, ``conv5_block3_out``
+    for resnet50) when ``model`` has it, else :func:`last_conv_layer`."""
+    if preferred is not None and preferred in {layer.name for layer in leaf_layers(model)}:
+        return preferred
     return last_conv_layer(model)
 
 

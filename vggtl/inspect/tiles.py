@@ -289,7 +289,7 @@ def to_json(result: TiledPrediction, entry, top_k: int) -> dict:
     }
 
 
-def print_tiled_predictions(paths, grid, overlap, predict_fn, decode_settings: dict, names, entry, top_k: int, as_json: bool) -> int:
+def print_tiled_predictions(paths, grid, overlap, predict_fn, decode: data.DecodeSettings, names, entry, top_k: int, as_json: bool) -> int:
     """The ``--tiles`` mode of ``predict`` and ``classify``: tile, predict and print each path.
 
     Args:
@@ -297,7 +297,7 @@ def print_tiled_predictions(paths, grid, overlap, predict_fn, decode_settings: d
         grid: ``(rows, cols)`` from :func:`parse_grid`.
         overlap: from :func:`check_overlap`.
         predict_fn: uint8 batch -> probabilities.
-        decode_settings: ``image_size``, ``resize``, ``background``, ``max_pixels``.
+        decode: how each tile becomes model input (size, resize, background, pixel limit).
         names: class names for the table.
         entry: ``(class index, probability) -> dict`` for JSON output.
         top_k: classes shown per tile and in the aggregate.
@@ -312,7 +312,9 @@ def print_tiled_predictions(paths, grid, overlap, predict_fn, decode_settings: d
     failures = 0
     for path in paths:
         try:
-            result = predict_tiles(path, *grid, overlap, predict_fn, **decode_settings)
+            result = predict_tiles(
+                path, *grid, overlap, predict_fn, decode.image_size, decode.resize, decode.background, decode.max_pixels
+            )
         except data.UndecodableImage as exc:
             failures += 1
             print(f"{path}: skipped: {exc}", file=sys.stderr)

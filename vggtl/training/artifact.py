@@ -19,7 +19,6 @@ is a symlink swapped atomically. Loading verifies every checksum first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -29,7 +28,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from vggtl.errors import ArtifactError
+from vggtl.data import SPLITS
+from vggtl.errors import ArtifactError, path_error
+from vggtl.files import make_dir, sha256_file
 
 FORMAT = "vggtl-artifact"
 FORMAT_VERSION = 1
@@ -60,14 +61,6 @@ def versions() -> dict:
     }
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_json(path: Path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
@@ -76,12 +69,73 @@ def write_json(path: Path, obj) -> None:
 
 
 def begin(output_dir, name: str) -> Path:
-    """A fresh hidden staging directory under ``<output_dir>/<name>/``."""
-    run_dir = Path(output_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """A fresh hidden staging directory under ``<output_dir>/<name>/``.
+
+    Raises:
+        PathError: ``output.dir`` cannot be created or written.
+    """
+    run_dir = make_dir(Path(output_dir) / name, "output.dir")
     staging = run_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as exc:
+        raise path_error(exc, staging, "create the artifact's staging directory") from None
     return staging
+
+
+def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, weights, metrics: dict, history: dict,
+                   end_to_end_gap: float, seconds: float) -> None:
+    """Write labels, config, metrics, history, manifest and info into ``staging``.
+
+    Args:
+        staging: from :func:`begin`; ``model.keras`` and the report are written
+            by their own code.
+        cfg: the run's config; dataset: the scanned data; fs: the open
+            feature store (its index is the manifest's file list).
+        store_settings: what the store's features depend on.
+        weights: the backbone weights loaded.
+        metrics, history: what ``metrics.json`` and ``history.json`` hold.
+        end_to_end_gap: max |p| difference of the saved model vs the
+            evaluated one on a few test images.
+        seconds: training wall time.
+    """
+    write_json(staging / "labels.json", fs.class_names)
+    (staging / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    write_json(staging / "metrics.json", metrics)
+    write_json(staging / "history.json", history)
+    write_json(staging / "manifest.json", _manifest(dataset, fs))
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "config_digest": cfg.digest(),
+        "data_digest": dataset.digest(),
+        "store": {"path": str(fs.path), "settings": store_settings},
+        "weights": {"source": weights.source, "digest": weights.digest, "random": weights.random},
+        "backbone": {"name": cfg.spec.name, "layer": cfg.spec.head_layer, "preprocessing": store_settings["preprocessing"]},
+        "image_size": cfg.spec.image_size,
+        "input": "RGB uint8 (or float 0-255), shape (H, W, 3) = image_size; preprocessing inside the model",
+        "end_to_end_check_max_abs_diff": end_to_end_gap,
+        "versions": versions(),
+        "train_seconds": round(seconds, 1),
+    }
+    write_json(staging / "info.json", info)
+
+
+def _manifest(dataset, fs) -> dict:
+    """Where the data came from and which file went to which split."""
+    return {
+        "data_root": str(dataset.root),
+        "layout": dataset.layout,
+        "data_digest": dataset.digest(),
+        "counts": dataset.counts(),
+        "skipped": [{"path": p, "reason": r} for p, r in fs.skipped],
+        "files": [
+            {"path": fs.paths[i], "label": fs.class_names[fs.labels[i]], "split": SPLITS[fs.splits[i]]}
+            for i in range(len(fs.paths))
+        ],
+    }
 
 
 def existing_versions(run_dir: Path) -> list[int]:

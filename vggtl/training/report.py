@@ -84,8 +84,9 @@ def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vggtl.data import UndecodableImage, decode_image
+    from vggtl.data import UndecodableImage
 
+    thumbnail = cfg.spec.decode.at_size(160)
     cols = min(4, len(items))
     rows = (len(items) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
@@ -93,7 +94,7 @@ def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
         ax.axis("off")
     for ax, (row, conf, pred) in zip(axes.flat, items):
         try:
-            ax.imshow(decode_image(root / fs.paths[row], 160, cfg.data.resize, cfg.background_rgb, cfg.data.max_pixels))
+            ax.imshow(thumbnail.decode(root / fs.paths[row]))
         except UndecodableImage:
             pass
         true = class_names[fs.labels[row]]
@@ -104,99 +105,117 @@ def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
 
 
 def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_probs, weights) -> Path:
-    """Write ``report.md`` and its figures into ``out_dir``; returns the report path."""
-    class_names = fs.class_names
-    test = metrics["test"]
+    """Write ``report.md`` and its figures into ``out_dir``; returns the report path.
+
+    Args:
+        out_dir: the artifact's staging directory.
+        cfg: the run's config; dataset: the scanned data; fs: the open store.
+        metrics, history: as written to ``metrics.json`` / ``history.json``.
+        test_rows, test_probs: the test split's index rows and the final
+            model's probabilities on them (for the worst misclassified).
+        weights: the backbone weights loaded (random weights get a warning).
+    """
+    lines = _header(cfg, fs, metrics, weights)
+    lines += _results(metrics)
+    lines += _dataset_section(dataset, fs)
+    lines += _per_class(metrics["test"])
+    plot_confusion(metrics["test"]["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
+    plot_curves(history, out_dir / "learning_curves.png")
+    lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
+    lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    lines += _worst_section(cfg, dataset, fs, test_rows, test_probs, out_dir)
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _header(cfg, fs, metrics, weights) -> list[str]:
     lines = [f"# vggtl report: {cfg.name}", ""]
-    if weights.kind == "random":
+    if weights.random:
         lines += [
             "**WARNING: the backbone has RANDOM weights (`backbone.weights: null`). "
             "These numbers say nothing about transfer learning.**",
             "",
         ]
-    lines += [
-        f"- backbone: {cfg.backbone.name} up to `{cfg.backbone.layer}`, weights: {weights.source}",
+    return lines + [
+        f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
-        f"- seed {cfg.seed}, image size {cfg.data.image_size}, resize `{cfg.data.resize}`, "
+        f"- seed {cfg.seed}, image size {cfg.spec.image_size}, resize `{cfg.spec.decode.resize}`, "
         f"phase 1 epochs {metrics['epochs_trained']} (best {metrics['best_epoch']})",
         f"- augmentation: {cfg.augment.views} stored view(s) per training image"
-        + (f" (settings digest `{cfg.augment.digest()}`)" if cfg.augment.views else ""),
-        "- fine-tuning: "
-        + (
-            f"top {cfg.finetune.blocks} block(s), {cfg.finetune.optimizer} lr {cfg.finetune.learning_rate}, "
-            f"{metrics['phase2']['epochs_trained']} epochs (best {metrics['phase2']['best_epoch']})"
-            + ("" if metrics["phase2"]["kept"] else " -- **did not improve the validation cross-entropy and accuracy; phase-1 weights kept**")
-            if "phase2" in metrics
-            else "off"
-        ),
+        + (f" (settings digest `{fs.augment.get('digest')}`)" if cfg.augment.views else ""),
+        "- fine-tuning: " + _finetune_line(cfg, metrics),
         "",
         "## Results",
         "",
     ]
-    probe = metrics["baseline"]["linear_probe"]
-    lines += _table(
-        ["", "val accuracy", "test accuracy", "test macro F1"],
-        [
-            *(
-                [["after phase 1 (head only)", _pct(metrics["phase1"]["val"]["accuracy"]), _pct(metrics["phase1"]["test"]["accuracy"]), ""]]
-                if "phase2" in metrics
-                else []
-            ),
-            [
-                "vggtl model" + (" (after fine-tuning)" if "phase2" in metrics else ""),
-                _pct(metrics["val"]["accuracy"]),
-                _pct(test["accuracy"]),
-                f"{test['macro_f1']:.3f}",
-            ],
-            ["linear probe (logistic regression, pooled features)", _pct(probe["val_accuracy"]), _pct(probe["test_accuracy"]), ""],
-            *(
-                [[
-                    f"from scratch (small CNN, {metrics['baseline']['scratch']['image_size']}px, augmentation, no transfer)",
-                    _pct(metrics["baseline"]["scratch"]["val_accuracy"]),
-                    _pct(metrics["baseline"]["scratch"]["test_accuracy"]),
-                    "",
-                ]]
-                if "scratch" in metrics["baseline"]
-                else []
-            ),
-        ],
+
+
+def _finetune_line(cfg, metrics) -> str:
+    if "phase2" not in metrics:
+        return "off"
+    phase2 = metrics["phase2"]
+    line = (
+        f"top {cfg.finetune.blocks} block(s), {cfg.finetune.optimizer} lr {cfg.finetune.learning_rate}, "
+        f"{phase2['epochs_trained']} epochs (best {phase2['best_epoch']})"
     )
-    lines += ["", "## Dataset", "", f"Root `{dataset.root}` ({dataset.layout} layout).", ""]
+    return line + ("" if phase2["kept"] else " -- **did not improve the validation cross-entropy and accuracy; phase-1 weights kept**")
+
+
+def _results(metrics) -> list[str]:
+    test, probe, rows = metrics["test"], metrics["baseline"]["linear_probe"], []
+    if "phase2" in metrics:
+        phase1 = metrics["phase1"]
+        rows.append(["after phase 1 (head only)", _pct(phase1["val"]["accuracy"]), _pct(phase1["test"]["accuracy"]), ""])
+    rows.append([
+        "vggtl model" + (" (after fine-tuning)" if "phase2" in metrics else ""),
+        _pct(metrics["val"]["accuracy"]),
+        _pct(test["accuracy"]),
+        f"{test['macro_f1']:.3f}",
+    ])
+    rows.append(["linear probe (logistic regression, pooled features)", _pct(probe["val_accuracy"]), _pct(probe["test_accuracy"]), ""])
+    if "scratch" in metrics["baseline"]:
+        scratch = metrics["baseline"]["scratch"]
+        rows.append([
+            f"from scratch (small CNN, {scratch['image_size']}px, augmentation, no transfer)",
+            _pct(scratch["val_accuracy"]),
+            _pct(scratch["test_accuracy"]),
+            "",
+        ])
+    return _table(["", "val accuracy", "test accuracy", "test macro F1"], rows)
+
+
+def _dataset_section(dataset, fs) -> list[str]:
+    lines = ["", "## Dataset", "", f"Root `{dataset.root}` ({dataset.layout} layout).", ""]
     counts = dataset.counts()
     lines += _table(
         ["class", *SPLITS, "total"],
-        [[c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)] for c in class_names],
+        [[c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)] for c in fs.class_names],
     )
     lines += [""]
     if fs.skipped:
         lines += [f"**{len(fs.skipped)} file(s) skipped** (counted above, not used):", ""]
         lines += [f"- `{p}`: {r}" for p, r in fs.skipped]
         lines += [""]
-    for note in dataset.warnings:
-        lines += [f"- note: {note}"]
-    lines += ["", "## Per-class test metrics", ""]
-    lines += _table(
+    return lines + [f"- note: {note}" for note in dataset.warnings]
+
+
+def _per_class(test) -> list[str]:
+    return ["", "## Per-class test metrics", ""] + _table(
         ["class", "precision", "recall", "F1", "support"],
-        [
-            [c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
-            for c, m in test["per_class"].items()
-        ],
+        [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for c, m in test["per_class"].items()],
     )
-    plot_confusion(test["confusion_matrix"], class_names, out_dir / "confusion_matrix.png")
-    plot_curves(history, out_dir / "learning_curves.png")
-    lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
-    lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+
+
+def _worst_section(cfg, dataset, fs, test_rows, test_probs, out_dir: Path) -> list[str]:
+    class_names = fs.class_names
     worst = worst_misclassified(test_rows, test_probs, fs.labels[test_rows])
-    lines += ["## Worst misclassified test images", ""]
-    if worst:
-        plot_worst(worst, fs, class_names, cfg, dataset.root, out_dir / "worst_misclassified.png")
-        lines += ["![worst misclassified](worst_misclassified.png)", ""]
-        lines += _table(
-            ["image", "true", "predicted", "confidence"],
-            [[f"`{fs.paths[r]}`", class_names[fs.labels[r]], class_names[p], f"{c:.3f}"] for r, c, p in worst],
-        )
-    else:
-        lines += ["None: every test image is classified correctly."]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    lines = ["## Worst misclassified test images", ""]
+    if not worst:
+        return lines + ["None: every test image is classified correctly."]
+    plot_worst(worst, fs, class_names, cfg, dataset.root, out_dir / "worst_misclassified.png")
+    lines += ["![worst misclassified](worst_misclassified.png)", ""]
+    return lines + _table(
+        ["image", "true", "predicted", "confidence"],
+        [[f"`{fs.paths[r]}`", class_names[fs.labels[r]], class_names[p], f"{c:.3f}"] for r, c, p in worst],
+    )

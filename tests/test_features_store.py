@@ -9,7 +9,6 @@ in test_extract.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -69,12 +68,16 @@ def view(content, view: int, digest=AUGMENT["digest"]) -> str:
     return f"{sha(content)}:{digest}:{view}"
 
 
+def fmt(settings=SETTINGS, skip=SKIP, dtype="float32", compression=None) -> store.StoreFormat:
+    return store.StoreFormat(settings, skip, SHAPES, dtype, compression, AUGMENT)
+
+
 def write_part(path: Path, contents, features, skipped=(), settings=SETTINGS, skip=SKIP, dtype="float32", keys=None):
     """Publish one complete part file for ``path``; return the writer.
 
     Rows are keyed by the content hashes of ``contents``, or by ``keys`` if given.
     """
-    writer = store.PartWriter(path, settings, skip, SHAPES, dtype, rows_per_part=10_000)
+    writer = store.PartWriter(path, fmt(settings, skip, dtype), rows_per_part=10_000)
     keys = [sha(c) for c in contents] if keys is None else list(keys)
     if keys:
         writer.add(keys, features)
@@ -84,29 +87,13 @@ def write_part(path: Path, contents, features, skipped=(), settings=SETTINGS, sk
     return writer
 
 
-def store_attrs(dataset: Dataset, settings=SETTINGS, skip=SKIP) -> dict:
-    return {
-        "settings": json.dumps(settings, sort_keys=True),
-        "settings_key": store.settings_key(settings),
-        "skip_settings": json.dumps(skip, sort_keys=True),
-        "class_names": json.dumps(dataset.class_names),
-        "data_digest": dataset.digest(),
-        "config": "name: test\n",
-        "augment": json.dumps(AUGMENT),
-    }
+PROVENANCE = {"config": "name: test\n", "weights_source": "test"}
 
 
 def publish(path: Path, dataset: Dataset, writer: store.PartWriter, dtype="float32", compression=None, view_keys=()) -> dict:
     """Write the store for ``dataset`` from one writer's parts (as extract does)."""
     return store.write_store(
-        path,
-        dataset,
-        writer.written,
-        writer.skipped_reasons,
-        store_attrs(dataset),
-        SHAPES,
-        dtype,
-        compression,
+        path, fmt(dtype=dtype, compression=compression), dataset, writer.written, writer.skipped_reasons, PROVENANCE,
         view_keys=view_keys,
     )
 
@@ -264,7 +251,7 @@ def test_failed_write_leaves_old_store_intact_and_no_temporary(path, monkeypatch
 
 
 def test_complete_parts_are_reused_and_half_written_temporaries_ignored(path):
-    writer = store.PartWriter(path, SETTINGS, SKIP, SHAPES, "float32", rows_per_part=2)
+    writer = store.PartWriter(path, fmt(), rows_per_part=2)
     feats = fake_features(3)
     writer.add([sha(0)], take(feats, slice(0, 1)))
     assert list(store.parts_dir(path).iterdir()) == []  # buffered, below rows_per_part
@@ -276,16 +263,15 @@ def test_complete_parts_are_reused_and_half_written_temporaries_ignored(path):
     assert len(sorted(store.parts_dir(path).glob("part-*.h5"))) == 2
     assert writer.computed == 3
 
-    # A writer killed mid-part leaves a temporary; a killed store write too.
-    fh, _commit, _abort = store._atomic_h5(store.parts_dir(path) / "part-99999999999999999999-dead00.h5")
-    fh.create_dataset("entries/key", data=[sha("half")], dtype=h5py.string_dtype())
-    fh.close()
-    fh, _commit, _abort = store._atomic_h5(path)
-    fh.close()
+    # A writer killed mid-part leaves a temporary; a killed store write too
+    # (the names _published_h5 writes under).
+    with h5py.File(store.parts_dir(path) / ".part-99999999999999999999-dead00.h5.tmp-999-deadbeef", "w") as fh:
+        fh.create_dataset("entries/key", data=[sha("half")], dtype=h5py.string_dtype())
+    h5py.File(path.with_name(f".{path.name}.tmp-999-deadbeef"), "w").close()
     stale = temporaries(path.parent)
     assert {p.name.split(".tmp-")[0] for p in stale} == {".part-99999999999999999999-dead00.h5", f".{path.name}"}
 
-    state = store.load_state(path, SETTINGS, SKIP)  # ignored even before cleanup
+    state = store.load_state(path, fmt())  # ignored even before cleanup
     assert set(state.sources) == {sha(0), sha(1), sha(2)}
     assert state.skipped == {sha("bad"): "not an image"}
     assert not state.store_ok and state.notes == []
@@ -294,10 +280,10 @@ def test_complete_parts_are_reused_and_half_written_temporaries_ignored(path):
     assert temporaries(path.parent) == []
     assert len(list(store.parts_dir(path).glob("part-*.h5"))) == 2  # complete parts kept
 
-    state = store.load_state(path, SETTINGS, SKIP)
+    state = store.load_state(path, fmt())
     files = [image(f"cat/{i}.png", 0, "train", i) for i in range(3)] + [image("cat/bad.png", 0, "train", "bad")]
     dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
-    store.write_store(path, dataset, state.sources, state.skipped, store_attrs(dataset), SHAPES, "float32", None)
+    store.write_store(path, fmt(), dataset, state.sources, state.skipped, PROVENANCE)
     store.clear_parts(path)
     assert not store.parts_dir(path).exists()
     with store.FeatureStore(path) as fs:
@@ -307,23 +293,23 @@ def test_complete_parts_are_reused_and_half_written_temporaries_ignored(path):
 
 def test_skip_reasons_reused_only_under_the_same_skip_settings(path):
     write_part(path, [], fake_features(0), skipped=[("big", "cat/big.png", "too many pixels")])
-    assert store.load_state(path, SETTINGS, SKIP).skipped == {sha("big"): "too many pixels"}
-    assert store.load_state(path, SETTINGS, {"max_pixels": 10**9}).skipped == {}
+    assert store.load_state(path, fmt()).skipped == {sha("big"): "too many pixels"}
+    assert store.load_state(path, fmt(skip={"max_pixels": 10**9})).skipped == {}
 
 
 def test_store_reports_whether_it_is_current(path):
     dataset, _ = build_store(path)
-    state = store.load_state(path, SETTINGS, SKIP)
+    state = store.load_state(path, fmt())
     assert state.store_ok and state.store_skip_ok
     assert state.store_data_digest == dataset.digest()
     assert set(state.sources) == {f.sha256 for f in dataset.files}
     assert {src for src, _ in state.sources.values()} == {path}
-    other_skip = store.load_state(path, SETTINGS, {"max_pixels": 5})
+    other_skip = store.load_state(path, fmt(skip={"max_pixels": 5}))
     assert other_skip.store_ok and not other_skip.store_skip_ok
     # store_keys are the published store's alone, not those of later parts
     assert state.store_keys == {f.sha256 for f in dataset.files}
     part = write_part(path, [], fake_features(1, seed=5), keys=[view((0, 0), 1)])
-    with_part = store.load_state(path, SETTINGS, SKIP)
+    with_part = store.load_state(path, fmt())
     assert with_part.store_keys == state.store_keys
     assert with_part.sources == {**state.sources, **part.written}
 
@@ -370,7 +356,7 @@ def test_views_are_stored_beside_the_clean_features_and_others_drop_out(path):
                 fs.entry_rows([wanted_views[0], stale])
         with pytest.raises(StoreError, match=r"holds \['block5_pool', 'block4_pool'\], not 'block3_pool'; re-run extract"):
             fs.features([0], "block3_pool")
-    state = store.load_state(path, SETTINGS, SKIP)
+    state = store.load_state(path, fmt())
     assert state.store_keys == {sha(c) for c in "abc"} | set(wanted_views)
     assert state.skipped == {sha("broken"): "not an image"}
 
@@ -394,7 +380,7 @@ def test_corrupt_store_and_part_are_quarantined(path):
     bad_part = store.parts_dir(path) / "part-00000000000000000001-bad000.h5"
     bad_part.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(2000))  # HDF5 magic, garbage after
 
-    state = store.load_state(path, SETTINGS, SKIP)
+    state = store.load_state(path, fmt())
 
     assert not state.store_ok and not path.exists()
     assert len(list(path.parent.glob(f"{path.name}.invalid-*"))) == 1
@@ -409,7 +395,7 @@ def test_store_failing_half_way_is_not_half_used(path):
     build_store(path)
     with h5py.File(path, "r+") as fh:
         del fh["skipped/reason"]  # entries/ are read first, then this fails
-    state = store.load_state(path, SETTINGS, SKIP)
+    state = store.load_state(path, fmt())
     assert not state.store_ok
     assert state.sources == {}  # nothing may point at the quarantined file
     assert len(list(path.parent.glob(f"{path.name}.invalid-*"))) == 1
@@ -423,14 +409,12 @@ def test_files_with_other_settings_are_never_mixed_in(path):
     files = [image("cat/a.png", 0, "train", "a")]
     dataset = Dataset(Path("/nowhere"), CLASSES, files, "class-folders", [])
     foreign = write_part(foreign_store, ["a"], fake_features(1, seed=9), settings=OTHER_SETTINGS)
-    store.write_store(
-        foreign_store, dataset, foreign.written, {}, store_attrs(dataset, OTHER_SETTINGS), SHAPES, "float32", None
-    )
+    store.write_store(foreign_store, fmt(OTHER_SETTINGS), dataset, foreign.written, {}, PROVENANCE)
     os.replace(foreign_store, path)
     write_part(path, ["b"], fake_features(1, seed=8), settings=OTHER_SETTINGS)
     mine = write_part(path, ["c"], fake_features(1, seed=7))
 
-    state = store.load_state(path, SETTINGS, SKIP)
+    state = store.load_state(path, fmt())
 
     assert set(state.sources) == {sha("c")} and state.sources[sha("c")] == mine.written[sha("c")]
     assert not state.store_ok and not path.exists()
@@ -470,7 +454,7 @@ def test_lock_names_the_holder_and_dies_with_it(path):
         os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the flock
         assert holder.wait(timeout=30) == -signal.SIGKILL
         with store.locked(path):
-            assert path.with_name(path.name + ".lock").read_text() == str(os.getpid())
+            assert path.with_name(path.name + ".lock.pid").read_text() == str(os.getpid())
     finally:
         if holder.poll() is None:
             holder.kill()

@@ -81,17 +81,19 @@ def view(pixels, cfg, v, background=(255, 255, 255)) -> np.ndarray:
 
 
 def test_view_key_names_the_image_the_settings_and_the_view():
-    digest = AugmentConfig().digest()
-    key = augment.view_key(SHA, digest, 3)
+    from vggtl.features import store
+
+    digest = augment.settings_digest(AugmentConfig())
+    key = store.view_key(SHA, digest, 3)
     assert key == f"{SHA}:{digest}:3"
-    sha, dig, index = key.split(":")
-    assert (sha, dig, int(index)) == (SHA, digest, 3)
-    assert len({augment.view_key(SHA, digest, v) for v in range(1, 5)}) == 4
+    assert (store.content_hash(key), store.view_index(key)) == (SHA, 3)
+    assert store.content_hash(SHA) == SHA
+    assert len({store.view_key(SHA, digest, v) for v in range(1, 5)}) == 4
 
 
 def test_augment_digest_ignores_views_and_follows_every_setting():
     base = AugmentConfig()
-    assert dataclasses.replace(base, views=5).digest() == base.digest()
+    assert augment.settings_digest(dataclasses.replace(base, views=5)) == augment.settings_digest(base)
     changed = {
         "horizontal_flip": False,
         "vertical_flip": True,
@@ -103,8 +105,8 @@ def test_augment_digest_ignores_views_and_follows_every_setting():
         "brightness": 0.0,
     }
     assert changed.keys() == {f.name for f in dataclasses.fields(AugmentConfig)} - {"views"}
-    digests = {dataclasses.replace(base, **{k: v}).digest() for k, v in changed.items()}
-    assert len(digests) == len(changed) and base.digest() not in digests
+    digests = {augment.settings_digest(dataclasses.replace(base, **{k: v})) for k, v in changed.items()}
+    assert len(digests) == len(changed) and augment.settings_digest(base) not in digests
 
 
 def test_view_rng_is_fixed_by_seed_content_and_view():

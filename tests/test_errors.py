@@ -1,0 +1,177 @@
+"""User-facing errors: one paragraph naming the path, exit 2, nothing lost.
+
+Filesystem failures are the user's environment, not vggtl bugs: a cache or
+output directory below a regular file, a directory vggtl may not write, a
+disk that fills up in the middle of an extraction. Each must end as one
+paragraph naming the path, exit status 2, no traceback, and the feature
+store and earlier artifacts exactly as they were.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, make_dataset, run_pipeline, write_config
+from vggtl import extract, train
+from vggtl.errors import PathError, VggtlError, cli_entry, describe_os_error
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_describe_os_error_names_path_reason_and_remedy():
+    exc = OSError(errno.ENOSPC, "No space left on device", "/data/cache/x.h5")
+    assert describe_os_error(exc, action="write the feature store") == (
+        "cannot write the feature store /data/cache/x.h5: No space left on device; "
+        "free some disk space or choose a directory on another disk"
+    )
+    # h5py puts the errno in its text only
+    h5 = OSError("Can't write data (file write failed: ..., errno = 27, error message = 'File too large')")
+    assert "ulimit -f" in describe_os_error(h5, "/x.h5", "write the feature store part")
+
+
+def test_cli_entry_turns_os_errors_into_exit_2(capsys):
+    @cli_entry
+    def main(argv=None):
+        raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/file")
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot access /somewhere/file: Permission denied; check the permissions")
+    assert "Traceback" not in err
+    assert issubclass(PathError, VggtlError)
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path):
+    """Extract + train once on a tiny tree; returns the directory (cwd for commands)."""
+    root = make_dataset(tmp_path / "data")
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path)
+    run_pipeline(tmp_path, cfg, [[str(cfg)]])
+    return tmp_path
+
+
+def the_store(tmp: Path) -> Path:
+    (store,) = (tmp / "cache").glob("tiny-*.h5")
+    return store
+
+
+def run_command(module: str, tmp: Path, *args, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m vggtl.<module> ...`` in ``tmp``; with ``limit_bytes``, every file
+    the process writes stops growing there (RLIMIT_FSIZE: what a full disk looks
+    like to a writer, EFBIG instead of ENOSPC)."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "VGGTL_CACHE_DIR": str(tmp / "vggtl-cache")}
+    return subprocess.run(
+        [sys.executable, "-m", f"vggtl.{module}", *args], cwd=tmp, env=env, capture_output=True, text=True,
+        preexec_fn=limit if limit_bytes else None, timeout=600,
+    )
+
+
+def test_full_disk_during_extract_keeps_the_store(pipeline_dir):
+    store = the_store(pipeline_dir)
+    before = sha256(store)
+    make_dataset(pipeline_dir / "data", per_class=4, start=100)  # new images: the store must be rewritten
+    proc = run_command("extract", pipeline_dir, "c.yaml", "--no-progress", limit_bytes=4096)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: cannot write the feature store part {store}.parts/part-")
+    assert "File too large; the file-size limit was reached" in line
+    assert sha256(store) == before
+    leftovers = [p.name for p in store.parent.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+    # the next run, with room again, finishes the job
+    proc = run_command("extract", pipeline_dir, "c.yaml", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "computed 12, reused 36" in proc.stdout
+
+
+def test_full_disk_while_publishing_the_store_keeps_the_old_one(pipeline_dir, monkeypatch):
+    """The last write (the whole store) fails: the published store is untouched."""
+    store = the_store(pipeline_dir)
+    before = sha256(store)
+    make_dataset(pipeline_dir / "data", per_class=1, start=200)
+    limit = store.stat().st_size  # parts fit, the new store (3 more rows) does not
+    proc = run_command("extract", pipeline_dir, "c.yaml", "--no-progress", limit_bytes=limit)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"error: cannot write the feature store {store}: " in proc.stderr
+    assert sha256(store) == before
+    assert not [p for p in store.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_cache_path_below_a_regular_file(tmp_path, capsys, monkeypatch):
+    root = make_dataset(tmp_path / "data")
+    (tmp_path / "afile").write_text("not a directory")
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path, cache={"path": str(tmp_path / "afile" / "cache")})
+    monkeypatch.chdir(tmp_path)
+    assert extract.main([str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot create the cache.path directory {tmp_path / 'afile' / 'cache'}: Not a directory" in err
+    assert "a part of this path is a regular file" in err and "Traceback" not in err
+
+
+def versions_and_digests(run_dir: Path) -> dict:
+    return {p.relative_to(run_dir).as_posix(): sha256(p) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_below_a_regular_file(pipeline_dir, capsys, monkeypatch):
+    store = the_store(pipeline_dir)
+    before = sha256(store)
+    (pipeline_dir / "afile").write_text("x")
+    monkeypatch.chdir(pipeline_dir)
+    code = train.main(["c.yaml", "--set", f"output.dir={pipeline_dir / 'afile' / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"error: cannot create the output.dir directory {pipeline_dir / 'afile' / 'out' / 'tiny'}: Not a directory" in err
+    assert "Traceback" not in err and sha256(store) == before
+
+
+@contextmanager
+def unwritable(directory: Path):
+    """Make ``directory`` unwritable for this process: chmod for a normal user;
+    as root (which ignores modes) the immutable attribute, where supported."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield
+        finally:
+            directory.chmod(0o755)
+        return
+    made = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"running as root and cannot make {directory} immutable: {made.stderr.strip() or 'chattr failed'}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_unwritable_output_dir_keeps_store_and_earlier_artifacts(pipeline_dir, capsys, monkeypatch):
+    store, run_dir = the_store(pipeline_dir), pipeline_dir / "experiments" / "tiny"
+    before_store, before_artifacts = sha256(store), versions_and_digests(run_dir)
+    monkeypatch.chdir(pipeline_dir)
+    with unwritable(run_dir):
+        code = train.main(["c.yaml"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert str(run_dir) in err and ("Permission denied" in err or "Operation not permitted" in err or "permission denied" in err)
+    assert sha256(store) == before_store
+    assert versions_and_digests(run_dir) == before_artifacts  # v1 and latest untouched, no v2, no staging left

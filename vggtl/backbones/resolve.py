@@ -1,0 +1,121 @@
+"""Which weights a run loads (``backbone.weights``), their digest, and loading them.
+
+Import-light on purpose: working out *which* weights a run uses and their
+digest needs only h5py, so a warm ``extract`` that has nothing to compute
+never imports TensorFlow.
+
+Every backbone takes ImageNet weights from Keras' cache or Keras' download,
+or a file the user names. A registry entry whose ``offline_weights`` names a
+provider module (``vgg16_offline``) gets that module's search order, digest
+and loader instead; nothing here names a backbone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from vggtl.backbones import keras_files
+from vggtl.backbones.registry import Architecture
+from vggtl.errors import WeightsError
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Which weights a run loads.
+
+    Attributes:
+        kind: ``'file'`` or ``'random'``.
+        path: weights file for ``'file'``.
+        digest: digest of the file's weights, or ``'random-init:seed=<seed>'``.
+        source: human-readable origin, shown in logs and reports.
+    """
+
+    kind: str
+    path: Path | None
+    digest: str
+    source: str
+
+    @property
+    def random(self) -> bool:
+        return self.kind == "random"
+
+
+def random_weights(seed: int) -> ResolvedWeights:
+    """Random initialisation (``backbone.weights: null``), seeded."""
+    return ResolvedWeights("random", None, f"random-init:seed={seed}", "random initialisation (backbone.weights: null)")
+
+
+def _provider(arch: Architecture):
+    """The module that provisions ``arch``'s weights offline, or None."""
+    return importlib.import_module(f"vggtl.backbones.{arch.offline_weights}") if arch.offline_weights else None
+
+
+def file_digest(arch: Architecture, path: Path) -> str:
+    """Digest of a weights file for ``arch``: its provider's (VGG16: a tensor
+    digest independent of the file format), else the sha256 of the bytes."""
+    provider = _provider(arch)
+    return provider.digest(path) if provider else keras_files.file_sha256(path)
+
+
+def resolve_weights(arch: Architecture, spec: str | None, seed: int, allow_download: bool = True) -> ResolvedWeights:
+    """Decide which weights ``backbone.weights = spec`` means, without TensorFlow.
+
+    Args:
+        arch: the backbone (``cfg.spec.arch``).
+        spec: ``'imagenet'``, a file path, or None for random initialisation.
+        seed: used only to make random-init digests seed-specific.
+        allow_download: try Keras' download when nothing local is found.
+
+    Raises:
+        WeightsError: the file does not exist, or no ImageNet weights can be
+            found or downloaded (the message lists the remedies). Never falls
+            back to random weights.
+    """
+    if spec is None:
+        return random_weights(seed)
+    if spec != "imagenet":
+        path = Path(spec)
+        if not path.is_file():
+            raise WeightsError(f"backbone.weights: file {spec!r} does not exist")
+        return ResolvedWeights("file", path, file_digest(arch, path), f"file {path}")
+    provider = _provider(arch)
+    if provider is not None:
+        return ResolvedWeights("file", *provider.resolve_imagenet(allow_download))
+    return _keras_imagenet(arch, allow_download)
+
+
+def _keras_imagenet(arch: Architecture, allow_download: bool) -> ResolvedWeights:
+    """ImageNet weights from Keras' cache, else Keras' download."""
+    try:
+        path, origin = keras_files.keras_cached_or_download(arch.notop_file, arch.notop_url, arch.notop_md5, allow_download)
+        return ResolvedWeights("file", path, file_digest(arch, path), f"{origin} ({path})")
+    except WeightsError as exc:
+        reason = str(exc)
+    cached = keras_files.keras_cache_path(arch.notop_file)
+    raise WeightsError(
+        f"no ImageNet {arch.name} weights available ({reason}). Remedies, any one of:\n"
+        f"  1. run once with internet access: Keras downloads {arch.notop_file} to {cached}\n"
+        f"  2. set backbone.weights: /path/to/{arch.notop_file} in the config (or --set backbone.weights=PATH)\n"
+        f"  3. put the file at {cached} (downloaded elsewhere from {arch.notop_url})\n"
+        f"(the offline copy `python -m vggtl.weights fetch` provisions covers vgg16 only)"
+    )
+
+
+def load_weights(model, arch: Architecture, weights: ResolvedWeights) -> None:
+    """Load ``weights`` into ``model``, the base of ``arch`` (nothing for random weights).
+
+    Raises:
+        WeightsError: the file does not fit this network.
+    """
+    if weights.random:
+        return
+    provider = _provider(arch)
+    if provider is not None:
+        provider.load(model, weights.path)
+        return
+    keras_files.load_into(
+        model, weights.path, f"{arch.application}(include_top=False)",
+        f"it must be that network's notop weights, e.g. Keras' {arch.notop_file}",
+    )

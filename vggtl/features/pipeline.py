@@ -1,0 +1,311 @@
+"""The extraction pipeline: run the frozen base over every image once.
+
+Scans ``data.root``, works out which images the feature store already holds
+(by content hash), decodes and pushes only the missing ones (and missing
+augmented views) through the frozen convolutional base, and publishes the
+updated store atomically. A warm re-run on unchanged data hashes the files,
+sees nothing to do and returns without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from vggtl import config, data
+from vggtl.backbones.resolve import ResolvedWeights, resolve_weights
+from vggtl.errors import ConfigError
+from vggtl.features import augment, store
+from vggtl.files import make_dir
+
+ROWS_PER_PART = 256
+ROWS_PER_PART_ENV = "VGGTL_ROWS_PER_PART"
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction did; also what tests and benchmarks inspect."""
+
+    store_path: Path
+    dataset: data.Dataset
+    computed: int  # entries computed now: images and augmented views
+    reused: int  # entries taken from the store or earlier parts
+    skipped: dict[str, str]  # relpath -> reason
+    seconds: float
+    up_to_date: bool
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where the run's features live and what they must be."""
+
+    path: Path
+    format: store.StoreFormat
+    weights: ResolvedWeights
+
+
+def scan_dataset(cfg: config.Config) -> data.Dataset:
+    """The image tree of ``data.root``, split by ``cfg``'s seed and fractions."""
+    return data.scan(
+        cfg.data.root,
+        cfg.data.extensions,
+        seed=cfg.seed,
+        val=cfg.data.split.val,
+        test=cfg.data.split.test,
+        workers=max(2, cfg.extract.workers),
+    )
+
+
+def augment_attr(cfg: config.Config) -> dict:
+    """The store's record of the views ``augment.*`` asks for."""
+    return store.augment_attr(cfg.augment.views, augment.settings_digest(cfg.augment))
+
+
+def locate_store(cfg: config.Config, allow_download: bool = True) -> StoreLocation:
+    """Resolve the weights and name the store file of ``cfg``."""
+    weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
+    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.data.max_pixels, augment_attr(cfg))
+    return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights)
+
+
+# --------------------------------------------------------------------------- decoding pipeline
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image file and the store keys still to compute for it: its clean
+    features (key = content hash) and/or augmented views (view keys)."""
+
+    file: data.ImageFile
+    keys: tuple[str, ...]
+
+
+def decoded_stream(jobs, decode, workers: int, lookahead: int):
+    """Yield ``(job, [(key, pixels), ...] or None, reason or None)`` in order,
+    decoding ahead in threads.
+
+    At most ``lookahead`` jobs are in flight, so memory stays bounded
+    whatever the dataset size; Pillow releases the GIL while decoding, so the
+    threads overlap with the convolutions running in the main thread.
+    """
+    jobs = iter(jobs)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending = deque((job, pool.submit(decode, job)) for job in islice(jobs, lookahead))
+        while pending:
+            job, future = pending.popleft()
+            nxt = next(jobs, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(decode, nxt)))
+            try:
+                yield job, future.result(), None
+            except data.UndecodableImage as exc:
+                yield job, None, str(exc)
+
+
+def batched(stream, batch_size: int, writer: store.PartWriter):
+    """Group decoded images into ``[(key, pixels), ...]`` batches; undecodable
+    files go straight to the writer."""
+    batch = []
+    for job, items, reason in stream:
+        if items is None:
+            writer.add_skipped(job.file.sha256, job.file.relpath, reason)
+            continue
+        for item in items:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def make_forward(cfg: config.Config, weights: ResolvedWeights):
+    """A compiled function: uint8 images -> {layer: features} for every stored layer
+    (one pass through the base, however many layers are kept). Imports TensorFlow."""
+    from vggtl import tfquiet
+    from vggtl.backbones import build
+
+    tf = tfquiet.load()
+    layers = list(cfg.spec.stored_layers)
+    model = build.feature_model(cfg.spec, weights, layers, cfg.seed)
+    size = cfg.spec.image_size
+    spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
+
+    def forward(x):
+        outputs = model(x, training=False)
+        return dict(zip(layers, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+
+    return tf.function(forward, input_signature=[spec])
+
+
+def compute_features(jobs, cfg, forward, writer: store.PartWriter, progress: bool = True) -> None:
+    """Decode the ``jobs``' images (and views), run ``forward`` (see :func:`make_forward`),
+    hand features to ``writer``."""
+    from tqdm import tqdm
+
+    stream = decoded_stream(jobs, job_decoder(cfg), cfg.extract.workers, lookahead=2 * cfg.extract.batch_size)
+    total = sum(len(job.keys) for job in jobs)
+    with tqdm(total=total, unit="img", desc="extract", disable=None if progress else True, file=sys.stderr) as bar:
+        for batch in batched(stream, cfg.extract.batch_size, writer):
+            features = forward(np.stack([p for _, p in batch]))
+            writer.add([key for key, _ in batch], {layer: f.numpy() for layer, f in features.items()})
+            bar.update(len(batch))
+        bar.update(total - bar.n)
+    writer.flush()
+
+
+def rows_per_part() -> int:
+    """Images per part file: a ``kill -9`` loses at most this much finished work.
+
+    Not a config key, since it never changes results; ``$VGGTL_ROWS_PER_PART``
+    overrides it so tests can make several parts out of a tiny dataset.
+    """
+    raw = os.environ.get(ROWS_PER_PART_ENV, "").strip()
+    if not raw:
+        return ROWS_PER_PART
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"${ROWS_PER_PART_ENV}={raw!r}: expected a positive integer; unset it to use {ROWS_PER_PART}")
+    return int(raw)
+
+
+def job_decoder(cfg: config.Config):
+    """Job -> [(key, pixels)]: the file is decoded once, views are warped from it."""
+    decode = cfg.spec.decode
+
+    def decode_job(job: Job):
+        clean = decode.decode(job.file.path)
+        items = []
+        for key in job.keys:
+            if key == job.file.sha256:
+                items.append((key, clean))
+            else:
+                rng = augment.view_rng(cfg.seed, job.file.sha256, store.view_index(key))
+                items.append((key, augment.augment_image(clean, cfg.augment, rng, decode.background)))
+        return items
+
+    return decode_job
+
+
+def view_keys(cfg: config.Config, dataset: data.Dataset) -> list[str]:
+    """Keys of the augmented views wanted: ``augment.views`` per distinct training image."""
+    if not cfg.augment.views:
+        return []
+    digest = augment.settings_digest(cfg.augment)
+    shas = dict.fromkeys(f.sha256 for f in dataset.files if f.split == "train")
+    return [store.view_key(sha, digest, v) for sha in shas for v in range(1, cfg.augment.views + 1)]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
+    """Bring the feature store for ``cfg`` up to date with ``data.root``.
+
+    Args:
+        cfg: a validated config (:func:`vggtl.config.load`).
+        progress: show a progress bar on stderr while computing.
+        log: where notes and warnings go, one line per call.
+
+    Returns:
+        An :class:`ExtractResult`.
+
+    Raises:
+        DataError, WeightsError, StoreError, PathError: user-fixable
+            problems, raised before anything is written when they concern the
+            data or config; the published store is never left half-written.
+    """
+    start = time.perf_counter()
+    part_rows = rows_per_part()
+    dataset = scan_dataset(cfg)
+    for note in dataset.warnings:
+        log(f"warning: {note}")
+    where = locate_store(cfg)
+    make_dir(where.path.parent, "cache.path")
+    views = view_keys(cfg, dataset)
+    with store.locked(where.path):
+        store.remove_stale_temporaries(where.path)
+        state = store.load_state(where.path, where.format)
+        for note in state.notes:
+            log(f"warning: {note}")
+        if _up_to_date(where.path, state, dataset, views):
+            return _result(where.path, dataset, 0, state, start, True, len(_wanted_keys(dataset, views, state.skipped)))
+        computed = _update(cfg, where, dataset, views, state, part_rows, progress, log)
+    return _result(where.path, dataset, computed, state, start, False, len(_wanted_keys(dataset, views, state.skipped)))
+
+
+def _up_to_date(path: Path, state: store.CachedState, dataset: data.Dataset, views: list[str]) -> bool:
+    """The published store holds exactly what is wanted, with no parts pending.
+
+    A store whose skip reasons came from other skip settings (e.g. a lower
+    data.max_pixels) is not up to date: those files get retried. Other
+    augment settings change the wanted view keys, so only views are redone.
+    """
+    parts = store.parts_dir(path)
+    has_parts = parts.is_dir() and any(parts.iterdir())
+    fresh = state.store_ok and state.store_skip_ok and state.store_data_digest == dataset.digest()
+    return fresh and not has_parts and state.store_keys == _wanted_keys(dataset, views, state.skipped)
+
+
+def _update(cfg, where: StoreLocation, dataset, views, state: store.CachedState, part_rows, progress, log) -> int:
+    """Compute what is missing and publish the new store; returns entries computed.
+    Updates ``state.skipped`` with the files found undecodable now."""
+    jobs = _jobs(dataset, views, state)
+    n_todo = sum(len(job.keys) for job in jobs)
+    cached = len(_wanted_keys(dataset, views, state.skipped) & set(state.sources))
+    log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {where.weights.source}")
+    # Built (weights loaded) before the part writer exists: a weights file
+    # that does not fit the backbone fails without leaving anything behind.
+    forward = make_forward(cfg, where.weights) if jobs else None
+    writer = store.PartWriter(where.path, where.format, part_rows)
+    if jobs:
+        compute_features(jobs, cfg, forward, writer, progress)
+    state.skipped = {**state.skipped, **writer.skipped_reasons}
+    provenance = {"config": cfg.to_yaml(), "weights_source": where.weights.source}
+    sources = {**state.sources, **writer.written}
+    store.write_store(where.path, where.format, dataset, sources, state.skipped, provenance, view_keys=views)
+    store.clear_parts(where.path)
+    return writer.computed
+
+
+def _wanted_keys(dataset: data.Dataset, views: list[str], skipped: dict[str, str]) -> set[str]:
+    """Every key the store must hold: clean features of decodable images and their views."""
+    wanted = {f.sha256 for f in dataset.files if f.sha256 not in skipped}
+    return wanted | {k for k in views if store.content_hash(k) not in skipped}
+
+
+def _jobs(dataset: data.Dataset, views: list[str], state: store.CachedState) -> list[Job]:
+    """One job per distinct image with something missing (clean features or views)."""
+    missing_views: dict[str, list[str]] = {}
+    for key in views:
+        if key not in state.sources:
+            missing_views.setdefault(store.content_hash(key), []).append(key)
+    seen, jobs = set(), []
+    for f in dataset.files:
+        if f.sha256 in seen or f.sha256 in state.skipped:
+            continue
+        seen.add(f.sha256)
+        keys = ([] if f.sha256 in state.sources else [f.sha256]) + missing_views.get(f.sha256, [])
+        if keys:
+            jobs.append(Job(f, tuple(keys)))
+    return jobs
+
+
+def _result(path, dataset, computed, state, start, up_to_date, n_entries) -> ExtractResult:
+    skipped = {f.relpath: state.skipped[f.sha256] for f in dataset.files if f.sha256 in state.skipped}
+    return ExtractResult(
+        store_path=path,
+        dataset=dataset,
+        computed=computed,
+        reused=n_entries - computed,
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+        up_to_date=up_to_date,
+    )

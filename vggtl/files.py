@@ -1,0 +1,38 @@
+"""File helpers every stage shares: one content hash, directories made with a clear error."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from vggtl.errors import PathError, path_error
+
+_HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_dir(path, what: str) -> Path:
+    """``mkdir -p path`` for the ``what`` directory (e.g. ``"cache.path"``).
+
+    Raises:
+        PathError: naming ``what`` and the path, when it cannot be created
+            (a parent is a regular file, permission denied, read-only file
+            system...) or cannot be written.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise path_error(exc, path, f"create the {what} directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PathError(f"cannot write to the {what} directory {path}: permission denied; choose a directory you can write")
+    return path

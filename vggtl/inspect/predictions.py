@@ -1,0 +1,256 @@
+"""Predictions on image files: the per-image loop shared by ``predict`` and
+``classify``, their shared view options (Grad-CAM, tiles), and predictions
+from an artifact (the Python API ``vggtl.predict.predict_paths``).
+
+Images are decoded exactly as during extraction (EXIF orientation, alpha over
+the run's background, resize policy), with the settings recorded in the
+artifact's ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vggtl import config, data
+from vggtl.errors import VggtlError
+from vggtl.training import artifact as artifact_mod
+
+BATCH = 16
+
+
+def expand_inputs(inputs, extensions) -> list[Path]:
+    """Files as given, and every image file under each directory (sorted)."""
+    paths = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = data.list_images(path, extensions)
+            if not found:
+                raise VggtlError(f"directory {item!r} contains no image ({', '.join(extensions)})")
+            paths.extend(found)
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise VggtlError(f"input {item!r} does not exist")
+    return paths
+
+
+def iter_probabilities(paths, decode, predict_fn, batch: int = BATCH):
+    """Decode and classify images in batches.
+
+    Args:
+        paths: image files.
+        decode: callable ``path -> (S, S, 3) uint8`` raising
+            :class:`vggtl.data.UndecodableImage`.
+        predict_fn: callable mapping an ``(n, S, S, 3)`` uint8 batch to
+            ``(n, n_classes)`` probabilities.
+        batch: images per forward pass.
+
+    Yields:
+        ``{"path", "image", "probs"}`` per decoded image, ``{"path", "error"}``
+        per undecodable one, in input order within each batch.
+    """
+    for start in range(0, len(paths), batch):
+        images, ok = [], []
+        for path in paths[start : start + batch]:
+            try:
+                images.append(decode(path))
+                ok.append(path)
+            except data.UndecodableImage as exc:
+                yield {"path": str(path), "error": str(exc)}
+        if not ok:
+            continue
+        probs = np.asarray(predict_fn(np.stack(images)))
+        for path, image, p in zip(ok, images, probs):
+            yield {"path": str(path), "image": image, "probs": p}
+
+
+def print_image_predictions(paths, decode, predict_fn, top, print_result, as_json: bool, explain=None) -> int:
+    """The per-image loop of ``predict`` and ``classify``: decode, predict,
+    optionally explain with Grad-CAM, print one result per image.
+
+    Args:
+        paths, decode, predict_fn: as for :func:`iter_probabilities`.
+        top: callable ``probs -> top entries`` put in each result.
+        print_result: callable ``(result, as_json)`` printing one result.
+        as_json: print undecodable files as JSON lines too.
+        explain: None, or callable ``{"path", "image", "probs"} -> dict``
+            stored as the result's ``"gradcam"``; it may raise
+            :class:`vggtl.data.UndecodableImage` (the full-size decode for the
+            overlay can fail where the reduced one did not).
+
+    Returns:
+        Number of images that failed (not decodable, or no Grad-CAM).
+    """
+    failures = 0
+    for result in iter_probabilities(paths, decode, predict_fn):
+        if "error" in result:
+            failures += 1
+            print(f"{result['path']}: skipped: {result['error']}", file=sys.stderr)
+            if as_json:
+                print(json.dumps(result))
+            continue
+        out = {"path": result["path"], "top": top(result["probs"])}
+        if explain is not None:
+            try:
+                out["gradcam"] = explain(result)
+            except data.UndecodableImage as exc:
+                failures += 1
+                print(f"{result['path']}: no grad-cam: {exc}", file=sys.stderr)
+        print_result(out, as_json)
+    return failures
+
+
+def artifact_config(art: artifact_mod.Artifact) -> config.Config:
+    """The run config recorded in an artifact (its ``spec`` decodes images as training did)."""
+    return config.from_dict(art.config, f"{art.path}/config.yaml")
+
+
+def top_labels(probs, labels, k: int) -> list[tuple[str, float]]:
+    """``(label, probability)`` of the ``k`` most probable classes, best first."""
+    return [(labels[i], round(float(probs[i]), 6)) for i in np.argsort(-probs, kind="stable")[:k]]
+
+
+def predict_paths(art, paths, top_k: int = 3, model=None):
+    """Classify image files with an artifact; one result per path, in order.
+
+    Args:
+        art: an :class:`~vggtl.training.artifact.Artifact` (e.g. what
+            ``vggtl.train.run`` returns) or an artifact directory
+            (``experiments/demo/latest``, checksums verified first).
+        paths: image files.
+        top_k: labels per image.
+        model: the artifact's loaded model, to reuse across calls.
+
+    Yields:
+        ``{"path", "top": [(label, probability), ...]}`` or ``{"path", "error"}``
+        for a file that cannot be decoded (with the reason).
+    """
+    if not isinstance(art, artifact_mod.Artifact):
+        art = artifact_mod.load(art)
+    decode = artifact_config(art).spec.decode.decode
+    model = model or art.load_model()
+    k = min(top_k, len(art.labels))
+    for result in iter_probabilities(list(paths), decode, lambda batch: model.predict(batch, verbose=0)):
+        if "error" in result:
+            yield result
+        else:
+            yield {"path": result["path"], "top": top_labels(result["probs"], art.labels, k)}
+
+
+# --------------------------------------------------------------------------- options shared with classify
+
+
+def add_view_arguments(parser, class_help: str, class_metavar: str = "NAME") -> None:
+    """``--gradcam DIR``, ``--class``, ``--tiles RxC`` and ``--overlap F`` (predict and classify)."""
+    parser.add_argument("--gradcam", metavar="OUT_DIR", help="write <stem>_gradcam.jpg (overlay) and .npy (heatmap) per image")
+    parser.add_argument("--class", dest="class_name", metavar=class_metavar, help=class_help)
+    parser.add_argument("--tiles", metavar="RxC", help="classify an R x C grid of crops of each image, e.g. 2x2")
+    parser.add_argument("--overlap", metavar="F", help="with --tiles: fraction of a tile shared with each neighbour, in [0, 0.9) (default 0)")
+
+
+def check_view_arguments(args) -> tuple[tuple[int, int] | None, float]:
+    """Validate the combination of view options; return ``(grid or None, overlap)``."""
+    from vggtl.inspect import tiles
+
+    if args.top_k < 1:
+        raise VggtlError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.class_name is not None and args.gradcam is None:
+        raise VggtlError("--class chooses the class Grad-CAM explains; use it together with --gradcam OUT_DIR")
+    if args.overlap is not None and args.tiles is None:
+        raise VggtlError("--overlap only applies to tiled predictions; add --tiles RxC (e.g. --tiles 2x2)")
+    if args.gradcam is not None and args.tiles is not None:
+        raise VggtlError("--gradcam and --tiles cannot be combined; run them as two commands")
+    grid = tiles.parse_grid(args.tiles) if args.tiles is not None else None
+    overlap = tiles.check_overlap(args.overlap) if args.overlap is not None else 0.0
+    return grid, overlap
+
+
+def resolve_label(name: str, labels) -> int:
+    """Index of ``name`` in the artifact's ``labels``; VggtlError listing them otherwise."""
+    if name in labels:
+        return labels.index(name)
+    raise VggtlError(f"--class {name!r} is not a class of this artifact; choose one of: {', '.join(labels)}")
+
+
+# --------------------------------------------------------------------------- the predict command's work
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        record = {"path": result["path"], "top": [{"label": l, "probability": p} for l, p in result["top"]]}
+        if "gradcam" in result:
+            record["gradcam"] = result["gradcam"]
+        print(json.dumps(record))
+        return
+    top = "  ".join(f"{label} {p:.3f}" for label, p in result["top"])
+    print(f"{result['path']}\t{top}")
+    if "gradcam" in result:
+        g = result["gradcam"]
+        print(f"  grad-cam of {g['class']!r} at {g['layer']}: {g['jpg']}")
+
+
+def _explainer(art, cfg, model, args):
+    """``--gradcam``: result -> Grad-CAM files of the chosen (or predicted) class."""
+    from vggtl.inspect import gradcam
+
+    chosen = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
+    layer, stems = gradcam.default_layer(model, cfg.spec.arch.gradcam_layer), set()
+    decode = cfg.spec.decode
+
+    def explain(result):
+        target = chosen if chosen is not None else int(np.argmax(result["probs"]))
+        written = gradcam.explain_file(
+            model, result["path"], result["image"], target, args.gradcam, gradcam.unique_stem(result["path"], stems),
+            conv_layer=layer, resize=decode.resize, background=decode.background, max_pixels=decode.max_pixels,
+        )
+        return {"class": art.labels[target], **written}
+
+    return explain
+
+
+def _run_images(art, cfg, model, paths, args) -> int:
+    k = min(args.top_k, len(art.labels))
+    return print_image_predictions(
+        paths, cfg.spec.decode.decode, lambda batch: model.predict(batch, verbose=0),
+        lambda p: top_labels(p, art.labels, k),
+        _print_result, args.json, _explainer(art, cfg, model, args) if args.gradcam is not None else None,
+    )
+
+
+def _run_tiles(art, cfg, model, paths, args, grid, overlap) -> int:
+    from vggtl.inspect import tiles
+
+    return tiles.print_tiled_predictions(
+        paths, grid, overlap, lambda batch: model.predict(batch, verbose=0), cfg.spec.decode,
+        art.labels, lambda i, p: {"label": art.labels[i], "probability": p}, min(args.top_k, len(art.labels)), args.json,
+    )
+
+
+def print_predictions(artifact_path, inputs, args) -> int:
+    """The ``predict`` command after argument parsing: classify ``inputs`` (files and
+    directories) with the artifact at ``artifact_path`` and print the results.
+
+    Args:
+        artifact_path: version directory, ``.../latest`` or the run directory.
+        inputs: image files and/or directories.
+        args: the parsed options (``top_k``, ``json``, ``gradcam``,
+            ``class_name``, ``tiles``, ``overlap``).
+
+    Returns:
+        How many inputs failed (undecodable, or no Grad-CAM).
+    """
+    grid, overlap = check_view_arguments(args)
+    art = artifact_mod.load(artifact_path)
+    if args.class_name is not None:
+        resolve_label(args.class_name, art.labels)  # refuse a bad name before loading the model
+    cfg = artifact_config(art)
+    paths = expand_inputs(inputs, cfg.data.extensions)
+    model = art.load_model()
+    if grid is not None:
+        return _run_tiles(art, cfg, model, paths, args, grid, overlap)
+    return _run_images(art, cfg, model, paths, args)

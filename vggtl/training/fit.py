@@ -1,0 +1,196 @@
+"""Fitting on cached features: seeding, class weights, the view sampler, and the
+two phases (phase 1: the head; phase 2: the top blocks + head on stored
+boundary activations)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vggtl import config, tfquiet
+from vggtl.features.store import FeatureStore
+from vggtl.training import heads
+from vggtl.training.metrics import accuracy, cross_entropy
+
+
+def load_split(fs: FeatureStore, split: str, layer: str | None = None):
+    """(rows, clean float32 features of ``layer``, labels) of one split."""
+    rows = fs.split_rows(split)
+    return rows, fs.features(rows, layer), fs.labels[rows]
+
+
+def training_bank(fs: FeatureStore, rows, layer: str | None, views: int) -> np.ndarray:
+    """``(views + 1, N, ...)`` float16: the clean features of the training rows,
+    then each stored augmented view (float16 halves the RAM of the bank)."""
+    bank = [fs.features(rows, layer, dtype=np.float16)]
+    bank += [fs.view_features(rows, view, layer, dtype=np.float16) for view in range(1, views + 1)]
+    return np.stack(bank)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TF and make TF ops deterministic (same metrics every run)."""
+    tf = tfquiet.load()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, float] | None:
+    """Inverse-frequency weights (``'balanced'``, as scikit-learn defines it) or None."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=n_classes)
+    return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts) if c > 0}
+
+
+def view_sampler(bank: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int, weights=None):
+    """A Keras PyDataset that, each epoch, shuffles the training images and draws
+    one version of each -- the clean image or one of its stored views --
+    uniformly and reproducibly from (seed, epoch)."""
+    import keras
+
+    class ViewSampler(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.onehot = keras.utils.to_categorical(labels, n_classes)
+            self.sample_weight = np.array([weights[int(y)] for y in labels], dtype=np.float32) if weights else None
+            self._draw()
+
+        def _draw(self):
+            rng = np.random.default_rng([seed, self.epoch])
+            self.order = rng.permutation(bank.shape[1])
+            self.version = rng.integers(0, bank.shape[0], size=bank.shape[1])
+
+        def __len__(self):
+            return -(-bank.shape[1] // batch_size)
+
+        def __getitem__(self, i):
+            idx = self.order[i * batch_size : (i + 1) * batch_size]
+            x = bank[self.version[idx], idx].astype(np.float32)
+            if self.sample_weight is None:
+                return x, self.onehot[idx]
+            return x, self.onehot[idx], self.sample_weight[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._draw()
+
+    return ViewSampler()
+
+
+def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, patience, class_weight_mode, seed) -> dict:
+    """fit() on the training bank (clean + views) with early stopping on val_loss;
+    returns the history as plain lists."""
+    import keras
+
+    callbacks = []
+    if patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
+    weights = class_weights(y_train, n_classes, class_weight_mode)
+    x_val, y_val = val_data
+    validation = (x_val, keras.utils.to_categorical(y_val, n_classes))
+    if bank.shape[0] == 1:  # no views: plain arrays, Keras shuffles
+        history = model.fit(
+            bank[0].astype(np.float32),
+            keras.utils.to_categorical(y_train, n_classes),
+            validation_data=validation,
+            epochs=epochs,
+            batch_size=batch_size,
+            class_weight=weights,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    else:
+        sampler = view_sampler(bank, y_train, n_classes, batch_size, seed, weights)
+        history = model.fit(sampler, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
+    """Phase 1: train the head on cached features (clean + views); best weights restored."""
+    seed_everything(cfg.seed)  # first: also imports TensorFlow quietly
+    import keras
+
+    stats = heads.standardization_stats(bank[0].astype(np.float32), cfg.head.pooling) if cfg.head.standardize else None
+    head = heads.build_head(bank.shape[2:], n_classes, cfg.head, stats=stats)
+    head.compile(
+        optimizer=heads.make_optimizer(cfg.train.optimizer, cfg.train.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+    history = fit_model(
+        head, bank, y_train, (x_val, y_val), n_classes,
+        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+        patience=cfg.train.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed,
+    )
+    return head, history
+
+
+def trainable_top(base, spec):
+    """The blocks of ``base`` between the fine-tuning boundary and the head's
+    layer, trainable except BatchNormalization.
+
+    BatchNormalization (ResNet, Inception, MobileNet) stays frozen: in Keras 3
+    a frozen BN layer runs in inference mode with its ImageNet statistics,
+    which a few small batches would otherwise overwrite (calling the block
+    with training=False does not hold inside fit).
+    """
+    import keras
+
+    from vggtl.backbones import build
+
+    top = build.top_model(base, spec.boundary_layer, spec.head_layer)
+    for layer in top.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    return top
+
+
+def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_classes: int):
+    """Phase 2: train the unfrozen top blocks + head on stored boundary activations.
+
+    ``base`` is the backbone whose top blocks are trained in place (the
+    layers are shared with the returned model), so the end-to-end model built
+    from ``base`` afterwards carries the fine-tuned weights.
+
+    Returns:
+        ``(model, history, kept)``; ``kept`` is False when phase 2 did not
+        help and the phase-1 weights were restored.
+    """
+    seed_everything(cfg.seed + 1)
+    import keras
+
+    inputs = keras.Input(bank.shape[2:], name=cfg.spec.boundary_layer)
+    model = keras.Model(inputs, head(trainable_top(base, cfg.spec)(inputs)), name="finetune")
+    model.compile(
+        optimizer=heads.make_optimizer(cfg.finetune.optimizer, cfg.finetune.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+    start, start_weights = val_scores(model, x_val, y_val), model.get_weights()
+    history = fit_model(
+        model, bank, y_train, (x_val, y_val), n_classes,
+        epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
+        patience=cfg.finetune.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed + 1,
+    )
+    # Early stopping restores the best phase-2 epoch, which can still be worse
+    # than where phase 2 started: then fine-tuning did not help; keep phase 1.
+    # Kept only if the validation cross-entropy falls AND the validation
+    # accuracy does not: Keras' val_loss includes the L2 penalties, and a
+    # network collapsing towards uniform predictions can lower both it and
+    # the cross-entropy of an overconfident phase-1 head while its accuracy
+    # drops (seen with a random-weight ResNet50 on clipart8: 0.46 -> 0.16).
+    end = val_scores(model, x_val, y_val)
+    kept = end[0] < start[0] and end[1] >= start[1]
+    if not kept:
+        model.set_weights(start_weights)
+    history["val_cross_entropy_before_after"] = [start[0], end[0]]
+    history["val_accuracy_before_after"] = [start[1], end[1]]
+    return model, history, kept
+
+
+def val_scores(model, x_val, y_val) -> tuple[float, float]:
+    """(cross-entropy, accuracy) of ``model`` on the validation split."""
+    probs = model.predict(x_val, verbose=0)
+    return cross_entropy(y_val, probs), accuracy(y_val, probs)

@@ -1,0 +1,223 @@
+"""One training run, top to bottom: cached features in, a published artifact out.
+
+Reads the feature store built by extraction (refusing one that is out of date
+with ``data.root``), trains the head with early stopping on the validation
+split, optionally fine-tunes the top blocks on stored boundary activations,
+evaluates on the test split beside the baselines, and publishes a new
+artifact version with its report. Same config + same data + same seed gives
+the same ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vggtl import config
+from vggtl.backbones import build
+from vggtl.data import UndecodableImage
+from vggtl.errors import StoreError
+from vggtl.features import pipeline
+from vggtl.features.store import FeatureStore
+from vggtl.training import artifact, baselines, fit, report
+from vggtl.training.metrics import best_epoch, split_metrics
+
+# float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
+E2E_TOLERANCE = 0.02
+
+
+@dataclass
+class Split:
+    """One split's rows (into the store's index), features and labels."""
+
+    rows: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class Trained:
+    """What the phases produced: the models, curves, and the held-out probabilities."""
+
+    base: object
+    head: object
+    history: dict = field(default_factory=dict)
+    phase1: dict = field(default_factory=dict)
+    phase2: dict | None = None
+    val_probs: np.ndarray | None = None
+    test_probs: np.ndarray | None = None
+    # rows -> probabilities of the final model from cached features (checks the artifact)
+    evaluate_cached: object = None
+
+
+def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifact.Artifact:
+    """Train on the cached features of ``cfg`` and publish a new artifact version.
+
+    Args:
+        cfg: a validated config (:func:`vggtl.config.load`); its store must be
+            up to date (:func:`vggtl.extract.run`).
+        config_arg: how the user named the config, for the "run extract"
+            hint in errors.
+        log: progress lines (phases, accuracies, paths).
+
+    Returns:
+        The published, verified :class:`~vggtl.training.artifact.Artifact`.
+
+    Raises:
+        StoreError: no store, or one out of date with the data or augment settings.
+        PathError: ``output.dir`` cannot be written (nothing is published).
+    """
+    started = time.perf_counter()
+    dataset = pipeline.scan_dataset(cfg)
+    where, fs = open_current_store(cfg, dataset, config_arg)
+    try:
+        trained = train_phases(cfg, fs, where.weights, log)
+        metrics = evaluate(cfg, fs, dataset, trained, log)
+        target = publish(cfg, dataset, fs, where, trained, metrics, time.perf_counter() - started)
+    finally:
+        fs.close()
+    log(f"artifact: {target}")
+    log(f"report:   {target / 'report.md'}")
+    return artifact.load(target)
+
+
+def open_current_store(cfg: config.Config, dataset, config_arg=None) -> tuple[pipeline.StoreLocation, FeatureStore]:
+    """The store for ``cfg``, refused unless it matches the data and augment settings now."""
+    where = pipeline.locate_store(cfg)
+    again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
+    if not where.path.is_file():
+        raise StoreError(f"no feature store for this config at {where.path}; run: {again}")
+    fs = FeatureStore(where.path)
+    if fs.data_digest != dataset.digest():
+        fs.close()
+        raise StoreError(
+            f"feature store {where.path} is out of date with {cfg.data.root} (images or splits changed); run {again} first"
+        )
+    if cfg.augment.views and not fs.holds_views(where.format.augment):
+        fs.close()
+        raise StoreError(f"feature store {where.path} holds other augmented views than augment.* asks for; run {again} first")
+    return where, fs
+
+
+def load_splits(fs: FeatureStore, layer: str | None = None) -> tuple[Split, Split]:
+    """The validation and test splits' clean features of ``layer``."""
+    return tuple(Split(*fit.load_split(fs, split, layer)) for split in ("val", "test"))
+
+
+def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Trained:
+    """Phase 1 (the head on cached features), then phase 2 when ``finetune.blocks`` > 0."""
+    train_rows = fs.split_rows("train")
+    y_train = fs.labels[train_rows]
+    bank = fit.training_bank(fs, train_rows, None, cfg.augment.views)
+    val, test = load_splits(fs)
+    log(
+        f"train: {len(y_train)} (+{cfg.augment.views} views each)  val: {len(val.y)}  test: {len(test.y)}  "
+        f"classes: {len(fs.class_names)}  features: {fs.feature_shape}"
+    )
+    head, history1 = fit.fit_head(cfg, bank, y_train, val.x, val.y, len(fs.class_names))
+    del bank
+    log(f"phase 1 (head): {len(history1['loss'])} epochs (best: {best_epoch(history1)})")
+    trained = Trained(base=None, head=head, history={"phase1": history1})
+    trained.val_probs, trained.test_probs = head.predict(val.x, verbose=0), head.predict(test.x, verbose=0)
+    trained.phase1 = {
+        "val": {"accuracy": split_metrics(val.y, trained.val_probs, fs.class_names)["accuracy"]},
+        "test": {"accuracy": split_metrics(test.y, trained.test_probs, fs.class_names)["accuracy"]},
+        "epochs_trained": len(history1["loss"]),
+        "best_epoch": best_epoch(history1),
+    }
+    trained.evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)
+    trained.base = build.build_base(cfg.spec, weights, cfg.seed)
+    if cfg.spec.boundary_layer:
+        _finetune(cfg, fs, trained, train_rows, y_train, log)
+    return trained
+
+
+def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, train_rows, y_train, log) -> None:
+    """Phase 2 on the stored boundary activations; updates ``trained`` in place."""
+    boundary = cfg.spec.boundary_layer
+    bank = fit.training_bank(fs, train_rows, boundary, cfg.augment.views)
+    val, test = load_splits(fs, boundary)
+    tuned, history, kept = fit.finetune(cfg, trained.base, trained.head, bank, y_train, val.x, val.y, len(fs.class_names))
+    del bank
+    log(
+        f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}): "
+        f"{len(history['loss'])} epochs (best: {best_epoch(history)})"
+        + ("" if kept else "; validation cross-entropy/accuracy not better than phase 1's, phase-1 weights kept")
+    )
+    trained.history["phase2"] = history
+    trained.phase2 = {
+        "blocks": cfg.finetune.blocks, "epochs_trained": len(history["loss"]), "best_epoch": best_epoch(history), "kept": kept,
+    }
+    trained.val_probs, trained.test_probs = tuned.predict(val.x, verbose=0), tuned.predict(test.x, verbose=0)
+    trained.evaluate_cached = lambda rows: tuned.predict(fs.features(rows, boundary), verbose=0)
+
+
+def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, log=print) -> dict:
+    """``metrics.json``: val/test metrics of the final model, the baselines, both phases."""
+    y_val, y_test = fs.labels[fs.split_rows("val")], fs.labels[fs.split_rows("test")]
+    metrics = {
+        "val": split_metrics(y_val, trained.val_probs, fs.class_names),
+        "test": split_metrics(y_test, trained.test_probs, fs.class_names),
+        "baseline": {"linear_probe": baselines.linear_probe(fs, cfg.seed)},
+        "phase1": trained.phase1,
+        "epochs_trained": trained.phase1["epochs_trained"],
+        "best_epoch": trained.phase1["best_epoch"],
+    }
+    if cfg.baseline.scratch:
+        metrics["baseline"]["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
+        log(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
+    if trained.phase2 is not None:
+        metrics["phase2"] = trained.phase2
+    log(
+        f"val accuracy {metrics['val']['accuracy']:.4f}   test accuracy {metrics['test']['accuracy']:.4f}   "
+        f"(head only: test {trained.phase1['test']['accuracy']:.4f}; "
+        f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
+    )
+    return metrics
+
+
+def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Trained, metrics: dict, seconds: float):
+    """Build the end-to-end model, check it, write every file and publish the version.
+
+    A run killed or failing in here leaves no directory that looks like an
+    artifact (the staging directory is removed, earlier versions untouched).
+    """
+    artifact.clean_stale_staging(cfg.output.dir, cfg.name)
+    staging = artifact.begin(cfg.output.dir, cfg.name)
+    try:
+        model = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed, base=trained.base)
+        model.save(staging / "model.keras")
+        gap = check_end_to_end(model, trained.evaluate_cached, fs, cfg.spec.decode, dataset.root)
+        if gap > E2E_TOLERANCE:
+            raise RuntimeError(f"internal: the end-to-end model differs from the evaluated model on cached features by {gap:.4f}")
+        artifact.write_metadata(
+            staging, cfg=cfg, dataset=dataset, fs=fs, store_settings=where.format.settings, weights=where.weights,
+            metrics=metrics, history=trained.history, end_to_end_gap=gap, seconds=seconds,
+        )
+        report.write(
+            staging, cfg=cfg, dataset=dataset, fs=fs, metrics=metrics, history=trained.history,
+            test_rows=fs.split_rows("test"), test_probs=trained.test_probs, weights=where.weights,
+        )
+        return artifact.publish(staging)
+    except BaseException:
+        artifact.abandon(staging)
+        raise
+
+
+def check_end_to_end(model, evaluate_cached, fs: FeatureStore, decode, dataset_root, n: int = 8) -> float:
+    """Max |p_model - p_cached| on a few test images, where ``evaluate_cached(rows)``
+    gives the probabilities the metrics were computed from. Proves the artifact
+    computes what was trained and evaluated (the fp16 cache gives ~1e-3)."""
+    images, kept = [], []
+    for row in fs.split_rows("test")[:n]:
+        try:
+            images.append(decode.decode(dataset_root / fs.paths[row]))
+            kept.append(row)
+        except UndecodableImage:
+            continue
+    if not kept:
+        return 0.0
+    direct = model.predict(np.stack(images), verbose=0)
+    return float(np.max(np.abs(direct - evaluate_cached(kept))))
