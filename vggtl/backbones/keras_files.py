@@ -146,7 +146,7 @@ def existing_file(path, what: str = "weights file") -> Path:
     return path
 
 
-def file_sha256(path):
+def memoized_sha256(path):
     """``'sha256:<hex>'`` of a weights file's bytes, memoized like :func:`memoized`.
 
     The digest of weights whose tensors vggtl does not fingerprint itself

@@ -56,7 +56,7 @@ def file_digest(arch: Architecture, path: Path) -> str:
     """Digest of a weights file for ``arch``: its provider's (VGG16: a tensor
     digest independent of the file format), else the sha256 of the bytes."""
     provider = _provider(arch)
-    return provider.digest(path) if provider else keras_files.file_sha256(path)
+    return provider.digest(path) if provider else keras_files.memoized_sha256(path)
 
 
 def resolve_weights(arch: Architecture, spec: str | None, seed: int, allow_download: bool = True) -> ResolvedWeights:

@@ -72,7 +72,7 @@ def augment_attr(cfg: config.Config) -> dict:
 def locate_store(cfg: config.Config, allow_download: bool = True) -> StoreLocation:
     """Resolve the weights and name the store file of ``cfg``."""
     weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
-    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.data.max_pixels, augment_attr(cfg))
+    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.spec.decode.max_pixels, augment_attr(cfg))
     return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights)
 
 
