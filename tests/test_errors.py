@@ -137,8 +137,9 @@ def test_output_dir_below_a_regular_file(pipeline_dir, capsys, monkeypatch):
     (pipeline_dir / "afile").write_text("x")
     monkeypatch.chdir(pipeline_dir)
     code = train.main(["c.yaml", "--set", f"output.dir={pipeline_dir / 'afile' / 'out'}"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
+    assert "phase 1" not in out
     assert f"error: cannot create the output.dir directory {pipeline_dir / 'afile' / 'out' / 'tiny'}: Not a directory" in err
     assert "Traceback" not in err and sha256(store) == before
 
@@ -169,8 +170,9 @@ def test_unwritable_output_dir_keeps_store_and_earlier_artifacts(pipeline_dir, c
     monkeypatch.chdir(pipeline_dir)
     with unwritable(run_dir):
         code = train.main(["c.yaml"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 2, err
+    assert "phase 1" not in out  # refused before training, not after it
     assert "Traceback" not in err
     assert str(run_dir) in err and ("Permission denied" in err or "Operation not permitted" in err or "permission denied" in err)
     assert sha256(store) == before_store

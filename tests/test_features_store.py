@@ -529,3 +529,11 @@ def test_copying_dense_sources_across_many_chunks(path, monkeypatch):
     publish(path, dataset, writer)
     with store.FeatureStore(path) as fs:
         assert_layers_equal(fs, np.arange(len(kept)), take(feats, kept[::-1]))
+
+
+def test_store_module_imports_without_fcntl():
+    """Windows has no fcntl: the store (and so extract) must import without it."""
+    code = "import sys; sys.modules['fcntl'] = None; import vggtl.features.store, vggtl.extract; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -173,6 +173,8 @@ def locked(path: Path):
             owner.write_text(str(os.getpid()))
         yield
     finally:
+        with contextlib.suppress(OSError):
+            owner.unlink()
         lock.release()
 
 

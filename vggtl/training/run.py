@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from vggtl.data import UndecodableImage
 from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
+from vggtl.files import make_dir
 from vggtl.training import artifact, baselines, fit, report
 from vggtl.training.metrics import best_epoch, split_metrics
 
@@ -70,6 +72,7 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
         PathError: ``output.dir`` cannot be written (nothing is published).
     """
     started = time.perf_counter()
+    make_dir(Path(cfg.output.dir) / cfg.name, "output.dir")  # before minutes of training, not after
     dataset = pipeline.scan_dataset(cfg)
     where, fs = open_current_store(cfg, dataset, config_arg)
     try:
