@@ -48,6 +48,9 @@ def _key(default=dataclasses.MISSING, *, choices=None, low=None, high=None, doc=
 class SplitConfig:
     val: float = _key(0.15, low=0.0, high=0.9, doc="fraction of each class held out for validation")
     test: float = _key(0.15, low=0.0, high=0.9, doc="fraction of each class held out for test")
+    seed: int | None = _key(
+        None, low=0, high=2**31 - 1, doc="seed of the split; null = the run's seed (vary one with the other fixed)"
+    )
 
 
 @dataclass
@@ -174,6 +177,11 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def split_seed(self) -> int:
+        """The seed the split is made with: ``data.split.seed``, else ``seed``."""
+        return self.seed if self.data.split.seed is None else self.data.split.seed
 
     def digest(self) -> str:
         """sha256 of the resolved config (stable key order)."""

@@ -2,12 +2,12 @@
 
 Layouts accepted under ``data.root``:
 
-* class-per-folder: ``root/<class>/**/<image>``; the split into train/val/test
-  is derived from a hash of each file's *content* plus the seed, so adding
-  images never moves existing ones and moving the folder changes nothing;
+* class-per-folder: ``root/<class>/**/<image>``; each class is split into
+  train/val/test by :mod:`vggtl.splits` (per-class quotas over an order fixed by
+  content and seed: path-independent, at least one image per held-out split);
 * pre-split: ``root/train/<class>/...`` plus ``val/`` (or ``validation/``)
   and/or ``test/`` with the same class folders. A missing ``val`` or ``test``
-  subtree is carved out of ``train`` with the same hash rule.
+  subtree is carved out of ``train`` with the same rule.
 
 Classes are the sorted folder names. Hidden files and folders are ignored.
 Decoding never raises for a bad file: :func:`decode_image` raises
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggtl import splits
 from vggtl.errors import DataError, path_error
 from vggtl.files import sha256_file
 
@@ -63,6 +64,8 @@ class ImageFile:
         label: index into the sorted class names.
         split: ``'train'``, ``'val'`` or ``'test'``.
         sha256: hex digest of the file's bytes; the cache key of its features.
+        fixed: ``'val'`` or ``'test'`` when a pre-split folder decides the
+            split, else None (the split rule decides).
     """
 
     path: Path
@@ -70,6 +73,7 @@ class ImageFile:
     label: int
     split: str
     sha256: str
+    fixed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Dataset:
     files: list[ImageFile]
     layout: str  # "class-folders" or "pre-split"
     warnings: list[str]
+    # Which held-out splits the rule carves (False where a pre-split folder provides it).
+    carve: tuple[bool, bool] = (True, True)
 
     def digest(self) -> str:
         """Manifest digest: changes when any file's content, label or split changes."""
@@ -115,6 +121,34 @@ class Dataset:
         for f in sorted(self.files, key=lambda f: f.relpath):
             h.update(f"\n{f.relpath}\t{f.label}\t{f.split}\t{f.sha256}".encode())
         return h.hexdigest()
+
+    def content_digest(self) -> str:
+        """Digest of the classes, paths, labels and contents, not the split: what
+        a feature store must match (splits are made at train time)."""
+        h = hashlib.sha256(b"vggtl-content\n")
+        h.update("\n".join(self.class_names).encode())
+        for f in sorted(self.files, key=lambda f: f.relpath):
+            h.update(f"\n{f.relpath}\t{f.label}\t{f.sha256}".encode())
+        return h.hexdigest()
+
+    def split_digest(self) -> str:
+        """Digest of which file is in which split (:func:`vggtl.splits.digest`)."""
+        return splits.digest((f.relpath, f.split) for f in self.files)
+
+    def with_split(self, seed: int, val: float, test: float, exclude=frozenset()) -> "Dataset":
+        """The same files split by :func:`vggtl.splits.assign` for ``seed`` and
+        the fractions; ``exclude`` are content hashes of unusable files.
+
+        Raises:
+            DataError: a class has too few usable images (named, with its count).
+        """
+        carve_val, carve_test = self.carve
+        members = [splits.Member(f.sha256, f.label, f.fixed) for f in self.files]
+        assigned = splits.assign(
+            members, seed, val if carve_val else 0.0, test if carve_test else 0.0, self.class_names, frozenset(exclude)
+        )
+        files = [dataclasses.replace(f, split=s) for f, s in zip(self.files, assigned)]
+        return dataclasses.replace(self, files=files)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{split: {class_name: n}}``."""
@@ -155,21 +189,6 @@ def file_sha256(path: Path) -> str:
         return sha256_file(path)
     except OSError as exc:
         raise path_error(exc, path, "read the image file") from None
-
-
-def hash_split(sha256: str, seed: int, val: float, test: float) -> str:
-    """Deterministic split of one file from its content hash and the seed.
-
-    The file's position in [0, 1) depends only on (seed, content), so adding
-    or removing other files never moves it to another split.
-    """
-    digest = hashlib.sha256(f"vggtl-split:{seed}:{sha256}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < test:
-        return "test"
-    if u < test + val:
-        return "val"
-    return "train"
 
 
 def detect_layout(root: Path) -> dict[str, Path] | None:
@@ -254,36 +273,14 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4)
     # Hashing is I/O + hashlib, which releases the GIL: threads parallelise it.
     with ThreadPoolExecutor(max(1, workers)) as pool:
         digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
-    carve_val = "val" not in split_dirs
-    carve_test = "test" not in split_dirs
-    files = []
-    for (path, label, fixed), sha in zip(entries, digests):
-        if fixed in (None, "train"):
-            split = hash_split(sha, seed, val if carve_val else 0.0, test if carve_test else 0.0)
-        else:
-            split = fixed
-        files.append(ImageFile(path.resolve(), path.relative_to(root).as_posix(), label, split, sha))
-    dataset = Dataset(root.resolve(), class_names, files, layout, notes)
-    _check_splits(dataset, seed)
+    files = [
+        ImageFile(path.resolve(), path.relative_to(root).as_posix(), label, "train", sha, None if fixed == "train" else fixed)
+        for (path, label, fixed), sha in zip(entries, digests)
+    ]
+    carve = ("val" not in split_dirs, "test" not in split_dirs)
+    dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve).with_split(seed, val, test)
     notes.extend(_dataset_warnings(dataset))
     return dataset
-
-
-def _check_splits(dataset: Dataset, seed: int) -> None:
-    counts = dataset.counts()
-    for split in SPLITS:
-        missing = [c for c, n in counts[split].items() if n == 0]
-        if missing:
-            fix = (
-                "lower data.split.val / data.split.test"
-                if split == "train"
-                else f"raise data.split.{split}"
-            )
-            raise DataError(
-                f"the {split} split has no image of class(es) {', '.join(missing)} "
-                f"(seed {seed}); add images to those classes, {fix}, or try another seed "
-                "(the split of each file is fixed by its content and the seed)"
-            )
 
 
 def _dataset_warnings(dataset: Dataset) -> list[str]:

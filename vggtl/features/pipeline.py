@@ -22,7 +22,7 @@ import numpy as np
 
 from vggtl import config, data
 from vggtl.backbones.resolve import ResolvedWeights, resolve_weights
-from vggtl.errors import ConfigError
+from vggtl.errors import ConfigError, DataError
 from vggtl.features import augment, store
 from vggtl.files import make_dir
 
@@ -57,7 +57,7 @@ def scan_dataset(cfg: config.Config) -> data.Dataset:
     return data.scan(
         cfg.data.root,
         cfg.data.extensions,
-        seed=cfg.seed,
+        seed=cfg.split_seed,
         val=cfg.data.split.val,
         test=cfg.data.split.test,
         workers=max(2, cfg.extract.workers),
@@ -209,6 +209,11 @@ def view_keys(cfg: config.Config, dataset: data.Dataset) -> list[str]:
 def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     """Bring the feature store for ``cfg`` up to date with ``data.root``.
 
+    The store holds the features of every usable image, keyed by content,
+    whatever the split; augmented views are made for the training images of
+    ``cfg``'s split (and kept for others that have them, so a new split
+    recomputes only the views its new training images lack).
+
     Args:
         cfg: a validated config (:func:`vggtl.config.load`).
         progress: show a progress bar on stderr while computing.
@@ -229,20 +234,32 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
         log(f"warning: {note}")
     where = locate_store(cfg)
     make_dir(where.path.parent, "cache.path")
-    views = view_keys(cfg, dataset)
     with store.locked(where.path):
         store.remove_stale_temporaries(where.path)
         state = store.load_state(where.path, where.format)
         for note in state.notes:
             log(f"warning: {note}")
-        if _up_to_date(where.path, state, dataset, views):
-            return _result(where.path, dataset, 0, state, start, True, len(_wanted_keys(dataset, views, state.skipped)))
-        computed = _update(cfg, where, dataset, views, state, part_rows, progress, log)
-    return _result(where.path, dataset, computed, state, start, False, len(_wanted_keys(dataset, views, state.skipped)))
+        dataset = usable_split(cfg, dataset, state.skipped, log)
+        if _up_to_date(cfg, where.path, state, dataset):
+            return _result(cfg, where.path, dataset, 0, state, start, True)
+        dataset, computed = _update(cfg, where, dataset, state, part_rows, progress, log)
+    return _result(cfg, where.path, dataset, computed, state, start, False)
 
 
-def _up_to_date(path: Path, state: store.CachedState, dataset: data.Dataset, views: list[str]) -> bool:
-    """The published store holds exactly what is wanted, with no parts pending.
+def usable_split(cfg: config.Config, dataset: data.Dataset, skipped, log=print) -> data.Dataset:
+    """``dataset`` split by ``cfg`` over its usable images (``skipped``: content
+    hashes of undecodable files). When the undecodable files leave a class too
+    small to split, extraction goes on with a warning (its features are worth
+    keeping); train then refuses with the same message."""
+    try:
+        return dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=set(skipped))
+    except DataError as exc:
+        log(f"warning: {exc}")
+        return dataset
+
+
+def _up_to_date(cfg, path: Path, state: store.CachedState, dataset: data.Dataset) -> bool:
+    """The published store holds every wanted entry and nothing stale, with no parts pending.
 
     A store whose skip reasons came from other skip settings (e.g. a lower
     data.max_pixels) is not up to date: those files get retried. Other
@@ -250,14 +267,17 @@ def _up_to_date(path: Path, state: store.CachedState, dataset: data.Dataset, vie
     """
     parts = store.parts_dir(path)
     has_parts = parts.is_dir() and any(parts.iterdir())
-    fresh = state.store_ok and state.store_skip_ok and state.store_data_digest == dataset.digest()
-    return fresh and not has_parts and state.store_keys == _wanted_keys(dataset, views, state.skipped)
+    fresh = state.store_ok and state.store_skip_ok and state.store_content_digest == dataset.content_digest()
+    wanted = _wanted_keys(dataset, view_keys(cfg, dataset), state.skipped)
+    return fresh and not has_parts and wanted <= state.store_keys <= _allowed_keys(cfg, dataset, state.skipped)
 
 
-def _update(cfg, where: StoreLocation, dataset, views, state: store.CachedState, part_rows, progress, log) -> int:
-    """Compute what is missing and publish the new store; returns entries computed.
+def _update(cfg, where: StoreLocation, dataset, state: store.CachedState, part_rows, progress, log):
+    """Compute what is missing and publish the new store; returns the dataset
+    (split again if new undecodable files changed it) and the entries computed.
     Updates ``state.skipped`` with the files found undecodable now."""
-    jobs = _jobs(dataset, views, state)
+    views = view_keys(cfg, dataset)
+    jobs = _jobs(dataset, views, state.sources, state.skipped)
     n_todo = sum(len(job.keys) for job in jobs)
     cached = len(_wanted_keys(dataset, views, state.skipped) & set(state.sources))
     log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {where.weights.source}")
@@ -265,41 +285,60 @@ def _update(cfg, where: StoreLocation, dataset, views, state: store.CachedState,
     # that does not fit the backbone fails without leaving anything behind.
     forward = make_forward(cfg, where.weights) if jobs else None
     writer = store.PartWriter(where.path, where.format, part_rows)
-    if jobs:
+    while jobs:
         compute_features(jobs, cfg, forward, writer, progress)
-    state.skipped = {**state.skipped, **writer.skipped_reasons}
+        state.skipped = {**state.skipped, **writer.skipped_reasons}
+        # Files found undecodable just now can move a class's quota boundary:
+        # views for images that became training images are computed too.
+        dataset = usable_split(cfg, dataset, state.skipped, log=lambda _: None)
+        views = view_keys(cfg, dataset)
+        jobs = _jobs(dataset, views, {**state.sources, **writer.written}, state.skipped)
     provenance = {"config": cfg.to_yaml(), "weights_source": where.weights.source}
     sources = {**state.sources, **writer.written}
-    store.write_store(where.path, where.format, dataset, sources, state.skipped, provenance, view_keys=views)
+    keep = sorted(k for k in _allowed_keys(cfg, dataset, state.skipped) if k in sources and k != store.content_hash(k))
+    store.write_store(where.path, where.format, dataset, sources, state.skipped, provenance, view_keys=keep)
     store.clear_parts(where.path)
-    return writer.computed
+    return dataset, writer.computed
 
 
 def _wanted_keys(dataset: data.Dataset, views: list[str], skipped: dict[str, str]) -> set[str]:
-    """Every key the store must hold: clean features of decodable images and their views."""
+    """Every key the store must hold: clean features of decodable images and
+    the views of the training images."""
     wanted = {f.sha256 for f in dataset.files if f.sha256 not in skipped}
     return wanted | {k for k in views if store.content_hash(k) not in skipped}
 
 
-def _jobs(dataset: data.Dataset, views: list[str], state: store.CachedState) -> list[Job]:
+def _allowed_keys(cfg, dataset: data.Dataset, skipped: dict[str, str]) -> set[str]:
+    """Every key the store may hold: clean features of decodable images and any
+    view of them under the current augment settings (views of images that are
+    not training images now are kept for the splits that make them so)."""
+    usable = {f.sha256 for f in dataset.files if f.sha256 not in skipped}
+    if not cfg.augment.views:
+        return usable
+    digest = augment.settings_digest(cfg.augment)
+    return usable | {store.view_key(sha, digest, v) for sha in usable for v in range(1, cfg.augment.views + 1)}
+
+
+def _jobs(dataset: data.Dataset, views: list[str], sources, skipped) -> list[Job]:
     """One job per distinct image with something missing (clean features or views)."""
     missing_views: dict[str, list[str]] = {}
     for key in views:
-        if key not in state.sources:
+        if key not in sources:
             missing_views.setdefault(store.content_hash(key), []).append(key)
     seen, jobs = set(), []
     for f in dataset.files:
-        if f.sha256 in seen or f.sha256 in state.skipped:
+        if f.sha256 in seen or f.sha256 in skipped:
             continue
         seen.add(f.sha256)
-        keys = ([] if f.sha256 in state.sources else [f.sha256]) + missing_views.get(f.sha256, [])
+        keys = ([] if f.sha256 in sources else [f.sha256]) + missing_views.get(f.sha256, [])
         if keys:
             jobs.append(Job(f, tuple(keys)))
     return jobs
 
 
-def _result(path, dataset, computed, state, start, up_to_date, n_entries) -> ExtractResult:
+def _result(cfg, path, dataset, computed, state, start, up_to_date) -> ExtractResult:
     skipped = {f.relpath: state.skipped[f.sha256] for f in dataset.files if f.sha256 in state.skipped}
+    n_entries = len(_wanted_keys(dataset, view_keys(cfg, dataset), state.skipped))
     return ExtractResult(
         store_path=path,
         dataset=dataset,

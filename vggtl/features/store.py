@@ -4,8 +4,11 @@ One file per (dataset name, backbone setting)::
 
     <cache.path>/<name>-<settings_key[:12]>.h5
       attrs     schema_version, vggtl_version, settings (JSON), settings_key,
-                class_names (JSON), data_digest, config (YAML), layers (JSON),
-                feature_shapes (JSON), augment (JSON), created_utc
+                class_names (JSON), content_digest (classes, paths, labels,
+                contents: what the store must match), data_digest and
+                split_digest (the split at extraction, for the record: train
+                splits again from its own config), config (YAML), layers
+                (JSON), feature_shapes (JSON), augment (JSON), created_utc
       entries/key       (N,)     str    content sha256 of each distinct image, or
                                         "<sha256>:<augment digest>:<view>" for an
                                         augmented view of a training image
@@ -13,7 +16,7 @@ One file per (dataset name, backbone setting)::
                                         entry per chunk (rows match entries/key)
       index/path        (M,)     str    file path relative to data.root
       index/label       (M,)     i4
-      index/split       (M,)     i1     0 train, 1 val, 2 test
+      index/split       (M,)     i1     0 train, 1 val, 2 test (at extraction)
       index/entry       (M,)     i8     row in entries/
       skipped/path, skipped/sha256, skipped/reason    undecodable files
 
@@ -314,6 +317,7 @@ class CachedState:
     store_ok: bool = False
     store_skip_ok: bool = False
     store_data_digest: str | None = None
+    store_content_digest: str | None = None
     store_keys: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
@@ -360,6 +364,7 @@ def load_state(path: Path, fmt: StoreFormat) -> CachedState:
                         found.store_ok = True
                         found.store_skip_ok = skip_ok
                         found.store_data_digest = fh.attrs.get("data_digest")
+                        found.store_content_digest = fh.attrs.get("content_digest")
                         found.store_keys = set(found.sources)
         except (OSError, KeyError, ValueError) as exc:
             _quarantine(file_path, path, f"cannot be read: {exc}", state)
@@ -374,6 +379,7 @@ def load_state(path: Path, fmt: StoreFormat) -> CachedState:
         if file_path == path:
             state.store_ok, state.store_skip_ok = found.store_ok, found.store_skip_ok
             state.store_data_digest = found.store_data_digest
+            state.store_content_digest = found.store_content_digest
             state.store_keys = found.store_keys
     return state
 
@@ -506,6 +512,8 @@ def _write_attrs(fh, fmt: StoreFormat, dataset: Dataset, provenance: dict) -> No
         "skip_settings": json.dumps(fmt.skip_settings, sort_keys=True),
         "class_names": json.dumps(dataset.class_names),
         "data_digest": dataset.digest(),
+        "content_digest": dataset.content_digest(),
+        "split_digest": dataset.split_digest(),
         "config": provenance["config"],
         "augment": json.dumps(fmt.augment),
         "weights_source": provenance["weights_source"],
@@ -595,6 +603,8 @@ class FeatureStore:
         self.class_names: list[str] = json.loads(attrs["class_names"])
         self.settings: dict = json.loads(attrs["settings"])
         self.data_digest: str = attrs["data_digest"]
+        # None in stores written before splits moved to train time: they are re-published by extract.
+        self.content_digest: str | None = attrs.get("content_digest")
         self.config_yaml: str = attrs["config"]
         self.layers: list[str] = json.loads(attrs["layers"])
         self.feature_shapes = {layer: tuple(shape) for layer, shape in json.loads(attrs["feature_shapes"]).items()}
@@ -607,6 +617,7 @@ class FeatureStore:
         self.skipped = list(
             zip(self._fh["skipped/path"].asstr()[:], self._fh["skipped/reason"].asstr()[:])
         )
+        self.skipped_hashes = {sha.decode() for sha in self._fh["skipped/sha256"][:]}
 
     def close(self) -> None:
         self._fh.close()
@@ -616,6 +627,19 @@ class FeatureStore:
 
     def __exit__(self, *exc):
         self.close()
+
+    def use_split(self, assignment: dict[str, str]) -> None:
+        """Split the index as ``{relative path: split}`` says (a split made at
+        train time), instead of the split recorded at extraction.
+
+        Raises:
+            StoreError: a path of the index has no split (the store does not
+                match the data it is used with).
+        """
+        try:
+            self.splits = np.array([SPLIT_CODES[assignment[p]] for p in self.paths], dtype="i1")
+        except KeyError as exc:
+            raise StoreError(f"feature store {self.path} indexes {exc.args[0]!r}, which the data does not have; re-run extract") from None
 
     def split_rows(self, split: str) -> np.ndarray:
         """Index rows (into paths/labels) belonging to ``split``."""
@@ -636,14 +660,18 @@ class FeatureStore:
         except KeyError as exc:
             raise StoreError(f"feature store {self.path} has no entry {exc.args[0]!r}; re-run extract") from None
 
-    def holds_views(self, augment: dict) -> bool:
-        """True when the stored augmented views are those ``augment`` (:func:`augment_attr`) asks for."""
-        return self.augment == augment
-
     def view_features(self, rows, view: int, layer: str | None = None, dtype="float32") -> np.ndarray:
         """Features of augmented view ``view`` (1, 2, ...) of the given index rows."""
         keys = [view_key(sha, self.augment["digest"], view) for sha in self.clean_keys(rows)]
         return self.entry_features(self.entry_rows(keys), layer, dtype)
+
+    def missing_views(self, rows, views: int) -> int:
+        """How many of the given index rows lack any of views 1..``views``."""
+        self.entry_rows([])  # builds the key index
+        digest = self.augment.get("digest")
+        return sum(
+            any(view_key(sha, digest, v) not in self._row_of_key for v in range(1, views + 1)) for sha in self.clean_keys(rows)
+        )
 
     def clean_keys(self, rows) -> list[str]:
         """Content hashes (clean entry keys) of the given index rows."""

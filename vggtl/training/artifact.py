@@ -111,6 +111,8 @@ def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, wei
         "seed": cfg.seed,
         "config_digest": cfg.digest(),
         "data_digest": dataset.digest(),
+        "content_digest": dataset.content_digest(),
+        "split": {"seed": cfg.split_seed, "digest": dataset.split_digest()},
         "store": {"path": str(fs.path), "settings": store_settings},
         "weights": {"source": weights.source, "digest": weights.digest, "random": weights.random},
         "backbone": {"name": cfg.spec.name, "layer": cfg.spec.head_layer, "preprocessing": store_settings["preprocessing"]},

@@ -140,6 +140,8 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
     return lines + [
         f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
+        f"- split: seed {metrics['split']['seed']}, val {metrics['split']['val']:g} / test {metrics['split']['test']:g} "
+        f"of each class, digest `{metrics['split']['digest'][:12]}`",
         f"- seed {cfg.seed}, image size {cfg.spec.image_size}, resize `{cfg.spec.decode.resize}`, "
         f"phase 1 epochs {metrics['epochs_trained']} (best {metrics['best_epoch']})",
         f"- augmentation: {cfg.augment.views} stored view(s) per training image"

@@ -18,7 +18,7 @@ import numpy as np
 
 from vggtl import config
 from vggtl.backbones import build
-from vggtl.data import UndecodableImage
+from vggtl.data import SPLITS, UndecodableImage
 from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
@@ -73,8 +73,9 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
     """
     started = time.perf_counter()
     make_dir(Path(cfg.output.dir) / cfg.name, "output.dir")  # before minutes of training, not after
-    dataset = pipeline.scan_dataset(cfg)
-    where, fs = open_current_store(cfg, dataset, config_arg)
+    where, fs, dataset = open_current_store(cfg, pipeline.scan_dataset(cfg), config_arg)
+    log(f"split: seed {cfg.split_seed}, digest {dataset.split_digest()[:12]}, "
+        + ", ".join(f"{s} {len(fs.split_rows(s))}" for s in SPLITS))
     try:
         trained = train_phases(cfg, fs, where.weights, log)
         metrics = evaluate(cfg, fs, dataset, trained, log)
@@ -86,22 +87,53 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
     return artifact.load(target)
 
 
-def open_current_store(cfg: config.Config, dataset, config_arg=None) -> tuple[pipeline.StoreLocation, FeatureStore]:
-    """The store for ``cfg``, refused unless it matches the data and augment settings now."""
+def open_current_store(cfg: config.Config, dataset, config_arg=None):
+    """The store for ``cfg``, refused unless it holds the data as it is now, and
+    the data split the way ``cfg`` asks (made here, from the config: a new seed
+    or fractions need no extract).
+
+    Returns:
+        ``(where, fs, dataset)``: the store's location, the open store with
+        its index split, and the dataset split over its usable images.
+
+    Raises:
+        StoreError: no store, a store out of date with the data, or one
+            lacking augmented views of this split's training images.
+        DataError: a class too small to split once undecodable files are left out.
+    """
     where = pipeline.locate_store(cfg)
     again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
     if not where.path.is_file():
         raise StoreError(f"no feature store for this config at {where.path}; run: {again}")
     fs = FeatureStore(where.path)
-    if fs.data_digest != dataset.digest():
+    try:
+        if fs.content_digest != dataset.content_digest():
+            raise StoreError(
+                f"feature store {where.path} is out of date with {cfg.data.root} (images added, edited or removed, "
+                f"or written by an older vggtl); run {again} first (it computes only what is missing)"
+            )
+        dataset = dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=fs.skipped_hashes)
+        fs.use_split({f.relpath: f.split for f in dataset.files})
+        _check_views(cfg, fs, where, again)
+    except BaseException:
         fs.close()
-        raise StoreError(
-            f"feature store {where.path} is out of date with {cfg.data.root} (images or splits changed); run {again} first"
-        )
-    if cfg.augment.views and not fs.holds_views(where.format.augment):
-        fs.close()
+        raise
+    return where, fs, dataset
+
+
+def _check_views(cfg: config.Config, fs: FeatureStore, where, again: str) -> None:
+    """Every training image of this split must have its stored augmented views."""
+    if not cfg.augment.views:
+        return
+    if fs.augment.get("digest") != where.format.augment["digest"]:
         raise StoreError(f"feature store {where.path} holds other augmented views than augment.* asks for; run {again} first")
-    return where, fs
+    missing = fs.missing_views(fs.split_rows("train"), cfg.augment.views)
+    if missing:
+        raise StoreError(
+            f"{missing} training image(s) of this split have no augmented views in {where.path} "
+            f"(they were held out in the split the store was extracted for); run {again}: "
+            "it computes only those views"
+        )
 
 
 def load_splits(fs: FeatureStore, layer: str | None = None) -> tuple[Split, Split]:
@@ -164,6 +196,7 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         "val": split_metrics(y_val, trained.val_probs, fs.class_names),
         "test": split_metrics(y_test, trained.test_probs, fs.class_names),
         "baseline": {"linear_probe": baselines.linear_probe(fs, cfg.seed)},
+        "split": split_record(cfg, fs, dataset),
         "phase1": trained.phase1,
         "epochs_trained": trained.phase1["epochs_trained"],
         "best_epoch": trained.phase1["best_epoch"],
@@ -179,6 +212,17 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
     )
     return metrics
+
+
+def split_record(cfg: config.Config, fs: FeatureStore, dataset) -> dict:
+    """Which split the numbers are on: seed, fractions, digest and sizes."""
+    return {
+        "seed": cfg.split_seed,
+        "val": cfg.data.split.val,
+        "test": cfg.data.split.test,
+        "digest": dataset.split_digest(),
+        "sizes": {s: int(len(fs.split_rows(s))) for s in SPLITS},
+    }
 
 
 def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Trained, metrics: dict, seconds: float):
