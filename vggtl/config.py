@@ -56,6 +56,9 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     root: str = _key(doc="class-per-folder image tree, or a tree with train/ val/ test/ subfolders")
+    csv: str | None = _key(
+        None, doc="a CSV file with columns path,label[,split] (paths relative to data.root) instead of class folders"
+    )
     split: SplitConfig = field(default_factory=SplitConfig)
     image_size: int | None = _key(
         None, low=32, high=1024, doc="square input side in pixels; null = the backbone's own (224, inception_v3: 299)"
@@ -102,6 +105,9 @@ class HeadConfig:
     units: list[int] = _key([512], doc="hidden Dense layer widths (relu); [] for a linear softmax")
     dropout: float = _key(0.5, low=0.0, high=0.95, doc="dropout after each hidden layer (and before the softmax)")
     l2: float = _key(1e-3, low=0.0, high=1.0, doc="L2 penalty on Dense kernels")
+    probe: bool = _key(
+        True, doc="average the head's probabilities with a logistic-regression probe on the same pooled features (steadier on small data)"
+    )
 
 
 @dataclass
@@ -110,7 +116,12 @@ class TrainConfig:
     batch_size: int = _key(32, low=1, high=4096, doc="head training batch size")
     optimizer: str = _key("adam", choices=("adam", "sgd", "rmsprop", "adamw"), doc="optimizer")
     learning_rate: float = _key(1e-3, low=1e-7, high=10.0, doc="optimizer learning rate")
-    early_stopping_patience: int = _key(10, low=0, high=10_000, doc="epochs without val_loss improvement before stopping; 0 = off")
+    early_stopping_patience: int = _key(
+        10, low=0, high=10_000, doc="epochs without improvement of the validation cross-entropy before stopping; 0 = off"
+    )
+    min_delta: float = _key(
+        1e-3, low=0.0, high=1.0, doc="smallest fall of the validation cross-entropy (no L2 term) that counts as an improvement"
+    )
     class_weight: str = _key("balanced", choices=("balanced", "none"), doc="reweight classes by inverse frequency")
     label_smoothing: float = _key(0.0, low=0.0, high=0.5, doc="label smoothing of the cross-entropy")
 
@@ -380,6 +391,11 @@ def check_paths(cfg: Config, source: str = "config") -> None:
         problem = "is a file, not a directory" if root.exists() else "does not exist"
         raise ConfigError(
             f"{source}: key 'data.root': directory {str(root)!r} {problem} "
+            f"(relative paths are relative to the working directory {os.getcwd()!r})"
+        )
+    if cfg.data.csv is not None and not Path(cfg.data.csv).is_file():
+        raise ConfigError(
+            f"{source}: key 'data.csv': file {cfg.data.csv!r} does not exist "
             f"(relative paths are relative to the working directory {os.getcwd()!r})"
         )
     weights = cfg.backbone.weights

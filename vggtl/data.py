@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import splits
+from vggtl import csv_list, splits
 from vggtl.errors import DataError, path_error
 from vggtl.files import sha256_file
 
@@ -226,29 +226,61 @@ def _class_files(base: Path, class_names: list[str], extensions, where: str) -> 
     return files
 
 
-def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4) -> Dataset:
-    """Find the classes and images under ``root`` and assign every file a split.
+def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4, csv=None) -> Dataset:
+    """Find the classes and images under ``root`` (or listed in ``csv``) and
+    assign every file a split.
 
     Args:
         root: dataset directory (class-per-folder or pre-split, see module doc).
-        extensions: lower-case extensions with a dot, e.g. ``('.jpg', '.png')``.
+        extensions: lower-case extensions with a dot, e.g. ``('.jpg', '.png')``
+            (not applied to the files a CSV lists).
         seed: split seed; the same seed and content give the same split.
         val: fraction of each class held out for validation (class-folder
             layout, or carved from ``train/`` when ``val/`` is absent).
         test: same for the test split.
         workers: threads used to hash file contents.
+        csv: a CSV file ``path,label[,split]`` listing the images
+            (:mod:`vggtl.csv_list`), or None for folders.
 
     Returns:
         A :class:`Dataset`.
 
     Raises:
         DataError: fewer than 2 classes, a class folder with no image, class
-            folders that differ between splits, or a split left without any
-            image of some class.
+            folders that differ between splits, a class too small to split,
+            or a CSV that cannot be read unambiguously.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data root {str(root)!r} is not a directory")
+    if csv is not None:
+        class_names, entries, carve, notes = csv_list.read(root, csv)
+        layout = "csv"
+    else:
+        class_names, entries, carve, layout = _folder_entries(root, extensions)
+        notes = []
+    # Hashing is I/O + hashlib, which releases the GIL: threads parallelise it.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
+    files = [
+        ImageFile(path.resolve(), _relpath(path, root), label, "train", sha, None if fixed == "train" else fixed)
+        for (path, label, fixed), sha in zip(entries, digests)
+    ]
+    dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve).with_split(seed, val, test)
+    notes.extend(_dataset_warnings(dataset))
+    return dataset
+
+
+def _relpath(path: Path, root: Path) -> str:
+    """What reports show: the path relative to ``data.root`` (a CSV may list files elsewhere)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _folder_entries(root: Path, extensions):
+    """``(class_names, entries, carve, layout)`` of a class-folder or pre-split tree."""
     split_dirs = detect_layout(root)
     layout = "pre-split" if split_dirs else "class-folders"
     if split_dirs is None:
@@ -259,7 +291,6 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4)
             f"{split_dirs['train']}: found {len(class_names)} class folder(s) "
             f"({', '.join(class_names) or 'none'}); need at least 2, one folder of images per class"
         )
-    notes: list[str] = []
     entries: list[tuple[Path, int, str | None]] = []  # (path, label, fixed split or None)
     for split_name, base in split_dirs.items():
         if split_name != "train" and visible_subdirs(base) != class_names:
@@ -270,17 +301,7 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4)
         fixed = None if split_name == "train" and layout == "class-folders" else split_name
         for label, (name, paths) in enumerate(_class_files(base, class_names, extensions, split_name).items()):
             entries.extend((p, label, fixed) for p in paths)
-    # Hashing is I/O + hashlib, which releases the GIL: threads parallelise it.
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
-    files = [
-        ImageFile(path.resolve(), path.relative_to(root).as_posix(), label, "train", sha, None if fixed == "train" else fixed)
-        for (path, label, fixed), sha in zip(entries, digests)
-    ]
-    carve = ("val" not in split_dirs, "test" not in split_dirs)
-    dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve).with_split(seed, val, test)
-    notes.extend(_dataset_warnings(dataset))
-    return dataset
+    return class_names, entries, ("val" not in split_dirs, "test" not in split_dirs), layout
 
 
 def _dataset_warnings(dataset: Dataset) -> list[str]:

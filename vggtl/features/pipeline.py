@@ -61,6 +61,7 @@ def scan_dataset(cfg: config.Config) -> data.Dataset:
         val=cfg.data.split.val,
         test=cfg.data.split.test,
         workers=max(2, cfg.extract.workers),
+        csv=cfg.data.csv,
     )
 
 

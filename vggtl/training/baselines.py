@@ -37,7 +37,7 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
         pooled[split] = (np.concatenate(chunks) if chunks else np.zeros((0, fs.feature_shape[-1])), fs.labels[rows])
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed))
     model.fit(*pooled["train"])
-    return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in ("val", "test")}
+    return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in SPLITS}
 
 
 def build_scratch_cnn(n_classes: int, image_size: int = 64, augment: bool = True):

@@ -4,6 +4,8 @@ boundary activations)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from vggtl import config, tfquiet
@@ -109,23 +111,132 @@ def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, 
 
 
 def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
-    """Phase 1: train the head on cached features (clean + views); best weights restored."""
+    """Phase 1: train the head on cached features (clean + views); best weights restored.
+
+    The maps are pooled once (``head.pooling``), and the head's layers after
+    its pooling are trained on the vectors by :func:`fit_vectors`: one
+    compiled call per epoch, so a few hundred epochs take seconds.
+
+    Returns:
+        ``(head, history)``: the head on feature maps (what the artifact
+        uses) and the per-epoch curves (see :func:`fit_vectors`).
+    """
     seed_everything(cfg.seed)  # first: also imports TensorFlow quietly
+    started = time.perf_counter()
+    pooled = np.stack([heads.pool_numpy(version.astype(np.float32), cfg.head.pooling) for version in bank])
+    stats = heads.standardization_stats(bank[0].astype(np.float32), cfg.head.pooling)
+    head = heads.build_head(bank.shape[2:], n_classes, cfg.head, stats=stats if cfg.head.standardize else None)
+    history = fit_vectors(
+        heads.vector_model(head), pooled, y_train, heads.pool_numpy(x_val, cfg.head.pooling), y_val, n_classes,
+        cfg.train, cfg.seed,
+    )
+    if cfg.head.probe:
+        # Measured on clipart8 over 10 split seeds (README): the average is
+        # steadier than either alone and never 2 points below the probe.
+        probe_stats = heads.probe_stats(pooled[0])
+        probe = heads.fit_probe(pooled[0], y_train, probe_stats, n_classes, cfg.seed)
+        head = heads.with_probe(head, cfg.head.pooling, probe_stats, probe)
+    history["seconds"] = round(time.perf_counter() - started, 2)
+    return head, history
+
+
+def fit_vectors(model, bank, y_train, x_val, y_val, n_classes: int, train, seed: int) -> dict:
+    """Train ``model`` on pooled vectors with early stopping on the validation
+    cross-entropy; the best epoch's weights are restored.
+
+    Args:
+        model: a Keras model on vectors (:func:`vggtl.training.heads.vector_model`).
+        bank: ``(versions, N, D)`` float32 training vectors, clean first, then
+            each augmented view; every epoch draws one version per image.
+        y_train, x_val, y_val: labels and validation vectors.
+        n_classes: number of classes.
+        train: the ``train`` config section (optimizer, learning rate,
+            batch size, epochs, patience, min_delta, class weights, smoothing).
+        seed: seeds the per-epoch order and draw.
+
+    Returns:
+        Per-epoch lists ``loss`` (training objective, L2 included),
+        ``accuracy``, ``val_cross_entropy`` (what stopping watches),
+        ``val_loss`` (with the L2 terms, as Keras reports it),
+        ``val_accuracy``; and ``best_epoch``, ``stopped_early``.
+    """
     import keras
 
-    stats = heads.standardization_stats(bank[0].astype(np.float32), cfg.head.pooling) if cfg.head.standardize else None
-    head = heads.build_head(bank.shape[2:], n_classes, cfg.head, stats=stats)
-    head.compile(
-        optimizer=heads.make_optimizer(cfg.train.optimizer, cfg.train.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-        metrics=["accuracy"],
-    )
-    history = fit_model(
-        head, bank, y_train, (x_val, y_val), n_classes,
-        epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-        patience=cfg.train.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed,
-    )
-    return head, history
+    tf = tfquiet.load()
+    epoch_step = _compiled_epoch(model, heads.make_optimizer(train.optimizer, train.learning_rate),
+                                 keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing), train.batch_size)
+    predict = tf.function(lambda x: model(x, training=False))
+    onehot = keras.utils.to_categorical(y_train, n_classes).astype(np.float32)
+    weights = class_weights(y_train, n_classes, train.class_weight)
+    sample_weight = np.array([weights[int(y)] for y in y_train], np.float32) if weights else np.ones(len(y_train), np.float32)
+    stopper = _EarlyStopping(train.early_stopping_patience, train.min_delta)
+    history = {key: [] for key in ("loss", "accuracy", "val_cross_entropy", "val_loss", "val_accuracy")}
+    for epoch in range(train.epochs):
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(bank.shape[1]).astype(np.int32)
+        x = bank[rng.integers(0, bank.shape[0], size=bank.shape[1]), np.arange(bank.shape[1])] if bank.shape[0] > 1 else bank[0]
+        loss, acc = epoch_step(x, onehot, sample_weight, order)
+        probs = predict(x_val).numpy()
+        penalty = float(sum(float(l) for l in model.losses))
+        ce = cross_entropy(y_val, probs)
+        for key, value in zip(history, (float(loss), float(acc), ce, ce + penalty, accuracy(y_val, probs))):
+            history[key].append(value)
+        if stopper.update(ce, epoch, model):
+            break
+    stopper.restore(model)
+    history["best_epoch"] = stopper.best_epoch + 1
+    history["stopped_early"] = stopper.stopped
+    return history
+
+
+def _compiled_epoch(model, optimizer, loss_fn, batch_size: int):
+    """One tf.function running a whole epoch of minibatch steps (no Python per step)."""
+    tf = tfquiet.load()
+    variables = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def epoch(x, y, w, order):
+        n = tf.shape(order)[0]
+        steps = (n + batch_size - 1) // batch_size
+        total, correct = tf.constant(0.0), tf.constant(0.0)
+        for step in tf.range(steps):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            xb, yb, wb = tf.gather(x, idx), tf.gather(y, idx), tf.gather(w, idx)
+            with tf.GradientTape() as tape:
+                probs = model(xb, training=True)
+                loss = loss_fn(yb, probs, sample_weight=wb)
+                if model.losses:
+                    loss += tf.add_n(model.losses)
+            optimizer.apply(tape.gradient(loss, variables), variables)
+            size = tf.cast(tf.shape(idx)[0], tf.float32)
+            total += loss * size
+            correct += tf.reduce_sum(tf.cast(tf.argmax(probs, 1) == tf.argmax(yb, 1), tf.float32))
+        return total / tf.cast(n, tf.float32), correct / tf.cast(n, tf.float32)
+
+    return epoch
+
+
+class _EarlyStopping:
+    """Stop when the validation cross-entropy has not fallen by ``min_delta`` for
+    ``patience`` epochs (0: never stop early); remember the best weights."""
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.best_epoch, self.weights, self.stopped = np.inf, -1, None, False
+
+    def update(self, value: float, epoch: int, model) -> bool:
+        """Record ``value`` for ``epoch``; True when training should stop."""
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch = value, epoch
+            if self.patience:  # with stopping off the last epoch's weights are kept
+                self.weights = model.get_weights()
+            return False
+        self.stopped = bool(self.patience) and epoch - self.best_epoch >= self.patience
+        return self.stopped
+
+    def restore(self, model) -> None:
+        if self.weights is not None:
+            model.set_weights(self.weights)
 
 
 def trainable_top(base, spec):

@@ -7,6 +7,7 @@ import numpy as np
 from vggtl.config import HeadConfig
 
 VARIANCE_FLOOR = 0.1
+PROBE_MAX_ITER = 2000
 POOLING_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
 
 
@@ -67,6 +68,79 @@ def build_head(feature_shape, n_classes: int, head: HeadConfig, stats=None, name
         x = keras.layers.Dropout(head.dropout, name="dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer, name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def probe_stats(pooled_train):
+    """Mean and variance for the probe's standardization, as scikit-learn's
+    StandardScaler has them (a constant feature is left unscaled)."""
+    pooled = np.asarray(pooled_train, dtype=np.float64)
+    variance = pooled.var(axis=0)
+    return pooled.mean(axis=0), np.where(variance > 1e-10, variance, 1.0)
+
+
+def fit_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
+    """Multinomial logistic regression on the standardized pooled training vectors
+    (scikit-learn, L-BFGS, C = 1).
+
+    Standardized with ``stats`` (:func:`probe_stats`) by hand, so that Keras'
+    Normalization + a softmax Dense reproduce its probabilities inside the model.
+
+    Returns:
+        ``(kernel (D, n_classes), bias (n_classes,))`` float32.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    mean, variance = stats
+    z = (pooled_train - mean) / np.sqrt(variance)
+    model = LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed).fit(z, y_train)
+    if list(model.classes_) != list(range(n_classes)):
+        raise ValueError(f"every class needs training images; the probe saw classes {list(model.classes_)}")
+    return model.coef_.T.astype(np.float32), model.intercept_.astype(np.float32)
+
+
+def with_probe(head, pooling: str, stats, probe, name: str = "head"):
+    """``head`` averaged with a linear probe on the same pooled maps.
+
+    Built from Keras' own layers (pooling, Normalization, a softmax Dense with
+    the probe's weights, Average), so the model needs no custom code.
+
+    Args:
+        head: the trained head on feature maps.
+        pooling: ``head.pooling``.
+        stats: ``(mean, variance)`` the probe was fitted with.
+        probe: ``(kernel, bias)`` from :func:`fit_probe`.
+    """
+    import keras
+
+    inputs = keras.Input(head.input_shape[1:], name="features")
+    x = getattr(keras.layers, POOLING_LAYERS[pooling])(name=f"probe_pool_{pooling}")(inputs)
+    mean, variance = stats
+    x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance, name="probe_standardize")(x)
+    dense = keras.layers.Dense(probe[0].shape[1], activation="softmax", name="probe")
+    probs = dense(x)
+    dense.set_weights(list(probe))
+    outputs = keras.layers.Average(name="average")([head(inputs), probs])
+    return keras.Model(inputs, outputs, name=name)
+
+
+def vector_model(head):
+    """The part of ``head`` after its pooling layer, as a model on pooled vectors.
+
+    It shares its layers (and weights) with ``head``: training it on feature
+    vectors pooled once per run trains ``head`` itself, without pooling the
+    cached maps again every step.
+    """
+    import keras
+
+    layers = [layer for layer in head.layers if not isinstance(layer, keras.layers.InputLayer)]
+    pool, rest = layers[0], layers[1:]
+    if not pool.name.startswith("pool_"):
+        raise ValueError(f"expected the head to start with its pooling layer, got {pool.name!r}")
+    inputs = keras.Input(pool.compute_output_shape((None, *head.input_shape[1:]))[1:], name="pooled")
+    x = inputs
+    for layer in rest:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"{head.name}_on_pooled")
 
 
 def make_optimizer(name: str, learning_rate: float):

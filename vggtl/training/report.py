@@ -23,24 +23,24 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def plot_confusion(matrix, class_names, path: Path) -> None:
+    """The test confusion matrix twice, side by side: counts, and normalised
+    per true class (recall on the diagonal), with scikit-learn's display."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     n = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
-    ax.set_title("test confusion matrix")
+    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 1.2 * n, 1.2 + 0.6 * n))
+    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised per true class", ".2f")):
+        ConfusionMatrixDisplay(values, display_labels=class_names).plot(
+            ax=ax, cmap="Blues", colorbar=False, values_format=fmt, xticks_rotation=45
+        )
+        ax.set_title(f"test confusion matrix: {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -104,15 +104,16 @@ def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_probs, weights) -> Path:
+def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, probs, weights) -> Path:
     """Write ``report.md`` and its figures into ``out_dir``; returns the report path.
 
     Args:
         out_dir: the artifact's staging directory.
         cfg: the run's config; dataset: the scanned data; fs: the open store.
         metrics, history: as written to ``metrics.json`` / ``history.json``.
-        test_rows, test_probs: the test split's index rows and the final
-            model's probabilities on them (for the worst misclassified).
+        probs: ``{split: probabilities}`` of the final model on each split's
+            rows (``fs.split_rows``): the predictions CSV and the worst
+            misclassified come from them.
         weights: the backbone weights loaded (random weights get a warning).
     """
     lines = _header(cfg, fs, metrics, weights)
@@ -123,7 +124,11 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, test_rows, test_
     plot_curves(history, out_dir / "learning_curves.png")
     lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
     lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
-    lines += _worst_section(cfg, dataset, fs, test_rows, test_probs, out_dir)
+    write_predictions_csv(out_dir / "predictions.csv", fs, probs)
+    lines += ["## Every prediction", "", "`predictions.csv`: one row per image of every split (path, split, true and "
+              "predicted class, confidence, the probability of each class).", ""]
+    test_rows = fs.split_rows("test")
+    lines += _worst_section(cfg, dataset, fs, test_rows, probs["test"], out_dir)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -137,6 +142,10 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
             "These numbers say nothing about transfer learning.**",
             "",
         ]
+    for phase, cap in (("phase1", cfg.train.epochs), ("phase2", cfg.finetune.epochs)):
+        if metrics.get(phase, {}).get("hit_epoch_cap"):
+            lines += [f"**{PHASE_TITLES[phase]} hit the epoch cap ({cap}) before early stopping ended it: "
+                      "the model may be under-trained; raise the epochs or check the learning rate.**", ""]
     return lines + [
         f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
@@ -165,26 +174,45 @@ def _finetune_line(cfg, metrics) -> str:
 
 
 def _results(metrics) -> list[str]:
-    test, probe, rows = metrics["test"], metrics["baseline"]["linear_probe"], []
+    test, probe = metrics["test"], metrics["baseline"]["linear_probe"]
+    low, high = test["accuracy_ci95"]
+    rows = []
     if "phase2" in metrics:
         phase1 = metrics["phase1"]
-        rows.append(["after phase 1 (head only)", _pct(phase1["val"]["accuracy"]), _pct(phase1["test"]["accuracy"]), ""])
+        rows.append(["after phase 1 (head only)", *(_pct(phase1[s]["accuracy"]) for s in SPLITS), ""])
     rows.append([
         "vggtl model" + (" (after fine-tuning)" if "phase2" in metrics else ""),
+        _pct(metrics["train"]["accuracy"]),
         _pct(metrics["val"]["accuracy"]),
-        _pct(test["accuracy"]),
+        f"**{_pct(test['accuracy'])}** ({_pct(low)}-{_pct(high)})",
         f"{test['macro_f1']:.3f}",
     ])
-    rows.append(["linear probe (logistic regression, pooled features)", _pct(probe["val_accuracy"]), _pct(probe["test_accuracy"]), ""])
+    rows.append(["linear probe (logistic regression, pooled features)", *(_pct(probe[f"{s}_accuracy"]) for s in SPLITS), ""])
     if "scratch" in metrics["baseline"]:
         scratch = metrics["baseline"]["scratch"]
         rows.append([
             f"from scratch (small CNN, {scratch['image_size']}px, augmentation, no transfer)",
-            _pct(scratch["val_accuracy"]),
-            _pct(scratch["test_accuracy"]),
-            "",
+            "", _pct(scratch["val_accuracy"]), _pct(scratch["test_accuracy"]), "",
         ])
-    return _table(["", "val accuracy", "test accuracy", "test macro F1"], rows)
+    header = ["", "train accuracy", "val accuracy", "test accuracy (95% interval)", "test macro F1"]
+    note = (f"Test accuracy on {test['n']} images; the interval is the 95% Wilson score interval: one image is "
+            f"{100 / max(test['n'], 1):.1f} points. Train accuracy far above val/test means over-fitting; all three low, under-fitting.")
+    return _table(header, rows) + ["", note]
+
+
+def write_predictions_csv(path: Path, fs, probs: dict) -> None:
+    """One row per image of every split: path, split, true, predicted, confidence, p(class)..."""
+    import csv
+
+    names = fs.class_names
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "split", "true", "predicted", "confidence", *(f"p_{name}" for name in names)])
+        for split in SPLITS:
+            for row, p in zip(fs.split_rows(split), probs[split]):
+                best = int(np.argmax(p))
+                writer.writerow([fs.paths[row], split, names[fs.labels[row]], names[best], f"{p[best]:.6f}",
+                                 *(f"{v:.6f}" for v in p)])
 
 
 def _dataset_section(dataset, fs) -> list[str]:

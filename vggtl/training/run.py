@@ -24,7 +24,7 @@ from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
 from vggtl.training import artifact, baselines, fit, report
-from vggtl.training.metrics import best_epoch, split_metrics
+from vggtl.training.metrics import accuracy, best_epoch, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
 E2E_TOLERANCE = 0.02
@@ -41,15 +41,14 @@ class Split:
 
 @dataclass
 class Trained:
-    """What the phases produced: the models, curves, and the held-out probabilities."""
+    """What the phases produced: the models, curves, and each split's probabilities."""
 
     base: object
     head: object
     history: dict = field(default_factory=dict)
     phase1: dict = field(default_factory=dict)
     phase2: dict | None = None
-    val_probs: np.ndarray | None = None
-    test_probs: np.ndarray | None = None
+    probs: dict = field(default_factory=dict)  # split -> probabilities of the final model (clean features)
     # rows -> probabilities of the final model from cached features (checks the artifact)
     evaluate_cached: object = None
 
@@ -76,6 +75,10 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
     where, fs, dataset = open_current_store(cfg, pipeline.scan_dataset(cfg), config_arg)
     log(f"split: seed {cfg.split_seed}, digest {dataset.split_digest()[:12]}, "
         + ", ".join(f"{s} {len(fs.split_rows(s))}" for s in SPLITS))
+    if fs.skipped:
+        log(f"skipped {len(fs.skipped)} file(s) that could not be decoded (not used):")
+        for path, reason in fs.skipped:
+            log(f"  {path}: {reason}")
     try:
         trained = train_phases(cfg, fs, where.weights, log)
         metrics = evaluate(cfg, fs, dataset, trained, log)
@@ -136,78 +139,98 @@ def _check_views(cfg: config.Config, fs: FeatureStore, where, again: str) -> Non
         )
 
 
-def load_splits(fs: FeatureStore, layer: str | None = None) -> tuple[Split, Split]:
-    """The validation and test splits' clean features of ``layer``."""
-    return tuple(Split(*fit.load_split(fs, split, layer)) for split in ("val", "test"))
+def load_splits(fs: FeatureStore, layer: str | None = None) -> dict[str, Split]:
+    """Every split's clean features of ``layer`` (the head's input by default)."""
+    return {split: Split(*fit.load_split(fs, split, layer)) for split in SPLITS}
+
+
+def predict_splits(model, splits: dict[str, Split]) -> dict:
+    return {name: model.predict(split.x, verbose=0) for name, split in splits.items()}
 
 
 def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Trained:
     """Phase 1 (the head on cached features), then phase 2 when ``finetune.blocks`` > 0."""
-    train_rows = fs.split_rows("train")
-    y_train = fs.labels[train_rows]
-    bank = fit.training_bank(fs, train_rows, None, cfg.augment.views)
-    val, test = load_splits(fs)
+    splits = load_splits(fs)
+    train = splits["train"]
+    bank = fit.training_bank(fs, train.rows, None, cfg.augment.views)
     log(
-        f"train: {len(y_train)} (+{cfg.augment.views} views each)  val: {len(val.y)}  test: {len(test.y)}  "
-        f"classes: {len(fs.class_names)}  features: {fs.feature_shape}"
+        f"train: {len(train.y)} (+{cfg.augment.views} views each)  val: {len(splits['val'].y)}  "
+        f"test: {len(splits['test'].y)}  classes: {len(fs.class_names)}  features: {fs.feature_shape}"
     )
-    head, history1 = fit.fit_head(cfg, bank, y_train, val.x, val.y, len(fs.class_names))
+    head, history1 = fit.fit_head(cfg, bank, train.y, splits["val"].x, splits["val"].y, len(fs.class_names))
     del bank
-    log(f"phase 1 (head): {len(history1['loss'])} epochs (best: {best_epoch(history1)})")
-    trained = Trained(base=None, head=head, history={"phase1": history1})
-    trained.val_probs, trained.test_probs = head.predict(val.x, verbose=0), head.predict(test.x, verbose=0)
+    log(_phase_line("phase 1 (head)", history1, cfg.train.epochs))
+    trained = Trained(base=None, head=head, history={"phase1": history1}, probs=predict_splits(head, splits))
     trained.phase1 = {
-        "val": {"accuracy": split_metrics(val.y, trained.val_probs, fs.class_names)["accuracy"]},
-        "test": {"accuracy": split_metrics(test.y, trained.test_probs, fs.class_names)["accuracy"]},
+        **{s: {"accuracy": accuracy(splits[s].y, trained.probs[s])} for s in SPLITS},
         "epochs_trained": len(history1["loss"]),
         "best_epoch": best_epoch(history1),
+        "hit_epoch_cap": _hit_cap(history1, cfg.train.epochs),
     }
     trained.evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)
     trained.base = build.build_base(cfg.spec, weights, cfg.seed)
     if cfg.spec.boundary_layer:
-        _finetune(cfg, fs, trained, train_rows, y_train, log)
+        _finetune(cfg, fs, trained, log)
     return trained
 
 
-def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, train_rows, y_train, log) -> None:
+def _hit_cap(history: dict, cap: int) -> bool:
+    """Training ran every allowed epoch without early stopping ending it."""
+    return len(history["loss"]) >= cap and not history.get("stopped_early", False)
+
+
+def _phase_line(title: str, history: dict, cap: int) -> str:
+    line = f"{title}: {len(history['loss'])} epochs (best: {best_epoch(history)})"
+    if "seconds" in history:
+        line += f" in {history['seconds']:.1f} s"
+    if _hit_cap(history, cap):
+        line += f" -- HIT THE EPOCH CAP ({cap}) before early stopping: raise the epochs or check the learning rate"
+    return line
+
+
+def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> None:
     """Phase 2 on the stored boundary activations; updates ``trained`` in place."""
     boundary = cfg.spec.boundary_layer
-    bank = fit.training_bank(fs, train_rows, boundary, cfg.augment.views)
-    val, test = load_splits(fs, boundary)
-    tuned, history, kept = fit.finetune(cfg, trained.base, trained.head, bank, y_train, val.x, val.y, len(fs.class_names))
+    splits = load_splits(fs, boundary)
+    train = splits["train"]
+    bank = fit.training_bank(fs, train.rows, boundary, cfg.augment.views)
+    tuned, history, kept = fit.finetune(
+        cfg, trained.base, trained.head, bank, train.y, splits["val"].x, splits["val"].y, len(fs.class_names)
+    )
     del bank
     log(
-        f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}): "
-        f"{len(history['loss'])} epochs (best: {best_epoch(history)})"
+        _phase_line(f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary})", history, cfg.finetune.epochs)
         + ("" if kept else "; validation cross-entropy/accuracy not better than phase 1's, phase-1 weights kept")
     )
     trained.history["phase2"] = history
     trained.phase2 = {
-        "blocks": cfg.finetune.blocks, "epochs_trained": len(history["loss"]), "best_epoch": best_epoch(history), "kept": kept,
+        "blocks": cfg.finetune.blocks, "epochs_trained": len(history["loss"]), "best_epoch": best_epoch(history),
+        "kept": kept, "hit_epoch_cap": _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False,
     }
-    trained.val_probs, trained.test_probs = tuned.predict(val.x, verbose=0), tuned.predict(test.x, verbose=0)
+    trained.probs = predict_splits(tuned, splits)
     trained.evaluate_cached = lambda rows: tuned.predict(fs.features(rows, boundary), verbose=0)
 
 
 def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, log=print) -> dict:
-    """``metrics.json``: val/test metrics of the final model, the baselines, both phases."""
-    y_val, y_test = fs.labels[fs.split_rows("val")], fs.labels[fs.split_rows("test")]
-    metrics = {
-        "val": split_metrics(y_val, trained.val_probs, fs.class_names),
-        "test": split_metrics(y_test, trained.test_probs, fs.class_names),
+    """``metrics.json``: train/val/test metrics of the final model (test with its
+    95% interval), the baselines, the split, both phases."""
+    metrics = {s: split_metrics(fs.labels[fs.split_rows(s)], trained.probs[s], fs.class_names) for s in SPLITS}
+    metrics.update({
         "baseline": {"linear_probe": baselines.linear_probe(fs, cfg.seed)},
         "split": split_record(cfg, fs, dataset),
         "phase1": trained.phase1,
         "epochs_trained": trained.phase1["epochs_trained"],
         "best_epoch": trained.phase1["best_epoch"],
-    }
+    })
     if cfg.baseline.scratch:
         metrics["baseline"]["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
         log(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
     if trained.phase2 is not None:
         metrics["phase2"] = trained.phase2
+    low, high = metrics["test"]["accuracy_ci95"]
     log(
-        f"val accuracy {metrics['val']['accuracy']:.4f}   test accuracy {metrics['test']['accuracy']:.4f}   "
+        f"accuracy: train {metrics['train']['accuracy']:.4f}   val {metrics['val']['accuracy']:.4f}   "
+        f"test {metrics['test']['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, n={metrics['test']['n']})   "
         f"(head only: test {trained.phase1['test']['accuracy']:.4f}; "
         f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
     )
@@ -245,7 +268,7 @@ def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Train
         )
         report.write(
             staging, cfg=cfg, dataset=dataset, fs=fs, metrics=metrics, history=trained.history,
-            test_rows=fs.split_rows("test"), test_probs=trained.test_probs, weights=where.weights,
+            probs=trained.probs, weights=where.weights,
         )
         return artifact.publish(staging)
     except BaseException:
