@@ -15,4 +15,4 @@ fi
 .venv/bin/python -m vggtl.extract configs/demo.yaml
 .venv/bin/python -m vggtl.train configs/demo.yaml
 echo
-echo "Done. Try: .venv/bin/vggtl predict experiments/demo/latest data/demo/birds"
+echo "Done. Try it on images the model never saw: .venv/bin/vggtl predict experiments/demo/latest data/demo-holdout"

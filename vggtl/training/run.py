@@ -230,9 +230,9 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
     low, high = metrics["test"]["accuracy_ci95"]
     log(
         f"accuracy: train {metrics['train']['accuracy']:.4f}   val {metrics['val']['accuracy']:.4f}   "
-        f"test {metrics['test']['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, n={metrics['test']['n']})   "
-        f"(head only: test {trained.phase1['test']['accuracy']:.4f}; "
-        f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
+        f"test {metrics['test']['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, n={metrics['test']['n']})   ("
+        + (f"before fine-tuning: test {trained.phase1['test']['accuracy']:.4f}; " if trained.phase2 is not None else "")
+        + f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
     )
     return metrics
 
