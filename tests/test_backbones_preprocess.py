@@ -1,4 +1,4 @@
-"""The preprocessing layer must equal each backbone's keras.applications preprocess_input exactly."""
+"""The preprocessing inside vggtl models equals each backbone's keras.applications preprocess_input exactly."""
 
 from __future__ import annotations
 
@@ -45,3 +45,56 @@ def test_survives_save_and_load(tmp_path, layer):
     x = np.full((1, 4, 4, 3), 200, np.uint8)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert type(loaded.layers[-1]) is type(layer)
+
+
+# --------------------------------------------------------------------------- built-in layers (new models)
+
+
+def preprocessing_model(mode, size=8):
+    from vggtl.backbones import preprocess
+
+    inputs = keras.Input((size, size, 3), dtype="uint8")
+    return keras.Model(inputs, preprocess.apply(mode, inputs))
+
+
+@pytest.mark.parametrize("name", list(registry.ARCHITECTURES))
+def test_builtin_layers_equal_preprocess_input_bit_for_bit(name):
+    """Bit for bit, so features cached before the change stay valid."""
+    arch = registry.get(name)
+    images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    module = importlib.import_module(f"keras.applications.{arch.module}")
+    got = preprocessing_model(arch.preprocessing).predict(images, verbose=0)
+    np.testing.assert_array_equal(got, module.preprocess_input(images.astype(np.float32)))
+    np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(ImagenetPreprocess(arch.preprocessing)(images)))
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf"])
+def test_builtin_layers_only(mode):
+    model = preprocessing_model(mode)
+    assert all(type(layer).__module__.startswith("keras.") for layer in model.layers)
+    assert not model.trainable_weights  # the RGB->BGR kernel is frozen
+
+
+def test_a_vggtl_model_loads_where_vggtl_is_not_installed(tmp_path):
+    """model.keras of an artifact, loaded by plain Keras with vggtl unimportable."""
+    import json
+    import subprocess
+    import sys
+
+    from tiny_artifact import make_artifact
+
+    art = make_artifact(tmp_path)
+    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys; sys.modules['vggtl'] = None\n"  # any import of vggtl now fails
+        "import json, keras, numpy as np\n"
+        f"m = keras.saving.load_model({str(art / 'model.keras')!r})\n"
+        f"print(json.dumps(m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0).tolist()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plain = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    from vggtl.training import artifact
+
+    np.testing.assert_allclose(plain, artifact.load(art).load_model().predict(x, verbose=0), atol=1e-6)

@@ -12,6 +12,7 @@ from vggtl import summary
 from vggtl.inspect import layer_table
 
 VGG16_CONV_PARAMS = 14_714_688
+RGB_TO_BGR = 9  # the frozen 1x1 permutation kernel of the built-in preprocessing
 
 
 def write_cfg(path, root, **head):
@@ -46,9 +47,11 @@ def test_config_summary_counts_class_folders(tmp_path, capsys):
     assert "block5_conv3" in rows and "(?, 2, 2, 512)" in rows["block5_conv3"]
     assert out.count("\n    block1_conv1 ") == 1  # nested two levels deep: indented
     assert rows["predictions"].split()[2:4] == ["(?,", "3)"]
-    # head: Dense(512->16) + Dense(16->3); backbone frozen
-    head_params = 512 * 16 + 16 + 16 * 3 + 3
-    assert totals(out) == (VGG16_CONV_PARAMS + head_params, head_params, VGG16_CONV_PARAMS)
+    # head: Dense(512->16) + Dense(16->3), and the probe Dense(512->3) it is averaged with; backbone frozen
+    head_params = 512 * 16 + 16 + 16 * 3 + 3 + 512 * 3 + 3
+    frozen = VGG16_CONV_PARAMS + RGB_TO_BGR
+    assert totals(out) == (frozen + head_params, head_params, frozen)
+    assert "probe" in rows and "average" in rows
     assert rows["vgg16"].rstrip().endswith("no") and rows["head"].rstrip().endswith("yes")
 
 
@@ -56,7 +59,7 @@ def test_config_summary_without_data_root_and_presplit(tmp_path, capsys):
     code, out, err = run(capsys, write_cfg(tmp_path / "c.yaml", tmp_path / "missing", pooling="flatten"))
     assert code == 0, err
     assert "2 classes assumed (data.root" in out and "does not exist" in out
-    assert totals(out)[1] == 512 * 16 + 16 + 16 * 2 + 2  # flatten of 1x1x512 at 32 px
+    assert totals(out)[1] == 512 * 16 + 16 + 16 * 2 + 2 + 512 * 2 + 2  # flatten of 1x1x512 at 32 px, + probe
     for split in ("train", "val"):
         for name in ("a", "b", "c", "d"):
             (tmp_path / "pre" / split / name).mkdir(parents=True)
@@ -69,9 +72,10 @@ def test_artifact_summary(tmp_path, capsys):
     code, out, err = run(capsys, art.parent)  # the run directory means its latest version
     assert code == 0, err
     assert out.startswith("model vggtl_tiny: artifact ") and "(3 classes: blue, green, red)" in out
-    assert "preprocess" in out and "ImagenetPreprocess" in out
+    assert "preprocess_input" in out and "preprocess_rgb_to_bgr" in out
     head_params = 512 * 8 + 8 + 8 * 3 + 3
-    assert totals(out) == (VGG16_CONV_PARAMS + head_params, head_params, VGG16_CONV_PARAMS)
+    frozen = VGG16_CONV_PARAMS + RGB_TO_BGR
+    assert totals(out) == (frozen + head_params, head_params, frozen)
     (art / "labels.json").write_text('["x"]')
     code, _, err = run(capsys, art)
     assert code == 2 and "checksum mismatch for labels.json" in err

@@ -43,13 +43,13 @@ def feature_model(spec: Spec, weights: ResolvedWeights, layers, seed: int, base=
     """
     import keras
 
-    from vggtl.backbones.preprocess import ImagenetPreprocess
+    from vggtl.backbones import preprocess
 
     names = [layers] if isinstance(layers, str) else list(layers)
     base = base if base is not None else build_base(spec, weights, seed)
     size = spec.image_size
     inputs = keras.Input((size, size, 3), name="image")
-    x = ImagenetPreprocess(spec.preprocessing, name="preprocess")(inputs)
+    x = preprocess.apply(spec.preprocessing, inputs)
     outputs = [base.get_layer(layer).output for layer in names]
     truncated = keras.Model(base.input, outputs if len(outputs) > 1 else outputs[0], name=spec.name)
     # Frozen: also keeps BatchNormalization layers (ResNet, Inception,

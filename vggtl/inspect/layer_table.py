@@ -56,6 +56,10 @@ def model_from_config(cfg: config.Config):
     pooled = int(np.prod(shape)) if cfg.head.pooling == "flatten" else shape[-1]
     stats = (np.zeros(pooled), np.ones(pooled)) if cfg.head.standardize else None
     head = heads.build_head(shape, n_classes, cfg.head, stats=stats)
+    if cfg.head.probe:
+        zeros = np.zeros(pooled, np.float32)
+        probe = (np.zeros((pooled, n_classes), np.float32), np.zeros(n_classes, np.float32))
+        head = heads.with_probe(head, cfg.head.pooling, (zeros, np.ones(pooled, np.float32)), probe)
     # Random backbone weights: shapes and counts do not depend on them.
     model = build.end_to_end_model(cfg.spec, random_weights(cfg.seed), head, f"vggtl_{cfg.name}", cfg.seed)
     return model, n_classes, note
