@@ -122,6 +122,7 @@ class TrainConfig:
     min_delta: float = _key(
         1e-3, low=0.0, high=1.0, doc="smallest fall of the validation cross-entropy (no L2 term) that counts as an improvement"
     )
+    folds: int = _key(0, low=0, high=20, doc="also cross-validate head and probe with this many stratified folds of train + val; 0 = off")
     class_weight: str = _key("balanced", choices=("balanced", "none"), doc="reweight classes by inverse frequency")
     label_smoothing: float = _key(0.0, low=0.0, high=0.5, doc="label smoothing of the cross-entropy")
 
@@ -340,6 +341,8 @@ def _validate_semantics(cfg: Config, source: str) -> None:
     cfg.data.extensions = exts
     parse_background(cfg.data.background, f"{source}: key 'data.background'")
     _resolve_backbone(cfg, source)
+    if cfg.train.folds == 1:
+        raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):
         raise ConfigError(f"{source}: key 'head.units': got {cfg.head.units!r}; every width must be >= 1")
 

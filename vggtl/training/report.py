@@ -118,6 +118,7 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, probs, weights) 
     """
     lines = _header(cfg, fs, metrics, weights)
     lines += _results(metrics)
+    lines += _cv_section(metrics)
     lines += _dataset_section(dataset, fs)
     lines += _per_class(metrics["test"])
     plot_confusion(metrics["test"]["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
@@ -198,6 +199,17 @@ def _results(metrics) -> list[str]:
     note = (f"Test accuracy on {test['n']} images; the interval is the 95% Wilson score interval: one image is "
             f"{100 / max(test['n'], 1):.1f} points. Train accuracy far above val/test means over-fitting; all three low, under-fitting.")
     return _table(header, rows) + ["", note]
+
+
+def _cv_section(metrics) -> list[str]:
+    if "cv" not in metrics:
+        return []
+    cv = metrics["cv"]
+    rows = [[name, f"{cv[key]['mean']:.3f} ± {cv[key]['sd']:.3f}", " ".join(f"{v:.3f}" for v in cv[key]["per_fold"])]
+            for name, key in (("head (as trained here)", "head"), ("linear probe", "probe"))]
+    return ["", f"## Cross-validation ({cv['folds']} stratified folds of train + val, {cv['images']} images; test untouched)", ""] + _table(
+        ["", "accuracy mean ± sd", "per fold"], rows
+    ) + ["", f"Early stopping watched a slice of each fold's training part, never the fold it was scored on. {cv['seconds']:.1f} s."]
 
 
 def write_predictions_csv(path: Path, fs, probs: dict) -> None:

@@ -23,7 +23,7 @@ from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
-from vggtl.training import artifact, baselines, fit, report
+from vggtl.training import artifact, baselines, cv, fit, report
 from vggtl.training.metrics import accuracy, best_epoch, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -75,6 +75,8 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
     where, fs, dataset = open_current_store(cfg, pipeline.scan_dataset(cfg), config_arg)
     log(f"split: seed {cfg.split_seed}, digest {dataset.split_digest()[:12]}, "
         + ", ".join(f"{s} {len(fs.split_rows(s))}" for s in SPLITS))
+    if cfg.train.folds:  # refuse too-small classes before training, not after
+        cv.check_class_sizes(fs.class_names, fs.labels[np.concatenate([fs.split_rows("train"), fs.split_rows("val")])], cfg.train.folds)
     if fs.skipped:
         log(f"skipped {len(fs.skipped)} file(s) that could not be decoded (not used):")
         for path, reason in fs.skipped:
@@ -222,6 +224,12 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         "epochs_trained": trained.phase1["epochs_trained"],
         "best_epoch": trained.phase1["best_epoch"],
     })
+    if cfg.train.folds:
+        metrics["cv"] = cv.cross_validate(cfg, fs, cfg.train.folds)
+        head, probe = metrics["cv"]["head"], metrics["cv"]["probe"]
+        log(f"{cfg.train.folds}-fold cross-validation on train + val ({metrics['cv']['images']} images, test untouched): "
+            f"head {head['mean']:.4f} ± {head['sd']:.4f}, linear probe {probe['mean']:.4f} ± {probe['sd']:.4f} "
+            f"({metrics['cv']['seconds']:.1f} s)")
     if cfg.baseline.scratch:
         metrics["baseline"]["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
         log(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
