@@ -30,6 +30,8 @@ def print_summary(result: ExtractResult, log=print) -> None:
         log(f"  {split:5s} {sum(counts[split].values()):6d} images")
     if result.up_to_date:
         log(f"up to date: {ok} images cached, nothing computed ({result.seconds:.2f} s)")
+    elif result.computed == 0:
+        log(f"nothing computed; store re-published with {result.reused} cached entries ({result.seconds:.1f} s)")
     else:
         rate = result.computed / result.seconds if result.seconds else 0.0
         log(f"computed {result.computed}, reused {result.reused} in {result.seconds:.1f} s ({rate:.1f} img/s overall)")
