@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, wei
         "end_to_end_check_max_abs_diff": end_to_end_gap,
         "versions": versions(),
         "train_seconds": round(seconds, 1),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(staging / "info.json", info)
 
