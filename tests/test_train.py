@@ -64,6 +64,20 @@ def test_report_flags_random_weights(run_dir):
     assert "linear probe" in report
 
 
+def test_report_has_the_honest_numbers(run_dir):
+    art = run_dir / "experiments/tiny/latest"
+    report = (art / "report.md").read_text()
+    metrics = json.loads((art / "metrics.json").read_text())
+    low, high = metrics["test"]["accuracy_ci95"]
+    assert low <= metrics["test"]["accuracy"] <= high and f"({100 * low:.1f}%-{100 * high:.1f}%)" in report
+    assert "train accuracy" in report and "95% Wilson" in report
+    assert "## Calibration" in report and (art / "reliability.png").is_file() and 0 <= metrics["test"]["calibration"]["ece"] <= 1
+    rows = (art / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,split,true,predicted,confidence,p_blue")
+    assert len(rows) - 1 == sum(metrics["split"]["sizes"].values())
+    assert len(metrics["split"]["digest"]) == 64 and metrics["split"]["digest"][:12] in report
+
+
 def test_learns_the_colors(run_dir):
     """Random conv features of solid noisy colors are still separable: the head must learn."""
     metrics = json.loads((run_dir / "experiments/tiny/latest/metrics.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from vggtl.training import report
 
@@ -27,3 +28,28 @@ def test_figures(tmp_path):
     report.plot_curves({"phase1": curves, "phase2": curves}, tmp_path / "c.png")
     for name in ("cm.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibration_bins_and_ece():
+    import numpy as np
+
+    from vggtl.training.metrics import calibration
+
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    y = np.array([0, 1, 0, 1])
+    cal = calibration(y, probs)
+    # bins: 0.6 (1 image, right), 0.8 (1, right), 0.9 (2, one right)
+    assert [b["count"] for b in cal["bins"]] == [1, 1, 2]
+    expected = (abs(1 - 0.6) + abs(1 - 0.8) + 2 * abs(0.5 - 0.9)) / 4
+    assert cal["ece"] == pytest.approx(expected, abs=1e-6)
+    perfect = calibration(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    assert perfect["ece"] == 0.0
+
+
+def test_reliability_plot(tmp_path):
+    from vggtl.training.metrics import calibration
+
+    import numpy as np
+
+    report.plot_reliability(calibration(np.array([0, 1, 1]), np.array([[0.7, 0.3], [0.4, 0.6], [0.1, 0.9]])), tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 1000

@@ -39,6 +39,34 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+CALIBRATION_BINS = 10
+
+
+def calibration(y_true, probs, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error of the top-1 confidence, with its reliability bins.
+
+    The images are binned by the confidence of their predicted class (equal
+    widths over [0, 1]); ECE is the image-weighted mean |accuracy - mean
+    confidence| over the bins: 0 for a model whose "80% sure" is right 80% of
+    the time.
+    """
+    probs = np.asarray(probs)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        n = int(members.sum())
+        if n:
+            acc, conf = float(correct[members].mean()), float(confidence[members].mean())
+            ece += n * abs(acc - conf)
+            table.append({"low": round(float(edges[b]), 3), "high": round(float(edges[b + 1]), 3), "count": n,
+                          "confidence": round(conf, 6), "accuracy": round(acc, 6)})
+    return {"ece": round(ece / max(len(confidence), 1), 6), "bins": table}
+
+
 def split_metrics(y_true, probs, class_names) -> dict:
     """Accuracy with its 95% Wilson interval, loss, per-class precision/recall/F1
     and the confusion matrix."""
@@ -64,4 +92,5 @@ def split_metrics(y_true, probs, class_names) -> dict:
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "calibration": calibration(y_true, probs),
     }

@@ -125,6 +125,7 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, probs, weights) 
     plot_curves(history, out_dir / "learning_curves.png")
     lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
     lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    lines += _calibration_section(metrics, out_dir)
     write_predictions_csv(out_dir / "predictions.csv", fs, probs)
     lines += ["## Every prediction", "", "`predictions.csv`: one row per image of every split (path, split, true and "
               "predicted class, confidence, the probability of each class).", ""]
@@ -210,6 +211,42 @@ def _cv_section(metrics) -> list[str]:
     return ["", f"## Cross-validation ({cv['folds']} stratified folds of train + val, {cv['images']} images; test untouched)", ""] + _table(
         ["", "accuracy mean ± sd", "per fold"], rows
     ) + ["", f"Early stopping watched a slice of each fold's training part, never the fold it was scored on. {cv['seconds']:.1f} s."]
+
+
+def _calibration_section(metrics, out_dir: Path) -> list[str]:
+    """ECE of val and test and the test reliability diagram."""
+    plot_reliability(metrics["test"]["calibration"], out_dir / "reliability.png")
+    ece = {s: metrics[s]["calibration"]["ece"] for s in ("val", "test")}
+    return ["## Calibration", "",
+            f"Expected calibration error (top-1 confidence, {len(metrics['test']['calibration']['bins'])} non-empty bins of 10): "
+            f"val {ece['val']:.3f}, test {ece['test']:.3f}. 0 means \"80% sure\" is right 80% of the time; "
+            "with a few dozen held-out images each bin holds only a handful of them.", "",
+            "![reliability diagram](reliability.png)", ""]
+
+
+def plot_reliability(calibration: dict, path: Path) -> None:
+    """Accuracy against mean confidence per confidence bin, with the diagonal of a calibrated model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    bins = calibration["bins"]
+    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.09, alpha=0.6, label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1", label="per bin")
+    for b in bins:
+        ax.annotate(str(b["count"]), ((b["low"] + b["high"]) / 2, b["accuracy"]), ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"test reliability (ECE {calibration['ece']:.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_predictions_csv(path: Path, fs, probs: dict) -> None:
