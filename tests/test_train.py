@@ -305,3 +305,22 @@ def test_view_sampler_draws_one_version_per_image_per_epoch():
     assert seen == {0, 1, 2}  # over epochs, clean and both views are used
     x, y, w = fit.view_sampler(bank, labels, 2, 3, 5, weights={0: 1.0, 1: 2.0})[0]
     assert w.tolist() == [1.0 + (yy.argmax() == 1) for yy in y]
+
+
+def test_history_csv_and_tensorboard_events(run_dir):
+    """history.csv mirrors history.json; TensorBoard's own reader finds every curve."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    art = run_dir / "experiments/tiny/latest"
+    history = json.loads((art / "history.json").read_text())["phase1"]
+    rows = list(csv.DictReader((art / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(history["loss"]) + 1))
+    assert float(rows[-1]["val_accuracy"]) == pytest.approx(history["val_accuracy"][-1], rel=1e-5)
+    events = EventAccumulator(str(art / "tensorboard" / "phase1"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss", "accuracy", "val_loss", "val_cross_entropy", "val_accuracy"}
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == list(range(1, len(history["loss"]) + 1))
+    assert loss[0].value == pytest.approx(history["loss"][0], rel=1e-6)

@@ -23,7 +23,7 @@ from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
-from vggtl.training import artifact, baselines, cv, fit, report
+from vggtl.training import artifact, baselines, cv, fit, logs, report
 from vggtl.training.metrics import accuracy, best_epoch, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -274,6 +274,8 @@ def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Train
             staging, cfg=cfg, dataset=dataset, fs=fs, store_settings=where.format.settings, weights=where.weights,
             metrics=metrics, history=trained.history, end_to_end_gap=gap, seconds=seconds,
         )
+        logs.write_history_csv(staging / "history.csv", trained.history)
+        logs.write_tensorboard(staging / "tensorboard", trained.history)
         report.write(
             staging, cfg=cfg, dataset=dataset, fs=fs, metrics=metrics, history=trained.history,
             probs=trained.probs, weights=where.weights,
