@@ -74,3 +74,18 @@ def test_help_is_plain_text(command, capsys):
 
 def test_description_strips_rest_markup():
     assert cli.description("Use ``vggtl.train.run`` and :func:`~vggtl.config.load`.") == "Use vggtl.train.run and vggtl.config.load."
+
+
+def test_terminal_writes_live_while_stderr_is_filtered():
+    """Progress bars write through tfquiet.terminal(): they appear at once, before
+    what filtered_stderr holds back until the end."""
+    code = (
+        "import sys\n"
+        "from vggtl import tfquiet\n"
+        "with tfquiet.filtered_stderr():\n"
+        "    print('held back', file=sys.stderr, flush=True)\n"
+        "    stream = tfquiet.terminal(); stream.write('live\\n'); stream.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["live", "held back"]

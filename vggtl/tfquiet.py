@@ -22,19 +22,24 @@ NOISE = re.compile(
     r"cpu_feature_guard|This TensorFlow binary is optimized|To enable the following instructions"
 )
 _loaded = False
+# The real stderr while filtered_stderr captures fd 2 (progress bars write here).
+_terminal_fd: int | None = None
 
 
 @contextlib.contextmanager
 def filtered_stderr():
     """Capture fd 2 for the duration; afterwards re-emit all but the known TF notices."""
+    global _terminal_fd
     sys.stderr.flush()
     saved = os.dup(2)
+    outer, _terminal_fd = _terminal_fd, saved
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield
         finally:
             sys.stderr.flush()
+            _terminal_fd = outer
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
@@ -42,6 +47,16 @@ def filtered_stderr():
                 if not NOISE.search(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def terminal():
+    """A text stream to the user's stderr, also while :func:`filtered_stderr`
+    captures fd 2 (a live progress bar must not wait for the end of the run).
+    The caller closes it unless it is ``sys.stderr`` itself, which is returned
+    when stderr has no file descriptor (notebooks, test capture)."""
+    if _terminal_fd is not None:
+        return os.fdopen(os.dup(_terminal_fd), "w", buffering=1)
+    return sys.stderr
 
 
 def quiet(main):

@@ -4,6 +4,8 @@ boundary activations)."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 import numpy as np
@@ -81,12 +83,12 @@ def view_sampler(bank: np.ndarray, labels: np.ndarray, n_classes: int, batch_siz
     return ViewSampler()
 
 
-def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, patience, class_weight_mode, seed) -> dict:
+def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, patience, class_weight_mode, seed, bar=None) -> dict:
     """fit() on the training bank (clean + views) with early stopping on val_loss;
-    returns the history as plain lists."""
+    returns the history as plain lists. ``bar``: a :func:`progress_bar` to advance per epoch."""
     import keras
 
-    callbacks = []
+    callbacks = [_BarCallback(bar)] if bar is not None else []
     if patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
     weights = class_weights(y_train, n_classes, class_weight_mode)
@@ -171,6 +173,16 @@ def fit_vectors(model, bank, y_train, x_val, y_val, n_classes: int, train, seed:
     sample_weight = np.array([weights[int(y)] for y in y_train], np.float32) if weights else np.ones(len(y_train), np.float32)
     stopper = _EarlyStopping(train.early_stopping_patience, train.min_delta)
     history = {key: [] for key in ("loss", "accuracy", "val_cross_entropy", "val_loss", "val_accuracy")}
+    with progress_bar(train.epochs, "phase 1 (head)") as bar:
+        _epochs(model, epoch_step, predict, bank, onehot, sample_weight, x_val, y_val, train, seed, stopper, history, bar)
+    stopper.restore(model)
+    history["best_epoch"] = stopper.best_epoch + 1
+    history["stopped_early"] = stopper.stopped
+    return history
+
+
+def _epochs(model, epoch_step, predict, bank, onehot, sample_weight, x_val, y_val, train, seed, stopper, history, bar):
+    """The epoch loop of :func:`fit_vectors` (fills ``history``, ``stopper`` decides)."""
     for epoch in range(train.epochs):
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(bank.shape[1]).astype(np.int32)
@@ -181,12 +193,37 @@ def fit_vectors(model, bank, y_train, x_val, y_val, n_classes: int, train, seed:
         ce = cross_entropy(y_val, probs)
         for key, value in zip(history, (float(loss), float(acc), ce, ce + penalty, accuracy(y_val, probs))):
             history[key].append(value)
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}", val_acc=f"{history['val_accuracy'][-1]:.3f}", refresh=False)
         if stopper.update(ce, epoch, model):
             break
-    stopper.restore(model)
-    history["best_epoch"] = stopper.best_epoch + 1
-    history["stopped_early"] = stopper.stopped
-    return history
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, title: str):
+    """A tqdm bar of epochs on the user's terminal (none when stderr is not a TTY)."""
+    from tqdm import tqdm
+
+    stream = tfquiet.terminal()
+    try:
+        with tqdm(total=total, desc=title, unit="epoch", file=stream, disable=None, leave=False) as bar:
+            yield bar
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+
+
+def _BarCallback(bar):
+    """A Keras callback advancing ``bar`` by one epoch (loss and val accuracy shown)."""
+    import keras
+
+    class BarCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}", val_acc=f"{logs.get('val_accuracy', float('nan')):.3f}", refresh=False)
+
+    return BarCallback()
 
 
 def _compiled_epoch(model, optimizer, loss_fn, batch_size: int):
@@ -280,11 +317,13 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
         metrics=["accuracy"],
     )
     start, start_weights = val_scores(model, x_val, y_val), model.get_weights()
-    history = fit_model(
-        model, bank, y_train, (x_val, y_val), n_classes,
-        epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
-        patience=cfg.finetune.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed + 1,
-    )
+    with progress_bar(cfg.finetune.epochs, "phase 2 (fine-tune)") as bar:
+        history = fit_model(
+            model, bank, y_train, (x_val, y_val), n_classes,
+            epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
+            patience=cfg.finetune.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed + 1,
+            bar=bar,
+        )
     # Early stopping restores the best phase-2 epoch, which can still be worse
     # than where phase 2 started: then fine-tuning did not help; keep phase 1.
     # Kept only if the validation cross-entropy falls AND the validation
