@@ -247,13 +247,22 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     return _result(cfg, where.path, dataset, computed, state, start, False)
 
 
+def split_dataset(cfg: config.Config, dataset: data.Dataset, skipped) -> data.Dataset:
+    """``dataset`` split as ``cfg`` asks over its usable images (``skipped``:
+    content hashes of undecodable files).
+
+    Raises:
+        DataError: a class too small to split once those files are left out.
+    """
+    return dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=set(skipped))
+
+
 def usable_split(cfg: config.Config, dataset: data.Dataset, skipped, log=print) -> data.Dataset:
-    """``dataset`` split by ``cfg`` over its usable images (``skipped``: content
-    hashes of undecodable files). When the undecodable files leave a class too
-    small to split, extraction goes on with a warning (its features are worth
-    keeping); train then refuses with the same message."""
+    """:func:`split_dataset`, for extraction: when the undecodable files leave a
+    class too small to split, extraction goes on with a warning (its features
+    are worth keeping); train then refuses with the same message."""
     try:
-        return dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=set(skipped))
+        return split_dataset(cfg, dataset, skipped)
     except DataError as exc:
         log(f"warning: {exc}")
         return dataset

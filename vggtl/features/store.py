@@ -32,6 +32,7 @@ lock file keeps two extractions off the same store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -651,10 +652,17 @@ class FeatureStore:
         """Clean features of the given index rows, in the order given."""
         return self.entry_features(self.entries[np.asarray(rows, dtype=np.int64)], layer, dtype)
 
+    @functools.cached_property
+    def _entry_keys(self) -> np.ndarray:
+        """``entries/key``, read once: clean keys (content hashes) and view keys."""
+        return self._fh["entries/key"].asstr()[:]
+
+    @functools.cached_property
+    def _row_of_key(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self._entry_keys)}
+
     def entry_rows(self, keys) -> np.ndarray:
         """Entry rows of the given keys (e.g. view keys); StoreError names a missing one."""
-        if not hasattr(self, "_row_of_key"):
-            self._row_of_key = {k: i for i, k in enumerate(self._fh["entries/key"].asstr()[:])}
         try:
             return np.array([self._row_of_key[k] for k in keys], dtype=np.int64)
         except KeyError as exc:
@@ -667,7 +675,6 @@ class FeatureStore:
 
     def missing_views(self, rows, views: int) -> int:
         """How many of the given index rows lack any of views 1..``views``."""
-        self.entry_rows([])  # builds the key index
         digest = self.augment.get("digest")
         return sum(
             any(view_key(sha, digest, v) not in self._row_of_key for v in range(1, views + 1)) for sha in self.clean_keys(rows)
@@ -675,9 +682,7 @@ class FeatureStore:
 
     def clean_keys(self, rows) -> list[str]:
         """Content hashes (clean entry keys) of the given index rows."""
-        if not hasattr(self, "_keys"):
-            self._keys = self._fh["entries/key"].asstr()[:]
-        return [self._keys[e] for e in self.entries[np.asarray(rows, dtype=np.int64)]]
+        return [self._entry_keys[e] for e in self.entries[np.asarray(rows, dtype=np.int64)]]
 
     def entry_features(self, entries, layer: str | None = None, dtype="float32") -> np.ndarray:
         """Features of the given entry rows (any order, repeats allowed) for ``layer``."""

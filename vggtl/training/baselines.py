@@ -19,23 +19,26 @@ import numpy as np
 from vggtl.data import SPLITS, DecodeSettings
 from vggtl.features.store import FeatureStore
 from vggtl.training.fit import class_weights, seed_everything
+from vggtl.training.heads import PROBE_MAX_ITER
 
-PROBE_MAX_ITER = 2000
-
-
-def linear_probe(fs: FeatureStore, seed: int) -> dict:
-    """Logistic regression on standardized global-average-pooled features; val/test accuracy."""
+def probe_model(seed: int):
+    """The linear-probe baseline's model: standardization + logistic regression (scikit-learn)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed))
+
+
+def linear_probe(fs: FeatureStore, seed: int) -> dict:
+    """Logistic regression on standardized global-average-pooled features; accuracy per split."""
     pooled = {}
     for split in SPLITS:
         rows = fs.split_rows(split)
         # Pool chunk by chunk: the probe never needs all full feature maps in RAM.
         chunks = [feats.reshape(len(feats), -1, feats.shape[-1]).mean(axis=1) for _, feats in fs.iter_batches(rows)]
         pooled[split] = (np.concatenate(chunks) if chunks else np.zeros((0, fs.feature_shape[-1])), fs.labels[rows])
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed))
+    model = probe_model(seed)
     model.fit(*pooled["train"])
     return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in SPLITS}
 

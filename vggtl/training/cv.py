@@ -18,7 +18,7 @@ import numpy as np
 from vggtl import config
 from vggtl.errors import ConfigError
 from vggtl.features.store import FeatureStore
-from vggtl.training import fit, heads
+from vggtl.training import baselines, fit, heads
 from vggtl.training.metrics import accuracy
 
 
@@ -31,9 +31,8 @@ def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     started = time.perf_counter()
-    rows = np.concatenate([fs.split_rows("train"), fs.split_rows("val")])
+    rows = check_folds(fs, folds)
     labels = fs.labels[rows]
-    check_class_sizes(fs.class_names, labels, folds)
     maps = fs.features(rows)
     pooled = heads.pool_numpy(maps, "avg")
     scores = {"head": [], "probe": []}
@@ -49,24 +48,27 @@ def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
     return {"folds": folds, "images": int(len(rows)), **summary, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def check_class_sizes(class_names, labels, folds: int) -> None:
-    counts = np.bincount(labels, minlength=len(class_names))
-    small = [f"{name} ({n})" for name, n in zip(class_names, counts) if n < folds]
+def check_folds(fs: FeatureStore, folds: int) -> np.ndarray:
+    """The index rows cross-validation uses (train + val), after checking every
+    class has at least ``folds`` of them.
+
+    Raises:
+        ConfigError: naming the classes that are too small.
+    """
+    rows = np.concatenate([fs.split_rows("train"), fs.split_rows("val")])
+    counts = np.bincount(fs.labels[rows], minlength=len(fs.class_names))
+    small = [f"{name} ({n})" for name, n in zip(fs.class_names, counts) if n < folds]
     if small:
         raise ConfigError(
             f"key 'train.folds': {folds} folds need at least {folds} images of every class in train + val; "
             f"too few: {', '.join(small)}; lower train.folds"
         )
+    return rows
 
 
 def _probe_accuracy(pooled, labels, fit_idx, held_idx, seed: int) -> float:
     """The linear-probe baseline (standardized avg-pooled features, logistic regression) on one fold."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=heads.PROBE_MAX_ITER, random_state=seed))
-    model.fit(pooled[fit_idx], labels[fit_idx])
+    model = baselines.probe_model(seed).fit(pooled[fit_idx], labels[fit_idx])
     return float(model.score(pooled[held_idx], labels[held_idx]))
 
 

@@ -126,7 +126,7 @@ def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
     seed_everything(cfg.seed)  # first: also imports TensorFlow quietly
     started = time.perf_counter()
     pooled = np.stack([heads.pool_numpy(version.astype(np.float32), cfg.head.pooling) for version in bank])
-    stats = heads.standardization_stats(bank[0].astype(np.float32), cfg.head.pooling)
+    stats = heads.pooled_stats(pooled[0])
     head = heads.build_head(bank.shape[2:], n_classes, cfg.head, stats=stats if cfg.head.standardize else None)
     history = fit_vectors(
         heads.vector_model(head), pooled, y_train, heads.pool_numpy(x_val, cfg.head.pooling), y_val, n_classes,

@@ -21,7 +21,12 @@ def pool_numpy(features, pooling: str):
 
 def standardization_stats(train_features, pooling: str):
     """Per-feature mean and variance of the pooled *training* features."""
-    pooled = pool_numpy(train_features, pooling).astype(np.float64)
+    return pooled_stats(pool_numpy(train_features, pooling))
+
+
+def pooled_stats(pooled):
+    """:func:`standardization_stats` of training features already pooled."""
+    pooled = np.asarray(pooled, dtype=np.float64)
     variance = pooled.var(axis=0)
     # Features that are (almost) constant on the training set -- e.g. corner
     # positions that are always 0 after ReLU -- would be divided by ~0 and

@@ -75,13 +75,13 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
     where, fs, dataset = open_current_store(cfg, pipeline.scan_dataset(cfg), config_arg)
     log(f"split: seed {cfg.split_seed}, digest {dataset.split_digest()[:12]}, "
         + ", ".join(f"{s} {len(fs.split_rows(s))}" for s in SPLITS))
-    if cfg.train.folds:  # refuse too-small classes before training, not after
-        cv.check_class_sizes(fs.class_names, fs.labels[np.concatenate([fs.split_rows("train"), fs.split_rows("val")])], cfg.train.folds)
-    if fs.skipped:
-        log(f"skipped {len(fs.skipped)} file(s) that could not be decoded (not used):")
-        for path, reason in fs.skipped:
-            log(f"  {path}: {reason}")
     try:
+        if cfg.train.folds:  # refuse too-small classes before training, not after
+            cv.check_folds(fs, cfg.train.folds)
+        if fs.skipped:
+            log(f"skipped {len(fs.skipped)} file(s) that could not be decoded (not used):")
+            for path, reason in fs.skipped:
+                log(f"  {path}: {reason}")
         trained = train_phases(cfg, fs, where.weights, log)
         metrics = evaluate(cfg, fs, dataset, trained, log)
         target = publish(cfg, dataset, fs, where, trained, metrics, time.perf_counter() - started)
@@ -117,7 +117,7 @@ def open_current_store(cfg: config.Config, dataset, config_arg=None):
                 f"feature store {where.path} is out of date with {cfg.data.root} (images added, edited or removed, "
                 f"or written by an older vggtl); run {again} first (it computes only what is missing)"
             )
-        dataset = dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=fs.skipped_hashes)
+        dataset = pipeline.split_dataset(cfg, dataset, fs.skipped_hashes)
         fs.use_split({f.relpath: f.split for f in dataset.files})
         _check_views(cfg, fs, where, again)
     except BaseException:
