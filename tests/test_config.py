@@ -46,10 +46,10 @@ def write_yaml(path, mapping) -> str:
 
 
 def leaves(mapping: dict, prefix: str = "") -> dict:
-    """Flatten nested dicts to ``{'a.b': value}``."""
+    """Flatten nested config sections to ``{'a.b': value}`` (a mapping-valued key, tune.space, is one leaf)."""
     out = {}
     for key, value in mapping.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" != "tune.space":
             out.update(leaves(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

@@ -62,3 +62,20 @@ def test_optimizers(name):
 
 def test_sgd_has_momentum():
     assert heads.make_optimizer("sgd", 0.1).momentum == 0.9
+
+
+def test_avgmax_pooling_concatenates_and_saves_as_plain_keras(tmp_path):
+    """avgmax: [global average, global max] (2 x channels), the same in NumPy,
+    in the head, through with_probe and after a save/load without vggtl's code."""
+    import keras
+
+    x = np.random.default_rng(2).random((6, 3, 3, 4)).astype(np.float32)
+    pooled = heads.pool_numpy(x, "avgmax")
+    np.testing.assert_array_equal(pooled, np.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], axis=1))
+    head = heads.build_head((3, 3, 4), 2, HeadConfig(pooling="avgmax", units=[], dropout=0.0), stats=heads.pooled_stats(pooled))
+    np.testing.assert_allclose(heads.vector_model(head).predict(pooled, verbose=0), head.predict(x, verbose=0), rtol=1e-5)
+    probe = heads.fit_probe(pooled, np.array([0, 1] * 3), heads.probe_stats(pooled), 2, seed=0)
+    model = heads.with_probe(head, "avgmax", heads.probe_stats(pooled), probe)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)

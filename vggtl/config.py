@@ -100,7 +100,9 @@ class ExtractConfig:
 
 @dataclass
 class HeadConfig:
-    pooling: str = _key("avg", choices=("flatten", "avg", "max"), doc="how the 7x7x512 map becomes a vector")
+    pooling: str = _key(
+        "avg", choices=("flatten", "avg", "max", "avgmax"), doc="how the 7x7x512 map becomes a vector (avgmax: both, concatenated)"
+    )
     standardize: bool = _key(True, doc="standardize pooled features with training-set mean/variance")
     units: list[int] = _key([512], doc="hidden Dense layer widths (relu); [] for a linear softmax")
     dropout: float = _key(0.5, low=0.0, high=0.95, doc="dropout after each hidden layer (and before the softmax)")
@@ -160,6 +162,46 @@ class BaselineConfig:
     patience: int = _key(15, low=1, high=10_000, doc="its early-stopping patience on val_loss")
 
 
+# What `vggtl tune` searches unless `tune.space` says otherwise (measured on
+# clipart8: pooling and dropout move the cross-validated accuracy most).
+DEFAULT_TUNE_SPACE = {
+    "head.pooling": ["avg", "max", "avgmax"],
+    "head.units": [[], [256], [512], [1024]],
+    "head.dropout": {"low": 0.0, "high": 0.8},
+    "head.l2": {"low": 1e-5, "high": 1e-1, "log": True},
+    "head.probe": [True, False],
+    "train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+    "train.label_smoothing": {"low": 0.0, "high": 0.2},
+}
+TUNABLE_SECTIONS = ("head", "train")
+_SECTIONS = {"head": HeadConfig, "train": TrainConfig}
+NOT_TUNABLE = ("train.folds",)
+
+
+@dataclass
+class TuneConfig:
+    trials: int = _key(30, low=1, high=10_000, doc="trials of `vggtl tune` (--trials)")
+    folds: int = _key(5, low=2, high=20, doc="stratified folds of train + val each trial is cross-validated on")
+    jobs: int = _key(0, low=0, high=64, doc="trials run in parallel processes; 0 = one per CPU core")
+    seed: int | None = _key(None, low=0, high=2**31 - 1, doc="seed of the sampler; null = the run's seed")
+    space: dict = _key(
+        DEFAULT_TUNE_SPACE,
+        doc="dotted head.*/train.* keys -> a list of choices or {low, high, log}; replaces the default space as a whole",
+    )
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    """One dimension of the tuning space: ``choices``, or a ``low``..``high`` range."""
+
+    key: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+
 @dataclass
 class OutputConfig:
     dir: str = _key("experiments", doc="where versioned artifacts are written")
@@ -178,6 +220,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     # Not a config key: the backbone resolved from the keys above, set once by
     # from_dict; every stage reads names, sizes and layer roles from it.
@@ -213,7 +256,7 @@ def _type_name(tp) -> str:
         return f"a list of {typing.get_args(tp)[0].__name__}"
     if origin in (typing.Union, getattr(__import__('types'), 'UnionType', None)):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}.get(tp, str(tp))
 
 
 def _coerce(value, tp, where: str):
@@ -242,7 +285,7 @@ def _coerce(value, tp, where: str):
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp in (str, bool) and isinstance(value, tp):
+    if tp in (str, bool, dict) and isinstance(value, tp):
         return value
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
@@ -345,6 +388,63 @@ def _validate_semantics(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):
         raise ConfigError(f"{source}: key 'head.units': got {cfg.head.units!r}; every width must be >= 1")
+    tune_space(cfg.tune.space, source)
+
+
+def tune_space(space: dict, source: str = "config") -> list[SearchParam]:
+    """The validated dimensions of ``tune.space``.
+
+    Args:
+        space: ``{dotted head.*/train.* key: [choices] | {low, high[, log]}}``.
+        source: names the config file in errors.
+
+    Raises:
+        ConfigError: an unknown or untunable key, an empty choice list or
+            range, a value the key itself would refuse, a malformed range.
+    """
+    if not space:
+        raise ConfigError(f"{source}: key 'tune.space': got {{}}; give at least one key to search, e.g. head.dropout")
+    return [_search_param(str(key), value, f"{source}: key 'tune.space.{key}'") for key, value in space.items()]
+
+
+def _search_param(key: str, value, where: str) -> SearchParam:
+    """One validated :class:`SearchParam` (see :func:`tune_space`)."""
+    section, _, name = key.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(_SECTIONS.get(section, HeadConfig))}
+    known = [f"{s}.{f.name}" for s in TUNABLE_SECTIONS for f in dataclasses.fields(_SECTIONS[s]) if f"{s}.{f.name}" not in NOT_TUNABLE]
+    if section not in TUNABLE_SECTIONS or name not in fields or key in NOT_TUNABLE:
+        raise ConfigError(_unknown_key_message(key, known, where).replace("unknown key", "not a tunable key"))
+    tp, meta = typing.get_type_hints(_SECTIONS[section])[name], fields[name].metadata
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{where}: got []; list at least one choice")
+        for i, choice in enumerate(value):
+            _check_range(_coerce(choice, tp, f"{where}[{i}]"), meta, f"{where}[{i}]")
+            if key == "head.units" and any(u < 1 for u in choice):
+                raise ConfigError(f"{where}[{i}]: got {choice!r}; every width must be >= 1")
+        return SearchParam(key, choices=tuple(value))
+    return _search_range(key, value, tp, meta, where)
+
+
+def _search_range(key: str, value, tp, meta, where: str) -> SearchParam:
+    """A ``{low, high[, log]}`` dimension of a numeric key."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: got {value!r}; expected a list of choices or a range {{low: ..., high: ...[, log: true]}}")
+    if tp not in (int, float):
+        raise ConfigError(f"{where}: a range needs a numeric key; list the choices instead, e.g. [a, b]")
+    for extra in set(value) - {"low", "high", "log"}:
+        raise ConfigError(_unknown_key_message(str(extra), ["low", "high", "log"], f"{where}: key '{extra}'"))
+    if "low" not in value or "high" not in value:
+        raise ConfigError(f"{where}: got {value!r}; a range needs both low and high")
+    low, high = (_coerce(value[end], tp, f"{where}.{end}") for end in ("low", "high"))
+    for end, number in (("low", low), ("high", high)):
+        _check_range(number, meta, f"{where}.{end}")
+    log = _coerce(value.get("log", False), bool, f"{where}.log")
+    if not low < high:
+        raise ConfigError(f"{where}: empty range: low {low!r} must be below high {high!r}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: got low {low!r}; a log range needs low > 0")
+    return SearchParam(key, low=low, high=high, log=log, integer=tp is int)
 
 
 def _resolve_backbone(cfg: Config, source: str) -> None:

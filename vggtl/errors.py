@@ -36,6 +36,25 @@ class ArtifactError(VggtlError):
     """A model artifact is missing, incomplete or fails its checksums."""
 
 
+class TrainingError(VggtlError):
+    """Training cannot go on with these settings (e.g. the loss became NaN)."""
+
+
+class MissingExtra(VggtlError):
+    """An optional dependency of one feature is not installed."""
+
+
+def require_extra(module: str, extra: str, feature: str):
+    """Import and return ``module``, or raise :class:`MissingExtra` naming the
+    ``pip install 'vggtl[extra]'`` that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{feature} needs the optional package {module.split('.')[0]!r}: pip install 'vggtl[{extra}]'") from None
+
+
 class PathError(VggtlError):
     """A file or directory cannot be read or written (disk full, permissions, a
     path running through a regular file...)."""

@@ -12,6 +12,7 @@ as without cross-validation.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,7 +20,55 @@ from vggtl import config
 from vggtl.errors import ConfigError
 from vggtl.features.store import FeatureStore
 from vggtl.training import baselines, fit, heads
-from vggtl.training.metrics import accuracy
+from vggtl.training.metrics import accuracy, cross_entropy
+
+
+@dataclass
+class FoldData:
+    """What every fold needs, read from the store once: the train + val maps,
+    their labels, and per fold (inner train, inner val, held-out) indices."""
+
+    maps: np.ndarray
+    labels: np.ndarray
+    n_classes: int
+    folds: list = field(default_factory=list)
+
+
+def fold_data(cfg: config.Config, fs: FeatureStore, folds: int) -> FoldData:
+    """Stratified ``folds`` of train + val (seeded by the split seed), each with
+    an inner validation slice of its training part for early stopping.
+
+    Raises:
+        ConfigError: a class has fewer images in train + val than ``folds``.
+    """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    rows = check_folds(fs, folds)
+    labels = fs.labels[rows]
+    plan = []
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
+    for fold, (fit_idx, held_idx) in enumerate(splitter.split(rows, labels)):
+        inner_train, inner_val = train_test_split(
+            fit_idx, test_size=max(cfg.data.split.val, 0.1), stratify=labels[fit_idx], random_state=cfg.split_seed + fold
+        )
+        plan.append((fit_idx, inner_train, inner_val, held_idx))
+    return FoldData(fs.features(rows), labels, len(fs.class_names), plan)
+
+
+def head_scores(cfg: config.Config, data: FoldData) -> dict:
+    """Per-fold held-out accuracy and log loss of the head as phase 1 trains it.
+
+    Raises:
+        TrainingError: a fold's training diverged.
+    """
+    maps, labels = data.maps, data.labels
+    scores = {"accuracy": [], "log_loss": []}
+    for _, inner_train, inner_val, held in data.folds:
+        head, _ = fit.fit_head(cfg, maps[inner_train][None], labels[inner_train], maps[inner_val], labels[inner_val], data.n_classes)
+        probs = head.predict(maps[held], verbose=0)
+        scores["accuracy"].append(accuracy(labels[held], probs))
+        scores["log_loss"].append(cross_entropy(labels[held], probs))
+    return scores
 
 
 def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
@@ -28,24 +77,13 @@ def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
     Raises:
         ConfigError: a class has fewer images in train + val than ``folds``.
     """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
     started = time.perf_counter()
-    rows = check_folds(fs, folds)
-    labels = fs.labels[rows]
-    maps = fs.features(rows)
-    pooled = heads.pool_numpy(maps, "avg")
-    scores = {"head": [], "probe": []}
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.split_seed)
-    for fold, (fit_idx, held_idx) in enumerate(splitter.split(rows, labels)):
-        inner_train, inner_val = train_test_split(
-            fit_idx, test_size=max(cfg.data.split.val, 0.1), stratify=labels[fit_idx], random_state=cfg.split_seed + fold
-        )
-        head, _ = fit.fit_head(cfg, maps[inner_train][None], labels[inner_train], maps[inner_val], labels[inner_val], len(fs.class_names))
-        scores["head"].append(accuracy(labels[held_idx], head.predict(maps[held_idx], verbose=0)))
-        scores["probe"].append(_probe_accuracy(pooled, labels, fit_idx, held_idx, cfg.seed))
-    summary = {name: _summary(values) for name, values in scores.items()}
-    return {"folds": folds, "images": int(len(rows)), **summary, "seconds": round(time.perf_counter() - started, 1)}
+    data = fold_data(cfg, fs, folds)
+    pooled = heads.pool_numpy(data.maps, "avg")
+    probe = [_probe_accuracy(pooled, data.labels, fit_idx, held, cfg.seed) for fit_idx, _, _, held in data.folds]
+    scores = {"head": head_scores(cfg, data)["accuracy"], "probe": probe}
+    summary = {name: summary_of(values) for name, values in scores.items()}
+    return {"folds": folds, "images": int(len(data.labels)), **summary, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def check_folds(fs: FeatureStore, folds: int) -> np.ndarray:
@@ -72,6 +110,7 @@ def _probe_accuracy(pooled, labels, fit_idx, held_idx, seed: int) -> float:
     return float(model.score(pooled[held_idx], labels[held_idx]))
 
 
-def _summary(values) -> dict:
+def summary_of(values) -> dict:
+    """``{"mean", "sd", "per_fold"}`` of per-fold scores."""
     values = np.asarray(values, dtype=float)
     return {"mean": round(float(values.mean()), 6), "sd": round(float(values.std()), 6), "per_fold": [round(float(v), 6) for v in values]}

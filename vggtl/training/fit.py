@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from vggtl import config, tfquiet
+from vggtl.errors import TrainingError
 from vggtl.features.store import FeatureStore
 from vggtl.training import heads
 from vggtl.training.metrics import accuracy, cross_entropy
@@ -188,6 +189,11 @@ def _epochs(model, epoch_step, predict, bank, onehot, sample_weight, x_val, y_va
         order = rng.permutation(bank.shape[1]).astype(np.int32)
         x = bank[rng.integers(0, bank.shape[0], size=bank.shape[1]), np.arange(bank.shape[1])] if bank.shape[0] > 1 else bank[0]
         loss, acc = epoch_step(x, onehot, sample_weight, order)
+        if not np.isfinite(float(loss)):
+            raise TrainingError(
+                f"phase 1 diverged: the training loss is {float(loss)} at epoch {epoch + 1}; "
+                f"lower train.learning_rate (now {train.learning_rate:g}) or use train.optimizer: adam"
+            )
         probs = predict(x_val).numpy()
         penalty = float(sum(float(l) for l in model.losses))
         ce = cross_entropy(y_val, probs)
@@ -200,13 +206,13 @@ def _epochs(model, epoch_step, predict, bank, onehot, sample_weight, x_val, y_va
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, title: str):
-    """A tqdm bar of epochs on the user's terminal (none when stderr is not a TTY)."""
+def progress_bar(total: int, title: str, unit: str = "epoch"):
+    """A tqdm bar of ``unit``s on the user's terminal (none when stderr is not a TTY)."""
     from tqdm import tqdm
 
     stream = tfquiet.terminal()
     try:
-        with tqdm(total=total, desc=title, unit="epoch", file=stream, disable=None, leave=False) as bar:
+        with tqdm(total=total, desc=title, unit=unit, file=stream, disable=None, leave=False) as bar:
             yield bar
     finally:
         if stream is not sys.stderr:

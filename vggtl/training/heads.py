@@ -15,8 +15,26 @@ def pool_numpy(features, pooling: str):
     """What the head's pooling layer computes, in NumPy (for statistics)."""
     if pooling == "flatten":
         return features.reshape(len(features), -1)
+    if pooling == "avgmax":
+        return np.concatenate([features.mean(axis=(1, 2)), features.max(axis=(1, 2))], axis=1)
     reduce = np.mean if pooling == "avg" else np.max
     return reduce(features, axis=(1, 2))
+
+
+def pooling_layer(pooling: str, feature_shape, name: str):
+    """The layer turning a feature map into a vector, named ``name``.
+
+    ``avgmax`` (global average and global max, concatenated: 2 x channels) is
+    a small nested model of Keras' own layers, so it too is one layer of the
+    head and ``model.keras`` still needs no custom code.
+    """
+    import keras
+
+    if pooling != "avgmax":
+        return getattr(keras.layers, POOLING_LAYERS[pooling])(name=name)
+    inputs = keras.Input(tuple(feature_shape))
+    pooled = [keras.layers.GlobalAveragePooling2D()(inputs), keras.layers.GlobalMaxPooling2D()(inputs)]
+    return keras.Model(inputs, keras.layers.Concatenate()(pooled), name=name)
 
 
 def standardization_stats(train_features, pooling: str):
@@ -57,7 +75,7 @@ def build_head(feature_shape, n_classes: int, head: HeadConfig, stats=None, name
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
     regularizer = keras.regularizers.L2(head.l2) if head.l2 > 0 else None
     inputs = keras.Input(tuple(feature_shape), name="features")
-    x = getattr(keras.layers, POOLING_LAYERS[head.pooling])(name=f"pool_{head.pooling}")(inputs)
+    x = pooling_layer(head.pooling, feature_shape, f"pool_{head.pooling}")(inputs)
     if head.standardize:
         if stats is None:
             raise ValueError("head.standardize needs stats=(mean, variance) of the training features")
@@ -118,7 +136,7 @@ def with_probe(head, pooling: str, stats, probe, name: str = "head"):
     import keras
 
     inputs = keras.Input(head.input_shape[1:], name="features")
-    x = getattr(keras.layers, POOLING_LAYERS[pooling])(name=f"probe_pool_{pooling}")(inputs)
+    x = pooling_layer(pooling, head.input_shape[1:], f"probe_pool_{pooling}")(inputs)
     mean, variance = stats
     x = keras.layers.Normalization(axis=-1, mean=mean, variance=variance, name="probe_standardize")(x)
     dense = keras.layers.Dense(probe[0].shape[1], activation="softmax", name="probe")
