@@ -79,3 +79,24 @@ def test_avgmax_pooling_concatenates_and_saves_as_plain_keras(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_probe_inside_the_model_matches_scikit_learn(n_classes):
+    """Also for two classes, where scikit-learn keeps a single logit (a probe of
+    width 1 would make softmax output 1.0 and break the average)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    y = np.arange(40) % n_classes
+    x = rng.random((40, 2, 2, 6)).astype(np.float32) + y[:, None, None, None] * 0.3
+    pooled = heads.pool_numpy(x, "avg")
+    stats = heads.probe_stats(pooled)
+    kernel, bias = heads.fit_probe(pooled, y, stats, n_classes, seed=0)
+    assert kernel.shape == (6, n_classes) and bias.shape == (n_classes,)
+    head = heads.build_head((2, 2, 6), n_classes, HeadConfig(units=[], dropout=0.0), stats=heads.pooled_stats(pooled))
+    model = heads.with_probe(head, "avg", stats, (kernel, bias))
+    expected = LogisticRegression(max_iter=heads.PROBE_MAX_ITER, random_state=0).fit((pooled - stats[0]) / np.sqrt(stats[1]), y)
+    probe_probs = 2 * model.predict(x, verbose=0) - head.predict(x, verbose=0)  # Average = (head + probe) / 2
+    np.testing.assert_allclose(probe_probs, expected.predict_proba((pooled - stats[0]) / np.sqrt(stats[1])), atol=1e-4)
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5)

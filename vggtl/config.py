@@ -203,6 +203,14 @@ class SearchParam:
 
 
 @dataclass
+class AuditConfig:
+    near_duplicate: float = _key(
+        0.98, low=0.0, high=1.0,
+        doc="cosine similarity of avg-pooled cached features at or above which two images in different splits are listed as near-duplicates",
+    )
+
+
+@dataclass
 class OutputConfig:
     dir: str = _key("experiments", doc="where versioned artifacts are written")
 
@@ -221,6 +229,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     # Not a config key: the backbone resolved from the keys above, set once by
     # from_dict; every stage reads names, sizes and layer roles from it.

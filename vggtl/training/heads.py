@@ -118,7 +118,12 @@ def fit_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
     model = LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed).fit(z, y_train)
     if list(model.classes_) != list(range(n_classes)):
         raise ValueError(f"every class needs training images; the probe saw classes {list(model.classes_)}")
-    return model.coef_.T.astype(np.float32), model.intercept_.astype(np.float32)
+    kernel, bias = model.coef_.T, model.intercept_
+    if n_classes == 2:
+        # scikit-learn keeps one logit z for two classes (class 1 against 0);
+        # softmax([0, z]) gives exactly its probabilities [1 - sigmoid(z), sigmoid(z)].
+        kernel, bias = np.concatenate([np.zeros_like(kernel), kernel], axis=1), np.concatenate([[0.0], bias])
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
 
 def with_probe(head, pooling: str, stats, probe, name: str = "head"):

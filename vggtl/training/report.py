@@ -78,7 +78,8 @@ def worst_misclassified(test_rows, probs, labels) -> list[tuple[int, float, int]
     return [(int(test_rows[i]), float(probs[i, preds[i]]), int(preds[i])) for i in order[:WORST_N]]
 
 
-def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
+def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
+    """A grid of ``(relative path, title)`` images decoded as in extraction."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,21 +88,49 @@ def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
     from vggtl.data import UndecodableImage
 
     thumbnail = cfg.spec.decode.at_size(160)
-    cols = min(4, len(items))
-    rows = (len(items) + cols - 1) // cols
+    cols = min(cols, len(cells))
+    rows = (len(cells) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (row, conf, pred) in zip(axes.flat, items):
+    for ax, (relpath, title) in zip(axes.flat, cells):
         try:
-            ax.imshow(thumbnail.decode(root / fs.paths[row]))
+            ax.imshow(thumbnail.decode(root / relpath))
         except UndecodableImage:
             pass
-        true = class_names[fs.labels[row]]
-        ax.set_title(f"true {true}\npred {class_names[pred]} ({conf:.2f})", fontsize=9)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
+    cells = [(fs.paths[row], f"true {class_names[fs.labels[row]]}\npred {class_names[pred]} ({conf:.2f})")
+             for row, conf, pred in items]
+    plot_thumbnails(cells, 4, cfg, root, path)
+
+
+def _leakage_section(cfg, dataset, leakage: dict, out_dir: Path) -> list[str]:
+    """Identical files and near-duplicates across splits, with thumbnails of the pairs."""
+    lines = ["## Leakage audit", "", "Identical content in two splits (possible with a pre-split layout or a CSV):"]
+    if not leakage["identical"]:
+        lines += ["none.", ""]
+    else:
+        lines += [""] + _table(["sha256", "files"], [[g["sha256"][:12], ", ".join(f"`{f['path']}` ({f['split']})" for f in g["files"])]
+                                                      for g in leakage["identical"]]) + [""]
+    pairs, total = leakage["near_duplicates"], leakage["near_duplicates_total"]
+    lines += [f"Near-duplicates across splits (cosine of the average-pooled cached features >= {leakage['threshold']:g}, "
+              f"`audit.near_duplicate`): {total}" + ("." if not total else f", {len(pairs)} most similar listed:"), ""]
+    if pairs:
+        lines += _table(["cosine", "image", "split", "near-duplicate", "split"],
+                        [[f"{p['cosine']:.4f}", f"`{p['a']}`", p["a_split"], f"`{p['b']}`", p["b_split"]] for p in pairs]) + [""]
+        cells = [cell for p in pairs[:8] for cell in ((p["a"], f"{p['a_split']}: {Path(p['a']).name}"),
+                                                        (p["b"], f"{p['b_split']}: {Path(p['b']).name} ({p['cosine']:.3f})"))]
+        plot_thumbnails(cells, 4, cfg, dataset.root, out_dir / "leakage.png")
+        lines += ["![near-duplicate pairs](leakage.png)", ""]
+    if leakage["identical"] or total:
+        lines += ["A test image with a copy in train measures memory, not generalisation: move or remove one of each pair.", ""]
+    return lines
 
 
 def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, probs, weights) -> Path:
@@ -126,6 +155,7 @@ def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, probs, weights) 
     lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
     lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
     lines += _calibration_section(metrics, out_dir)
+    lines += _leakage_section(cfg, dataset, metrics["leakage"], out_dir)
     write_predictions_csv(out_dir / "predictions.csv", fs, probs)
     lines += ["## Every prediction", "", "`predictions.csv`: one row per image of every split (path, split, true and "
               "predicted class, confidence, the probability of each class).", ""]

@@ -23,7 +23,7 @@ from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
-from vggtl.training import artifact, baselines, cv, fit, logs, report
+from vggtl.training import artifact, baselines, cv, fit, leakage, logs, report
 from vggtl.training.metrics import accuracy, best_epoch, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -230,6 +230,8 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         log(f"{cfg.train.folds}-fold cross-validation on train + val ({metrics['cv']['images']} images, test untouched): "
             f"head {head['mean']:.4f} ± {head['sd']:.4f}, linear probe {probe['mean']:.4f} ± {probe['sd']:.4f} "
             f"({metrics['cv']['seconds']:.1f} s)")
+    metrics["leakage"] = leakage.audit(fs, dataset, cfg.audit.near_duplicate)
+    log(leakage.summary_line(metrics["leakage"]))
     if cfg.baseline.scratch:
         metrics["baseline"]["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
         log(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")

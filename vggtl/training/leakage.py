@@ -1,0 +1,90 @@
+"""Leakage audit: the same image, or nearly the same, in two splits.
+
+Two kinds are listed in every report:
+
+* identical files (same sha256) in different splits -- impossible with the
+  split rule, which splits by content, but possible with a pre-split layout
+  or a CSV;
+* near-duplicates: pairs from different splits whose global-average-pooled
+  cached features have a cosine similarity of at least ``audit.near_duplicate``
+  (a resized, re-encoded, slightly cropped or recoloured copy).
+
+A test image with a near-copy in train measures memory, not generalisation;
+the audit says which files to move or remove. Computed on the cached
+features in blocks, so it costs seconds and never holds a similarity
+matrix of the whole store.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from vggtl.data import SPLITS
+
+BLOCK = 2048
+LISTED = 50  # pairs kept in metrics.json and the report (all are counted)
+
+
+def identical_across_splits(files) -> list[dict]:
+    """Groups of files with the same content lying in more than one split."""
+    groups = defaultdict(list)
+    for f in files:
+        groups[f.sha256].append(f)
+    found = []
+    for sha, members in sorted(groups.items()):
+        if len({f.split for f in members}) > 1:
+            found.append({"sha256": sha, "files": [{"path": f.relpath, "split": f.split} for f in members]})
+    return found
+
+
+def pooled_unit_vectors(fs, rows) -> np.ndarray:
+    """L2-normalised average-pooled clean features of ``rows``, read block by block."""
+    out = np.zeros((len(rows), fs.feature_shape[-1]), np.float32)
+    for start in range(0, len(rows), BLOCK):
+        maps = fs.features(rows[start : start + BLOCK])
+        out[start : start + len(maps)] = maps.reshape(len(maps), -1, maps.shape[-1]).mean(axis=1)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def near_duplicates(fs, threshold: float) -> tuple[list[dict], int]:
+    """Pairs from different splits with cosine >= ``threshold``, most similar
+    first (at most :data:`LISTED`), and how many there are in all. Pairs of
+    identical content are left to :func:`identical_across_splits`."""
+    rows = {s: fs.split_rows(s) for s in SPLITS}
+    vectors = {s: pooled_unit_vectors(fs, r) for s, r in rows.items() if len(r)}
+    pairs = []
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1 :]:
+            if a in vectors and b in vectors:
+                pairs += _pairs_between(fs, rows[a], vectors[a], rows[b], vectors[b], threshold, a, b)
+    pairs.sort(key=lambda p: -p["cosine"])
+    return pairs[:LISTED], len(pairs)
+
+
+def _pairs_between(fs, rows_a, va, rows_b, vb, threshold, a, b) -> list[dict]:
+    found = []
+    for start in range(0, len(va), BLOCK):
+        sims = va[start : start + BLOCK] @ vb.T
+        for i, j in zip(*np.nonzero(sims >= threshold)):
+            ra, rb = rows_a[start + i], rows_b[j]
+            if fs.entries[ra] == fs.entries[rb]:  # same content: one stored entry
+                continue
+            found.append({"a": str(fs.paths[ra]), "a_split": a, "b": str(fs.paths[rb]), "b_split": b,
+                          "cosine": round(float(sims[i, j]), 4)})
+    return found
+
+
+def audit(fs, dataset, threshold: float) -> dict:
+    """Both checks, as ``metrics.json`` holds them (``leakage``)."""
+    pairs, total = near_duplicates(fs, threshold)
+    return {"threshold": threshold, "identical": identical_across_splits(dataset.files),
+            "near_duplicates": pairs, "near_duplicates_total": total}
+
+
+def summary_line(leakage: dict) -> str:
+    identical, near = len(leakage["identical"]), leakage["near_duplicates_total"]
+    line = (f"leakage audit: {identical} file(s) with identical content in two splits, {near} near-duplicate pair(s) "
+            f"across splits (cosine >= {leakage['threshold']:g})")
+    return line + ("; see the report's 'Leakage audit'" if identical or near else "")
