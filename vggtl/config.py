@@ -126,6 +126,9 @@ class TrainConfig:
     )
     folds: int = _key(0, low=0, high=20, doc="also cross-validate head and probe with this many stratified folds of train + val; 0 = off")
     class_weight: str = _key("balanced", choices=("balanced", "none"), doc="reweight classes by inverse frequency")
+    temperature: bool = _key(
+        False, doc="fit a temperature on the validation split after training and build it into the model (calibrated confidences)"
+    )
     label_smoothing: float = _key(0.0, low=0.0, high=0.5, doc="label smoothing of the cross-entropy")
 
 

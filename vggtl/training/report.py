@@ -251,7 +251,17 @@ def _calibration_section(metrics, out_dir: Path) -> list[str]:
             f"Expected calibration error (top-1 confidence, {len(metrics['test']['calibration']['bins'])} non-empty bins of 10): "
             f"val {ece['val']:.3f}, test {ece['test']:.3f}. 0 means \"80% sure\" is right 80% of the time; "
             "with a few dozen held-out images each bin holds only a handful of them.", "",
-            "![reliability diagram](reliability.png)", ""]
+            *_temperature_lines(metrics), "![reliability diagram](reliability.png)", ""]
+
+
+def _temperature_lines(metrics) -> list[str]:
+    t = metrics.get("temperature")
+    if t is None:
+        return ["No temperature scaling (`train.temperature: false`).", ""]
+    after = {s: metrics[s]["calibration"]["ece"] for s in ("val", "test")}
+    return [f"Temperature scaling (`train.temperature`), fitted on val and built into `model.keras`: T = {t['temperature']:.3f}; "
+            f"ECE val {t['ece_before']['val']:.3f} -> {after['val']:.3f}, test {t['ece_before']['test']:.3f} -> {after['test']:.3f}; "
+            f"val cross-entropy {t['val_loss_before']:.3f} -> {t['val_loss_after']:.3f}. The diagram is after scaling.", ""]
 
 
 def plot_reliability(calibration: dict, path: Path) -> None:

@@ -23,8 +23,8 @@ from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
-from vggtl.training import artifact, baselines, cv, fit, leakage, logs, report
-from vggtl.training.metrics import accuracy, best_epoch, split_metrics
+from vggtl.training import artifact, baselines, cv, fit, leakage, logs, report, temperature
+from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
 E2E_TOLERANCE = 0.02
@@ -51,6 +51,9 @@ class Trained:
     probs: dict = field(default_factory=dict)  # split -> probabilities of the final model (clean features)
     # rows -> probabilities of the final model from cached features (checks the artifact)
     evaluate_cached: object = None
+    final: object = None  # the final model on cached features, and the splits it reads
+    final_splits: dict = field(default_factory=dict)
+    temperature: dict | None = None
 
 
 def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifact.Artifact:
@@ -170,10 +173,27 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
         "hit_epoch_cap": _hit_cap(history1, cfg.train.epochs),
     }
     trained.evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)
+    trained.final, trained.final_splits = head, splits
     trained.base = build.build_base(cfg.spec, weights, cfg.seed)
     if cfg.spec.boundary_layer:
         _finetune(cfg, fs, trained, log)
+    if cfg.train.temperature:
+        _scale_temperature(trained, log)
     return trained
+
+
+def _scale_temperature(trained: Trained, log) -> None:
+    """Fit the temperature on val, build it into the final model, re-predict every split."""
+    val = trained.final_splits["val"]
+    if not len(val.y):
+        log("temperature scaling skipped: no validation split to fit it on")
+        return
+    before = {s: calibration(trained.final_splits[s].y, trained.probs[s])["ece"] for s in ("val", "test")}
+    trained.temperature = {**temperature.fit_temperature(trained.final, val.x, val.y), "ece_before": before}
+    trained.probs = predict_splits(trained.final, trained.final_splits)
+    t = trained.temperature
+    log(f"temperature scaling (fitted on val): T = {t['temperature']:.3f}, "
+        f"val cross-entropy {t['val_loss_before']:.4f} -> {t['val_loss_after']:.4f}")
 
 
 def _hit_cap(history: dict, cap: int) -> bool:
@@ -210,6 +230,7 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
         "kept": kept, "hit_epoch_cap": _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False,
     }
     trained.probs = predict_splits(tuned, splits)
+    trained.final, trained.final_splits = tuned, splits
     trained.evaluate_cached = lambda rows: tuned.predict(fs.features(rows, boundary), verbose=0)
 
 
@@ -237,6 +258,8 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         log(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
     if trained.phase2 is not None:
         metrics["phase2"] = trained.phase2
+    if trained.temperature is not None:
+        metrics["temperature"] = trained.temperature
     low, high = metrics["test"]["accuracy_ci95"]
     log(
         f"accuracy: train {metrics['train']['accuracy']:.4f}   val {metrics['val']['accuracy']:.4f}   "
