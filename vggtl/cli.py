@@ -17,6 +17,7 @@ COMMANDS = {
     "weights": "provision or verify the offline VGG16 ImageNet weights",
     "classify": "ImageNet labels for photos with the full pretrained VGG16/VGG19",
     "summary": "layer table (and diagram) of an artifact's or a config's model",
+    "export": "write the model for TF Serving, LiteRT (quantized), ONNX or OpenVINO, each verified on the test images",
     "tune": "search head/training settings by cross-validation on cached features (Optuna)",
     "runs": "list a run's versions with their numbers and config changes; compare two",
 }

@@ -19,7 +19,8 @@ import tempfile
 NOISE = re.compile(
     r"All log messages before absl::InitializeLog|oneDNN custom operations are on|"
     r"Could not find cuda drivers|failed call to cuInit|use_unbounded_threadpool|"
-    r"cpu_feature_guard|This TensorFlow binary is optimized|To enable the following instructions"
+    r"cpu_feature_guard|This TensorFlow binary is optimized|To enable the following instructions|"
+    r"fully_quantize: \d+, inference_type"
 )
 _loaded = False
 # The real stderr while filtered_stderr captures fd 2 (progress bars write here).

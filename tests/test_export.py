@@ -1,0 +1,168 @@
+"""vggtl export: every format written, run by its own runtime in a subprocess,
+compared with model.keras on the test images, and handed over with labels."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from conftest import make_dataset, run_pipeline, write_config
+from vggtl import export as export_command
+from vggtl.exports import formats
+
+EXTRA_OF = {"onnx": ("onnxruntime", "tf2onnx"), "openvino": ("openvino",)}
+
+
+def installed(fmt: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in EXTRA_OF.get(fmt, ()))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = write_config(tmp / "c.yaml", make_dataset(tmp / "data"), tmp)
+    run_pipeline(tmp, cfg, [[str(cfg)]])
+    return tmp / "experiments" / "tiny" / "v1"
+
+
+@pytest.mark.parametrize("fmt, mode", [("savedmodel", "none"), ("tflite", "none"), ("tflite", "float16"),
+                                       ("tflite", "dynamic"), ("tflite", "int8"), ("onnx", "none"), ("openvino", "none")])
+def test_each_format_is_verified_by_its_own_runtime(trained, tmp_path, capsys, fmt, mode):
+    if not installed(fmt):
+        pytest.skip(f"optional runtime for {fmt} not installed: pip install 'vggtl[{formats.FORMATS[fmt].extra}]'")
+    out = tmp_path / "out"
+    code = export_command.main([str(trained), "--format", fmt, "--quantize", mode, "--out", str(out), "--min-agreement", "0.9"])
+    printed = capsys.readouterr().out
+    name = fmt if mode == "none" else f"{fmt}-{mode}"
+    record = json.loads((out / name / "export.json").read_text())
+    check = record["verification"]
+    assert code == 0, printed
+    assert check["verified"] and check["agreement"] >= 0.9 and check["images_per_second"] > 0
+    assert record["format"] == fmt and record["quantize"] == mode and record["input"]["channel_order"] == "RGB"
+    assert (out / name / "labels.txt").read_text().split() == ["blue", "green", "red"]
+    assert all((out / name / f).is_file() for f in record["files"])
+    assert f"| {fmt} | {mode} |" in printed
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_int8_tflite_is_smaller_than_float(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert export_command.main([str(trained), "--format", "tflite", "--quantize", "none", "--quantize", "int8",
+                                "--out", str(out), "--min-agreement", "0"]) in (0, 1)
+    sizes = {m: json.loads((out / f"tflite{'' if m == 'none' else '-' + m}" / "export.json").read_text())["verification"]["size_bytes"]
+             for m in ("none", "int8")}
+    assert sizes["none"] / sizes["int8"] > 3.5
+
+
+def test_low_agreement_exits_1_and_keeps_the_files_marked_unverified(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert export_command.main([str(trained), "--format", "tflite", "--quantize", "dynamic", "--out", str(out),
+                                "--min-agreement", "1.01"]) == 1
+    record = json.loads((out / "tflite-dynamic" / "export.json").read_text())
+    assert record["verification"]["verified"] is False and "< --min-agreement 1.01" in record["verification"]["note"]
+    assert "NO" in capsys.readouterr().out
+
+
+def test_report_gets_an_exports_section_and_the_artifact_still_verifies(trained, tmp_path, capsys):
+    from vggtl.training import artifact
+
+    for _ in range(2):  # a second export replaces the section, not appends another
+        assert export_command.main([str(trained), "--format", "savedmodel", "--out", str(tmp_path / "out")]) == 0
+    report = (trained / "report.md").read_text()
+    assert report.count("## Exports") == 1 and "| savedmodel | none |" in report
+    artifact.load(trained)  # checksums still match
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--format", "nonsense"], "--format: got 'nonsense'; allowed: savedmodel, tflite, onnx, openvino"),
+        (["--format", "savedmodel", "--quantize", "int8"], "--quantize int8: none of the formats savedmodel takes it"),
+        (["--format", "tflite", "--quantize", "int4"], "--quantize: got 'int4'; allowed: none, float16, dynamic, int8"),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_work(trained, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert export_command.main([str(trained), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_or_tampered_artifact_exits_2(trained, tmp_path, capsys):
+    assert export_command.main([str(tmp_path / "nope"), "--format", "savedmodel"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    with open(copy / "labels.json", "a") as f:
+        f.write(" ")
+    assert export_command.main([str(copy), "--format", "savedmodel", "--out", str(tmp_path / "out")]) == 2
+    assert "checksum mismatch for labels.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt, extra, module", [("onnx", "onnx", "onnxruntime"), ("openvino", "openvino", "openvino")])
+def test_missing_runtime_names_the_extra(trained, tmp_path, monkeypatch, capsys, fmt, extra, module):
+    monkeypatch.setitem(sys.modules, module, None)
+    assert export_command.main([str(trained), "--format", fmt, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'vggtl[{extra}]'" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def readme_snippets() -> dict[str, str]:
+    """The ```python blocks of README's "Use it without vggtl", by format (their first comment)."""
+    from conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Use it without vggtl", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    return {b.split(":", 1)[0].lstrip("# "): b for b in blocks}
+
+
+def test_readme_has_a_snippet_per_format():
+    assert set(readme_snippets()) == set(formats.FORMATS)
+    for code in readme_snippets().values():
+        lines = [line for line in code.splitlines() if line.strip() and not line.startswith("#")]
+        assert len(lines) <= 14 and "vggtl" not in code.replace("vggtl/labels", "")
+
+
+@pytest.mark.parametrize("fmt, folder", [("savedmodel", "savedmodel"), ("tflite", "tflite-int8"), ("onnx", "onnx"), ("openvino", "openvino")])
+def test_readme_snippet_classifies_an_image_without_vggtl(trained, tmp_path, fmt, folder):
+    """The README's snippet, paths swapped for a tiny artifact's export, run in a
+    fresh interpreter: the label it prints is model.keras's top label."""
+    import subprocess
+
+    from vggtl.predict import predict_paths
+    from vggtl.training import artifact
+
+    if not installed(fmt):
+        pytest.skip(f"optional runtime for {fmt} not installed")
+    if fmt == "tflite" and importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("ai-edge-litert not installed: pip install 'vggtl[litert]'")
+    out = tmp_path / "exports"
+    mode = ["--quantize", "int8"] if folder.endswith("int8") else []
+    assert export_command.main([str(trained), "--format", fmt, *mode, "--out", str(out), "--min-agreement", "0"]) in (0, 1)
+    image = sorted((trained.parents[2] / "data" / "green").glob("*.png"))[0]
+    code = readme_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", "{image}"')
+    assert str(image) in code
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    label, probability = done.stdout.split()
+    expected = next(iter(predict_paths(artifact.load(trained), [image], top_k=1)))
+    assert label == expected["top"][0][0] and 0 < float(probability) <= 1
+
+
+def test_data_gone_says_so_and_marks_the_export_unverified(tmp_path, capsys):
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data"), tmp_path)
+    run_pipeline(tmp_path, cfg, [[str(cfg)]])
+    (tmp_path / "data").rename(tmp_path / "moved")
+    out = tmp_path / "out"
+    assert export_command.main([str(tmp_path / "experiments" / "tiny" / "v1"), "--format", "tflite", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert f"unverified: data.root {tmp_path / 'data'} is gone: the test images cannot be decoded" in printed
+    assert json.loads((out / "tflite" / "export.json").read_text())["verification"]["verified"] is False

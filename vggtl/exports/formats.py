@@ -1,0 +1,169 @@
+"""The export formats, as data: how each is written and which runtime reads it.
+
+A new format is one :class:`Format` entry: its writer, the quantization
+modes it accepts, the optional extra its converter and runtime need, and the
+file the runner script (:mod:`vggtl.exports.runner`) loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+ONNX_OPSET = 17
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    write: Callable  # (model, out_dir, labels, quantize, representative) -> the file/dir the runtime loads
+    quantize: tuple[str, ...] = ("none",)
+    extra: str | None = None  # pip install 'vggtl[<extra>]'
+    modules: tuple[str, ...] = ()  # what the extra provides (checked before any work)
+    input_dtype: str = "float32"
+
+
+def input_spec(model) -> tuple[int, int]:
+    """(height, width) of the model's image input."""
+    return tuple(model.input_shape[1:3])
+
+
+def write_savedmodel(model, out: Path, labels, quantize, representative) -> Path:
+    """A SavedModel whose ``serving_default`` takes a batch of uint8 RGB images
+    (``image``) and returns ``probabilities``, ``class_index`` and ``label``;
+    ``serving_float`` takes the same images as float32 0-255. The labels are a
+    constant inside the graph. Servable by TensorFlow Serving as it is."""
+    import tensorflow as tf
+
+    height, width = input_spec(model)
+    names = tf.constant(list(labels))
+
+    def outputs(x):
+        probs = model(x, training=False)
+        index = tf.argmax(probs, axis=1, output_type=tf.int32)
+        return {"probabilities": probs, "class_index": index, "label": tf.gather(names, index)}
+
+    uint8 = tf.TensorSpec([None, height, width, 3], tf.uint8, name="image")
+    float32 = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
+    signatures = {"serving_default": (lambda image: outputs(tf.cast(image, tf.float32)), uint8),
+                  "serving_float": (outputs, float32)}
+    path = out / "savedmodel"
+    save_module(model, signatures, path)
+    return path
+
+
+def save_module(model, signatures: dict, path) -> None:
+    """``tf.saved_model.save`` of a module holding the model's variables once and
+    one tf.function per ``{name: (fn, input spec)}``.
+
+    Keras' ExportArchive wrote every weight twice here (a 115 MB SavedModel of
+    a 60 MB model); listing the underlying tf.Variables once does not.
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = [v.value for v in model.variables]
+    functions = {name: tf.function(fn, input_signature=[spec], autograph=False) for name, (fn, spec) in signatures.items()}
+    for name, fn in functions.items():
+        setattr(module, name, fn)
+    tf.saved_model.save(module, str(path), signatures=functions)
+
+
+def write_tflite(model, out: Path, labels, quantize, representative) -> Path:
+    """A LiteRT (TFLite) flatbuffer: float32 RGB 0-255 in, probabilities out.
+
+    ``float16`` halves the weights; ``dynamic`` stores int8 weights; ``int8``
+    also quantizes activations, calibrated on ``representative`` (training
+    images decoded as in extraction), with float input and output kept.
+    """
+    import tensorflow as tf
+
+    with float_savedmodel(model) as saved:
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
+        path = out / "model.tflite"
+        path.write_bytes(_convert(converter, quantize, representative))
+    return path
+
+
+@contextlib.contextmanager
+def float_savedmodel(model):
+    """A temporary SavedModel of ``model`` with one ``serving_default``:
+    float32 RGB 0-255 images (``image``) -> probabilities.
+
+    The converters start from it rather than from a live function: loading a
+    SavedModel freezes every variable and captured constant into the graph
+    (from a concrete function the TFLite int8 calibrator meets READ_VARIABLE
+    ops, and tf2onnx turns the Normalization layers' constants into extra
+    graph inputs).
+    """
+    import tensorflow as tf
+
+    height, width = input_spec(model)
+    spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_module(model, {"serving_default": (lambda image: {"probabilities": model(image, training=False)}, spec)}, tmp)
+        yield tmp
+
+
+def _convert(converter, quantize: str, representative) -> bytes:
+    import tensorflow as tf
+
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        converter.representative_dataset = lambda: ([image[None].astype("float32")] for image in representative())
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def write_onnx(model, out: Path, labels, quantize, representative) -> Path:
+    """ONNX (opset 17) by tf2onnx from the frozen SavedModel; the labels go into
+    the model's ``metadata_props`` (``labels``, a JSON list).
+
+    Keras' own ``model.export(format="onnx")`` is not used: with TF 2.21 its
+    ONNX graph wanted the Normalization layers' constants fed as inputs.
+    """
+    import onnx
+
+    path = out / "model.onnx"
+    with float_savedmodel(model) as saved:
+        done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved, "--signature_def",
+                               "serving_default", "--opset", str(ONNX_OPSET), "--output", str(path)],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"tf2onnx failed: {done.stderr.strip()[-800:]}")
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "labels", json.dumps(list(labels))
+    onnx.save(proto, str(path))
+    return path
+
+
+def write_openvino(model, out: Path, labels, quantize, representative) -> Path:
+    """OpenVINO IR (.xml + .bin, fp32 weights) converted from the frozen
+    SavedModel; the labels in the model's runtime info (``vggtl/labels``)."""
+    import openvino as ov
+
+    with float_savedmodel(model) as saved:
+        ir = ov.convert_model(saved)
+    ir.set_rt_info(json.dumps(list(labels)), ["vggtl", "labels"])
+    path = out / "model.xml"
+    ov.save_model(ir, str(path), compress_to_fp16=False)
+    return path
+
+
+FORMATS = {
+    "savedmodel": Format("savedmodel", write_savedmodel, input_dtype="uint8"),
+    "tflite": Format("tflite", write_tflite, quantize=QUANTIZE_MODES),
+    "onnx": Format("onnx", write_onnx, extra="onnx", modules=("tf2onnx", "onnxruntime", "onnx")),
+    "openvino": Format("openvino", write_openvino, extra="openvino", modules=("openvino",)),
+}

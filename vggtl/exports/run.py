@@ -1,0 +1,229 @@
+"""Export an artifact, verify every export with its own runtime, hand it over.
+
+For each requested format (and quantization) the export is written into a
+hidden staging directory under ``out``, with ``labels.txt``; then the runner
+script (:mod:`vggtl.exports.runner`, no vggtl code) loads it with its own
+runtime in a subprocess and classifies the artifact's test images, decoded
+from ``data.root`` exactly as in extraction. Its top-1 agreement with
+``model.keras``, test accuracy, max |delta p| and images/s go into
+``export.json`` and the printed table; the directory is then renamed to
+``<out>/<format>[-<quantize>]``. Below ``min_agreement`` (or with no test
+images to check) the files are kept, marked ``"verified": false``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vggtl.data import UndecodableImage
+from vggtl.errors import ConfigError, VggtlError, require_extra
+from vggtl.exports import formats
+from vggtl.files import make_dir, sha256_file
+from vggtl.training import artifact as artifact_mod
+
+REPRESENTATIVE_MAX = 100
+RUNNER = Path(__file__).with_name("runner.py")
+
+
+@dataclass
+class Result:
+    """One export and what verifying it measured."""
+
+    format: str
+    quantize: str
+    path: str
+    size_bytes: int = 0
+    verified: bool = False
+    test_accuracy: float | None = None
+    keras_test_accuracy: float | None = None
+    agreement: float | None = None
+    max_abs_dprob: float | None = None
+    images_per_second: float | None = None
+    note: str = ""
+    files: dict = field(default_factory=dict)
+
+
+def plan(names: list[str], modes: list[str]) -> list[tuple[formats.Format, str]]:
+    """(format, quantization) pairs to write; refuses unknown names and modes no format takes.
+
+    Raises:
+        ConfigError: naming the value and what is allowed.
+        MissingExtra: a format's optional runtime is not installed.
+    """
+    unknown = [n for n in names if n not in formats.FORMATS]
+    if unknown:
+        raise ConfigError(f"--format: got {unknown[0]!r}; allowed: {', '.join(formats.FORMATS)}")
+    bad = [m for m in modes if m not in formats.QUANTIZE_MODES]
+    if bad:
+        raise ConfigError(f"--quantize: got {bad[0]!r}; allowed: {', '.join(formats.QUANTIZE_MODES)}")
+    chosen = [formats.FORMATS[n] for n in dict.fromkeys(names)]
+    for mode in modes:
+        if not any(mode in f.quantize for f in chosen):
+            takers = [f.name for f in formats.FORMATS.values() if mode in f.quantize]
+            raise ConfigError(f"--quantize {mode}: none of the formats {', '.join(f.name for f in chosen)} takes it; "
+                              f"formats with {mode}: {', '.join(takers)}")
+    for f in chosen:
+        for module in f.modules:
+            require_extra(module, f.extra, f"--format {f.name}")
+    modes = list(dict.fromkeys(modes or ["none"]))
+    return [(f, m) for f in chosen for m in ([m for m in modes if m in f.quantize] or ["none"])]
+
+
+def export(artifact_path, names: list[str], modes: list[str], out=None, min_agreement: float = 0.98, log=print) -> list[Result]:
+    """Write, verify and publish each export of the artifact at ``artifact_path``.
+
+    Returns:
+        One :class:`Result` per export, in the order written.
+
+    Raises:
+        ConfigError / MissingExtra: before any work (see :func:`plan`).
+        ArtifactError: no artifact there, or its checksums do not match.
+    """
+    jobs = plan(names, modes)
+    art = artifact_mod.load(artifact_path)
+    out = Path(out) if out is not None else art.path.parent / "exports" / art.path.name
+    make_dir(out, "--out")
+    from vggtl.inspect.predictions import artifact_config
+
+    decode = artifact_config(art).spec.decode
+    model = art.load_model()
+    images, labels, note = test_images(art, decode)
+    reference = model.predict(images, verbose=0) if len(images) else None
+    representative = lambda: training_images(art, decode)  # noqa: E731 - decoded only for int8
+    results = []
+    for fmt, mode in jobs:
+        log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
+        results.append(_one(art, model, fmt, mode, out, representative, (images, labels, reference, note), min_agreement))
+    return results
+
+
+def _one(art, model, fmt, mode, out: Path, representative, check, min_agreement) -> Result:
+    """Write one export into staging, verify it, write its export.json, publish it."""
+    name = fmt.name + ("" if mode == "none" else f"-{mode}")
+    staging = out / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        target = fmt.write(model, staging, art.labels, mode, representative)
+        (staging / "labels.txt").write_text("\n".join(art.labels) + "\n", encoding="utf-8")
+        result = Result(fmt.name, mode, str(out / name))
+        verify(result, fmt, target, check, min_agreement)
+        result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                        for p in sorted(staging.rglob("*")) if p.is_file()}
+        result.size_bytes = sum(f["bytes"] for name, f in result.files.items() if name != "labels.txt")
+        artifact_mod.write_json(staging / "export.json", export_record(art, model, fmt, mode, target.relative_to(staging), result))
+        _replace(staging, out / name)
+        return result
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an older export there is removed only afterwards."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def test_images(art, decode):
+    """The artifact's test images decoded from ``data.root`` as recorded:
+    ``(images, labels, note)``; an empty batch and the reason when there are none."""
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    root = Path(manifest["data_root"])
+    files = [f for f in manifest["files"] if f["split"] == "test"]
+    if not files:
+        return np.zeros((0,)), np.zeros(0, int), "the artifact has no test split (data.split.test: 0)"
+    if not root.is_dir():
+        return np.zeros((0,)), np.zeros(0, int), f"data.root {root} is gone: the test images cannot be decoded"
+    images, labels = [], []
+    for f in files:
+        try:
+            images.append(decode.decode(root / f["path"]))
+            labels.append(art.labels.index(f["label"]))
+        except (UndecodableImage, OSError):
+            continue
+    if not images:
+        return np.zeros((0,)), np.zeros(0, int), f"none of the {len(files)} test images under {root} could be decoded"
+    return np.stack(images), np.array(labels), ""
+
+
+def training_images(art, decode, limit: int = REPRESENTATIVE_MAX):
+    """Up to ``limit`` training images (an even, deterministic sample), decoded as in extraction."""
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    root = Path(manifest["data_root"])
+    files = sorted(f["path"] for f in manifest["files"] if f["split"] == "train")
+    if not files or not root.is_dir():
+        raise VggtlError(f"int8 calibration needs the artifact's training images under data.root {root}; "
+                         "they are gone: restore them or use --quantize dynamic")
+    for path in files[:: max(1, len(files) // limit)][:limit]:
+        try:
+            yield decode.decode(root / path)
+        except (UndecodableImage, OSError):
+            continue
+
+
+def verify(result: Result, fmt, target: Path, check, min_agreement: float) -> None:
+    """Run the export with its own runtime in a subprocess and fill in ``result``."""
+    images, labels, reference, note = check
+    if reference is None:
+        result.note = f"unverified: {note}"
+        return
+    probs, seconds = run_runtime(fmt.name, target, images)
+    result.keras_test_accuracy = round(float(np.mean(reference.argmax(1) == labels)), 6)
+    result.test_accuracy = round(float(np.mean(probs.argmax(1) == labels)), 6)
+    result.agreement = round(float(np.mean(probs.argmax(1) == reference.argmax(1))), 6)
+    result.max_abs_dprob = round(float(np.abs(probs - reference).max()), 6)
+    result.images_per_second = round(len(images) / seconds, 2)
+    result.verified = result.agreement >= min_agreement
+    if not result.verified:
+        result.note = f"unverified: top-1 agreement {result.agreement:.3f} < --min-agreement {min_agreement}"
+
+
+def run_runtime(fmt: str, target: Path, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Probabilities of ``images`` from the runner script, and its inference seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "images.npy", images)
+        out = str(Path(tmp) / "probs.npy")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, str(RUNNER), fmt, str(target), str(Path(tmp) / "images.npy"), out],
+                              cwd=tmp, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])[-600:]
+            raise VggtlError(f"the {fmt} export could not be run by its runtime: {tail}")
+        timing = json.loads(Path(out + ".json").read_text())
+        return np.load(out), timing["seconds"]
+
+
+def export_record(art, model, fmt, mode: str, relpath: Path, result: Result) -> dict:
+    """``export.json``: what was exported, how to feed it, what verification measured."""
+    import tensorflow as tf
+
+    import vggtl
+
+    height, width = formats.input_spec(model)
+    return {
+        "format": fmt.name, "quantize": mode, "model": relpath.as_posix(),
+        "input": {"shape": [None, height, width, 3], "dtype": fmt.input_dtype, "channel_order": "RGB",
+                  "value_range": [0, 255], "resize": "as vggtl: see the artifact's config (data.resize, data.background)"},
+        "output": {"probabilities": len(art.labels), "labels": "labels.txt (one per line, output order)"},
+        "artifact": str(art.path), "artifact_model_sha256": sha256_file(art.path / "model.keras"),
+        "verification": {k: v for k, v in asdict(result).items() if k not in ("files", "path", "format", "quantize")},
+        "files": result.files,
+        "versions": {"vggtl": vggtl.__version__, "tensorflow": tf.__version__},
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
