@@ -96,6 +96,10 @@ class CacheConfig:
 class ExtractConfig:
     batch_size: int = _key(16, low=1, high=1024, doc="images per forward pass")
     workers: int = _key(2, low=1, high=64, doc="parallel image decoders")
+    runtime: str = _key(
+        "tensorflow", choices=("tensorflow", "openvino", "onnxruntime"),
+        doc="what runs the frozen base: tensorflow, or the same model converted once to openvino / onnxruntime (optional extras)",
+    )
 
 
 @dataclass

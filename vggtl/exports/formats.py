@@ -7,17 +7,14 @@ file the runner script (:mod:`vggtl.exports.runner`) loads.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vggtl.backbones.savedmodel import float_savedmodel, save_module, to_onnx
+
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
-ONNX_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -59,23 +56,6 @@ def write_savedmodel(model, out: Path, labels, quantize, representative) -> Path
     return path
 
 
-def save_module(model, signatures: dict, path) -> None:
-    """``tf.saved_model.save`` of a module holding the model's variables once and
-    one tf.function per ``{name: (fn, input spec)}``.
-
-    Keras' ExportArchive wrote every weight twice here (a 115 MB SavedModel of
-    a 60 MB model); listing the underlying tf.Variables once does not.
-    """
-    import tensorflow as tf
-
-    module = tf.Module()
-    module.weights = [v.value for v in model.variables]
-    functions = {name: tf.function(fn, input_signature=[spec], autograph=False) for name, (fn, spec) in signatures.items()}
-    for name, fn in functions.items():
-        setattr(module, name, fn)
-    tf.saved_model.save(module, str(path), signatures=functions)
-
-
 def write_tflite(model, out: Path, labels, quantize, representative) -> Path:
     """A LiteRT (TFLite) flatbuffer: float32 RGB 0-255 in, probabilities out.
 
@@ -92,26 +72,6 @@ def write_tflite(model, out: Path, labels, quantize, representative) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def float_savedmodel(model):
-    """A temporary SavedModel of ``model`` with one ``serving_default``:
-    float32 RGB 0-255 images (``image``) -> probabilities.
-
-    The converters start from it rather than from a live function: loading a
-    SavedModel freezes every variable and captured constant into the graph
-    (from a concrete function the TFLite int8 calibrator meets READ_VARIABLE
-    ops, and tf2onnx turns the Normalization layers' constants into extra
-    graph inputs).
-    """
-    import tensorflow as tf
-
-    height, width = input_spec(model)
-    spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
-    with tempfile.TemporaryDirectory() as tmp:
-        save_module(model, {"serving_default": (lambda image: {"probabilities": model(image, training=False)}, spec)}, tmp)
-        yield tmp
-
-
 def _convert(converter, quantize: str, representative) -> bytes:
     import tensorflow as tf
 
@@ -126,7 +86,7 @@ def _convert(converter, quantize: str, representative) -> bytes:
 
 
 def write_onnx(model, out: Path, labels, quantize, representative) -> Path:
-    """ONNX (opset 17) by tf2onnx from the frozen SavedModel; the labels go into
+    """ONNX by tf2onnx from the frozen SavedModel; the labels go into
     the model's ``metadata_props`` (``labels``, a JSON list).
 
     Keras' own ``model.export(format="onnx")`` is not used: with TF 2.21 its
@@ -136,11 +96,7 @@ def write_onnx(model, out: Path, labels, quantize, representative) -> Path:
 
     path = out / "model.onnx"
     with float_savedmodel(model) as saved:
-        done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved, "--signature_def",
-                               "serving_default", "--opset", str(ONNX_OPSET), "--output", str(path)],
-                              capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"tf2onnx failed: {done.stderr.strip()[-800:]}")
+        to_onnx(saved, path)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = "labels", json.dumps(list(labels))

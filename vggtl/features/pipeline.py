@@ -23,7 +23,7 @@ import numpy as np
 from vggtl import config, data
 from vggtl.backbones.resolve import ResolvedWeights, resolve_weights
 from vggtl.errors import ConfigError, DataError
-from vggtl.features import augment, store
+from vggtl.features import augment, runtimes, store
 from vggtl.files import make_dir
 
 ROWS_PER_PART = 256
@@ -73,7 +73,7 @@ def augment_attr(cfg: config.Config) -> dict:
 def locate_store(cfg: config.Config, allow_download: bool = True) -> StoreLocation:
     """Resolve the weights and name the store file of ``cfg``."""
     weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
-    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.spec.decode.max_pixels, augment_attr(cfg))
+    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.spec.decode.max_pixels, augment_attr(cfg), cfg.extract.runtime)
     return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights)
 
 
@@ -128,10 +128,14 @@ def batched(stream, batch_size: int, writer: store.PartWriter):
         yield batch
 
 
-def make_forward(cfg: config.Config, weights: ResolvedWeights):
+def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print):
     """A compiled function: uint8 images -> {layer: features} for every stored layer
-    (one pass through the base, however many layers are kept). Imports TensorFlow."""
+    (one pass through the base, however many layers are kept), run by
+    ``extract.runtime``. Imports TensorFlow (and the runtime)."""
     from vggtl import tfquiet
+
+    if cfg.extract.runtime != "tensorflow":
+        return runtimes.make_forward(cfg, weights, cfg.extract.runtime, log)
     from vggtl.backbones import build
 
     tf = tfquiet.load()
@@ -157,7 +161,7 @@ def compute_features(jobs, cfg, forward, writer: store.PartWriter, progress: boo
     with tqdm(total=total, unit="img", desc="extract", disable=None if progress else True, file=sys.stderr) as bar:
         for batch in batched(stream, cfg.extract.batch_size, writer):
             features = forward(np.stack([p for _, p in batch]))
-            writer.add([key for key, _ in batch], {layer: f.numpy() for layer, f in features.items()})
+            writer.add([key for key, _ in batch], {layer: np.asarray(f) for layer, f in features.items()})
             bar.update(len(batch))
         bar.update(total - bar.n)
     writer.flush()
@@ -233,6 +237,7 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     dataset = scan_dataset(cfg)
     for note in dataset.warnings:
         log(f"warning: {note}")
+    runtimes.check_installed(cfg.extract.runtime)  # before any work; imports nothing
     where = locate_store(cfg)
     make_dir(where.path.parent, "cache.path")
     with store.locked(where.path):
@@ -293,7 +298,7 @@ def _update(cfg, where: StoreLocation, dataset, state: store.CachedState, part_r
     log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {where.weights.source}")
     # Built (weights loaded) before the part writer exists: a weights file
     # that does not fit the backbone fails without leaving anything behind.
-    forward = make_forward(cfg, where.weights) if jobs else None
+    forward = make_forward(cfg, where.weights, log) if jobs else None
     writer = store.PartWriter(where.path, where.format, part_rows)
     while jobs:
         compute_features(jobs, cfg, forward, writer, progress)

@@ -89,7 +89,7 @@ class StoreFormat:
         return settings_key(self.settings)
 
 
-def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: dict) -> StoreFormat:
+def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: dict, runtime: str = "tensorflow") -> StoreFormat:
     """The :class:`StoreFormat` of a run.
 
     Args:
@@ -98,6 +98,9 @@ def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: di
         cache: the ``cache`` config section (dtype, compression).
         max_pixels: ``data.max_pixels``.
         augment: :func:`augment_attr` of the run's ``augment.*``.
+        runtime: ``extract.runtime``; part of the settings (features of two
+            runtimes never mix) except for the default, ``tensorflow``, so
+            stores written before runtimes existed keep their digest.
     """
     settings = {
         "backbone": spec.name,
@@ -110,6 +113,8 @@ def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: di
         "dtype": cache.dtype,
         "schema_version": SCHEMA_VERSION,
     }
+    if runtime != "tensorflow":
+        settings["runtime"] = f"{runtime}-fp32"
     return StoreFormat(settings, {"max_pixels": max_pixels}, spec.feature_shapes, cache.dtype, cache.compression, augment)
 
 

@@ -1,0 +1,87 @@
+"""extract.runtime: the frozen base through OpenVINO or ONNX Runtime, converted
+once, cached by digest, features matching TensorFlow's."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_dataset, write_config
+from vggtl import config, extract
+from vggtl.features import pipeline, runtimes
+from vggtl.features.store import FeatureStore
+
+
+def available(runtime):
+    return importlib.util.find_spec(runtime) is not None and (runtime != "onnxruntime" or importlib.util.find_spec("tf2onnx"))
+
+
+def run_extract(cfg_path, monkeypatch, tmp_path, *sets):
+    monkeypatch.chdir(tmp_path)
+    argv = [str(cfg_path), "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    assert extract.main(argv) == 0
+
+
+def store_of(cfg_path, *sets):
+    cfg = config.load(cfg_path, list(sets))
+    return FeatureStore(pipeline.locate_store(cfg).path)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_features_match_tensorflow_and_conversion_happens_once(tmp_path, monkeypatch, capsys, runtime):
+    if not available(runtime):
+        pytest.skip(f"{runtime} not installed: pip install 'vggtl[{runtimes.CONVERTED[runtime].extra}]'")
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
+    run_extract(cfg, monkeypatch, tmp_path)
+    run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}")
+    out = capsys.readouterr().out
+    assert f"converted the frozen base to {runtime} once" in out
+    with store_of(cfg) as tf_store, store_of(cfg, f"extract.runtime={runtime}") as rt_store:
+        assert tf_store.path != rt_store.path and rt_store.settings["runtime"] == f"{runtime}-fp32"
+        assert "runtime" not in tf_store.settings
+        assert list(tf_store.paths) == list(rt_store.paths)
+        a, b = tf_store.features(np.arange(len(tf_store.paths))), rt_store.features(np.arange(len(rt_store.paths)))
+        assert np.abs(a - b).max() <= 1e-3 * max(1.0, float(np.abs(a).max()))
+    # a new image: computed with the cached converted model, no second conversion
+    make_dataset(tmp_path / "data", per_class=1, start=50)
+    run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}")
+    assert "converted the frozen base" not in capsys.readouterr().out
+
+
+def test_a_corrupted_converted_model_is_rebuilt(tmp_path, monkeypatch, capsys):
+    if not available("openvino"):
+        pytest.skip("openvino not installed: pip install 'vggtl[openvino]'")
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
+    run_extract(cfg, monkeypatch, tmp_path, "extract.runtime=openvino")
+    (cached,) = Path(os.environ["VGGTL_CACHE_DIR"]).glob("runtimes/openvino-*/model.bin")
+    with open(cached, "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 64)
+    make_dataset(tmp_path / "data", per_class=1, start=50)  # something to compute
+    capsys.readouterr()
+    run_extract(cfg, monkeypatch, tmp_path, "extract.runtime=openvino")
+    out = capsys.readouterr().out
+    assert "model.bin does not match its recorded sha256 (corrupted); converting again" in out
+    assert "converted the frozen base to openvino once" in out
+
+
+def test_missing_runtime_names_the_extra(tmp_path, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert extract.main([str(cfg), "--no-progress", "--set", "extract.runtime=openvino"]) == 2
+    err = capsys.readouterr().err
+    assert "extract.runtime: openvino needs the optional package 'openvino': pip install 'vggtl[openvino]'" in err
+    assert not list((tmp_path / "cache").glob("*.h5"))
+
+
+def test_unknown_runtime_is_refused(tmp_path, monkeypatch, capsys):
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert extract.main([str(cfg), "--set", "extract.runtime=tensorrt"]) == 2
+    assert "key 'extract.runtime': got 'tensorrt'; allowed values: tensorflow, openvino, onnxruntime" in capsys.readouterr().err

@@ -1,0 +1,59 @@
+"""A Keras model as a frozen TensorFlow SavedModel: what every converter
+(LiteRT, tf2onnx, OpenVINO) starts from, for exports and extraction runtimes."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+
+ONNX_OPSET = 17
+
+
+def save_module(model, signatures: dict, path) -> None:
+    """``tf.saved_model.save`` of a module holding the model's variables once and
+    one tf.function per ``{name: (fn, input spec)}``.
+
+    Keras' ExportArchive wrote every weight twice here (a 115 MB SavedModel of
+    a 60 MB model); listing the underlying tf.Variables once does not.
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = [v.value for v in model.variables]
+    functions = {name: tf.function(fn, input_signature=[spec], autograph=False) for name, (fn, spec) in signatures.items()}
+    for name, fn in functions.items():
+        setattr(module, name, fn)
+    tf.saved_model.save(module, str(path), signatures=functions)
+
+
+@contextlib.contextmanager
+def float_savedmodel(model, outputs=lambda y: {"probabilities": y}):
+    """A temporary SavedModel of ``model`` with one ``serving_default``:
+    float32 RGB 0-255 images (``image``) -> ``outputs(model(image))`` (default:
+    ``{"probabilities": ...}``).
+
+    The converters start from it rather than from a live function: loading a
+    SavedModel freezes every variable and captured constant into the graph
+    (from a concrete function the TFLite int8 calibrator meets READ_VARIABLE
+    ops, and tf2onnx turns the Normalization layers' constants into extra
+    graph inputs).
+    """
+    import tensorflow as tf
+
+    height, width = model.input_shape[1:3]
+    spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_module(model, {"serving_default": (lambda image: outputs(model(image, training=False)), spec)}, tmp)
+        yield tmp
+
+
+def to_onnx(saved_model_dir, path) -> None:
+    """Convert the ``serving_default`` of a SavedModel to ONNX (opset
+    :data:`ONNX_OPSET`) with tf2onnx's own command line, in a subprocess
+    (its converter holds a lot of memory and global state)."""
+    done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model_dir), "--signature_def",
+                           "serving_default", "--opset", str(ONNX_OPSET), "--output", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"tf2onnx failed: {done.stderr.strip()[-800:]}")
