@@ -1,4 +1,4 @@
-"""Compute-only speed and fidelity of each extraction runtime, in one run.
+"""Compute-only speed and fidelity of each extraction runtime and precision, in one run.
 
 Decodes the first N images of CONFIG's data (sorted paths, the giant PNGs
 excluded by --max-side so decode time does not matter here), runs each
@@ -15,12 +15,12 @@ TensorFlow's. Example:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 
 import numpy as np
 
 from vggtl import config
+from vggtl.errors import MissingExtra
 from vggtl.features import pipeline, runtimes
 
 
@@ -39,9 +39,10 @@ def decoded(cfg, n: int, max_side: int):
     return np.stack(images)
 
 
-def measure(cfg, runtime: str, images: np.ndarray):
-    cfg = config.from_dict(config.apply_overrides(cfg.to_dict(), {"extract.runtime": runtime}), "bench")
-    forward = pipeline.make_forward(cfg, pipeline.locate_store(cfg).weights, log=lambda _: None)
+def measure(cfg, runtime: str, precision: str, images: np.ndarray):
+    cfg = config.from_dict(config.apply_overrides(cfg.to_dict(), {"extract.runtime": runtime, "extract.precision": precision}), "bench")
+    where = pipeline.locate_store(cfg, dataset=pipeline.scan_dataset(cfg))
+    forward = pipeline.make_forward(cfg, where.weights, log=lambda _: None, calibration=where.calibration)
     batch = cfg.extract.batch_size
     forward(images[:batch])  # warm-up: graph building, allocation
     started = time.perf_counter()
@@ -60,20 +61,23 @@ def main(argv=None) -> int:
     cfg = config.load(args.config)
     images = decoded(cfg, args.images, args.max_side)
     rows = []
-    for runtime in runtimes.RUNTIMES:
-        module = runtimes.CONVERTED[runtime].module if runtime in runtimes.CONVERTED else "tensorflow"
-        if importlib.util.find_spec(module) is None:
-            print(f"{runtime}: not installed, skipped")
+    for runtime, precision in [("tensorflow", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp32"),
+                               ("openvino", "int8"), ("onnxruntime", "int8")]:
+        try:
+            runtimes.check_installed(runtime, precision)
+        except MissingExtra as exc:
+            print(f"{runtime} {precision}: skipped ({exc})")
             continue
-        speed, pooled = measure(cfg, runtime, images)
-        rows.append((runtime, speed, pooled))
+        speed, pooled = measure(cfg, runtime, precision, images)
+        rows.append((f"{runtime} {precision}", speed, pooled))
     ref_speed, ref = rows[0][1], rows[0][2]
     unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
-    print(f"{len(images)} images, batch {cfg.extract.batch_size}, {cfg.spec.name} -> {cfg.spec.head_layer}, fp32")
-    print(f"{'runtime':12s} {'img/s':>7s} {'vs TF':>6s} {'cos min':>8s} {'cos mean':>9s}")
-    for runtime, speed, pooled in rows:
+    print(f"{len(images)} images, batch {cfg.extract.batch_size}, {cfg.spec.name} -> {cfg.spec.head_layer}; "
+          f"int8 calibrated on extract.calibration_images={cfg.extract.calibration_images} training images")
+    print(f"{'runtime':18s} {'img/s':>7s} {'vs TF':>6s} {'cos min':>8s} {'cos mean':>9s}")
+    for name, speed, pooled in rows:
         cos = np.sum(unit(pooled) * unit(ref), axis=1)
-        print(f"{runtime:12s} {speed:7.2f} {speed / ref_speed:5.2f}x {cos.min():8.5f} {cos.mean():9.6f}")
+        print(f"{name:18s} {speed:7.2f} {speed / ref_speed:5.2f}x {cos.min():8.5f} {cos.mean():9.6f}")
     return 0
 
 

@@ -350,8 +350,8 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
         built.append(layers)
         return real_model(spec, weights, layers, seed, *args, **kwargs)
 
-    def counting_forward(cfg, weights, log=print):
-        forward = real_forward(cfg, weights, log)
+    def counting_forward(cfg, weights, log=print, calibration=None):
+        forward = real_forward(cfg, weights, log, calibration)
 
         def counted(pixels):
             batches.append(len(pixels))

@@ -28,7 +28,7 @@ def run_extract(cfg_path, monkeypatch, tmp_path, *sets):
 
 def store_of(cfg_path, *sets):
     cfg = config.load(cfg_path, list(sets))
-    return FeatureStore(pipeline.locate_store(cfg).path)
+    return FeatureStore(pipeline.locate_store(cfg, dataset=pipeline.scan_dataset(cfg)).path)
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
@@ -39,7 +39,7 @@ def test_features_match_tensorflow_and_conversion_happens_once(tmp_path, monkeyp
     run_extract(cfg, monkeypatch, tmp_path)
     run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}")
     out = capsys.readouterr().out
-    assert f"converted the frozen base to {runtime} once" in out
+    assert f"converted the frozen base to {runtime} fp32 once" in out
     with store_of(cfg) as tf_store, store_of(cfg, f"extract.runtime={runtime}") as rt_store:
         assert tf_store.path != rt_store.path and rt_store.settings["runtime"] == f"{runtime}-fp32"
         assert "runtime" not in tf_store.settings
@@ -66,7 +66,7 @@ def test_a_corrupted_converted_model_is_rebuilt(tmp_path, monkeypatch, capsys):
     run_extract(cfg, monkeypatch, tmp_path, "extract.runtime=openvino")
     out = capsys.readouterr().out
     assert "model.bin does not match its recorded sha256 (corrupted); converting again" in out
-    assert "converted the frozen base to openvino once" in out
+    assert "converted the frozen base to openvino fp32 once" in out
 
 
 def test_missing_runtime_names_the_extra(tmp_path, monkeypatch, capsys):
@@ -85,3 +85,32 @@ def test_unknown_runtime_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert extract.main([str(cfg), "--set", "extract.runtime=tensorrt"]) == 2
     assert "key 'extract.runtime': got 'tensorrt'; allowed values: tensorflow, openvino, onnxruntime" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_int8_features_are_close_and_named_by_their_calibration(tmp_path, monkeypatch, capsys, runtime):
+    if not available(runtime) or (runtime == "openvino" and importlib.util.find_spec("nncf") is None):
+        pytest.skip(f"{runtime} int8 not installed: pip install 'vggtl[{runtimes.CONVERTED[runtime].extra}]'")
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path,
+                       extract={"calibration_images": 5})
+    run_extract(cfg, monkeypatch, tmp_path)
+    run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}", "extract.precision=int8")
+    assert "int8 once (calibrated on 5 training images)" in capsys.readouterr().out
+    sets = (f"extract.runtime={runtime}", "extract.precision=int8")
+    with store_of(cfg) as fp32, store_of(cfg, *sets) as int8:
+        assert int8.settings["runtime"] == f"{runtime}-int8" and len(int8.settings["calibration"]) == 16
+        a, b = fp32.features(np.arange(len(fp32.paths))), int8.features(np.arange(len(int8.paths)))
+        pa, pb = a.mean(axis=(1, 2)), b.mean(axis=(1, 2))
+        cos = np.sum(pa * pb, axis=1) / np.linalg.norm(pa, axis=1) / np.linalg.norm(pb, axis=1)
+        assert cos.min() > 0.95 and not np.array_equal(a, b)
+    # another split seed: other training images, another calibration, another store
+    with store_of(cfg, *sets) as s1:
+        cfg2 = config.load(cfg, list(sets) + ["data.split.seed=99"])
+        assert pipeline.locate_store(cfg2, dataset=pipeline.scan_dataset(cfg2)).path != s1.path
+
+
+def test_int8_on_tensorflow_is_refused(tmp_path, monkeypatch, capsys):
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert extract.main([str(cfg), "--set", "extract.precision=int8"]) == 2
+    assert "key 'extract.precision': int8 needs extract.runtime openvino or onnxruntime" in capsys.readouterr().err

@@ -100,6 +100,11 @@ class ExtractConfig:
         "tensorflow", choices=("tensorflow", "openvino", "onnxruntime"),
         doc="what runs the frozen base: tensorflow, or the same model converted once to openvino / onnxruntime (optional extras)",
     )
+    precision: str = _key(
+        "fp32", choices=("fp32", "int8"),
+        doc="int8: post-training quantization of the frozen base (openvino with NNCF, onnxruntime), calibrated on training images",
+    )
+    calibration_images: int = _key(100, low=1, high=100_000, doc="training images the int8 quantization is calibrated on")
 
 
 @dataclass
@@ -400,6 +405,11 @@ def _validate_semantics(cfg: Config, source: str) -> None:
     cfg.data.extensions = exts
     parse_background(cfg.data.background, f"{source}: key 'data.background'")
     _resolve_backbone(cfg, source)
+    if cfg.extract.precision == "int8" and cfg.extract.runtime == "tensorflow":
+        raise ConfigError(
+            f"{source}: key 'extract.precision': int8 needs extract.runtime openvino or onnxruntime (got tensorflow, which "
+            "has no int8 path here); set extract.runtime or use precision fp32"
+        )
     if cfg.train.folds == 1:
         raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):

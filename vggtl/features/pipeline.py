@@ -50,6 +50,7 @@ class StoreLocation:
     path: Path
     format: store.StoreFormat
     weights: ResolvedWeights
+    calibration: list | None = None  # int8: the calibration images (data.ImageFile)
 
 
 def scan_dataset(cfg: config.Config) -> data.Dataset:
@@ -70,11 +71,36 @@ def augment_attr(cfg: config.Config) -> dict:
     return store.augment_attr(cfg.augment.views, augment.settings_digest(cfg.augment))
 
 
-def locate_store(cfg: config.Config, allow_download: bool = True) -> StoreLocation:
-    """Resolve the weights and name the store file of ``cfg``."""
+def locate_store(cfg: config.Config, allow_download: bool = True, dataset: data.Dataset | None = None) -> StoreLocation:
+    """Resolve the weights and name the store file of ``cfg`` (int8 stores are
+    also named by their calibration images, chosen from ``dataset``)."""
     weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
-    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.spec.decode.max_pixels, augment_attr(cfg), cfg.extract.runtime)
-    return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights)
+    calibration = calibration_files(cfg, dataset) if cfg.extract.precision == "int8" else None
+    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.spec.decode.max_pixels, augment_attr(cfg),
+                             cfg.extract.runtime, cfg.extract.precision, runtimes.calibration_digest(calibration))
+    return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights, calibration)
+
+
+def calibration_files(cfg: config.Config, dataset: data.Dataset | None) -> list[data.ImageFile]:
+    """The int8 calibration images: ``extract.calibration_images`` training images,
+    evenly spaced in content-hash order.
+
+    Taken from the split of the scanned files *before* undecodable ones are
+    known (the split extract and train both compute from the config alone), so
+    that both name the same store; an undecodable one is left out when decoding.
+    A new split (seed or fractions) means a new calibration set, hence a new
+    int8 store: int8 features depend on the images they were calibrated on.
+    """
+    if dataset is None:
+        raise ValueError("int8 stores are named by their calibration images: pass the scanned dataset")
+    try:
+        files = [f for f in split_dataset(cfg, dataset, ()).files if f.split == "train"]
+    except DataError:  # a class too small to split: extract warns and goes on; calibrate on every image
+        files = list(dataset.files)
+    by_hash = {f.sha256: f for f in sorted(files, key=lambda f: f.sha256)}
+    files = list(by_hash.values())
+    step = max(1, len(files) // cfg.extract.calibration_images)
+    return files[::step][: cfg.extract.calibration_images]
 
 
 # --------------------------------------------------------------------------- decoding pipeline
@@ -128,14 +154,14 @@ def batched(stream, batch_size: int, writer: store.PartWriter):
         yield batch
 
 
-def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print):
+def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print, calibration=None):
     """A compiled function: uint8 images -> {layer: features} for every stored layer
     (one pass through the base, however many layers are kept), run by
     ``extract.runtime``. Imports TensorFlow (and the runtime)."""
     from vggtl import tfquiet
 
     if cfg.extract.runtime != "tensorflow":
-        return runtimes.make_forward(cfg, weights, cfg.extract.runtime, log)
+        return runtimes.make_forward(cfg, weights, cfg.extract.runtime, log, calibration)
     from vggtl.backbones import build
 
     tf = tfquiet.load()
@@ -237,8 +263,8 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     dataset = scan_dataset(cfg)
     for note in dataset.warnings:
         log(f"warning: {note}")
-    runtimes.check_installed(cfg.extract.runtime)  # before any work; imports nothing
-    where = locate_store(cfg)
+    runtimes.check_installed(cfg.extract.runtime, cfg.extract.precision)  # before any work; imports nothing
+    where = locate_store(cfg, dataset=dataset)
     make_dir(where.path.parent, "cache.path")
     with store.locked(where.path):
         store.remove_stale_temporaries(where.path)
@@ -298,7 +324,7 @@ def _update(cfg, where: StoreLocation, dataset, state: store.CachedState, part_r
     log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {where.weights.source}")
     # Built (weights loaded) before the part writer exists: a weights file
     # that does not fit the backbone fails without leaving anything behind.
-    forward = make_forward(cfg, where.weights, log) if jobs else None
+    forward = make_forward(cfg, where.weights, log, where.calibration) if jobs else None
     writer = store.PartWriter(where.path, where.format, part_rows)
     while jobs:
         compute_features(jobs, cfg, forward, writer, progress)

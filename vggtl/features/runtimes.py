@@ -43,16 +43,23 @@ CONVERTED = {
 }
 
 
-def check_installed(runtime: str) -> None:
+def check_installed(runtime: str, precision: str = "fp32") -> None:
     """Raise :class:`MissingExtra` naming the extra, without importing the runtime
     (a warm re-run with nothing to compute must not pay for it)."""
     import importlib.util
 
     spec = CONVERTED.get(runtime)
-    missing = [m for m in (spec.module, "tf2onnx" if runtime == "onnxruntime" else None) if m] if spec else []
-    for module in missing:
+    needed = {"openvino": ["openvino"] + (["nncf"] if precision == "int8" else []), "onnxruntime": ["onnxruntime", "tf2onnx"]}
+    for module in needed.get(runtime, []):
         if importlib.util.find_spec(module) is None:
             raise MissingExtra(f"extract.runtime: {runtime} needs the optional package {module!r}: pip install 'vggtl[{spec.extra}]'")
+
+
+def calibration_digest(files) -> str | None:
+    """Digest of the int8 calibration images (their content hashes, in order); None for fp32."""
+    if files is None:
+        return None
+    return hashlib.sha256(",".join(f.sha256 for f in files).encode()).hexdigest()[:16]
 
 
 def runtime_version(runtime: str) -> str:
@@ -61,21 +68,33 @@ def runtime_version(runtime: str) -> str:
     return importlib.metadata.version({"openvino": "openvino", "onnxruntime": "onnxruntime"}[runtime])
 
 
-def model_key(spec, weights_digest: str, runtime: str) -> str:
-    """What the converted model depends on, hashed: a change to any of it converts again."""
+def model_key(spec, weights_digest: str, runtime: str, calibration: str | None = None) -> str:
+    """What the converted model depends on, hashed: a change to any of it converts
+    again (``calibration``: the int8 calibration images' digest, None for fp32)."""
     parts = {"backbone": spec.name, "layers": list(spec.stored_layers), "image_size": spec.image_size,
              "preprocessing": spec.arch.preprocessing_description, "weights": weights_digest,
              "runtime": runtime, "runtime_version": runtime_version(runtime), "format": 1}
+    if calibration is not None:
+        parts.update(precision="int8", calibration=calibration, quantizer=_quantizer_version(runtime))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def converted_model(cfg, weights, runtime: str, log=print) -> Path:
+def _quantizer_version(runtime: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("nncf") if runtime == "openvino" else runtime_version(runtime)
+
+
+def converted_model(cfg, weights, runtime: str, log=print, calibration=None) -> Path:
     """The cached converted feature model of ``cfg`` for ``runtime``, converting
-    (and caching) it when absent or corrupted."""
+    (and caching) it when absent or corrupted; int8 when ``calibration`` (the
+    calibration images, :func:`vggtl.features.pipeline.calibration_files`) is given."""
     from vggtl.backbones.keras_files import cache_dir
 
     spec = CONVERTED[runtime]
-    folder = Path(cache_dir()) / "runtimes" / f"{runtime}-{model_key(cfg.spec, weights.digest, runtime)}"
+    key = model_key(cfg.spec, weights.digest, runtime, calibration_digest(calibration))
+    precision = "fp32" if calibration is None else "int8"
+    folder = Path(cache_dir()) / "runtimes" / f"{runtime}-{precision}-{key}"
     problem = _cache_problem(folder)
     if problem is None:
         return folder / spec.filename
@@ -84,7 +103,7 @@ def converted_model(cfg, weights, runtime: str, log=print) -> Path:
     staging = folder.with_name(f".{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     try:
-        _convert(cfg, weights, runtime, staging / spec.filename)
+        _convert(cfg, weights, runtime, staging / spec.filename, calibration)
         sums = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         (staging / "sha256.json").write_text(json.dumps(sums, indent=1), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
@@ -92,7 +111,8 @@ def converted_model(cfg, weights, runtime: str, log=print) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"converted the frozen base to {runtime} once; cached in {folder}")
+    log(f"converted the frozen base to {runtime} {precision} once"
+        + (f" (calibrated on {len(calibration)} training images)" if calibration else "") + f"; cached in {folder}")
     return folder / spec.filename
 
 
@@ -109,8 +129,9 @@ def _cache_problem(folder: Path) -> str | None:
     return None
 
 
-def _convert(cfg, weights, runtime: str, path: Path) -> None:
-    """Frozen SavedModel of the multi-output feature model -> the runtime's format.
+def _convert(cfg, weights, runtime: str, path: Path, calibration=None) -> None:
+    """Frozen SavedModel of the multi-output feature model -> the runtime's format,
+    post-training quantized to int8 when ``calibration`` images are given.
     Outputs are named ``out0``, ``out1``, ... in ``spec.stored_layers`` order."""
     from vggtl import tfquiet
     from vggtl.backbones import build
@@ -126,15 +147,58 @@ def _convert(cfg, weights, runtime: str, path: Path) -> None:
     with float_savedmodel(model, outputs) as saved:
         if runtime == "onnxruntime":
             to_onnx(saved, path)
+            if calibration:
+                _quantize_onnx(path, list(_calibration_images(cfg, calibration)))
         else:
             import openvino as ov
 
-            ov.save_model(ov.convert_model(saved), str(path), compress_to_fp16=False)
+            ir = ov.convert_model(saved)
+            if calibration:
+                import nncf
+
+                images = list(_calibration_images(cfg, calibration))
+                ir = nncf.quantize(ir, nncf.Dataset(images), subset_size=len(images))
+            ov.save_model(ir, str(path), compress_to_fp16=False)
 
 
-def make_forward(cfg, weights, runtime: str, log=print):
-    """uint8 images ``(N, S, S, 3)`` -> ``{layer: float32 features}`` through ``runtime``."""
-    path = converted_model(cfg, weights, runtime, log)
+def _calibration_images(cfg, files):
+    """Calibration images decoded as in extraction, (1, S, S, 3) float32 each
+    (an undecodable one is left out, as extraction skips it)."""
+    from vggtl.data import UndecodableImage
+
+    for f in files:
+        try:
+            yield cfg.spec.decode.decode(f.path)[None].astype(np.float32)
+        except UndecodableImage:
+            continue
+
+
+def _quantize_onnx(path: Path, images) -> None:
+    """Static int8 quantization (QDQ, per-channel weights) of the ONNX model at ``path``, in place."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(images)
+
+        def get_next(self):
+            x = next(self.items, None)
+            return None if x is None else {name: x}
+
+    fp32 = path.with_name("fp32.onnx")
+    os.replace(path, fp32)
+    quantize_static(str(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    fp32.unlink()
+
+
+def make_forward(cfg, weights, runtime: str, log=print, calibration=None):
+    """uint8 images ``(N, S, S, 3)`` -> ``{layer: float32 features}`` through ``runtime``
+    (int8 when ``calibration`` images are given)."""
+    path = converted_model(cfg, weights, runtime, log, calibration)
     layers = list(cfg.spec.stored_layers)
     if runtime == "openvino":
         import openvino as ov

@@ -89,7 +89,8 @@ class StoreFormat:
         return settings_key(self.settings)
 
 
-def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: dict, runtime: str = "tensorflow") -> StoreFormat:
+def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: dict, runtime: str = "tensorflow",
+                 precision: str = "fp32", calibration: str | None = None) -> StoreFormat:
     """The :class:`StoreFormat` of a run.
 
     Args:
@@ -101,6 +102,8 @@ def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: di
         runtime: ``extract.runtime``; part of the settings (features of two
             runtimes never mix) except for the default, ``tensorflow``, so
             stores written before runtimes existed keep their digest.
+        precision, calibration: ``extract.precision`` and, for int8, the
+            digest of the calibration images (another set, other features).
     """
     settings = {
         "backbone": spec.name,
@@ -114,7 +117,9 @@ def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: di
         "schema_version": SCHEMA_VERSION,
     }
     if runtime != "tensorflow":
-        settings["runtime"] = f"{runtime}-fp32"
+        settings["runtime"] = f"{runtime}-{precision}"
+    if precision == "int8":
+        settings["calibration"] = calibration
     return StoreFormat(settings, {"max_pixels": max_pixels}, spec.feature_shapes, cache.dtype, cache.compression, augment)
 
 

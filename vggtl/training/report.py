@@ -180,6 +180,7 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
                       "the model may be under-trained; raise the epochs or check the learning rate.**", ""]
     return lines + [
         f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}",
+        f"- features computed by: {_runtime_text(fs.settings)}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
         f"- split: seed {metrics['split']['seed']}, val {metrics['split']['val']:g} / test {metrics['split']['test']:g} "
         f"of each class, digest `{metrics['split']['digest'][:12]}`",
@@ -192,6 +193,15 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
         "## Results",
         "",
     ]
+
+
+def _runtime_text(settings: dict) -> str:
+    """``tensorflow fp32``, or the store's runtime and precision (int8: its calibration digest).
+    ``model.keras`` always runs the base in TensorFlow fp32."""
+    runtime = settings.get("runtime", "tensorflow-fp32").replace("-", " ")
+    if "calibration" in settings:
+        runtime += f" (calibration `{settings['calibration']}`; model.keras runs the base in TensorFlow fp32)"
+    return runtime
 
 
 def _finetune_line(cfg, metrics) -> str:

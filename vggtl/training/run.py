@@ -109,7 +109,7 @@ def open_current_store(cfg: config.Config, dataset, config_arg=None):
             lacking augmented views of this split's training images.
         DataError: a class too small to split once undecodable files are left out.
     """
-    where = pipeline.locate_store(cfg)
+    where = pipeline.locate_store(cfg, dataset=dataset)
     again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
     if not where.path.is_file():
         raise StoreError(f"no feature store for this config at {where.path}; run: {again}")
