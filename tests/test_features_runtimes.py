@@ -114,3 +114,19 @@ def test_int8_on_tensorflow_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert extract.main([str(cfg), "--set", "extract.precision=int8"]) == 2
     assert "key 'extract.precision': int8 needs extract.runtime openvino or onnxruntime" in capsys.readouterr().err
+
+
+def test_a_warm_int8_rerun_imports_no_runtime(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    if not available("openvino") or importlib.util.find_spec("nncf") is None:
+        pytest.skip("openvino int8 not installed: pip install 'vggtl[openvino]'")
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path,
+                       extract={"runtime": "openvino", "precision": "int8", "calibration_images": 4})
+    run_extract(cfg, monkeypatch, tmp_path)
+    code = ("import sys; from vggtl import extract; code = extract.main([sys.argv[1], '--no-progress']); "
+            "print(code, 'openvino' in sys.modules, 'nncf' in sys.modules, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "VGGTL_CACHE_DIR": os.environ["VGGTL_CACHE_DIR"]})
+    assert done.stdout.split()[-4:] == ["0", "False", "False", "False"], done.stdout + done.stderr[-1000:]
