@@ -40,7 +40,7 @@ def decoded(cfg, n: int, max_side: int):
 
 
 def measure(cfg, runtime: str, precision: str, images: np.ndarray):
-    cfg = config.from_dict(config.apply_overrides(cfg.to_dict(), {"extract.runtime": runtime, "extract.precision": precision}), "bench")
+    cfg = cfg.with_overrides({"extract.runtime": runtime, "extract.precision": precision}, "bench")
     where = pipeline.locate_store(cfg, dataset=pipeline.scan_dataset(cfg))
     forward = pipeline.make_forward(cfg, where.weights, log=lambda _: None, calibration=where.calibration)
     batch = cfg.extract.batch_size

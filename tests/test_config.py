@@ -686,3 +686,19 @@ def test_finetune_blocks_per_backbone(root):
         config.from_dict(minimal(root, backbone={"name": "mobilenet_v2"}, finetune={"blocks": 4}))
     with pytest.raises(ConfigError, match=r"fine-tuning needs the head on mixed10, but 'backbone\.layer' is 'mixed7'"):
         config.from_dict(minimal(root, backbone={"name": "inception_v3", "layer": "mixed7"}, finetune={"blocks": 1}))
+
+
+def test_a_shortcut_option_is_a_set_override_that_wins(tmp_path, root):
+    import argparse
+
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(minimal(root)))
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser, config_required=True)
+    config.add_shortcut(parser, "--folds", "train.folds", "K", "folds")
+    args = parser.parse_args([str(path), "--folds", "3", "--set", "train.folds=5", "--set", "train.epochs=7"])
+    cfg = config.from_args(args)
+    assert cfg.train.folds == 3 and cfg.train.epochs == 7
+    assert config.from_args(parser.parse_args([str(path)])).train.folds == 0

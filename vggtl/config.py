@@ -259,6 +259,15 @@ class Config:
         """The seed the split is made with: ``data.split.seed``, else ``seed``."""
         return self.seed if self.data.split.seed is None else self.data.split.seed
 
+    @property
+    def tune_seed(self) -> int:
+        """The seed of the tuning sampler: ``tune.seed``, else ``seed``."""
+        return self.seed if self.tune.seed is None else self.tune.seed
+
+    def with_overrides(self, overrides: dict, source: str) -> "Config":
+        """A validated copy with ``{dotted key: value}`` overrides applied (``source`` names it in errors)."""
+        return from_dict(apply_overrides(self.to_dict(), overrides), source)
+
     def digest(self) -> str:
         """sha256 of the resolved config (stable key order)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -717,10 +726,23 @@ def add_arguments(parser, config_required: bool) -> None:
     )
 
 
+def add_shortcut(parser, flag: str, key: str, metavar: str, help: str) -> None:
+    """An integer option ``flag VALUE`` meaning ``--set key=VALUE``; it wins over
+    ``--set`` of the same key (see :func:`from_args`)."""
+    import argparse
+
+    class Shortcut(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            namespace.shortcuts = [*getattr(namespace, "shortcuts", []), f"{key}={value}"]
+
+    parser.add_argument(flag, type=int, metavar=metavar, action=Shortcut, help=f"{help} (same as --set {key}={metavar})")
+
+
 def from_args(args, log=print) -> Config:
     """Config from parsed arguments; without CONFIG, reuse the last extract's config."""
+    overrides = args.set + getattr(args, "shortcuts", [])  # shortcuts last: they win
     if args.config:
-        return load(args.config, args.set)
+        return load(args.config, overrides)
     if not LAST_EXTRACT.is_file():
         raise ConfigError(
             "no CONFIG given and no extract has run in this directory "
@@ -733,7 +755,7 @@ def from_args(args, log=print) -> Config:
         raise ConfigError(f"{LAST_EXTRACT} is unreadable; pass a config file explicitly") from None
     extra = f" with --set {' '.join(last.get('overrides', []))}" if last.get("overrides") else ""
     log(f"using the config of the last extract in this directory: {source}{extra}")
-    cfg = from_dict(apply_overrides(mapping, args.set), f"{source} (via {LAST_EXTRACT})")
+    cfg = from_dict(apply_overrides(mapping, overrides), f"{source} (via {LAST_EXTRACT})")
     check_paths(cfg, source)
     return cfg
 

@@ -420,6 +420,11 @@ def opened_image(path, max_pixels: int | None = None, draft_size: int | None = N
         raise UndecodableImage(f"cannot decode: {reason}") from None
 
 
+def evenly_spaced(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spaced from the first (a deterministic sample)."""
+    return items[:: max(1, len(items) // n)][:n]
+
+
 def decode_image(path, image_size: int, resize: str = "stretch", background=(255, 255, 255), max_pixels: int | None = None) -> np.ndarray:
     """Decode one image file to a ``(image_size, image_size, 3)`` uint8 RGB array.
 

@@ -25,10 +25,8 @@ __all__ = ["main", "run"]
 def main(argv=None) -> int:
     parser = cli.parser("vggtl train", __doc__)
     config.add_arguments(parser, config_required=False)
-    parser.add_argument("--folds", type=int, metavar="K", help="also K-fold cross-validate on train + val (same as --set train.folds=K)")
+    config.add_shortcut(parser, "--folds", "train.folds", "K", "also K-fold cross-validate on train + val")
     args = parser.parse_args(argv)
-    if args.folds is not None:
-        args.set.append(f"train.folds={args.folds}")
     run(config.from_args(args), config_arg=args.config)
     return 0
 

@@ -32,10 +32,8 @@ __all__ = ["main", "tune"]
 def main(argv=None) -> int:
     parser = cli.parser("vggtl tune", __doc__)
     config.add_arguments(parser, config_required=False)
-    parser.add_argument("--trials", type=int, metavar="N", help="number of trials (same as --set tune.trials=N)")
+    config.add_shortcut(parser, "--trials", "tune.trials", "N", "number of trials")
     args = parser.parse_args(argv)
-    if args.trials is not None:
-        args.set.append(f"tune.trials={args.trials}")
     cfg = config.from_args(args)
     with tfquiet.filtered_stderr():  # the workers' TensorFlow notices; the progress bar still shows
         study = tune(cfg, config_arg=args.config)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl.data import UndecodableImage
+from vggtl.data import UndecodableImage, evenly_spaced
 from vggtl.errors import ConfigError, VggtlError, require_extra
 from vggtl.exports import formats
 from vggtl.files import make_dir, sha256_file
@@ -140,37 +140,41 @@ def _replace(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def split_files(art, split: str) -> tuple[Path, list[dict]]:
+    """``data.root`` as recorded in the artifact's manifest, and the manifest's entries of ``split``."""
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    return Path(manifest["data_root"]), [f for f in manifest["files"] if f["split"] == split]
+
+
 def test_images(art, decode):
     """The artifact's test images decoded from ``data.root`` as recorded:
     ``(images, labels, note)``; an empty batch and the reason when there are none."""
-    manifest = json.loads((art.path / "manifest.json").read_text())
-    root = Path(manifest["data_root"])
-    files = [f for f in manifest["files"] if f["split"] == "test"]
-    if not files:
-        return np.zeros((0,)), np.zeros(0, int), "the artifact has no test split (data.split.test: 0)"
-    if not root.is_dir():
-        return np.zeros((0,)), np.zeros(0, int), f"data.root {root} is gone: the test images cannot be decoded"
+    root, files = split_files(art, "test")
     images, labels = [], []
-    for f in files:
+    for f in files if root.is_dir() else []:
         try:
             images.append(decode.decode(root / f["path"]))
             labels.append(art.labels.index(f["label"]))
         except (UndecodableImage, OSError):
             continue
-    if not images:
-        return np.zeros((0,)), np.zeros(0, int), f"none of the {len(files)} test images under {root} could be decoded"
-    return np.stack(images), np.array(labels), ""
+    if images:
+        return np.stack(images), np.array(labels), ""
+    if not files:
+        note = "the artifact has no test split (data.split.test: 0)"
+    elif not root.is_dir():
+        note = f"data.root {root} is gone: the test images cannot be decoded"
+    else:
+        note = f"none of the {len(files)} test images under {root} could be decoded"
+    return np.zeros((0,)), np.zeros(0, int), note
 
 
 def training_images(art, decode, limit: int = REPRESENTATIVE_MAX):
     """Up to ``limit`` training images (an even, deterministic sample), decoded as in extraction."""
-    manifest = json.loads((art.path / "manifest.json").read_text())
-    root = Path(manifest["data_root"])
-    files = sorted(f["path"] for f in manifest["files"] if f["split"] == "train")
+    root, files = split_files(art, "train")
     if not files or not root.is_dir():
         raise VggtlError(f"int8 calibration needs the artifact's training images under data.root {root}; "
                          "they are gone: restore them or use --quantize dynamic")
-    for path in files[:: max(1, len(files) // limit)][:limit]:
+    for path in evenly_spaced(sorted(f["path"] for f in files), limit):
         try:
             yield decode.decode(root / path)
         except (UndecodableImage, OSError):

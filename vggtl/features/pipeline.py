@@ -98,9 +98,7 @@ def calibration_files(cfg: config.Config, dataset: data.Dataset | None) -> list[
     except DataError:  # a class too small to split: extract warns and goes on; calibrate on every image
         files = list(dataset.files)
     by_hash = {f.sha256: f for f in sorted(files, key=lambda f: f.sha256)}
-    files = list(by_hash.values())
-    step = max(1, len(files) // cfg.extract.calibration_images)
-    return files[::step][: cfg.extract.calibration_images]
+    return data.evenly_spaced(list(by_hash.values()), cfg.extract.calibration_images)
 
 
 # --------------------------------------------------------------------------- decoding pipeline

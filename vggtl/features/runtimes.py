@@ -26,20 +26,18 @@ import numpy as np
 from vggtl.errors import MissingExtra
 from vggtl.files import sha256_file
 
-RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
-
-
 @dataclass(frozen=True)
 class Runtime:
-    name: str
-    module: str  # what the extra provides (checked without importing it)
-    extra: str
+    extra: str  # pip install 'vggtl[<extra>]'
     filename: str  # the converted model's main file
+    modules: tuple[str, ...]  # what fp32 needs (checked without importing it)
+    int8_modules: tuple[str, ...] = ()  # and what int8 needs on top
 
 
+# Keyed by extract.runtime, which is also the runtime's package name.
 CONVERTED = {
-    "openvino": Runtime("openvino", "openvino", "openvino", "model.xml"),
-    "onnxruntime": Runtime("onnxruntime", "onnxruntime", "onnx", "model.onnx"),
+    "openvino": Runtime("openvino", "model.xml", ("openvino",), ("nncf",)),
+    "onnxruntime": Runtime("onnx", "model.onnx", ("onnxruntime", "tf2onnx")),
 }
 
 
@@ -49,8 +47,9 @@ def check_installed(runtime: str, precision: str = "fp32") -> None:
     import importlib.util
 
     spec = CONVERTED.get(runtime)
-    needed = {"openvino": ["openvino"] + (["nncf"] if precision == "int8" else []), "onnxruntime": ["onnxruntime", "tf2onnx"]}
-    for module in needed.get(runtime, []):
+    if spec is None:  # tensorflow: a core dependency
+        return
+    for module in spec.modules + (spec.int8_modules if precision == "int8" else ()):
         if importlib.util.find_spec(module) is None:
             raise MissingExtra(f"extract.runtime: {runtime} needs the optional package {module!r}: pip install 'vggtl[{spec.extra}]'")
 
@@ -65,7 +64,7 @@ def calibration_digest(files) -> str | None:
 def runtime_version(runtime: str) -> str:
     import importlib.metadata
 
-    return importlib.metadata.version({"openvino": "openvino", "onnxruntime": "onnxruntime"}[runtime])
+    return importlib.metadata.version(runtime)
 
 
 def model_key(spec, weights_digest: str, runtime: str, calibration: str | None = None) -> str:

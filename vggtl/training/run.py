@@ -49,11 +49,21 @@ class Trained:
     phase1: dict = field(default_factory=dict)
     phase2: dict | None = None
     probs: dict = field(default_factory=dict)  # split -> probabilities of the final model (clean features)
-    # rows -> probabilities of the final model from cached features (checks the artifact)
-    evaluate_cached: object = None
-    final: object = None  # the final model on cached features, and the splits it reads
+    # The final model on cached features, the stored layer it reads (None: the
+    # head's) and that layer's splits; see :meth:`use_final`.
+    final: object = None
+    final_layer: str | None = None
     final_splits: dict = field(default_factory=dict)
     temperature: dict | None = None
+
+    def use_final(self, model, layer: str | None, splits: dict) -> None:
+        """Make ``model`` (on ``layer``'s features) the final model and predict every split with it."""
+        self.final, self.final_layer, self.final_splits = model, layer, splits
+        self.probs = predict_splits(model, splits)
+
+    def evaluate_cached(self, fs: FeatureStore, rows):
+        """Probabilities of the final model from the cached features of ``rows`` (checks the artifact)."""
+        return self.final.predict(fs.features(rows, self.final_layer), verbose=0)
 
 
 def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifact.Artifact:
@@ -165,15 +175,14 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
     head, history1 = fit.fit_head(cfg, bank, train.y, splits["val"].x, splits["val"].y, len(fs.class_names))
     del bank
     log(_phase_line("phase 1 (head)", history1, cfg.train.epochs))
-    trained = Trained(base=None, head=head, history={"phase1": history1}, probs=predict_splits(head, splits))
+    trained = Trained(base=None, head=head, history={"phase1": history1})
+    trained.use_final(head, None, splits)
     trained.phase1 = {
         **{s: {"accuracy": accuracy(splits[s].y, trained.probs[s])} for s in SPLITS},
         "epochs_trained": len(history1["loss"]),
         "best_epoch": best_epoch(history1),
         "hit_epoch_cap": _hit_cap(history1, cfg.train.epochs),
     }
-    trained.evaluate_cached = lambda rows: head.predict(fs.features(rows), verbose=0)
-    trained.final, trained.final_splits = head, splits
     trained.base = build.build_base(cfg.spec, weights, cfg.seed)
     if cfg.spec.boundary_layer:
         _finetune(cfg, fs, trained, log)
@@ -190,7 +199,7 @@ def _scale_temperature(trained: Trained, log) -> None:
         return
     before = {s: calibration(trained.final_splits[s].y, trained.probs[s])["ece"] for s in ("val", "test")}
     trained.temperature = {**temperature.fit_temperature(trained.final, val.x, val.y), "ece_before": before}
-    trained.probs = predict_splits(trained.final, trained.final_splits)
+    trained.use_final(trained.final, trained.final_layer, trained.final_splits)  # re-predict with T built in
     t = trained.temperature
     log(f"temperature scaling (fitted on val): T = {t['temperature']:.3f}, "
         f"val cross-entropy {t['val_loss_before']:.4f} -> {t['val_loss_after']:.4f}")
@@ -229,9 +238,7 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
         "blocks": cfg.finetune.blocks, "epochs_trained": len(history["loss"]), "best_epoch": best_epoch(history),
         "kept": kept, "hit_epoch_cap": _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False,
     }
-    trained.probs = predict_splits(tuned, splits)
-    trained.final, trained.final_splits = tuned, splits
-    trained.evaluate_cached = lambda rows: tuned.predict(fs.features(rows, boundary), verbose=0)
+    trained.use_final(tuned, boundary, splits)
 
 
 def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, log=print) -> dict:
@@ -292,7 +299,7 @@ def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Train
     try:
         model = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed, base=trained.base)
         model.save(staging / "model.keras")
-        gap = check_end_to_end(model, trained.evaluate_cached, fs, cfg.spec.decode, dataset.root)
+        gap = check_end_to_end(model, lambda rows: trained.evaluate_cached(fs, rows), fs, cfg.spec.decode, dataset.root)
         if gap > E2E_TOLERANCE:
             raise RuntimeError(f"internal: the end-to-end model differs from the evaluated model on cached features by {gap:.4f}")
         artifact.write_metadata(

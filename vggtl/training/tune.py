@@ -97,7 +97,7 @@ def tune(cfg: config.Config, trials: int | None = None, config_arg: str | None =
         best = default
         for result in results:
             best = result if better(result, best) else best
-        study = Study(results, default, best, jobs=jobs, seed=cfg.seed if cfg.tune.seed is None else cfg.tune.seed)
+        study = Study(results, default, best, jobs=jobs, seed=cfg.tune_seed)
         study.test = test_scores(cfg, fs, {"default": default.params, "best": best.params})
     finally:
         fs.close()
@@ -120,17 +120,21 @@ def test_scores(cfg: config.Config, fs, settings: dict) -> dict:
     if not len(test.y):  # data.split.test: 0
         return scores
     for name, params in settings.items():
-        trial_cfg = config.from_dict(config.apply_overrides(cfg.to_dict(), params), name)
+        trial_cfg = cfg.with_overrides(params, name)
         head, _ = fit.fit_head(trial_cfg, train.x[None], train.y, val.x, val.y, len(fs.class_names))
         metrics = split_metrics(test.y, head.predict(test.x, verbose=0), fs.class_names)
         scores[name] = {key: metrics[key] for key in ("accuracy", "accuracy_ci95", "n")}
     return scores
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_jobs(requested: int, trials: int) -> int:
     """``tune.jobs`` (0 = one per CPU core this process may use), at most ``trials``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(requested or cores, trials))
+    return max(1, min(requested or cpu_cores(), trials))
 
 
 def suggest(trial, param: config.SearchParam):
@@ -164,8 +168,7 @@ def run_trials(cfg: config.Config, data: cv.FoldData, trials: int, jobs: int, ba
     optuna = require_extra("optuna", "tune", "vggtl tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = config.tune_space(cfg.tune.space)
-    seed = cfg.seed if cfg.tune.seed is None else cfg.tune.seed
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, trials // 3)))
+    sampler = optuna.samplers.TPESampler(seed=cfg.tune_seed, n_startup_trials=min(10, max(1, trials // 3)))
     study = optuna.create_study(direction="maximize", sampler=sampler)
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork()
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init, initargs=(cfg.to_dict(), data, jobs)) as pool:
@@ -203,8 +206,7 @@ def _worker_init(base: dict, data: cv.FoldData, jobs: int) -> None:
     from vggtl import tfquiet
 
     tf = tfquiet.load()
-    cores = resolve_jobs(0, 1 << 16)
-    tf.config.threading.set_intra_op_parallelism_threads(max(1, cores // jobs))
+    tf.config.threading.set_intra_op_parallelism_threads(max(1, cpu_cores() // jobs))
     tf.config.threading.set_inter_op_parallelism_threads(1)
     _WORKER.update(base=base, data=data)
 
