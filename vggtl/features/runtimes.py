@@ -198,7 +198,14 @@ def make_forward(cfg, weights, runtime: str, log=print, calibration=None):
     """uint8 images ``(N, S, S, 3)`` -> ``{layer: float32 features}`` through ``runtime``
     (int8 when ``calibration`` images are given)."""
     path = converted_model(cfg, weights, runtime, log, calibration)
-    layers = list(cfg.spec.stored_layers)
+    return load_forward(path, runtime, list(cfg.spec.stored_layers))
+
+
+def load_forward(path, runtime: str, layers):
+    """The converted model at ``path`` (outputs ``out0``, ``out1``, ... in the
+    order of ``layers``) as a function: images ``(N, S, S, 3)`` -> ``{layer: float32 features}``.
+    Also what ``predict`` runs on the copy an artifact carries."""
+    layers = list(layers)
     if runtime == "openvino":
         import openvino as ov
 

@@ -115,6 +115,27 @@ def top_labels(probs, labels, k: int) -> list[tuple[str, float]]:
     return [(labels[i], round(float(probs[i]), 6)) for i in np.argsort(-probs, kind="stable")[:k]]
 
 
+def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None):
+    """uint8 images ``(n, S, S, 3)`` -> probabilities, as the artifact was evaluated.
+
+    An artifact whose features came from OpenVINO or ONNX Runtime
+    (``extract.runtime``) runs the converted base it carries and its
+    ``head.keras`` when that runtime is installed; otherwise, and for
+    TensorFlow-trained artifacts, ``model.keras`` (``model`` if given) runs,
+    after one note through ``warn`` (default: stderr) saying why.
+    """
+    from vggtl.training import features_runtime
+
+    record = art.features_runtime
+    if record is not None:
+        reason = features_runtime.missing_runtime(record)
+        if reason is None:
+            return features_runtime.load_predictor(art.path, record, artifact_mod.load_keras)
+        (warn or (lambda line: print(line, file=sys.stderr)))(features_runtime.fallback_note(record, reason))
+    model = model or art.load_model()
+    return lambda batch: model.predict(batch, verbose=0)
+
+
 def predict_paths(art, paths, top_k: int = 3, model=None):
     """Classify image files with an artifact; one result per path, in order.
 
@@ -124,7 +145,9 @@ def predict_paths(art, paths, top_k: int = 3, model=None):
             (``experiments/demo/latest``, checksums verified first).
         paths: image files.
         top_k: labels per image.
-        model: the artifact's loaded model, to reuse across calls.
+        model: the artifact's loaded ``model.keras``, to reuse across calls
+            (used when the artifact's features came from TensorFlow, or its
+            runtime is not installed; see :func:`artifact_predictor`).
 
     Yields:
         ``{"path", "top": [(label, probability), ...]}`` or ``{"path", "error"}``
@@ -133,9 +156,8 @@ def predict_paths(art, paths, top_k: int = 3, model=None):
     if not isinstance(art, artifact_mod.Artifact):
         art = artifact_mod.load(art)
     decode = artifact_config(art).spec.decode.decode
-    model = model or art.load_model()
     k = min(top_k, len(art.labels))
-    for result in iter_probabilities(list(paths), decode, lambda batch: model.predict(batch, verbose=0)):
+    for result in iter_probabilities(list(paths), decode, artifact_predictor(art, model)):
         if "error" in result:
             yield result
         else:
@@ -213,20 +235,19 @@ def _explainer(art, cfg, model, args):
     return explain
 
 
-def _run_images(art, cfg, model, paths, args) -> int:
+def _run_images(art, cfg, predictor, paths, args) -> int:
     k = min(args.top_k, len(art.labels))
+    explain = _explainer(art, cfg, art.load_model(), args) if args.gradcam is not None else None  # gradients: Keras
     return print_image_predictions(
-        paths, cfg.spec.decode.decode, lambda batch: model.predict(batch, verbose=0),
-        lambda p: top_labels(p, art.labels, k),
-        _print_result, args.json, _explainer(art, cfg, model, args) if args.gradcam is not None else None,
+        paths, cfg.spec.decode.decode, predictor, lambda p: top_labels(p, art.labels, k), _print_result, args.json, explain,
     )
 
 
-def _run_tiles(art, cfg, model, paths, args, grid, overlap) -> int:
+def _run_tiles(art, cfg, predictor, paths, args, grid, overlap) -> int:
     from vggtl.inspect import tiles
 
     return tiles.print_tiled_predictions(
-        paths, grid, overlap, lambda batch: model.predict(batch, verbose=0), cfg.spec.decode,
+        paths, grid, overlap, predictor, cfg.spec.decode,
         art.labels, lambda i, p: {"label": art.labels[i], "probability": p}, min(args.top_k, len(art.labels)), args.json,
     )
 
@@ -250,7 +271,7 @@ def print_predictions(artifact_path, inputs, args) -> int:
         resolve_label(args.class_name, art.labels)  # refuse a bad name before loading the model
     cfg = artifact_config(art)
     paths = expand_inputs(inputs, cfg.data.extensions)
-    model = art.load_model()
+    predictor = artifact_predictor(art)
     if grid is not None:
-        return _run_tiles(art, cfg, model, paths, args, grid, overlap)
-    return _run_images(art, cfg, model, paths, args)
+        return _run_tiles(art, cfg, predictor, paths, args, grid, overlap)
+    return _run_images(art, cfg, predictor, paths, args)

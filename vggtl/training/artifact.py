@@ -3,6 +3,9 @@
 An artifact directory holds everything needed to use and audit a model:
 
     model.keras       end-to-end model: raw RGB uint8 images -> class probabilities
+    base/, head.keras only when extraction ran OpenVINO / ONNX Runtime: the
+                      converted base and the model on its features
+                      (vggtl.training.features_runtime)
     labels.json       class names in output order
     config.yaml       the resolved config of the run
     metrics.json      {"val": {...}, "test": {"accuracy", "per_class", ...}, ...}
@@ -85,7 +88,7 @@ def begin(output_dir, name: str) -> Path:
 
 
 def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, weights, metrics: dict, history: dict,
-                   end_to_end_gap: float, seconds: float) -> None:
+                   end_to_end_gap: float, seconds: float, features_runtime: dict | None = None) -> None:
     """Write labels, config, metrics, history, manifest and info into ``staging``.
 
     Args:
@@ -99,6 +102,8 @@ def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, wei
         end_to_end_gap: max |p| difference of the saved model vs the
             evaluated one on a few test images.
         seconds: training wall time.
+        features_runtime: the converted base the features came from, when
+            not TensorFlow (:func:`vggtl.training.features_runtime.write`).
     """
     write_json(staging / "labels.json", fs.class_names)
     (staging / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -120,6 +125,7 @@ def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, wei
         "image_size": cfg.spec.image_size,
         "input": "RGB uint8 (or float 0-255), shape (H, W, 3) = image_size; preprocessing inside the model",
         "end_to_end_check_max_abs_diff": end_to_end_gap,
+        **({"features_runtime": features_runtime} if features_runtime else {}),
         "versions": versions(),
         "train_seconds": round(seconds, 1),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -211,14 +217,26 @@ class Artifact:
     metrics: dict
 
     def load_model(self):
-        import keras
+        """The end-to-end ``model.keras``."""
+        return load_keras(self.path / "model.keras")
 
-        import vggtl.backbones.preprocess  # noqa: F401 - registers the preprocessing layers for deserialisation
+    @property
+    def features_runtime(self) -> dict | None:
+        """How the head's features were computed when not by TensorFlow
+        (:mod:`vggtl.training.features_runtime`), else None."""
+        return self.info.get("features_runtime")
 
-        try:
-            return keras.saving.load_model(self.path / "model.keras", compile=False)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
-            raise ArtifactError(f"{self.path / 'model.keras'}: cannot be loaded ({exc})") from None
+
+def load_keras(path: Path):
+    """A Keras file of an artifact (``model.keras``, ``head.keras``), uncompiled."""
+    import keras
+
+    import vggtl.backbones.preprocess  # noqa: F401 - registers the preprocessing layers for deserialisation
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
+        raise ArtifactError(f"{path}: cannot be loaded ({exc})") from None
 
 
 def resolve(path) -> Path:

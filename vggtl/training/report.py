@@ -200,7 +200,10 @@ def _runtime_text(settings: dict) -> str:
     ``model.keras`` always runs the base in TensorFlow fp32."""
     runtime = settings.get("runtime", "tensorflow-fp32").replace("-", " ")
     if "calibration" in settings:
-        runtime += f" (calibration `{settings['calibration']}`; model.keras runs the base in TensorFlow fp32)"
+        runtime += f" (calibration `{settings['calibration']}`)"
+    if "runtime" in settings:
+        runtime += ("; the artifact carries this base (`base/`, `head.keras`) and `vggtl predict` runs it when installed; "
+                    "`model.keras` runs the base in TensorFlow fp32")
     return runtime
 
 
@@ -229,6 +232,8 @@ def _results(metrics) -> list[str]:
         f"**{_pct(test['accuracy'])}** ({_pct(low)}-{_pct(high)})",
         f"{test['macro_f1']:.3f}",
     ])
+    if "tensorflow_fp32" in metrics:
+        rows.append(_tensorflow_row(metrics["tensorflow_fp32"]))
     rows.append(["linear probe (logistic regression, pooled features)", *(_pct(probe[f"{s}_accuracy"]) for s in SPLITS), ""])
     if "scratch" in metrics["baseline"]:
         scratch = metrics["baseline"]["scratch"]
@@ -240,6 +245,14 @@ def _results(metrics) -> list[str]:
     note = (f"Test accuracy on {test['n']} images; the interval is the 95% Wilson score interval: one image is "
             f"{100 / max(test['n'], 1):.1f} points. Train accuracy far above val/test means over-fitting; all three low, under-fitting.")
     return _table(header, rows) + ["", note]
+
+
+def _tensorflow_row(tf32: dict) -> list[str]:
+    """The final model with its base run by TensorFlow fp32 (``model.keras``), when the
+    features came from another runtime: what exports and plain-Keras users get."""
+    low, high = tf32["accuracy_ci95"]
+    return [f"same model, base through TensorFlow fp32 (`model.keras`; top-1 agreement {_pct(tf32['top1_agreement'])})",
+            "", "", f"{_pct(tf32['test_accuracy'])} ({_pct(low)}-{_pct(high)})", ""]
 
 
 def _cv_section(metrics) -> list[str]:

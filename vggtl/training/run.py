@@ -23,7 +23,7 @@ from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
-from vggtl.training import artifact, baselines, cv, fit, leakage, logs, report, temperature
+from vggtl.training import artifact, baselines, cv, features_runtime, fit, leakage, logs, report, temperature
 from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -97,7 +97,7 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
                 log(f"  {path}: {reason}")
         trained = train_phases(cfg, fs, where.weights, log)
         metrics = evaluate(cfg, fs, dataset, trained, log)
-        target = publish(cfg, dataset, fs, where, trained, metrics, time.perf_counter() - started)
+        target = publish(cfg, dataset, fs, where, trained, metrics, time.perf_counter() - started, log)
     finally:
         fs.close()
     log(f"artifact: {target}")
@@ -288,7 +288,7 @@ def split_record(cfg: config.Config, fs: FeatureStore, dataset) -> dict:
     }
 
 
-def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Trained, metrics: dict, seconds: float):
+def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Trained, metrics: dict, seconds: float, log=print):
     """Build the end-to-end model, check it, write every file and publish the version.
 
     A run killed or failing in here leaves no directory that looks like an
@@ -299,12 +299,19 @@ def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Train
     try:
         model = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed, base=trained.base)
         model.save(staging / "model.keras")
-        gap = check_end_to_end(model, lambda rows: trained.evaluate_cached(fs, rows), fs, cfg.spec.decode, dataset.root)
+        predictor, record = lambda images: model.predict(images, verbose=0), None
+        if features_runtime.is_converted(cfg):
+            record = features_runtime.write(staging, cfg, where, trained.final, trained.final_layer, log)
+            predictor = features_runtime.load_predictor(staging, record, artifact.load_keras)
+        test_images = SplitImages(fs, cfg.spec.decode, dataset.root)
+        gap = check_end_to_end(predictor, lambda rows: trained.evaluate_cached(fs, rows), test_images)
         if gap > E2E_TOLERANCE:
-            raise RuntimeError(f"internal: the end-to-end model differs from the evaluated model on cached features by {gap:.4f}")
+            raise RuntimeError(f"internal: the artifact's model differs from the evaluated model on cached features by {gap:.4f}")
+        if record is not None:
+            metrics["tensorflow_fp32"] = _through_tensorflow(model, trained, test_images, record, log)
         artifact.write_metadata(
             staging, cfg=cfg, dataset=dataset, fs=fs, store_settings=where.format.settings, weights=where.weights,
-            metrics=metrics, history=trained.history, end_to_end_gap=gap, seconds=seconds,
+            metrics=metrics, history=trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record,
         )
         logs.write_history_csv(staging / "history.csv", trained.history)
         logs.write_tensorboard(staging / "tensorboard", trained.history)
@@ -318,18 +325,49 @@ def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Train
         raise
 
 
-def check_end_to_end(model, evaluate_cached, fs: FeatureStore, decode, dataset_root, n: int = 8) -> float:
-    """Max |p_model - p_cached| on a few test images, where ``evaluate_cached(rows)``
-    gives the probabilities the metrics were computed from. Proves the artifact
-    computes what was trained and evaluated (the fp16 cache gives ~1e-3)."""
-    images, kept = [], []
-    for row in fs.split_rows("test")[:n]:
-        try:
-            images.append(decode.decode(dataset_root / fs.paths[row]))
-            kept.append(row)
-        except UndecodableImage:
-            continue
-    if not kept:
+class SplitImages:
+    """The test split's images, decoded from ``dataset_root`` as extraction decodes them."""
+
+    def __init__(self, fs: FeatureStore, decode, dataset_root):
+        self.fs, self.decode, self.root = fs, decode, Path(dataset_root)
+        self.rows = fs.split_rows("test")
+
+    def predict(self, predictor, rows, batch: int = 16):
+        """``(probabilities, rows)`` of ``predictor`` on ``rows`` (a file no longer
+        decodable is left out), decoded ``batch`` images at a time."""
+        probs, kept = [], []
+        for start in range(0, len(rows), batch):
+            images = []
+            for row in rows[start : start + batch]:
+                try:
+                    images.append(self.decode.decode(self.root / self.fs.paths[row]))
+                    kept.append(row)
+                except UndecodableImage:
+                    continue
+            if images:
+                probs.append(np.asarray(predictor(np.stack(images))))
+        return (np.concatenate(probs) if probs else np.zeros((0, len(self.fs.class_names)))), np.asarray(kept, int)
+
+
+def check_end_to_end(predictor, evaluate_cached, test_images: SplitImages, n: int = 8) -> float:
+    """Max |p_artifact - p_cached| on a few test images, where ``predictor`` runs
+    the artifact on images and ``evaluate_cached(rows)`` gives the probabilities
+    the metrics were computed from. Proves the artifact computes what was
+    trained and evaluated (the fp16 cache gives ~1e-3)."""
+    direct, kept = test_images.predict(predictor, test_images.rows[:n])
+    if not len(kept):
         return 0.0
-    direct = model.predict(np.stack(images), verbose=0)
     return float(np.max(np.abs(direct - evaluate_cached(kept))))
+
+
+def _through_tensorflow(model, trained: Trained, test_images: SplitImages, record: dict, log) -> dict:
+    """Every test image through ``model.keras`` (TensorFlow fp32 base) beside the
+    recorded runtime's cached-feature probabilities."""
+    probs, kept = test_images.predict(lambda images: model.predict(images, verbose=0), test_images.rows)
+    position = {row: i for i, row in enumerate(test_images.rows)}
+    runtime_probs = trained.probs["test"][[position[row] for row in kept]]
+    result = features_runtime.compare_with_tensorflow(probs, runtime_probs, test_images.fs.labels[kept])
+    low, high = result["accuracy_ci95"]
+    log(f"test accuracy through TensorFlow fp32 (model.keras): {result['test_accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, "
+        f"n={result['n']}); same top-1 as {features_runtime.describe(record)} on {100 * result['top1_agreement']:.1f}% of them")
+    return result

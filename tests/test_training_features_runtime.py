@@ -1,0 +1,120 @@
+"""An artifact trained on OpenVINO / ONNX Runtime features carries that base:
+predict runs it when installed (the probabilities the metrics came from),
+falls back to model.keras with one note otherwise; the report gives the test
+accuracy both ways."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_dataset, run_pipeline, write_config
+from vggtl import predict
+from vggtl.errors import ArtifactError
+from vggtl.inspect import predictions
+from vggtl.training import artifact
+
+
+def needs(runtime, precision):
+    modules = [runtime] + (["tf2onnx"] if runtime == "onnxruntime" else []) + (["nncf"] if runtime == "openvino" and precision == "int8" else [])
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install 'vggtl[{'openvino' if runtime == 'openvino' else 'onnx'}]'")
+
+
+def trained(tmp_path, runtime, precision, **sections):
+    extract = {"runtime": runtime, "precision": precision, "calibration_images": 4}
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=8), tmp_path, extract=extract, **sections)
+    run_pipeline(tmp_path, cfg, [[str(cfg)]])
+    return artifact.load(tmp_path / "experiments" / "tiny")
+
+
+def evaluated_test_probabilities(art) -> dict:
+    """path -> the probabilities the metrics were computed from (predictions.csv)."""
+    with open(art.path / "predictions.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    return {r["path"]: np.array([float(r[f"p_{label}"]) for label in art.labels]) for r in rows}
+
+
+def predicted(art, root, paths, **kwargs):
+    results = predict.predict_paths(art, [root / p for p in paths], top_k=len(art.labels), **kwargs)
+    out = {}
+    for path, result in zip(paths, results):
+        by_label = dict(result["top"])
+        out[path] = np.array([by_label[label] for label in art.labels])
+    return out
+
+
+@pytest.mark.parametrize("runtime, precision", [("openvino", "int8"), ("onnxruntime", "fp32")])
+def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, runtime, precision):
+    needs(runtime, precision)
+    art = trained(tmp_path, runtime, precision)
+    out = capsys.readouterr().out
+    record = art.features_runtime
+    assert record["runtime"] == runtime and record["precision"] == precision and record["layer"] == "block5_pool"
+    assert (art.path / record["model"]).is_file() and (art.path / "head.keras").is_file()
+    assert (record["calibration"] is not None) == (precision == "int8")
+    # the report and the console give the test accuracy through TensorFlow fp32 too
+    tf32 = art.metrics["tensorflow_fp32"]
+    assert tf32["n"] == art.metrics["test"]["n"] and 0 <= tf32["top1_agreement"] <= 1
+    assert "test accuracy through TensorFlow fp32 (model.keras)" in out
+    assert "base through TensorFlow fp32" in (art.path / "report.md").read_text()
+    # predict reproduces the evaluated probabilities (fp16 cache: ~1e-3), through the carried base
+    evaluated = evaluated_test_probabilities(art)
+    got = predicted(art, tmp_path / "data", list(evaluated))
+    for path, probs in evaluated.items():
+        np.testing.assert_allclose(got[path], probs, atol=5e-3)
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_without_the_runtime_predict_falls_back_to_model_keras_once(tmp_path, capsys, monkeypatch):
+    needs("openvino", "int8")
+    art = trained(tmp_path, "openvino", "int8")
+    evaluated = evaluated_test_probabilities(art)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    capsys.readouterr()
+    got = predicted(art, tmp_path / "data", list(evaluated))
+    err = capsys.readouterr().err
+    assert err.count("note: this model's head was trained on openvino int8 features, but openvino is not installed "
+                     "(pip install 'vggtl[openvino]'); the base runs in TensorFlow fp32 (model.keras)") == 1
+    model = art.load_model()
+    for path in evaluated:
+        image = predictions.artifact_config(art).spec.decode.decode(tmp_path / "data" / path)
+        np.testing.assert_allclose(got[path], model.predict(image[None], verbose=0)[0], atol=1e-5)
+
+
+def test_a_tensorflow_artifact_carries_no_base(tmp_path):
+    art = trained(tmp_path, "tensorflow", "fp32")
+    assert art.features_runtime is None and "tensorflow_fp32" not in art.metrics
+    assert not (art.path / "base").exists() and not (art.path / "head.keras").exists()
+
+
+def test_a_tampered_carried_base_is_refused(tmp_path):
+    needs("openvino", "fp32")
+    art = trained(tmp_path, "openvino", "fp32")
+    with open(art.path / "base" / "model.bin", "r+b") as f:
+        f.seek(64)
+        f.write(b"\x7f" * 32)
+    with pytest.raises(ArtifactError, match="checksum mismatch for base/model.bin"):
+        artifact.load(art.path)
+
+
+def test_fine_tuned_head_on_runtime_features_predicts_as_evaluated(tmp_path):
+    """With fine-tuning, the carried head.keras is the tuned top blocks + head on
+    the boundary layer the converted base also outputs."""
+    needs("openvino", "fp32")
+    art = trained(tmp_path, "openvino", "fp32", finetune={"blocks": 1, "epochs": 3})
+    record = art.features_runtime
+    assert record["layers"] == ["block5_pool", "block4_pool"]
+    assert record["layer"] == ("block4_pool" if art.metrics["phase2"]["kept"] else "block5_pool")
+    info = json.loads((art.path / "info.json").read_text())
+    assert info["features_runtime"] == record
+    evaluated = evaluated_test_probabilities(art)
+    got = predicted(art, tmp_path / "data", list(evaluated))
+    for path, probs in evaluated.items():
+        np.testing.assert_allclose(got[path], probs, atol=5e-3)
