@@ -166,3 +166,30 @@ def test_data_gone_says_so_and_marks_the_export_unverified(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"unverified: data.root {tmp_path / 'data'} is gone: the test images cannot be decoded" in printed
     assert json.loads((out / "tflite" / "export.json").read_text())["verification"]["verified"] is False
+
+
+@pytest.mark.parametrize("fmt, runtime, quantized_op", [("openvino", "openvino", "FakeQuantize"), ("onnx", "onnxruntime", "QuantizeLinear")])
+def test_an_int8_feature_artifact_exports_the_base_it_was_evaluated_with(tmp_path, capsys, fmt, runtime, quantized_op):
+    """Trained on int8 features of a runtime, exported to that runtime's format:
+    made from the carried int8 base + head.keras and verified against the
+    probabilities the metrics came from; another format comes from model.keras."""
+    if not installed(fmt) or (runtime == "openvino" and importlib.util.find_spec("nncf") is None):
+        pytest.skip(f"optional runtime for {fmt} not installed: pip install 'vggtl[{formats.FORMATS[fmt].extra}]'")
+    extract = {"runtime": runtime, "precision": "int8", "calibration_images": 4}
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=8), tmp_path, extract=extract)
+    run_pipeline(tmp_path, cfg, [[str(cfg)]])
+    art = tmp_path / "experiments" / "tiny" / "v1"
+    out = tmp_path / "out"
+    assert export_command.main([str(art), "--format", fmt, "--format", "savedmodel", "--out", str(out)]) == 0
+    check = json.loads((out / fmt / "export.json").read_text())["verification"]
+    assert check["reference"] == f"{runtime} int8 base + head.keras" and check["verified"]
+    assert check["agreement"] == 1.0 and check["max_abs_dprob"] < 0.01
+    assert "made from the artifact's" in check["note"]
+    if fmt == "openvino":
+        assert quantized_op in (out / fmt / "model.xml").read_text()
+    else:
+        import onnx
+
+        assert quantized_op in {node.op_type for node in onnx.load(str(out / fmt / "model.onnx")).graph.node}
+    other = json.loads((out / "savedmodel" / "export.json").read_text())["verification"]
+    assert other["reference"] == "model.keras" and "made from model.keras (TensorFlow fp32 base)" in other["note"]

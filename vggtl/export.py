@@ -10,7 +10,10 @@ install 'vggtl[openvino]'). --format and --quantize repeat.
 Each export is loaded by its own runtime in a subprocess that imports nothing
 from vggtl, run on the artifact's test images (decoded from data.root as
 recorded), and compared with model.keras: the table gives size, test
-accuracy, top-1 agreement, max |delta p| and images/s. Each goes to
+accuracy, top-1 agreement, max |delta p| and images/s. An artifact whose
+head was trained on OpenVINO or ONNX Runtime features (extract.runtime)
+exports to that runtime's format from the base it carries (int8 too) plus its
+head.keras, compared with those; other formats come from model.keras. Each goes to
 DIR/<format>[-<quantize>]/ with labels.txt and export.json (default DIR:
 <run>/exports/<version>/). Exit 1 when an export agrees with model.keras on
 fewer than --min-agreement of the test images (its files are kept, marked

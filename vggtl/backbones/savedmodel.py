@@ -31,8 +31,8 @@ def save_module(model, signatures: dict, path) -> None:
 @contextlib.contextmanager
 def float_savedmodel(model, outputs=lambda y: {"probabilities": y}):
     """A temporary SavedModel of ``model`` with one ``serving_default``:
-    float32 RGB 0-255 images (``image``) -> ``outputs(model(image))`` (default:
-    ``{"probabilities": ...}``).
+    float32 RGB 0-255 images (``image``; for a model on features, its input
+    shape) -> ``outputs(model(image))`` (default: ``{"probabilities": ...}``).
 
     The converters start from it rather than from a live function: loading a
     SavedModel freezes every variable and captured constant into the graph
@@ -42,8 +42,7 @@ def float_savedmodel(model, outputs=lambda y: {"probabilities": y}):
     """
     import tensorflow as tf
 
-    height, width = model.input_shape[1:3]
-    spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
+    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")
     with tempfile.TemporaryDirectory() as tmp:
         save_module(model, {"serving_default": (lambda image: outputs(model(image, training=False)), spec)}, tmp)
         yield tmp

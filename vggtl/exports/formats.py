@@ -25,6 +25,10 @@ class Format:
     extra: str | None = None  # pip install 'vggtl[<extra>]'
     modules: tuple[str, ...] = ()  # what the extra provides (checked before any work)
     input_dtype: str = "float32"
+    # The extraction runtime whose converted base this format can carry, and the
+    # writer composing it with the model on its features (see write_*_on_base).
+    base_runtime: str | None = None
+    write_on_base: Callable | None = None  # (base file, base output index, head, out_dir, labels) -> the file
 
 
 def input_spec(model) -> tuple[int, int]:
@@ -85,6 +89,16 @@ def _convert(converter, quantize: str, representative) -> bytes:
     return converter.convert()
 
 
+def _label_onnx(path: Path, labels) -> None:
+    """Put ``labels`` into the ONNX model's ``metadata_props`` (``labels``, a JSON list)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "labels", json.dumps(list(labels))
+    onnx.save(proto, str(path))
+
+
 def write_onnx(model, out: Path, labels, quantize, representative) -> Path:
     """ONNX by tf2onnx from the frozen SavedModel; the labels go into
     the model's ``metadata_props`` (``labels``, a JSON list).
@@ -92,15 +106,32 @@ def write_onnx(model, out: Path, labels, quantize, representative) -> Path:
     Keras' own ``model.export(format="onnx")`` is not used: with TF 2.21 its
     ONNX graph wanted the Normalization layers' constants fed as inputs.
     """
-    import onnx
-
     path = out / "model.onnx"
     with float_savedmodel(model) as saved:
         to_onnx(saved, path)
-    proto = onnx.load(str(path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "labels", json.dumps(list(labels))
-    onnx.save(proto, str(path))
+    _label_onnx(path, labels)
+    return path
+
+
+def write_onnx_on_base(base: Path, index: int, head, out: Path, labels) -> Path:
+    """ONNX of the artifact's carried ONNX Runtime base (fp32 or int8 QDQ, as
+    extraction ran it) with ``head`` (``head.keras``) on its output ``out<index>``:
+    the model the metrics were computed with, as one file."""
+    import onnx
+    from onnx import compose
+
+    path = out / "model.onnx"
+    with float_savedmodel(head) as saved:
+        to_onnx(saved, out / "head.onnx")
+    top = compose.add_prefix(onnx.load(str(out / "head.onnx")), "head/")
+    (out / "head.onnx").unlink()
+    bottom = onnx.load(str(base))
+    bottom.ir_version = top.ir_version = max(bottom.ir_version, top.ir_version)
+    feature = next(o.name for o in bottom.graph.output if o.name.startswith(f"out{index}"))
+    merged = compose.merge_models(bottom, top, io_map=[(feature, top.graph.input[0].name)],
+                                  outputs=[o.name for o in top.graph.output])
+    onnx.save(merged, str(path))
+    _label_onnx(path, labels)
     return path
 
 
@@ -110,16 +141,39 @@ def write_openvino(model, out: Path, labels, quantize, representative) -> Path:
     import openvino as ov
 
     with float_savedmodel(model) as saved:
-        ir = ov.convert_model(saved)
+        return _save_openvino(ov.convert_model(saved), out, labels)
+
+
+def _save_openvino(ir, out: Path, labels) -> Path:
+    import openvino as ov
+
     ir.set_rt_info(json.dumps(list(labels)), ["vggtl", "labels"])
     path = out / "model.xml"
     ov.save_model(ir, str(path), compress_to_fp16=False)
     return path
 
 
+def write_openvino_on_base(base: Path, index: int, head, out: Path, labels) -> Path:
+    """OpenVINO IR of the artifact's carried OpenVINO base (fp32 or NNCF int8, as
+    extraction ran it) with ``head`` (``head.keras``) on its output ``out<index>``:
+    the model the metrics were computed with, as one IR."""
+    import openvino as ov
+
+    bottom = ov.Core().read_model(str(base))
+    result = next(r for r in bottom.get_results() if f"out{index}" in r.input_value(0).get_names())
+    with float_savedmodel(head) as saved:
+        top = ov.convert_model(saved)
+    (features,) = top.get_parameters()
+    for consumer in features.output(0).get_target_inputs():
+        consumer.replace_source_output(result.input_value(0))
+    return _save_openvino(ov.Model(top.get_results(), bottom.get_parameters(), "vggtl"), out, labels)
+
+
 FORMATS = {
     "savedmodel": Format("savedmodel", write_savedmodel, input_dtype="uint8"),
     "tflite": Format("tflite", write_tflite, quantize=QUANTIZE_MODES),
-    "onnx": Format("onnx", write_onnx, extra="onnx", modules=("tf2onnx", "onnxruntime", "onnx")),
-    "openvino": Format("openvino", write_openvino, extra="openvino", modules=("openvino",)),
+    "onnx": Format("onnx", write_onnx, extra="onnx", modules=("tf2onnx", "onnxruntime", "onnx"),
+                   base_runtime="onnxruntime", write_on_base=write_onnx_on_base),
+    "openvino": Format("openvino", write_openvino, extra="openvino", modules=("openvino",),
+                       base_runtime="openvino", write_on_base=write_openvino_on_base),
 }

@@ -17,10 +17,10 @@ def _num(value, digits: int = 3) -> str:
 
 def table_lines(results) -> list[str]:
     """A markdown table (it reads as plain text too) and the unverified notes."""
-    lines = ["| format | quantize | size (MB) | test acc | model.keras acc | top-1 agreement | max abs dp | images/s | verified | path |",
+    lines = ["| format | quantize | size (MB) | test acc | reference acc | top-1 agreement | max abs dp | images/s | verified | path |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.format} | {r.quantize} | {r.size_bytes / 1e6:.1f} | {_num(r.test_accuracy)} | {_num(r.keras_test_accuracy)} | "
+        lines.append(f"| {r.format} | {r.quantize} | {r.size_bytes / 1e6:.1f} | {_num(r.test_accuracy)} | {_num(r.reference_test_accuracy)} | "
                      f"{_num(r.agreement)} | {_num(r.max_abs_dprob, 4)} | {_num(r.images_per_second, 1)} | "
                      f"{'yes' if r.verified else 'NO'} | {r.path} |")
     lines += [f"{r.format} {r.quantize}: {r.note}" for r in results if r.note]

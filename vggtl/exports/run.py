@@ -5,7 +5,9 @@ hidden staging directory under ``out``, with ``labels.txt``; then the runner
 script (:mod:`vggtl.exports.runner`, no vggtl code) loads it with its own
 runtime in a subprocess and classifies the artifact's test images, decoded
 from ``data.root`` exactly as in extraction. Its top-1 agreement with
-``model.keras``, test accuracy, max |delta p| and images/s go into
+``model.keras`` (for an artifact trained on OpenVINO / ONNX Runtime features,
+exported in that runtime's format: with the carried base + ``head.keras`` it
+is made from, see :class:`CarriedBase`), test accuracy, max |delta p| and images/s go into
 ``export.json`` and the printed table; the directory is then renamed to
 ``<out>/<format>[-<quantize>]``. Below ``min_agreement`` (or with no test
 images to check) the files are kept, marked ``"verified": false``.
@@ -31,6 +33,7 @@ from vggtl.errors import ConfigError, VggtlError, require_extra
 from vggtl.exports import formats
 from vggtl.files import make_dir, sha256_file
 from vggtl.training import artifact as artifact_mod
+from vggtl.training import features_runtime
 
 REPRESENTATIVE_MAX = 100
 RUNNER = Path(__file__).with_name("runner.py")
@@ -46,7 +49,8 @@ class Result:
     size_bytes: int = 0
     verified: bool = False
     test_accuracy: float | None = None
-    keras_test_accuracy: float | None = None
+    reference: str = "model.keras"  # what it was made from and is verified against
+    reference_test_accuracy: float | None = None
     agreement: float | None = None
     max_abs_dprob: float | None = None
     images_per_second: float | None = None
@@ -101,23 +105,68 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     images, labels, note = test_images(art, decode)
     reference = model.predict(images, verbose=0) if len(images) else None
     representative = lambda: training_images(art, decode)  # noqa: E731 - decoded only for int8
+    carried = CarriedBase(art, images)
     results = []
     for fmt, mode in jobs:
         log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
-        results.append(_one(art, model, fmt, mode, out, representative, (images, labels, reference, note), min_agreement))
+        results.append(_one(art, model, fmt, mode, out, representative, (images, labels, reference, note), min_agreement, carried))
     return results
 
 
-def _one(art, model, fmt, mode, out: Path, representative, check, min_agreement) -> Result:
-    """Write one export into staging, verify it, write its export.json, publish it."""
+class CarriedBase:
+    """The converted base an artifact trained on OpenVINO / ONNX Runtime features
+    carries (:mod:`vggtl.training.features_runtime`): an export in that
+    runtime's format is made from it and ``head.keras``, so it computes what the
+    metrics were computed with, and is verified against that, not ``model.keras``."""
+
+    def __init__(self, art, images):
+        self.art, self.images, self.record, self._reference = art, images, art.features_runtime, None
+
+    def serves(self, fmt, mode: str) -> bool:
+        return self.record is not None and fmt.base_runtime == self.record["runtime"] and mode == "none"
+
+    @property
+    def name(self) -> str:
+        return f"{features_runtime.describe(self.record)} base + head.keras"
+
+    def reference(self):
+        """The evaluated model's probabilities of the test images (computed once)."""
+        if self._reference is None and len(self.images):
+            predictor = features_runtime.load_predictor(self.art.path, self.record, artifact_mod.load_keras)
+            self._reference = np.concatenate([predictor(self.images[i : i + 16]) for i in range(0, len(self.images), 16)])
+        return self._reference
+
+    def write(self, fmt, staging: Path) -> Path:
+        record = self.record
+        head = artifact_mod.load_keras(self.art.path / record["head"])
+        index = record["layers"].index(record["layer"])
+        return fmt.write_on_base(self.art.path / record["model"], index, head, staging, self.art.labels)
+
+    def note(self, on_base: bool) -> str:
+        """What an export of a carried-base artifact was made from ("" for other artifacts)."""
+        if self.record is None:
+            return ""
+        if on_base:
+            return f"made from the artifact's {self.name} (what the metrics were computed with) and verified against it"
+        return (f"made from model.keras (TensorFlow fp32 base); the head was trained on {features_runtime.describe(self.record)} "
+                f"features (export --format {'openvino' if self.record['runtime'] == 'openvino' else 'onnx'} carries that base)")
+
+
+def _one(art, model, fmt, mode, out: Path, representative, check, min_agreement, carried: CarriedBase) -> Result:
+    """Write one export into staging (from the ``carried`` base when it serves this
+    format, else from ``model``), verify it, write its export.json, publish it."""
     name = fmt.name + ("" if mode == "none" else f"-{mode}")
     staging = out / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        target = fmt.write(model, staging, art.labels, mode, representative)
+        on_base = carried.serves(fmt, mode)
+        target = carried.write(fmt, staging) if on_base else fmt.write(model, staging, art.labels, mode, representative)
         (staging / "labels.txt").write_text("\n".join(art.labels) + "\n", encoding="utf-8")
-        result = Result(fmt.name, mode, str(out / name))
+        result = Result(fmt.name, mode, str(out / name), reference=carried.name if on_base else "model.keras")
+        if on_base:
+            check = (check[0], check[1], carried.reference(), check[3])
         verify(result, fmt, target, check, min_agreement)
+        result.note = "; ".join(filter(None, [carried.note(on_base), result.note]))
         result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                         for p in sorted(staging.rglob("*")) if p.is_file()}
         result.size_bytes = sum(f["bytes"] for name, f in result.files.items() if name != "labels.txt")
@@ -188,7 +237,7 @@ def verify(result: Result, fmt, target: Path, check, min_agreement: float) -> No
         result.note = f"unverified: {note}"
         return
     probs, seconds = run_runtime(fmt.name, target, images)
-    result.keras_test_accuracy = round(float(np.mean(reference.argmax(1) == labels)), 6)
+    result.reference_test_accuracy = round(float(np.mean(reference.argmax(1) == labels)), 6)
     result.test_accuracy = round(float(np.mean(probs.argmax(1) == labels)), 6)
     result.agreement = round(float(np.mean(probs.argmax(1) == reference.argmax(1))), 6)
     result.max_abs_dprob = round(float(np.abs(probs - reference).max()), 6)
