@@ -150,7 +150,10 @@ class FinetuneConfig:
     optimizer: str = _key("sgd", choices=("adam", "sgd", "rmsprop", "adamw"), doc="phase-2 optimizer (sgd has momentum 0.9)")
     learning_rate: float = _key(1e-4, low=1e-8, high=1.0, doc="phase-2 learning rate; keep it low")
     early_stopping_patience: int = _key(5, low=0, high=10_000, doc="phase-2 epochs without val_loss improvement; 0 = off")
-    batch_size: int = _key(16, low=1, high=4096, doc="phase-2 batch size")
+    batch_size: int = _key(16, low=1, high=4096, doc="phase-2 batch size (the global batch, split across devices)")
+    devices: Any = _key(
+        "auto", doc="phase-2 devices: auto (every GPU when 2+, else one) or N replicas (N GPUs, or the CPU split into N logical devices)"
+    )
 
 
 @dataclass
@@ -390,6 +393,13 @@ def parse_background(value, where: str = "key 'data.background'") -> tuple[int, 
     )
 
 
+def _check_devices(value, where: str) -> None:
+    """``finetune.devices``: ``'auto'`` or an int from 1 to 64."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+        return
+    raise ConfigError(f"{where}: got {value!r}; allowed: auto, or a number of devices from 1 to 64")
+
+
 def _validate_semantics(cfg: Config, source: str) -> None:
     """Cross-field checks the per-key schema cannot express."""
     if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
@@ -413,6 +423,7 @@ def _validate_semantics(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: key 'data.extensions': got []; list at least one extension, e.g. [.jpg, .png]")
     cfg.data.extensions = exts
     parse_background(cfg.data.background, f"{source}: key 'data.background'")
+    _check_devices(cfg.finetune.devices, f"{source}: key 'finetune.devices'")
     _resolve_backbone(cfg, source)
     if cfg.extract.precision == "int8" and cfg.extract.runtime == "tensorflow":
         raise ConfigError(

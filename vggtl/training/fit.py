@@ -13,7 +13,7 @@ import numpy as np
 from vggtl import config, tfquiet
 from vggtl.errors import TrainingError
 from vggtl.features.store import FeatureStore
-from vggtl.training import heads
+from vggtl.training import devices, heads
 from vggtl.training.metrics import accuracy, cross_entropy
 
 
@@ -306,22 +306,20 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
 
     ``base`` is the backbone whose top blocks are trained in place (the
     layers are shared with the returned model), so the end-to-end model built
-    from ``base`` afterwards carries the fine-tuned weights.
+    from ``base`` afterwards carries the fine-tuned weights. With several
+    devices (``finetune.devices``), replicas of ``base`` and ``head`` are
+    trained under ``tf.distribute.MirroredStrategy`` and their weights copied
+    back.
 
     Returns:
         ``(model, history, kept)``; ``kept`` is False when phase 2 did not
         help and the phase-1 weights were restored.
     """
     seed_everything(cfg.seed + 1)
-    import keras
-
-    inputs = keras.Input(bank.shape[2:], name=cfg.spec.boundary_layer)
-    model = keras.Model(inputs, head(trainable_top(base, cfg.spec)(inputs)), name="finetune")
-    model.compile(
-        optimizer=heads.make_optimizer(cfg.finetune.optimizer, cfg.finetune.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
-        metrics=["accuracy"],
-    )
+    strategy, where = devices.strategy(cfg.finetune.devices)
+    trained_base, trained_head = (base, head) if strategy is None else _replicas(strategy, base, head)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = _finetune_model(cfg, trained_base, trained_head, bank.shape[2:], compiled=True)
     start, start_weights = val_scores(model, x_val, y_val), model.get_weights()
     with progress_bar(cfg.finetune.epochs, "phase 2 (fine-tune)") as bar:
         history = fit_model(
@@ -343,7 +341,40 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
         model.set_weights(start_weights)
     history["val_cross_entropy_before_after"] = [start[0], end[0]]
     history["val_accuracy_before_after"] = [start[1], end[1]]
+    history["devices"] = where
+    if strategy is not None:  # the replicas' weights into the base and head the artifact is built from
+        base.set_weights(trained_base.get_weights())
+        head.set_weights(trained_head.get_weights())
+        model = _finetune_model(cfg, base, head, bank.shape[2:], compiled=False)
     return model, history, kept
+
+
+def _replicas(strategy, base, head):
+    """Copies of ``base`` and ``head`` (same weights) whose variables the strategy mirrors."""
+    import keras
+
+    with strategy.scope():
+        copies = []
+        for model in (base, head):
+            copy = keras.models.clone_model(model)
+            copy.set_weights(model.get_weights())
+            copies.append(copy)
+    return tuple(copies)
+
+
+def _finetune_model(cfg: config.Config, base, head, input_shape, compiled: bool):
+    """The trainable top blocks of ``base`` + ``head``, on stored boundary activations."""
+    import keras
+
+    inputs = keras.Input(input_shape, name=cfg.spec.boundary_layer)
+    model = keras.Model(inputs, head(trainable_top(base, cfg.spec)(inputs)), name="finetune")
+    if compiled:
+        model.compile(
+            optimizer=heads.make_optimizer(cfg.finetune.optimizer, cfg.finetune.learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
+            metrics=["accuracy"],
+        )
+    return model
 
 
 def val_scores(model, x_val, y_val) -> tuple[float, float]:

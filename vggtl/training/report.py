@@ -214,6 +214,7 @@ def _finetune_line(cfg, metrics) -> str:
     line = (
         f"top {cfg.finetune.blocks} block(s), {cfg.finetune.optimizer} lr {cfg.finetune.learning_rate}, "
         f"{phase2['epochs_trained']} epochs (best {phase2['best_epoch']})"
+        + (f", on {phase2['devices']}" if "devices" in phase2 else "")
     )
     return line + ("" if phase2["kept"] else " -- **did not improve the validation cross-entropy and accuracy; phase-1 weights kept**")
 

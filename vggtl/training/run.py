@@ -23,7 +23,7 @@ from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
-from vggtl.training import artifact, baselines, cv, features_runtime, fit, leakage, logs, report, temperature
+from vggtl.training import artifact, baselines, cv, devices, features_runtime, fit, leakage, logs, report, temperature
 from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -165,6 +165,8 @@ def predict_splits(model, splits: dict[str, Split]) -> dict:
 
 def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Trained:
     """Phase 1 (the head on cached features), then phase 2 when ``finetune.blocks`` > 0."""
+    if cfg.spec.boundary_layer:  # before TensorFlow builds anything: it may split the CPU
+        devices.prepare(cfg.finetune.devices)
     splits = load_splits(fs)
     train = splits["train"]
     bank = fit.training_bank(fs, train.rows, None, cfg.augment.views)
@@ -236,7 +238,7 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
     trained.history["phase2"] = history
     trained.phase2 = {
         "blocks": cfg.finetune.blocks, "epochs_trained": len(history["loss"]), "best_epoch": best_epoch(history),
-        "kept": kept, "hit_epoch_cap": _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False,
+        "kept": kept, "devices": history["devices"], "hit_epoch_cap": _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False,
     }
     trained.use_final(tuned, boundary, splits)
 
