@@ -40,10 +40,11 @@ def train_in_fresh_process(tmp, *argv):
 
 def test_two_logical_cpu_devices_train_reproducibly_and_ship_what_was_evaluated(extracted):
     out = extracted / "two"
-    train_in_fresh_process(extracted, extracted / "ft.yaml", "--set", "finetune.devices=2", "--set", f"output.dir={out}")
+    printed = train_in_fresh_process(extracted, extracted / "ft.yaml", "--set", "finetune.devices=2", "--set", f"output.dir={out}")
     two = artifact.load(out / "tiny" / "v1")
     one = artifact.load(extracted / "one" / "tiny" / "latest")
     assert two.metrics["phase2"]["devices"] == "2 logical CPU devices"
+    assert "phase 2 (fine-tune 1 block(s) from block4_pool, on 2 logical CPU devices)" in printed
     assert one.metrics["phase2"]["devices"] == "1 device"
     # the same run twice: identical numbers
     assert (out / "tiny" / "v1" / "metrics.json").read_text() == (out / "tiny" / "v2" / "metrics.json").read_text()

@@ -232,7 +232,8 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
     )
     del bank
     log(
-        _phase_line(f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary})", history, cfg.finetune.epochs)
+        _phase_line(f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}, on {history['devices']})", history,
+                    cfg.finetune.epochs)
         + ("" if kept else "; validation cross-entropy/accuracy not better than phase 1's, phase-1 weights kept")
     )
     trained.history["phase2"] = history
