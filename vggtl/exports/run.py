@@ -148,8 +148,9 @@ class CarriedBase:
             return ""
         if on_base:
             return f"made from the artifact's {self.name} (what the metrics were computed with) and verified against it"
+        own = next(f.name for f in formats.FORMATS.values() if f.base_runtime == self.record["runtime"])
         return (f"made from model.keras (TensorFlow fp32 base); the head was trained on {features_runtime.describe(self.record)} "
-                f"features (export --format {'openvino' if self.record['runtime'] == 'openvino' else 'onnx'} carries that base)")
+                f"features (export --format {own} carries that base)")
 
 
 def _one(art, model, fmt, mode, out: Path, representative, check, min_agreement, carried: CarriedBase) -> Result:
