@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import config, data
+from vggtl.data import iter_probabilities
 from vggtl.errors import VggtlError
 from vggtl.training import artifact as artifact_mod
-
-BATCH = 16
 
 
 def expand_inputs(inputs, extensions) -> list[Path]:
@@ -37,36 +36,6 @@ def expand_inputs(inputs, extensions) -> list[Path]:
         else:
             raise VggtlError(f"input {item!r} does not exist")
     return paths
-
-
-def iter_probabilities(paths, decode, predict_fn, batch: int = BATCH):
-    """Decode and classify images in batches.
-
-    Args:
-        paths: image files.
-        decode: callable ``path -> (S, S, 3) uint8`` raising
-            :class:`vggtl.data.UndecodableImage`.
-        predict_fn: callable mapping an ``(n, S, S, 3)`` uint8 batch to
-            ``(n, n_classes)`` probabilities.
-        batch: images per forward pass.
-
-    Yields:
-        ``{"path", "image", "probs"}`` per decoded image, ``{"path", "error"}``
-        per undecodable one, in input order within each batch.
-    """
-    for start in range(0, len(paths), batch):
-        images, ok = [], []
-        for path in paths[start : start + batch]:
-            try:
-                images.append(decode(path))
-                ok.append(path)
-            except data.UndecodableImage as exc:
-                yield {"path": str(path), "error": str(exc)}
-        if not ok:
-            continue
-        probs = np.asarray(predict_fn(np.stack(images)))
-        for path, image, p in zip(ok, images, probs):
-            yield {"path": str(path), "image": image, "probs": p}
 
 
 def print_image_predictions(paths, decode, predict_fn, top, print_result, as_json: bool, explain=None) -> int:
@@ -235,9 +204,9 @@ def _explainer(art, cfg, model, args):
     return explain
 
 
-def _run_images(art, cfg, predictor, paths, args) -> int:
+def _run_images(art, cfg, predictor, model, paths, args) -> int:
     k = min(args.top_k, len(art.labels))
-    explain = _explainer(art, cfg, art.load_model(), args) if args.gradcam is not None else None  # gradients: Keras
+    explain = _explainer(art, cfg, model, args) if args.gradcam is not None else None
     return print_image_predictions(
         paths, cfg.spec.decode.decode, predictor, lambda p: top_labels(p, art.labels, k), _print_result, args.json, explain,
     )
@@ -271,7 +240,8 @@ def print_predictions(artifact_path, inputs, args) -> int:
         resolve_label(args.class_name, art.labels)  # refuse a bad name before loading the model
     cfg = artifact_config(art)
     paths = expand_inputs(inputs, cfg.data.extensions)
-    predictor = artifact_predictor(art)
+    model = art.load_model() if args.gradcam is not None else None  # Grad-CAM needs Keras' gradients
+    predictor = artifact_predictor(art, model)
     if grid is not None:
         return _run_tiles(art, cfg, predictor, paths, args, grid, overlap)
-    return _run_images(art, cfg, predictor, paths, args)
+    return _run_images(art, cfg, predictor, model, paths, args)

@@ -18,7 +18,7 @@ import numpy as np
 
 from vggtl import config
 from vggtl.backbones import build
-from vggtl.data import SPLITS, UndecodableImage
+from vggtl.data import SPLITS, iter_probabilities
 from vggtl.errors import StoreError
 from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
@@ -335,21 +335,13 @@ class SplitImages:
         self.fs, self.decode, self.root = fs, decode, Path(dataset_root)
         self.rows = fs.split_rows("test")
 
-    def predict(self, predictor, rows, batch: int = 16):
+    def predict(self, predictor, rows):
         """``(probabilities, rows)`` of ``predictor`` on ``rows`` (a file no longer
-        decodable is left out), decoded ``batch`` images at a time."""
-        probs, kept = [], []
-        for start in range(0, len(rows), batch):
-            images = []
-            for row in rows[start : start + batch]:
-                try:
-                    images.append(self.decode.decode(self.root / self.fs.paths[row]))
-                    kept.append(row)
-                except UndecodableImage:
-                    continue
-            if images:
-                probs.append(np.asarray(predictor(np.stack(images))))
-        return (np.concatenate(probs) if probs else np.zeros((0, len(self.fs.class_names)))), np.asarray(kept, int)
+        decodable is left out), decoded in batches."""
+        row_of = {str(self.root / self.fs.paths[row]): row for row in rows}
+        done = [r for r in iter_probabilities(list(row_of), self.decode.decode, predictor) if "error" not in r]
+        probs = np.stack([r["probs"] for r in done]) if done else np.zeros((0, len(self.fs.class_names)))
+        return probs, np.asarray([row_of[r["path"]] for r in done], int)
 
 
 def check_end_to_end(predictor, evaluate_cached, test_images: SplitImages, n: int = 8) -> float:
