@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ def write_config(path: Path, root: Path, tmp: Path, **sections) -> Path:
     return path
 
 
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray absent: pip install 'vggtl[ray]'")
 needs_real_weights = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"{SHARED_WEIGHTS} absent")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_dataset, make_image, write_config
+from conftest import make_dataset, make_image, needs_ray, write_config
 
 from vggtl import config, data, extract
 from vggtl.backbones import build, resolve
@@ -544,8 +544,12 @@ def complete_part_rows(parts: Path) -> int:
 
 @pytest.mark.parametrize(
     "overrides",
-    [["extract.batch_size=2"], ["extract.batch_size=2", "augment.views=1", "finetune.blocks=1"]],
-    ids=["plain", "views-and-finetune"],
+    [
+        ["extract.batch_size=2"],
+        ["extract.batch_size=2", "augment.views=1", "finetune.blocks=1"],
+        pytest.param(["extract.batch_size=2", "extract.engine=ray"], marks=needs_ray),
+    ],
+    ids=["plain", "views-and-finetune", "ray-engine"],
 )
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, overrides):
     monkeypatch.chdir(tmp_path)

@@ -95,7 +95,14 @@ class CacheConfig:
 @dataclass
 class ExtractConfig:
     batch_size: int = _key(16, low=1, high=1024, doc="images per forward pass")
-    workers: int = _key(2, low=1, high=64, doc="parallel image decoders")
+    workers: int = _key(2, low=1, high=64, doc="engine local: parallel image decoders; engine ray: Ray actors running the base")
+    engine: str = _key(
+        "local", choices=("local", "ray"),
+        doc="local: this process; ray: actors on a Ray cluster (optional extra vggtl[ray]; docs/scale-out.md)",
+    )
+    ray_address: str | None = _key(
+        None, doc="engine ray: null = start a local Ray instance in-process; auto or ray://host:port = join a running cluster"
+    )
     runtime: str = _key(
         "tensorflow", choices=("tensorflow", "openvino", "onnxruntime"),
         doc="what runs the frozen base: tensorflow, or the same model converted once to openvino / onnxruntime (optional extras)",
@@ -430,11 +437,28 @@ def _validate_semantics(cfg: Config, source: str) -> None:
             f"{source}: key 'extract.precision': int8 needs extract.runtime openvino or onnxruntime (got tensorflow, which "
             "has no int8 path here); set extract.runtime or use precision fp32"
         )
+    _check_engine(cfg.extract, source)
     if cfg.train.folds == 1:
         raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):
         raise ConfigError(f"{source}: key 'head.units': got {cfg.head.units!r}; every width must be >= 1")
     tune_space(cfg.tune.space, source)
+
+
+def _check_engine(extract: ExtractConfig, source: str) -> None:
+    """``extract.engine`` / ``extract.ray_address`` fit together."""
+    address = extract.ray_address
+    if address is not None and not (address == "auto" or address.startswith("ray://") or re.fullmatch(r"[\w.-]+:\d+", address)):
+        raise ConfigError(
+            f"{source}: key 'extract.ray_address': got {address!r}; use null (start a local Ray instance), "
+            "auto (the cluster in $RAY_ADDRESS or started on this machine), ray://HOST:10001 or HOST:6379"
+        )
+    if extract.engine == "ray" and extract.runtime != "tensorflow":
+        # Each actor would convert the base into its own node's cache at once; not built yet.
+        raise ConfigError(
+            f"{source}: key 'extract.engine': ray runs the base with tensorflow (got extract.runtime "
+            f"{extract.runtime!r}); set extract.runtime=tensorflow or extract.engine=local"
+        )
 
 
 def tune_space(space: dict, source: str = "config") -> list[SearchParam]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import threading
 import warnings
@@ -375,7 +376,8 @@ def opened_image(path, max_pixels: int | None = None, draft_size: int | None = N
     decoder threads run.
 
     Args:
-        path: image file (format detected from content, not the extension).
+        path: image file (format detected from content, not the extension),
+            or the file's bytes (the Ray engine ships bytes to its workers).
         max_pixels: refuse images with more pixels than this (decompression
             bomb guard, ``data.max_pixels``); None disables the check.
         draft_size: for large JPEGs, decode at a reduced DCT scale that
@@ -383,18 +385,21 @@ def opened_image(path, max_pixels: int | None = None, draft_size: int | None = N
     """
     from PIL import Image, ImageOps
 
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise UndecodableImage(f"cannot read file: {exc.strerror}") from None
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        size, source = len(path), io.BytesIO(path)
+    else:
+        source = path = Path(path)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise UndecodableImage(f"cannot read file: {exc.strerror}") from None
     if size == 0:
         raise UndecodableImage("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below, with a message naming the config key.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
                     raise UndecodableImage(too_many_pixels_reason(w, h, max_pixels))

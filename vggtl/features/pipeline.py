@@ -9,6 +9,7 @@ sees nothing to do and returns without importing TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from vggtl import config, data
 from vggtl.backbones.resolve import ResolvedWeights, resolve_weights
 from vggtl.errors import ConfigError, DataError
 from vggtl.features import augment, runtimes, store
+from vggtl.features.forward import Job, job_decoder, make_forward  # noqa: F401 - Job: part of this module's API
 from vggtl.files import make_dir
 
 ROWS_PER_PART = 256
@@ -104,15 +106,6 @@ def calibration_files(cfg: config.Config, dataset: data.Dataset | None) -> list[
 # --------------------------------------------------------------------------- decoding pipeline
 
 
-@dataclass(frozen=True)
-class Job:
-    """One image file and the store keys still to compute for it: its clean
-    features (key = content hash) and/or augmented views (view keys)."""
-
-    file: data.ImageFile
-    keys: tuple[str, ...]
-
-
 def decoded_stream(jobs, decode, workers: int, lookahead: int):
     """Yield ``(job, [(key, pixels), ...] or None, reason or None)`` in order,
     decoding ahead in threads.
@@ -152,27 +145,18 @@ def batched(stream, batch_size: int, writer: store.PartWriter):
         yield batch
 
 
-def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print, calibration=None):
-    """A compiled function: uint8 images -> {layer: features} for every stored layer
-    (one pass through the base, however many layers are kept), run by
-    ``extract.runtime``. Imports TensorFlow (and the runtime)."""
-    from vggtl import tfquiet
+@contextlib.contextmanager
+def feature_engine(cfg: config.Config, where: StoreLocation, log=print):
+    """Yield ``compute(jobs, writer, progress)`` for ``extract.engine``: this
+    process (local) or Ray actors (ray; see :mod:`vggtl.features.ray_engine`)."""
+    if cfg.extract.engine == "ray":
+        from vggtl.features import ray_engine
 
-    if cfg.extract.runtime != "tensorflow":
-        return runtimes.make_forward(cfg, weights, cfg.extract.runtime, log, calibration)
-    from vggtl.backbones import build
-
-    tf = tfquiet.load()
-    layers = list(cfg.spec.stored_layers)
-    model = build.feature_model(cfg.spec, weights, layers, cfg.seed)
-    size = cfg.spec.image_size
-    spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
-
-    def forward(x):
-        outputs = model(x, training=False)
-        return dict(zip(layers, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
-
-    return tf.function(forward, input_signature=[spec])
+        with ray_engine.engine(cfg, where.weights, where.format, log) as compute:
+            yield compute
+        return
+    forward = make_forward(cfg, where.weights, log, where.calibration)
+    yield lambda jobs, writer, progress=True: compute_features(jobs, cfg, forward, writer, progress)
 
 
 def compute_features(jobs, cfg, forward, writer: store.PartWriter, progress: bool = True) -> None:
@@ -203,24 +187,6 @@ def rows_per_part() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"${ROWS_PER_PART_ENV}={raw!r}: expected a positive integer; unset it to use {ROWS_PER_PART}")
     return int(raw)
-
-
-def job_decoder(cfg: config.Config):
-    """Job -> [(key, pixels)]: the file is decoded once, views are warped from it."""
-    decode = cfg.spec.decode
-
-    def decode_job(job: Job):
-        clean = decode.decode(job.file.path)
-        items = []
-        for key in job.keys:
-            if key == job.file.sha256:
-                items.append((key, clean))
-            else:
-                rng = augment.view_rng(cfg.seed, job.file.sha256, store.view_index(key))
-                items.append((key, augment.augment_image(clean, cfg.augment, rng, decode.background)))
-        return items
-
-    return decode_job
 
 
 def view_keys(cfg: config.Config, dataset: data.Dataset) -> list[str]:
@@ -262,6 +228,10 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
     for note in dataset.warnings:
         log(f"warning: {note}")
     runtimes.check_installed(cfg.extract.runtime, cfg.extract.precision)  # before any work; imports nothing
+    if cfg.extract.engine == "ray":
+        from vggtl.features import ray_engine
+
+        ray_engine.check_installed()
     where = locate_store(cfg, dataset=dataset)
     make_dir(where.path.parent, "cache.path")
     with store.locked(where.path):
@@ -320,18 +290,19 @@ def _update(cfg, where: StoreLocation, dataset, state: store.CachedState, part_r
     n_todo = sum(len(job.keys) for job in jobs)
     cached = len(_wanted_keys(dataset, views, state.skipped) & set(state.sources))
     log(f"extract: {n_todo} image(s)/view(s) to compute, {cached} cached; weights: {where.weights.source}")
-    # Built (weights loaded) before the part writer exists: a weights file
-    # that does not fit the backbone fails without leaving anything behind.
-    forward = make_forward(cfg, where.weights, log, where.calibration) if jobs else None
-    writer = store.PartWriter(where.path, where.format, part_rows)
-    while jobs:
-        compute_features(jobs, cfg, forward, writer, progress)
-        state.skipped = {**state.skipped, **writer.skipped_reasons}
-        # Files found undecodable just now can move a class's quota boundary:
-        # views for images that became training images are computed too.
-        dataset = usable_split(cfg, dataset, state.skipped, log=lambda _: None)
-        views = view_keys(cfg, dataset)
-        jobs = _jobs(dataset, views, {**state.sources, **writer.written}, state.skipped)
+    with contextlib.ExitStack() as stack:
+        # Built (weights loaded) before the part writer exists: a weights file
+        # that does not fit the backbone fails without leaving anything behind.
+        compute = stack.enter_context(feature_engine(cfg, where, log)) if jobs else None
+        writer = store.PartWriter(where.path, where.format, part_rows)
+        while jobs:
+            compute(jobs, writer, progress)
+            state.skipped = {**state.skipped, **writer.skipped_reasons}
+            # Files found undecodable just now can move a class's quota boundary:
+            # views for images that became training images are computed too.
+            dataset = usable_split(cfg, dataset, state.skipped, log=lambda _: None)
+            views = view_keys(cfg, dataset)
+            jobs = _jobs(dataset, views, {**state.sources, **writer.written}, state.skipped)
     provenance = {"config": cfg.to_yaml(), "weights_source": where.weights.source}
     sources = {**state.sources, **writer.written}
     keep = sorted(k for k in _allowed_keys(cfg, dataset, state.skipped) if k in sources and k != store.content_hash(k))

@@ -1,0 +1,62 @@
+"""The frozen forward pass and the per-image decoding, as both extraction
+engines run them: this process (``extract.engine: local``, :mod:`pipeline`)
+and each Ray actor (``ray``, :mod:`ray_engine`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vggtl import config, data
+from vggtl.backbones.resolve import ResolvedWeights
+from vggtl.features import augment, runtimes, store
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image file and the store keys still to compute for it: its clean
+    features (key = content hash) and/or augmented views (view keys)."""
+
+    file: data.ImageFile
+    keys: tuple[str, ...]
+
+
+def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print, calibration=None):
+    """A compiled function: uint8 images -> {layer: features} for every stored layer
+    (one pass through the base, however many layers are kept), run by
+    ``extract.runtime``. Imports TensorFlow (and the runtime)."""
+    from vggtl import tfquiet
+
+    if cfg.extract.runtime != "tensorflow":
+        return runtimes.make_forward(cfg, weights, cfg.extract.runtime, log, calibration)
+    from vggtl.backbones import build
+
+    tf = tfquiet.load()
+    layers = list(cfg.spec.stored_layers)
+    model = build.feature_model(cfg.spec, weights, layers, cfg.seed)
+    size = cfg.spec.image_size
+    spec = tf.TensorSpec([None, size, size, 3], tf.uint8)
+
+    def forward(x):
+        outputs = model(x, training=False)
+        return dict(zip(layers, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
+
+    return tf.function(forward, input_signature=[spec])
+
+
+def job_decoder(cfg: config.Config):
+    """``(job, content=None)`` -> [(key, pixels)]: the file (or its ``content``,
+    bytes read elsewhere) is decoded once, views are warped from it."""
+    decode = cfg.spec.decode
+
+    def decode_job(job: Job, content: bytes | None = None):
+        clean = decode.decode(job.file.path if content is None else content)
+        items = []
+        for key in job.keys:
+            if key == job.file.sha256:
+                items.append((key, clean))
+            else:
+                rng = augment.view_rng(cfg.seed, job.file.sha256, store.view_index(key))
+                items.append((key, augment.augment_image(clean, cfg.augment, rng, decode.background)))
+        return items
+
+    return decode_job
