@@ -146,6 +146,36 @@ def test_class_weights():
     assert weights[0] * 3 + weights[1] * 1 == pytest.approx(4)
 
 
+def test_phase1_reads_the_store_in_batches_and_matches_the_in_ram_head(run_dir, monkeypatch):
+    """Phase 1 holds pooled vectors only (streaming): no read of more than a
+    batch of maps, and the same head as pooling every map in RAM."""
+    from vggtl import config
+    from vggtl.backbones import resolve
+    from vggtl.features import pipeline
+    from vggtl.features.store import FeatureStore
+
+    cfg = config.load(run_dir / "tiny.yaml")
+    path = pipeline.locate_store(cfg).path
+    reads: list[int] = []
+    real_features = FeatureStore.features
+
+    def spy(self, rows, *args, **kwargs):
+        reads.append(len(rows))
+        return real_features(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(fit, "POOL_BATCH", 5)
+    monkeypatch.setattr(training_run, "PREDICT_BATCH", 7)
+    monkeypatch.setattr(FeatureStore, "features", spy)
+    with FeatureStore(path) as fs:
+        trained = training_run.train_phases(cfg, fs, resolve.random_weights(cfg.seed), log=lambda _: None)
+        monkeypatch.setattr(FeatureStore, "features", real_features)
+        in_ram = training_run.load_splits(fs)
+        head, _ = fit.fit_head(cfg, in_ram["train"].x[None], in_ram["train"].y, in_ram["val"].x, in_ram["val"].y, 3)
+    assert reads and max(reads) <= 7 and len(in_ram["train"].y) > 7
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(trained.probs[split], head.predict(in_ram[split].x, verbose=0), atol=1e-6)
+
+
 # --------------------------------------------------------------------------- fine-tuning + views
 
 

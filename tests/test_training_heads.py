@@ -100,3 +100,34 @@ def test_probe_inside_the_model_matches_scikit_learn(n_classes):
     probe_probs = 2 * model.predict(x, verbose=0) - head.predict(x, verbose=0)  # Average = (head + probe) / 2
     np.testing.assert_allclose(probe_probs, expected.predict_proba((pooled - stats[0]) / np.sqrt(stats[1])), atol=1e-4)
     np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 8])
+def test_large_training_sets_fit_the_probe_incrementally(monkeypatch, n_classes):
+    """Above PROBE_EXACT_MAX_ROWS: mini-batches with partial_fit, never L-BFGS,
+    and a multinomial probe as good as the exact one on the same data (also
+    for classes along one axis, where one-vs-rest would fail)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    y = np.arange(12_000) % n_classes
+    pooled = rng.normal(size=(12_000, 8)).astype(np.float32) + y[:, None] * 0.8
+    stats = heads.probe_stats(pooled)
+    exact = heads.fit_probe(pooled, y, stats, n_classes, seed=0)
+    monkeypatch.setattr(heads, "PROBE_EXACT_MAX_ROWS", 1000)
+    monkeypatch.setattr(heads, "PROBE_SGD_BATCH", 256)
+    monkeypatch.setattr(LogisticRegression, "fit", lambda *a, **k: pytest.fail("L-BFGS used above the threshold"))
+    kernel, bias = heads.fit_probe(pooled, y, stats, n_classes, seed=0)
+    assert kernel.shape == (8, n_classes) and bias.shape == (n_classes,) and kernel.dtype == np.float32
+    z = (pooled - stats[0]) / np.sqrt(stats[1])
+    acc = np.mean((z @ kernel + bias).argmax(axis=1) == y)
+    exact_acc = np.mean((z @ exact[0] + exact[1]).argmax(axis=1) == y)
+    assert acc >= exact_acc - 0.01, (acc, exact_acc)
+    again = heads.fit_probe(pooled, y, stats, n_classes, seed=0)
+    np.testing.assert_array_equal(again[0], kernel)  # seeded
+
+
+def test_probe_names_a_missing_class():
+    pooled = np.random.default_rng(0).random((6, 4))
+    with pytest.raises(ValueError, match=r"every class needs training images; the probe saw classes \[0, 2\]"):
+        heads.fit_probe(pooled, np.array([0, 2] * 3), heads.probe_stats(pooled), 3, seed=0)

@@ -31,7 +31,7 @@ def test_an_overconfident_softmax_is_softened_and_its_classes_kept():
     noisy = rng.random(200) < 0.3  # 30% wrong labels: the sharp softmax is overconfident
     y[noisy] = (y[noisy] + rng.integers(1, 3, size=int(noisy.sum()))) % 3
     before = model.predict(x, verbose=0)
-    fitted = temperature.fit_temperature(model, x, y)
+    fitted = temperature.fit_temperature(model, lambda m: m.predict(x, verbose=0), y)
     after = model.predict(x, verbose=0)
     assert fitted["temperature"] > 1.5 and fitted["val_loss_after"] < fitted["val_loss_before"]
     assert abs(cross_entropy(y, after) - fitted["val_loss_after"]) < 1e-5
@@ -44,7 +44,7 @@ def test_a_calibrated_softmax_is_left_alone():
     x = np.random.default_rng(2).normal(size=(300, 6)).astype(np.float32)
     probs = model.predict(x, verbose=0)
     y = np.array([np.random.default_rng(i).choice(3, p=p / p.sum()) for i, p in enumerate(probs.astype(np.float64))])
-    fitted = temperature.fit_temperature(model, x, y)
+    fitted = temperature.fit_temperature(model, lambda m: m.predict(x, verbose=0), y)
     assert 0.7 < fitted["temperature"] < 1.4 and fitted["val_loss_after"] <= fitted["val_loss_before"]
 
 

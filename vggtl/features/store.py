@@ -719,9 +719,9 @@ class FeatureStore:
             out[lo:hi] = chunk[unique[lo:hi] - start]
         return out
 
-    def iter_batches(self, rows, batch_size: int = 256):
-        """Yield ``(rows_chunk, features_chunk)`` so callers never hold all features."""
+    def iter_batches(self, rows, batch_size: int = 256, layer: str | None = None):
+        """Yield ``(rows_chunk, features_chunk)`` of ``layer`` so callers never hold all features."""
         rows = np.asarray(rows, dtype=np.int64)
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            yield chunk, self.features(chunk)
+            yield chunk, self.features(chunk, layer)

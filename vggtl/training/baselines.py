@@ -18,6 +18,7 @@ import numpy as np
 
 from vggtl.data import SPLITS, DecodeSettings
 from vggtl.features.store import FeatureStore
+from vggtl.training import heads
 from vggtl.training.fit import class_weights, seed_everything
 from vggtl.training.heads import PROBE_MAX_ITER
 
@@ -38,9 +39,24 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
         # Pool chunk by chunk: the probe never needs all full feature maps in RAM.
         chunks = [feats.reshape(len(feats), -1, feats.shape[-1]).mean(axis=1) for _, feats in fs.iter_batches(rows)]
         pooled[split] = (np.concatenate(chunks) if chunks else np.zeros((0, fs.feature_shape[-1])), fs.labels[rows])
+    if len(pooled["train"][1]) > heads.PROBE_EXACT_MAX_ROWS:
+        return _incremental_linear_probe(pooled, len(fs.class_names), seed)
     model = probe_model(seed)
     model.fit(*pooled["train"])
     return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in SPLITS}
+
+
+def _incremental_linear_probe(pooled: dict, n_classes: int, seed: int) -> dict:
+    """:func:`linear_probe` on a large training split, by :func:`heads.incremental_probe`."""
+    x_train, y_train = pooled["train"]
+    stats = heads.probe_stats(x_train)
+    kernel, bias = heads.fit_probe(x_train, y_train, stats, n_classes, seed)
+    scores = {}
+    for split in SPLITS:
+        x, y = pooled[split]
+        logits = (x - stats[0]) / np.sqrt(stats[1]) @ kernel + bias
+        scores[f"{split}_accuracy"] = round(float(np.mean(logits.argmax(axis=1) == y)) if len(y) else 0.0, 6)
+    return scores
 
 
 def build_scratch_cnn(n_classes: int, image_size: int = 64, augment: bool = True):

@@ -16,6 +16,8 @@ from vggtl.features.store import FeatureStore
 from vggtl.training import devices, heads
 from vggtl.training.metrics import accuracy, cross_entropy
 
+POOL_BATCH = 256  # maps read from the store at a time when pooling (~25 MB of 7x7x512 float32)
+
 
 def load_split(fs: FeatureStore, split: str, layer: str | None = None):
     """(rows, clean float32 features of ``layer``, labels) of one split."""
@@ -29,6 +31,26 @@ def training_bank(fs: FeatureStore, rows, layer: str | None, views: int) -> np.n
     bank = [fs.features(rows, layer, dtype=np.float16)]
     bank += [fs.view_features(rows, view, layer, dtype=np.float16) for view in range(1, views + 1)]
     return np.stack(bank)
+
+
+def pooled_features(fs: FeatureStore, rows, pooling: str, layer: str | None = None, view: int = 0) -> np.ndarray:
+    """``(N, D)`` float32: ``head.pooling`` of the clean features (``view`` 0) or
+    of augmented view ``view`` of ``rows``, read from the store POOL_BATCH maps
+    at a time, so only the vectors (~50x smaller than 7x7 maps) stay in RAM."""
+    rows = np.asarray(rows, dtype=np.int64)
+    shape = fs.feature_shapes[layer or fs.layers[0]]
+    chunks = [heads.pool_numpy(np.zeros((0, *shape), np.float32), pooling)]
+    for start in range(0, len(rows), POOL_BATCH):
+        chunk = rows[start : start + POOL_BATCH]
+        maps = fs.features(chunk, layer) if view == 0 else fs.view_features(chunk, view, layer)
+        chunks.append(heads.pool_numpy(maps, pooling).astype(np.float32, copy=False))
+    return np.concatenate(chunks)
+
+
+def pooled_bank(fs: FeatureStore, rows, pooling: str, views: int) -> np.ndarray:
+    """``(views + 1, N, D)`` float32: :func:`pooled_features` of the clean
+    features of the training ``rows``, then of each stored augmented view."""
+    return np.stack([pooled_features(fs, rows, pooling, view=view) for view in range(views + 1)])
 
 
 def seed_everything(seed: int) -> None:
@@ -114,11 +136,24 @@ def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, 
 
 
 def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
+    """Phase 1 on feature maps in RAM: :func:`fit_head_on_pooled` after pooling
+    ``bank`` (``(versions, N, ...)`` maps, clean first) and ``x_val``."""
+    pooled = np.stack([heads.pool_numpy(version.astype(np.float32), cfg.head.pooling) for version in bank])
+    return fit_head_on_pooled(cfg, pooled, bank.shape[2:], y_train, heads.pool_numpy(x_val, cfg.head.pooling), y_val, n_classes)
+
+
+def fit_head_on_pooled(cfg: config.Config, pooled, feature_shape, y_train, pooled_val, y_val, n_classes: int):
     """Phase 1: train the head on cached features (clean + views); best weights restored.
 
-    The maps are pooled once (``head.pooling``), and the head's layers after
-    its pooling are trained on the vectors by :func:`fit_vectors`: one
-    compiled call per epoch, so a few hundred epochs take seconds.
+    Takes the maps already pooled (``head.pooling``; :func:`pooled_bank`
+    reads them from the store in batches): the head's layers after its
+    pooling are trained on the vectors by :func:`fit_vectors`, one compiled
+    call per epoch, so a few hundred epochs take seconds.
+
+    Args:
+        pooled: ``(versions, N, D)`` pooled training vectors, clean first.
+        feature_shape: shape of one cached map (the head's input).
+        pooled_val: ``(M, D)`` pooled validation vectors.
 
     Returns:
         ``(head, history)``: the head on feature maps (what the artifact
@@ -126,13 +161,9 @@ def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
     """
     seed_everything(cfg.seed)  # first: also imports TensorFlow quietly
     started = time.perf_counter()
-    pooled = np.stack([heads.pool_numpy(version.astype(np.float32), cfg.head.pooling) for version in bank])
     stats = heads.pooled_stats(pooled[0])
-    head = heads.build_head(bank.shape[2:], n_classes, cfg.head, stats=stats if cfg.head.standardize else None)
-    history = fit_vectors(
-        heads.vector_model(head), pooled, y_train, heads.pool_numpy(x_val, cfg.head.pooling), y_val, n_classes,
-        cfg.train, cfg.seed,
-    )
+    head = heads.build_head(tuple(feature_shape), n_classes, cfg.head, stats=stats if cfg.head.standardize else None)
+    history = fit_vectors(heads.vector_model(head), pooled, y_train, pooled_val, y_val, n_classes, cfg.train, cfg.seed)
     if cfg.head.probe:
         # Measured on clipart8 over 10 split seeds (README): the average is
         # steadier than either alone and never 2 points below the probe.

@@ -8,6 +8,12 @@ from vggtl.config import HeadConfig
 
 VARIANCE_FLOOR = 0.1
 PROBE_MAX_ITER = 2000
+# Above this many training vectors the probe is fitted incrementally: L-BFGS
+# keeps a float64 copy of all N x D standardized vectors and passes over all
+# of them per iteration; the incremental solver reads PROBE_SGD_BATCH at a time.
+PROBE_EXACT_MAX_ROWS = 50_000
+PROBE_SGD_EPOCHS = 20
+PROBE_SGD_BATCH = 4096
 POOLING_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
 
 
@@ -102,9 +108,11 @@ def probe_stats(pooled_train):
 
 
 def fit_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
-    """Multinomial logistic regression on the standardized pooled training vectors
-    (scikit-learn, L-BFGS, C = 1).
+    """Logistic regression on the standardized pooled training vectors.
 
+    Up to PROBE_EXACT_MAX_ROWS vectors: exact multinomial L-BFGS
+    (scikit-learn, C = 1). Above: :func:`incremental_probe`, which holds one
+    batch of standardized vectors at a time instead of a float64 copy of all.
     Standardized with ``stats`` (:func:`probe_stats`) by hand, so that Keras'
     Normalization + a softmax Dense reproduce its probabilities inside the model.
 
@@ -113,17 +121,61 @@ def fit_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
     """
     from sklearn.linear_model import LogisticRegression
 
+    seen = sorted(set(int(y) for y in np.unique(y_train)))
+    if seen != list(range(n_classes)):
+        raise ValueError(f"every class needs training images; the probe saw classes {seen}")
     mean, variance = stats
-    z = (pooled_train - mean) / np.sqrt(variance)
-    model = LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed).fit(z, y_train)
-    if list(model.classes_) != list(range(n_classes)):
-        raise ValueError(f"every class needs training images; the probe saw classes {list(model.classes_)}")
-    kernel, bias = model.coef_.T, model.intercept_
+    if len(pooled_train) > PROBE_EXACT_MAX_ROWS:
+        kernel, bias = incremental_probe(pooled_train, y_train, stats, n_classes, seed)
+    else:
+        z = (pooled_train - mean) / np.sqrt(variance)
+        model = LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed).fit(z, y_train)
+        kernel, bias = model.coef_.T, model.intercept_
     if n_classes == 2:
         # scikit-learn keeps one logit z for two classes (class 1 against 0);
         # softmax([0, z]) gives exactly its probabilities [1 - sigmoid(z), sigmoid(z)].
         kernel, bias = np.concatenate([np.zeros_like(kernel), kernel], axis=1), np.concatenate([[0.0], bias])
     return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def incremental_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
+    """Multinomial logistic regression fitted incrementally: scikit-learn's
+    ``MLPClassifier`` without hidden layers (a softmax on the inputs; a
+    sigmoid for two classes, as ``LogisticRegression``), Adam at 0.01,
+    ``partial_fit`` on PROBE_SGD_BATCH vectors standardized at a time,
+    PROBE_SGD_EPOCHS seeded passes, the weights averaged over the second half
+    of them (Polyak averaging: the fast rate's noise cancels out);
+    regularised as L-BFGS's C = 1 (``alpha = batch / N``).
+
+    Measured against exact L-BFGS: 60,000 synthetic 512-d vectors of 8
+    classes, test 0.857 vs 0.857; 12,000 8-d vectors of 2 / 3 / 8 classes
+    along one axis, 0.873 / 0.830 / 0.772 vs 0.872 / 0.829 / 0.778.
+    ``SGDClassifier`` was not used: its one-vs-rest classes lost up to 35
+    points on the latter (classes not each separable from all the rest).
+
+    Returns:
+        ``(kernel (D, K), bias (K,))`` with K = 1 for two classes, else n_classes.
+    """
+    from sklearn.neural_network import MLPClassifier
+
+    mean, scale = stats[0], np.sqrt(stats[1])
+    model = MLPClassifier(hidden_layer_sizes=(), alpha=PROBE_SGD_BATCH / len(pooled_train), learning_rate_init=1e-2,
+                          random_state=seed)
+    classes = np.arange(n_classes)
+    rng = np.random.default_rng(seed)
+    kernel = bias = None
+    for epoch in range(PROBE_SGD_EPOCHS):
+        order = rng.permutation(len(pooled_train))
+        for start in range(0, len(order), PROBE_SGD_BATCH):
+            idx = np.sort(order[start : start + PROBE_SGD_BATCH])
+            model.partial_fit((pooled_train[idx] - mean) / scale, y_train[idx], classes=classes)
+        averaged = epoch - PROBE_SGD_EPOCHS // 2 + 1  # epochs in the running mean, once past the first half
+        if averaged == 1:
+            kernel, bias = model.coefs_[0].copy(), model.intercepts_[0].copy()
+        elif averaged > 1:
+            kernel += (model.coefs_[0] - kernel) / averaged
+            bias += (model.intercepts_[0] - bias) / averaged
+    return kernel, bias
 
 
 def with_probe(head, pooling: str, stats, probe, name: str = "head"):

@@ -23,7 +23,8 @@ import numpy as np
 
 from vggtl.data import SPLITS
 
-BLOCK = 2048
+SIMILARITY_CELLS = 1 << 24  # one block of the similarity matrix: at most 64 MB of float32
+READ_BATCH = 256  # maps read from the store at a time
 LISTED = 50  # pairs kept in metrics.json and the report (all are counted)
 
 
@@ -40,10 +41,10 @@ def identical_across_splits(files) -> list[dict]:
 
 
 def pooled_unit_vectors(fs, rows) -> np.ndarray:
-    """L2-normalised average-pooled clean features of ``rows``, read block by block."""
+    """L2-normalised average-pooled clean features of ``rows``, read a batch of maps at a time."""
     out = np.zeros((len(rows), fs.feature_shape[-1]), np.float32)
-    for start in range(0, len(rows), BLOCK):
-        maps = fs.features(rows[start : start + BLOCK])
+    for start in range(0, len(rows), READ_BATCH):
+        maps = fs.features(rows[start : start + READ_BATCH])
         out[start : start + len(maps)] = maps.reshape(len(maps), -1, maps.shape[-1]).mean(axis=1)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
@@ -54,26 +55,34 @@ def near_duplicates(fs, threshold: float) -> tuple[list[dict], int]:
     identical content are left to :func:`identical_across_splits`."""
     rows = {s: fs.split_rows(s) for s in SPLITS}
     vectors = {s: pooled_unit_vectors(fs, r) for s, r in rows.items() if len(r)}
-    pairs = []
+    top, total = [], 0
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             if a in vectors and b in vectors:
-                pairs += _pairs_between(fs, rows[a], vectors[a], rows[b], vectors[b], threshold, a, b)
-    pairs.sort(key=lambda p: -p["cosine"])
-    return pairs[:LISTED], len(pairs)
+                total += _pairs_between(fs, rows[a], vectors[a], rows[b], vectors[b], threshold, a, b, top)
+    return top, total
 
 
-def _pairs_between(fs, rows_a, va, rows_b, vb, threshold, a, b) -> list[dict]:
-    found = []
-    for start in range(0, len(va), BLOCK):
-        sims = va[start : start + BLOCK] @ vb.T
-        for i, j in zip(*np.nonzero(sims >= threshold)):
-            ra, rb = rows_a[start + i], rows_b[j]
-            if fs.entries[ra] == fs.entries[rb]:  # same content: one stored entry
-                continue
-            found.append({"a": str(fs.paths[ra]), "a_split": a, "b": str(fs.paths[rb]), "b_split": b,
-                          "cosine": round(float(sims[i, j]), 4)})
-    return found
+def _pairs_between(fs, rows_a, va, rows_b, vb, threshold, a, b, top: list) -> int:
+    """Count the pairs of splits ``a`` x ``b`` at or above ``threshold``, keeping
+    ``top`` the :data:`LISTED` most similar pairs seen so far (first found
+    first among equals). Only the listed pairs become Python objects: a folder
+    of video frames can have millions of near-duplicate pairs."""
+    count = 0
+    block = max(1, SIMILARITY_CELLS // max(1, len(vb)))
+    for start in range(0, len(va), block):
+        sims = va[start : start + block] @ vb.T
+        i, j = np.nonzero(sims >= threshold)
+        ra, rb = rows_a[start + i], rows_b[j]
+        other = fs.entries[ra] != fs.entries[rb]  # same content: one stored entry, left to identical_across_splits
+        ra, rb, cosine = ra[other], rb[other], np.round(sims[i[other], j[other]].astype(np.float64), 4)
+        count += len(ra)
+        best = np.lexsort((np.arange(len(ra)), -cosine))[:LISTED]
+        top += [{"a": str(fs.paths[ra[k]]), "a_split": a, "b": str(fs.paths[rb[k]]), "b_split": b, "cosine": float(cosine[k])}
+                for k in best]
+        top.sort(key=lambda p: -p["cosine"])
+        del top[LISTED:]
+    return count
 
 
 def audit(fs, dataset, threshold: float) -> dict:

@@ -28,15 +28,28 @@ from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metr
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
 E2E_TOLERANCE = 0.02
+PREDICT_BATCH = 256  # maps read from the store per prediction batch
 
 
 @dataclass
 class Split:
-    """One split's rows (into the store's index), features and labels."""
+    """One split's rows (into the store's index) and labels, and where its
+    features come from: ``x`` when held in RAM (phase 2's boundary maps),
+    else read from ``fs`` in batches whenever a model predicts the split."""
 
     rows: np.ndarray
-    x: np.ndarray
     y: np.ndarray
+    fs: FeatureStore | None = None
+    layer: str | None = None
+    x: np.ndarray | None = None
+
+    def predict(self, model) -> np.ndarray:
+        """``model``'s probabilities for every row, in order."""
+        if self.x is not None:
+            return model.predict(self.x, verbose=0)
+        batches = self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)
+        probs = [np.asarray(model.predict_on_batch(maps)) for _, maps in batches]
+        return np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 @dataclass
@@ -155,27 +168,39 @@ def _check_views(cfg: config.Config, fs: FeatureStore, where, again: str) -> Non
 
 
 def load_splits(fs: FeatureStore, layer: str | None = None) -> dict[str, Split]:
-    """Every split's clean features of ``layer`` (the head's input by default)."""
-    return {split: Split(*fit.load_split(fs, split, layer)) for split in SPLITS}
+    """Every split's clean features of ``layer`` (the head's input by default), in RAM."""
+    splits = {}
+    for split in SPLITS:
+        rows, x, y = fit.load_split(fs, split, layer)
+        splits[split] = Split(rows, y, fs, layer, x)
+    return splits
+
+
+def streamed_splits(fs: FeatureStore) -> dict[str, Split]:
+    """Every split's rows and labels; features stay in the store until used."""
+    return {split: Split(fs.split_rows(split), fs.labels[fs.split_rows(split)], fs) for split in SPLITS}
 
 
 def predict_splits(model, splits: dict[str, Split]) -> dict:
-    return {name: model.predict(split.x, verbose=0) for name, split in splits.items()}
+    return {name: split.predict(model) for name, split in splits.items()}
 
 
 def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Trained:
     """Phase 1 (the head on cached features), then phase 2 when ``finetune.blocks`` > 0."""
     if cfg.spec.boundary_layer:  # before TensorFlow builds anything: it may split the CPU
         devices.prepare(cfg.finetune.devices)
-    splits = load_splits(fs)
-    train = splits["train"]
-    bank = fit.training_bank(fs, train.rows, None, cfg.augment.views)
+    # Phase 1 holds pooled vectors only: maps are read and pooled in batches,
+    # and every split is predicted batch by batch from the store.
+    splits = streamed_splits(fs)
+    train, val = splits["train"], splits["val"]
     log(
-        f"train: {len(train.y)} (+{cfg.augment.views} views each)  val: {len(splits['val'].y)}  "
+        f"train: {len(train.y)} (+{cfg.augment.views} views each)  val: {len(val.y)}  "
         f"test: {len(splits['test'].y)}  classes: {len(fs.class_names)}  features: {fs.feature_shape}"
     )
-    head, history1 = fit.fit_head(cfg, bank, train.y, splits["val"].x, splits["val"].y, len(fs.class_names))
-    del bank
+    pooled = fit.pooled_bank(fs, train.rows, cfg.head.pooling, cfg.augment.views)
+    pooled_val = fit.pooled_features(fs, val.rows, cfg.head.pooling)
+    head, history1 = fit.fit_head_on_pooled(cfg, pooled, fs.feature_shape, train.y, pooled_val, val.y, len(fs.class_names))
+    del pooled, pooled_val
     log(_phase_line("phase 1 (head)", history1, cfg.train.epochs))
     trained = Trained(base=None, head=head, history={"phase1": history1})
     trained.use_final(head, None, splits)
@@ -200,7 +225,7 @@ def _scale_temperature(trained: Trained, log) -> None:
         log("temperature scaling skipped: no validation split to fit it on")
         return
     before = {s: calibration(trained.final_splits[s].y, trained.probs[s])["ece"] for s in ("val", "test")}
-    trained.temperature = {**temperature.fit_temperature(trained.final, val.x, val.y), "ece_before": before}
+    trained.temperature = {**temperature.fit_temperature(trained.final, val.predict, val.y), "ece_before": before}
     trained.use_final(trained.final, trained.final_layer, trained.final_splits)  # re-predict with T built in
     t = trained.temperature
     log(f"temperature scaling (fitted on val): T = {t['temperature']:.3f}, "

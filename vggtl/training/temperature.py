@@ -32,13 +32,15 @@ def softmax_denses(model) -> list:
     return found
 
 
-def fit_temperature(model, x_val, y_val) -> dict:
+def fit_temperature(model, predict_val, y_val) -> dict:
     """Find and apply the temperature minimising the validation cross-entropy.
 
     Args:
         model: the trained model on cached features (its softmax Dense layers
             are shared with the end-to-end model, which therefore changes too).
-        x_val, y_val: validation features and labels.
+        predict_val: ``model -> probabilities`` of the validation images
+            (e.g. ``lambda m: m.predict(x_val)``, or a split read from the store).
+        y_val: validation labels.
 
     Returns:
         ``{"temperature", "val_loss_before", "val_loss_after"}``.
@@ -49,7 +51,7 @@ def fit_temperature(model, x_val, y_val) -> dict:
 
     def loss_at(log_t: float) -> float:
         _set(model, originals, np.exp(-log_t))
-        return cross_entropy(y_val, model.predict(x_val, verbose=0))
+        return cross_entropy(y_val, predict_val(model))
 
     before = loss_at(0.0)
     best = minimize_scalar(loss_at, bounds=LOG_T_RANGE, method="bounded", options={"xatol": 1e-3})
