@@ -146,31 +146,49 @@ def test_class_weights():
     assert weights[0] * 3 + weights[1] * 1 == pytest.approx(4)
 
 
-def test_phase1_reads_the_store_in_batches_and_matches_the_in_ram_head(run_dir, monkeypatch):
-    """Phase 1 holds pooled vectors only (streaming): no read of more than a
-    batch of maps, and the same head as pooling every map in RAM."""
+@pytest.fixture
+def feature_reads(monkeypatch) -> list[int]:
+    """Rows per FeatureStore.features / view_features call (small read batches set)."""
+    from vggtl.features.store import FeatureStore
+
+    reads: list[int] = []
+    for name in ("features", "view_features"):
+        real = getattr(FeatureStore, name)
+
+        def spy(self, rows, *args, _real=real, **kwargs):
+            reads.append(len(rows))
+            return _real(self, rows, *args, **kwargs)
+
+        monkeypatch.setattr(FeatureStore, name, spy)
+    monkeypatch.setattr(fit, "POOL_BATCH", 5)
+    monkeypatch.setattr(training_run, "PREDICT_BATCH", 7)
+    return reads
+
+
+def train_phases_on(run_dir, name: str, *overrides: str):
+    """``(trained, in-RAM splits)`` of training on ``run_dir``'s store."""
     from vggtl import config
     from vggtl.backbones import resolve
     from vggtl.features import pipeline
     from vggtl.features.store import FeatureStore
 
-    cfg = config.load(run_dir / "tiny.yaml")
-    path = pipeline.locate_store(cfg).path
-    reads: list[int] = []
-    real_features = FeatureStore.features
-
-    def spy(self, rows, *args, **kwargs):
-        reads.append(len(rows))
-        return real_features(self, rows, *args, **kwargs)
-
-    monkeypatch.setattr(fit, "POOL_BATCH", 5)
-    monkeypatch.setattr(training_run, "PREDICT_BATCH", 7)
-    monkeypatch.setattr(FeatureStore, "features", spy)
-    with FeatureStore(path) as fs:
+    cfg = config.load(run_dir / name, list(overrides))
+    with FeatureStore(pipeline.locate_store(cfg).path) as fs:
         trained = training_run.train_phases(cfg, fs, resolve.random_weights(cfg.seed), log=lambda _: None)
-        monkeypatch.setattr(FeatureStore, "features", real_features)
+        return cfg, trained
+
+
+def test_phase1_reads_the_store_in_batches_and_matches_the_in_ram_head(run_dir, feature_reads):
+    """Phase 1 holds pooled vectors only (streaming): no read of more than a
+    batch of maps, and the same head as pooling every map in RAM."""
+    from vggtl.features import pipeline
+    from vggtl.features.store import FeatureStore
+
+    cfg, trained = train_phases_on(run_dir, "tiny.yaml")
+    reads = list(feature_reads)
+    with FeatureStore(pipeline.locate_store(cfg).path) as fs:
         in_ram = training_run.load_splits(fs)
-        head, _ = fit.fit_head(cfg, in_ram["train"].x[None], in_ram["train"].y, in_ram["val"].x, in_ram["val"].y, 3)
+    head, _ = fit.fit_head(cfg, in_ram["train"].x[None], in_ram["train"].y, in_ram["val"].x, in_ram["val"].y, 3)
     assert reads and max(reads) <= 7 and len(in_ram["train"].y) > 7
     for split in ("train", "val", "test"):
         np.testing.assert_allclose(trained.probs[split], head.predict(in_ram[split].x, verbose=0), atol=1e-6)
@@ -202,6 +220,21 @@ def test_finetune_records_both_phases(ft_dir):
     report = (art.path / "report.md").read_text()
     assert "after phase 1 (head only)" in report and "fine-tuning: top 1 block(s)" in report
     assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
+
+
+def test_phase2_above_the_in_ram_limit_reads_batches_and_matches(ft_dir, feature_reads, monkeypatch):
+    """Phase 2 past FINETUNE_IN_RAM_MAX: boundary maps (and views) read from the
+    store a batch at a time, with the same batches, hence the same model."""
+    _, in_ram = train_phases_on(ft_dir, "ft.yaml", "finetune.batch_size=6")
+    feature_reads.clear()
+    monkeypatch.setattr(training_run, "FINETUNE_IN_RAM_MAX", 0)
+    _, streamed = train_phases_on(ft_dir, "ft.yaml", "finetune.batch_size=6")
+    assert feature_reads and max(feature_reads) <= 7
+    assert streamed.phase2 == in_ram.phase2 and streamed.phase2["epochs_trained"] == 3
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(streamed.history["phase2"][key], in_ram.history["phase2"][key], rtol=1e-5)
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(streamed.probs[split], in_ram.probs[split], atol=1e-5)
 
 
 def test_finetune_is_reproducible(ft_dir):

@@ -53,6 +53,47 @@ def pooled_bank(fs: FeatureStore, rows, pooling: str, views: int) -> np.ndarray:
     return np.stack([pooled_features(fs, rows, pooling, view=view) for view in range(views + 1)])
 
 
+class StoreBank:
+    """:func:`training_bank` left in the store: ``bank[versions, idx]`` reads
+    those maps (version 0: clean, v: augmented view v) when a batch needs
+    them, so phase 2 holds one batch of boundary activations, not all."""
+
+    def __init__(self, fs: FeatureStore, rows, layer: str | None, views: int):
+        self.fs, self.rows, self.layer = fs, np.asarray(rows, dtype=np.int64), layer
+        self.shape = (views + 1, len(self.rows), *fs.feature_shapes[layer or fs.layers[0]])
+
+    def __getitem__(self, key) -> np.ndarray:
+        versions, idx = (np.broadcast_to(np.asarray(k), np.shape(key[1])) for k in key)
+        out = np.empty((len(idx), *self.shape[2:]), np.float16)
+        for version in np.unique(versions):
+            at = np.flatnonzero(versions == version)
+            rows = self.rows[idx[at]]
+            out[at] = (self.fs.features(rows, self.layer, np.float16) if version == 0
+                       else self.fs.view_features(rows, int(version), self.layer, np.float16))
+        return out
+
+
+def store_batches(fs: FeatureStore, rows, layer: str | None, batch_size: int, labels=None, n_classes: int = 0):
+    """A Keras PyDataset of the clean maps of ``rows``, in order, read a batch at
+    a time, with their one-hot ``labels`` when given: what ``fit``'s validation
+    and ``predict`` (which ignores the labels) take instead of arrays."""
+    import keras
+
+    rows = np.asarray(rows, dtype=np.int64)
+    onehot = keras.utils.to_categorical(labels, n_classes) if labels is not None else None
+
+    class StoreBatches(keras.utils.PyDataset):
+        def __len__(self):
+            return -(-len(rows) // batch_size)
+
+        def __getitem__(self, i):
+            part = slice(i * batch_size, (i + 1) * batch_size)
+            x = fs.features(rows[part], layer)
+            return (x,) if onehot is None else (x, onehot[part])
+
+    return StoreBatches()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TF and make TF ops deterministic (same metrics every run)."""
     tf = tfquiet.load()
@@ -116,8 +157,9 @@ def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, 
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
     weights = class_weights(y_train, n_classes, class_weight_mode)
     x_val, y_val = val_data
-    validation = (x_val, keras.utils.to_categorical(y_val, n_classes))
-    if bank.shape[0] == 1:  # no views: plain arrays, Keras shuffles
+    # In RAM, or a labelled store_batches read batch by batch.
+    validation = (x_val, keras.utils.to_categorical(y_val, n_classes)) if isinstance(x_val, np.ndarray) else x_val
+    if bank.shape[0] == 1 and isinstance(bank, np.ndarray):  # in RAM, no views: plain arrays, Keras shuffles
         history = model.fit(
             bank[0].astype(np.float32),
             keras.utils.to_categorical(y_train, n_classes),

@@ -29,6 +29,9 @@ from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metr
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
 E2E_TOLERANCE = 0.02
 PREDICT_BATCH = 256  # maps read from the store per prediction batch
+# Up to this many training images phase 2 holds the boundary maps in RAM
+# (float16, ~200 KB each for VGG16: 2 GB); above, it reads them batch by batch.
+FINETUNE_IN_RAM_MAX = 10_000
 
 
 @dataclass
@@ -249,12 +252,18 @@ def _phase_line(title: str, history: dict, cap: int) -> str:
 def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> None:
     """Phase 2 on the stored boundary activations; updates ``trained`` in place."""
     boundary = cfg.spec.boundary_layer
-    splits = load_splits(fs, boundary)
-    train = splits["train"]
-    bank = fit.training_bank(fs, train.rows, boundary, cfg.augment.views)
-    tuned, history, kept = fit.finetune(
-        cfg, trained.base, trained.head, bank, train.y, splits["val"].x, splits["val"].y, len(fs.class_names)
-    )
+    if len(fs.split_rows("train")) > FINETUNE_IN_RAM_MAX:
+        # Boundary maps are large (VGG16 block4_pool: 200 KB per image in
+        # float16): read them from the store one batch at a time.
+        splits = {name: Split(split.rows, split.y, fs, boundary) for name, split in streamed_splits(fs).items()}
+        train, val = splits["train"], splits["val"]
+        bank = fit.StoreBank(fs, train.rows, boundary, cfg.augment.views)
+        x_val = fit.store_batches(fs, val.rows, boundary, PREDICT_BATCH, val.y, len(fs.class_names))
+    else:
+        splits = load_splits(fs, boundary)
+        train, val = splits["train"], splits["val"]
+        bank, x_val = fit.training_bank(fs, train.rows, boundary, cfg.augment.views), val.x
+    tuned, history, kept = fit.finetune(cfg, trained.base, trained.head, bank, train.y, x_val, val.y, len(fs.class_names))
     del bank
     log(
         _phase_line(f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}, on {history['devices']})", history,
