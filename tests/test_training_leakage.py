@@ -23,11 +23,12 @@ class FakeStore:
         self.paths = np.array([f"img{i}.png" for i in range(len(maps))], dtype=object)
         self.entries = np.arange(len(maps)) if entries is None else np.asarray(entries)
         self.feature_shape = maps.shape[1:]
+        self.layers, self.feature_shapes = ["maps"], {"maps": maps.shape[1:]}
 
     def split_rows(self, split):
         return np.flatnonzero(self.splits == split)
 
-    def features(self, rows):
+    def features(self, rows, layer=None):
         return self.maps[self.entries[np.asarray(rows)]]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from vggtl.data import SPLITS, DecodeSettings
 from vggtl.features.store import FeatureStore
 from vggtl.training import heads
-from vggtl.training.fit import class_weights, seed_everything
+from vggtl.training.fit import class_weights, pooled_features, seed_everything
 from vggtl.training.heads import PROBE_MAX_ITER
 
 def probe_model(seed: int):
@@ -36,9 +36,8 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
     pooled = {}
     for split in SPLITS:
         rows = fs.split_rows(split)
-        # Pool chunk by chunk: the probe never needs all full feature maps in RAM.
-        chunks = [feats.reshape(len(feats), -1, feats.shape[-1]).mean(axis=1) for _, feats in fs.iter_batches(rows)]
-        pooled[split] = (np.concatenate(chunks) if chunks else np.zeros((0, fs.feature_shape[-1])), fs.labels[rows])
+        # Pooled batch by batch: the probe never needs all full feature maps in RAM.
+        pooled[split] = (pooled_features(fs, rows, "avg"), fs.labels[rows])
     if len(pooled["train"][1]) > heads.PROBE_EXACT_MAX_ROWS:
         return _incremental_linear_probe(pooled, len(fs.class_names), seed)
     model = probe_model(seed)

@@ -63,7 +63,7 @@ class StoreBank:
         self.shape = (views + 1, len(self.rows), *fs.feature_shapes[layer or fs.layers[0]])
 
     def __getitem__(self, key) -> np.ndarray:
-        versions, idx = (np.broadcast_to(np.asarray(k), np.shape(key[1])) for k in key)
+        versions, idx = (np.asarray(k) for k in key)  # as the view sampler indexes: two arrays of equal length
         out = np.empty((len(idx), *self.shape[2:]), np.float16)
         for version in np.unique(versions):
             at = np.flatnonzero(versions == version)

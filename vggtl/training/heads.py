@@ -121,7 +121,7 @@ def fit_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
     """
     from sklearn.linear_model import LogisticRegression
 
-    seen = sorted(set(int(y) for y in np.unique(y_train)))
+    seen = np.unique(y_train).tolist()
     if seen != list(range(n_classes)):
         raise ValueError(f"every class needs training images; the probe saw classes {seen}")
     mean, variance = stats

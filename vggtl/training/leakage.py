@@ -22,9 +22,9 @@ from collections import defaultdict
 import numpy as np
 
 from vggtl.data import SPLITS
+from vggtl.training.fit import pooled_features
 
 SIMILARITY_CELLS = 1 << 24  # one block of the similarity matrix: at most 64 MB of float32
-READ_BATCH = 256  # maps read from the store at a time
 LISTED = 50  # pairs kept in metrics.json and the report (all are counted)
 
 
@@ -42,11 +42,8 @@ def identical_across_splits(files) -> list[dict]:
 
 def pooled_unit_vectors(fs, rows) -> np.ndarray:
     """L2-normalised average-pooled clean features of ``rows``, read a batch of maps at a time."""
-    out = np.zeros((len(rows), fs.feature_shape[-1]), np.float32)
-    for start in range(0, len(rows), READ_BATCH):
-        maps = fs.features(rows[start : start + READ_BATCH])
-        out[start : start + len(maps)] = maps.reshape(len(maps), -1, maps.shape[-1]).mean(axis=1)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    pooled = pooled_features(fs, rows, "avg")
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
 
 def near_duplicates(fs, threshold: float) -> tuple[list[dict], int]:

@@ -179,9 +179,10 @@ def load_splits(fs: FeatureStore, layer: str | None = None) -> dict[str, Split]:
     return splits
 
 
-def streamed_splits(fs: FeatureStore) -> dict[str, Split]:
-    """Every split's rows and labels; features stay in the store until used."""
-    return {split: Split(fs.split_rows(split), fs.labels[fs.split_rows(split)], fs) for split in SPLITS}
+def streamed_splits(fs: FeatureStore, layer: str | None = None) -> dict[str, Split]:
+    """Every split's rows and labels; features of ``layer`` stay in the store until used."""
+    rows = {split: fs.split_rows(split) for split in SPLITS}
+    return {split: Split(rows[split], fs.labels[rows[split]], fs, layer) for split in SPLITS}
 
 
 def predict_splits(model, splits: dict[str, Split]) -> dict:
@@ -255,7 +256,7 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
     if len(fs.split_rows("train")) > FINETUNE_IN_RAM_MAX:
         # Boundary maps are large (VGG16 block4_pool: 200 KB per image in
         # float16): read them from the store one batch at a time.
-        splits = {name: Split(split.rows, split.y, fs, boundary) for name, split in streamed_splits(fs).items()}
+        splits = streamed_splits(fs, boundary)
         train, val = splits["train"], splits["val"]
         bank = fit.StoreBank(fs, train.rows, boundary, cfg.augment.views)
         x_val = fit.store_batches(fs, val.rows, boundary, PREDICT_BATCH, val.y, len(fs.class_names))
