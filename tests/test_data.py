@@ -628,6 +628,67 @@ def test_center_crop_of_a_square_image_equals_stretch(tmp_path):
     assert np.array_equal(decode(tmp_path / "sq.png", resize="center_crop"), decode(tmp_path / "sq.png", resize="stretch"))
 
 
+def test_pad_keeps_the_aspect_and_fills_with_the_background(tmp_path):
+    bands([RED, GREEN, BLUE], size=(96, 32)).save(tmp_path / "wide.png")
+    for background in [(255, 255, 255), (0, 0, 0)]:
+        padded = decode(tmp_path / "wide.png", resize="pad", background=background)
+        # 96x32 -> 32x11, centred: rows 10..20 hold the picture, the rest is background
+        assert np.all(padded[:9] == background) and np.all(padded[22:] == background)
+        assert close(padded[15, 1], RED) and close(padded[15, 16], GREEN) and close(padded[15, 30], BLUE)
+
+
+def test_trim_pad_crops_transparent_and_background_colored_margins(tmp_path):
+    sprite = Image.new("RGBA", (200, 100), (0, 0, 0, 0))  # transparent margins
+    sprite.paste((*RED, 255), (50, 40, 150, 60))
+    sprite.save(tmp_path / "sprite.png")
+    shot = Image.new("RGB", (200, 100), (255, 255, 255))  # a product shot on white
+    shot.paste(RED, (50, 40, 150, 60))
+    shot.save(tmp_path / "shot.png")
+    for name in ["sprite.png", "shot.png"]:
+        padded, trimmed = (decode(tmp_path / name, resize=r) for r in ["pad", "trim_pad"])
+        red_padded, red_trimmed = (np.argwhere(np.all(np.abs(a.astype(int) - RED) <= 12, axis=-1)) for a in (padded, trimmed))
+        # pad: the bar keeps its 1/2 of the width; trim_pad: it spans all but the 4% margin
+        assert np.ptp(red_padded[:, 1]) + 1 <= 17
+        assert red_trimmed[:, 1].min() <= 2 and red_trimmed[:, 1].max() >= 29
+        assert np.all(trimmed[0] == 255) and np.all(trimmed[-1] == 255)  # padded above and below
+
+
+def test_trim_pad_of_an_image_without_content_is_pad(tmp_path):
+    make_image(tmp_path / "white.png", (255, 255, 255), size=40)
+    bands([RED, BLUE], size=(64, 40)).save(tmp_path / "full.png")
+    for name in ["white.png", "full.png"]:
+        assert np.array_equal(decode(tmp_path / name, resize="trim_pad"), decode(tmp_path / name, resize="pad"))
+
+
+@pytest.mark.parametrize("mode", ["LA", "P", "L", "RGBA"])
+def test_trim_pad_accepts_every_mode(tmp_path, mode):
+    im = Image.new("RGBA", (80, 60), (0, 0, 0, 0))
+    im.paste((30, 30, 30, 255), (20, 20, 60, 40))
+    if mode == "P":
+        im = im.convert("RGB").quantize(4)
+    elif mode != "RGBA":
+        im = im.convert(mode)
+    im.save(tmp_path / "x.png")
+    arr = decode(tmp_path / "x.png", resize="trim_pad")
+    assert arr[16, 16].max() < 100  # the dark box is centred and fills the width
+
+
+def test_content_box_of_a_large_image_is_found_on_a_reduced_copy():
+    im = Image.new("RGB", (3000, 2000), (255, 255, 255))
+    im.paste((0, 0, 255), (1000, 500, 1500, 700))
+    left, top, right, bottom = data.content_box(im)
+    # margin 4% (20 px, 8 px), give or take the reduction factor (3 px)
+    assert abs(left - 980) <= 3 and abs(right - 1520) <= 3 and abs(top - 492) <= 3 and abs(bottom - 708) <= 3
+    assert data.model_box(im, "stretch") == (0, 0, 3000, 2000)
+    assert data.model_box(im, "trim_pad") == (left, top, right, bottom)
+
+
+def test_pad_window():
+    assert data.pad_window((96, 32), 32) == (0, 10, 32, 11)
+    assert data.pad_window((10, 40), 32) == (12, 0, 8, 32)
+    assert data.pad_window((50, 50), 32) == (0, 0, 32, 32)
+
+
 def test_source_box():
     assert data.source_box((100, 40), "stretch") == (0, 0, 100, 40)
     assert data.source_box((100, 40), "center_crop") == (30, 0, 70, 40)

@@ -263,3 +263,31 @@ def test_explain_file_overlays_only_what_the_model_saw(models, tmp_path):
     # outside the central square the white original is untouched (up to JPEG noise)
     assert overlay[:, : SIZE // 2 - 2].min() > 235 and overlay[:, SIZE // 2 + SIZE + 2 :].min() > 235
     assert overlay[:, SIZE // 2 : SIZE // 2 + SIZE].min() < 200
+
+
+def test_heatmap_window_cuts_the_padding_off():
+    heat = np.zeros((4, 4), np.float32)
+    heat[1:3] = 1.0  # the picture fills the middle rows of the model's input
+    window = gradcam.heatmap_window(heat, (0, 8, 32, 16), 32)
+    assert window.shape == (16, 32)
+    assert window.min() > 0.5
+
+
+def test_explain_file_with_trim_pad_overlays_the_content_box_only(models, tmp_path):
+    from vggtl import data
+
+    path = tmp_path / "sprite.png"
+    sprite = np.full((3 * SIZE, 3 * SIZE, 3), 255, np.uint8)
+    sprite[SIZE : 2 * SIZE, SIZE : 2 * SIZE] = red_square_image()  # content in the middle, white margins
+    Image.fromarray(sprite).save(path)
+    image = data.decode_image(path, SIZE, "trim_pad")
+    # the model sees the content alone (within the 4% margin): gray, red square top left
+    assert np.mean(np.all(image == 255, axis=-1)) < 0.15
+    red = np.argwhere((image[..., 0] > 200) & (image[..., 1] < 100))
+    assert red.max() < SIZE // 2
+    written = gradcam.explain_file(models["nested"], path, image, 0, tmp_path / "out", "sprite", resize="trim_pad")
+    assert quadrant_mass(np.load(written["npy"]))["top_left"] > 0.99
+    overlay = np.asarray(Image.open(written["jpg"]))
+    assert overlay.shape == (3 * SIZE, 3 * SIZE, 3)
+    assert overlay[: SIZE - 2].min() > 235 and overlay[:, 2 * SIZE + 2 :].min() > 235  # margins untouched
+    assert overlay[SIZE : 2 * SIZE, SIZE : 2 * SIZE].min() < 200

@@ -29,7 +29,7 @@ import yaml
 
 from vggtl.backbones import registry
 from vggtl.backbones.spec import Spec
-from vggtl.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, DecodeSettings
+from vggtl.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RESIZE_POLICIES, DecodeSettings
 from vggtl.errors import ConfigError
 
 NAMED_COLORS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
@@ -65,7 +65,11 @@ class DataConfig:
     )
     extensions: list[str] = _key(list(IMAGE_EXTENSIONS), doc="file extensions scanned (case-insensitive)")
     background: Any = _key("white", doc="color alpha is composited over: white|black|gray or [r, g, b]")
-    resize: str = _key("stretch", choices=("stretch", "center_crop"), doc="stretch like Keras, or crop the central square first")
+    resize: str = _key(
+        "stretch",
+        choices=RESIZE_POLICIES,
+        doc="stretch like Keras; center_crop the central square; pad: fit the whole image, aspect kept, padded with the background; trim_pad: crop away background margins first (clipart, product shots)",
+    )
     max_pixels: int = _key(
         DEFAULT_MAX_PIXELS,
         low=1,

@@ -289,6 +289,17 @@ def colorize(heatmap, size) -> np.ndarray:
     return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
 
+def heatmap_window(heatmap, window, side: int) -> np.ndarray:
+    """The part of ``heatmap`` (covering the model's ``side`` x ``side`` input)
+    that lies over ``window`` = (left, top, width, height) of that input: under
+    ``data.resize: pad`` the picture fills only that window, the rest is padding."""
+    from PIL import Image
+
+    left, top, width, height = window
+    full = Image.fromarray(np.asarray(heatmap, dtype=np.float32), "F").resize((side, side), Image.BILINEAR)
+    return np.asarray(full)[top : top + height, left : left + width]
+
+
 def overlay(original_rgb, heatmap, alpha: float = DEFAULT_ALPHA, box=None) -> np.ndarray:
     """Blend a colorized heatmap over an image.
 
@@ -405,7 +416,8 @@ def explain_file(model, path, image_uint8, class_index: int, out_dir, stem: str,
             (vggtl.predict passes :func:`default_layer`).
         preprocess: see :func:`gradcam`.
         resize: the ``data.resize`` policy the model input was made with
-            (``center_crop`` overlays the heatmap on the central square only).
+            (``center_crop`` overlays the heatmap on the central square only,
+            ``trim_pad`` on the content box; the padding is cut off the heatmap).
         background: RGB triple transparent pixels are composited over.
         max_pixels: decompression-bomb guard for the full-size decode.
 
@@ -415,11 +427,17 @@ def explain_file(model, path, image_uint8, class_index: int, out_dir, stem: str,
     Raises:
         vggtl.data.UndecodableImage: the full-size decode failed.
     """
+    from PIL import Image
+
+    from vggtl import data
     from vggtl.inspect import tiles
 
     layer = conv_layer or last_conv_layer(model)
     heatmap = gradcam(model, image_uint8, class_index, layer, preprocess)
     original = tiles.decode_full_rgb(path, background, max_pixels)
-    box = tiles.model_box((original.shape[1], original.shape[0]), resize)
+    box = data.model_box(Image.fromarray(original), resize, background)
+    if resize in data.PADDED_POLICIES:
+        window = data.pad_window((box[2] - box[0], box[3] - box[1]), image_uint8.shape[0])
+        heatmap = heatmap_window(heatmap, window, image_uint8.shape[0])
     jpg, npy = write(out_dir, stem, original, heatmap, box=box)
     return {"layer": layer, "jpg": str(jpg), "npy": str(npy)}

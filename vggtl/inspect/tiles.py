@@ -146,19 +146,8 @@ def decode_full_rgb(path, background=(255, 255, 255), max_pixels: int | None = N
     Raises:
         vggtl.data.UndecodableImage: see :func:`open_full`.
     """
-    from PIL import Image
-
     im = data.to_basic_mode(open_full(path, max_pixels))
-    if im.mode in ("LA", "RGBA"):
-        canvas = Image.new("RGB", im.size, tuple(background))
-        canvas.paste(im.convert("RGB"), mask=im.getchannel("A"))
-        im = canvas
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def model_box(size, resize: str) -> tuple[int, int, int, int]:
-    """Region of a ``size`` = (width, height) image the model sees under ``data.resize``."""
-    return data.source_box(size, resize)
+    return np.asarray(data.composited(im, background), dtype=np.uint8)
 
 
 def decode_tiles(path, rows: int, cols: int, overlap: float, image_size: int, resize: str = "stretch",
@@ -171,7 +160,7 @@ def decode_tiles(path, rows: int, cols: int, overlap: float, image_size: int, re
         cols: tile columns.
         overlap: fraction of a tile shared with each neighbour, see :func:`tile_boxes`.
         image_size: model input side in pixels.
-        resize: ``data.resize`` policy applied to each tile (``stretch`` or ``center_crop``).
+        resize: ``data.resize`` policy applied to each tile (see :func:`vggtl.data.decode_image`).
         background: RGB triple transparent pixels are composited over.
         max_pixels: decompression-bomb guard for the full image.
 
