@@ -222,7 +222,16 @@ def test_range_bounds_are_inclusive(root):
 @pytest.mark.parametrize(
     "sections, pattern",
     [
-        ({"data": {"resize": "crop"}}, r"key 'data\.resize': got 'crop'; allowed values: stretch, center_crop"),
+        ({"data": {"resize": "crop"}}, r"key 'data\.resize': got 'crop'; allowed values: stretch, center_crop, pad, trim_pad"),
+        (
+            {"backbone": {"mirror_average": True}, "finetune": {"blocks": 1}},
+            r"key 'backbone\.mirror_average': cannot be combined with finetune\.blocks = 1",
+        ),
+        (
+            {"backbone": {"mirror_average": True}, "extract": {"runtime": "openvino"}},
+            r"key 'backbone\.mirror_average': runs with extract\.runtime tensorflow only \(got 'openvino'\)",
+        ),
+        ({"backbone": {"mirror_average": "yes"}}, r"key 'backbone\.mirror_average'"),
         ({"head": {"pooling": "sum"}}, r"key 'head\.pooling': got 'sum'; allowed values: flatten, avg, max"),
         ({"cache": {"compression": "zip"}}, r"key 'cache\.compression': got 'zip'; allowed values: null, lzf, gzip"),
         ({"cache": {"dtype": "float64"}}, r"key 'cache\.dtype': got 'float64'"),

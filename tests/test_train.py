@@ -13,6 +13,15 @@ from vggtl.training import artifact, fit
 from vggtl.training import run as training_run
 
 
+def train_in(run_dir, config_name: str, *sets: str) -> int:
+    """``vggtl train run_dir/config_name --set S ...`` run inside ``run_dir`` (its
+    working directory and vggtl cache); returns the exit status."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(run_dir)
+        mp.setenv("VGGTL_CACHE_DIR", str(run_dir / "vggtl-cache"))
+        return train.main([str(run_dir / config_name), *(arg for s in sets for arg in ("--set", s))])
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """One extract + two identical train runs, shared by the tests of this module."""
@@ -261,13 +270,10 @@ def test_phase2_that_does_not_help_is_reverted(ft_dir, capsys):
     """A destructive phase 2 (huge learning rate, no early stopping to restore
     a better epoch) must leave the phase-1 model in the artifact."""
     out = ft_dir / "reverted"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ft_dir)
-        mp.setenv("VGGTL_CACHE_DIR", str(ft_dir / "vggtl-cache"))
-        assert train.main([
-            str(ft_dir / "ft.yaml"), "--set", f"output.dir={out}", "--set", "finetune.optimizer=sgd",
-            "--set", "finetune.learning_rate=1.0", "--set", "finetune.early_stopping_patience=0",
-        ]) == 0
+    assert train_in(
+        ft_dir, "ft.yaml", f"output.dir={out}", "finetune.optimizer=sgd", "finetune.learning_rate=1.0",
+        "finetune.early_stopping_patience=0",
+    ) == 0
     assert "phase-1 weights kept" in capsys.readouterr().out
     art = artifact.load(out / "tiny/latest")
     assert art.metrics["phase2"]["kept"] is False
@@ -279,10 +285,7 @@ def test_phase2_that_does_not_help_is_reverted(ft_dir, capsys):
 
 
 def test_train_refuses_store_with_other_views(ft_dir, capsys):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ft_dir)
-        mp.setenv("VGGTL_CACHE_DIR", str(ft_dir / "vggtl-cache"))
-        assert train.main([str(ft_dir / "ft.yaml"), "--set", "augment.rotation=30"]) == 2
+    assert train_in(ft_dir, "ft.yaml", "augment.rotation=30") == 2
     assert "other augmented views" in capsys.readouterr().err
 
 
@@ -337,11 +340,7 @@ def test_other_backbone_end_to_end(resnet_dir):
 
 
 def test_stores_of_different_backbones_do_not_mix(resnet_dir, capsys):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(resnet_dir)
-        mp.setenv("VGGTL_CACHE_DIR", str(resnet_dir / "vggtl-cache"))
-        code = train.main([str(resnet_dir / "rn.yaml"), "--set", "backbone.name=mobilenet_v2", "--set", "finetune.blocks=0"])
-    assert code == 2
+    assert train_in(resnet_dir, "rn.yaml", "backbone.name=mobilenet_v2", "finetune.blocks=0") == 2
     err = capsys.readouterr().err
     assert "no feature store for this config" in err and "python -m vggtl.extract" in err
 
@@ -387,3 +386,51 @@ def test_history_csv_and_tensorboard_events(run_dir):
     loss = events.Scalars("loss")
     assert [e.step for e in loss] == list(range(1, len(history["loss"]) + 1))
     assert loss[0].value == pytest.approx(history["loss"][0], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mirror_dir(tmp_path_factory):
+    """backbone.mirror_average with a square-root pooling: extract, train, predict."""
+    tmp = tmp_path_factory.mktemp("mirror")
+    root = make_dataset(tmp / "data", per_class=12)
+    cfg = write_config(tmp / "tiny.yaml", root, tmp, backbone={"weights": None, "mirror_average": True}, head={"units": [16], "pooling": "avgmax_sqrt"})
+    return run_pipeline(tmp, cfg, [[str(cfg)]])
+
+
+def test_mirror_average_end_to_end(mirror_dir):
+    import keras
+
+    art = artifact.load(mirror_dir / "experiments/tiny/latest")
+    assert art.info["store"]["settings"]["mirror_average"] is True
+    assert art.metrics["test"]["accuracy"] >= 0.8
+    assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
+    assert_predicts_what_was_evaluated(mirror_dir)
+    # the model is symmetric: an image and its mirror image get the same probabilities
+    model = keras.saving.load_model(art.path / "model.keras")
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    np.testing.assert_allclose(model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0), atol=1e-6)
+
+
+def test_mirror_average_needs_its_own_store(mirror_dir, capsys):
+    assert train_in(mirror_dir, "tiny.yaml", "backbone.mirror_average=false") == 2
+    assert "no feature store for this config" in capsys.readouterr().err
+
+
+def test_gradcam_refuses_a_mirror_average_artifact_clearly(mirror_dir, capsys):
+    image = next((mirror_dir / "data" / "red").iterdir())
+    code = predict.main([str(mirror_dir / "experiments/tiny/latest"), str(image), "--gradcam", str(mirror_dir / "gc")])
+    assert code == 2
+    assert "--gradcam does not support artifacts trained with backbone.mirror_average" in capsys.readouterr().err
+    assert not (mirror_dir / "gc").exists()
+
+
+def test_a_mirror_average_artifact_exports_to_every_format(mirror_dir):
+    """The mirror branch is built from plain layers (Permute, Dense, Average):
+    every export format converts it, and the export command checks each one
+    agrees with the Keras model before writing it."""
+    from vggtl import export
+
+    args = [str(mirror_dir / "experiments/tiny/latest"), "--out", str(mirror_dir / "exported")]
+    for fmt in ["savedmodel", "tflite", "onnx", "openvino"]:
+        args += ["--format", fmt]
+    assert export.main(args) == 0

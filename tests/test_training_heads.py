@@ -131,3 +131,34 @@ def test_probe_names_a_missing_class():
     pooled = np.random.default_rng(0).random((6, 4))
     with pytest.raises(ValueError, match=r"every class needs training images; the probe saw classes \[0, 2\]"):
         heads.fit_probe(pooled, np.array([0, 2] * 3), heads.probe_stats(pooled), 3, seed=0)
+
+
+def test_sqrt_numpy_is_a_close_square_root():
+    v = np.concatenate([[0.0], np.geomspace(1e-4, 1e4, 999)]).astype(np.float32)
+    approx = heads.sqrt_numpy(v)
+    assert approx[0] == 0.0
+    ratio = approx[1:] / np.sqrt(v[1:])
+    assert ratio.min() > 0.98 and ratio.max() < 1.0 + 1e-5  # chords of a concave function lie below it
+    knots = heads.SQRT_KNOTS[1:10].astype(np.float32)
+    np.testing.assert_allclose(heads.sqrt_numpy(knots), np.sqrt(knots), rtol=1e-5)  # exact at the knots
+
+
+@pytest.mark.parametrize("pooling", ["avg_sqrt", "max_sqrt", "avgmax_sqrt"])
+def test_sqrt_pooling_in_numpy_head_probe_and_a_plain_keras_reload(tmp_path, pooling):
+    import keras
+
+    x = (np.random.default_rng(4).random((6, 3, 3, 4)) * 20).astype(np.float32)
+    pooled = heads.pool_numpy(x, pooling)
+    plain = heads.pool_numpy(x, pooling.removesuffix("_sqrt"))
+    np.testing.assert_allclose(pooled, np.sqrt(plain), rtol=0.02)
+    head = heads.build_head((3, 3, 4), 2, HeadConfig(pooling=pooling, units=[4], dropout=0.0), stats=heads.pooled_stats(pooled))
+    assert not head.get_layer(f"pool_{pooling}").trainable_weights  # the square root is fixed, not learned
+    inputs = keras.Input((3, 3, 4))
+    pool_model = keras.Model(inputs, head.get_layer(f"pool_{pooling}")(inputs))
+    np.testing.assert_allclose(pool_model.predict(x, verbose=0), pooled, rtol=1e-4)
+    np.testing.assert_allclose(heads.vector_model(head).predict(pooled, verbose=0), head.predict(x, verbose=0), rtol=1e-4)
+    probe = heads.fit_probe(pooled, np.array([0, 1] * 3), heads.probe_stats(pooled), 2, seed=0)
+    model = heads.with_probe(head, pooling, heads.probe_stats(pooled), probe)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)

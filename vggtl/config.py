@@ -87,6 +87,10 @@ class BackboneConfig:
     layer: str | None = _key(
         None, doc="layer whose activations are cached; null = the backbone's top (vgg16: block5_pool); see README"
     )
+    mirror_average: bool = _key(
+        False,
+        doc="features = the average of the image's and its left-right mirror image's maps (twice the extraction and prediction time; see docs/accuracy.md)",
+    )
 
 
 @dataclass
@@ -121,7 +125,9 @@ class ExtractConfig:
 @dataclass
 class HeadConfig:
     pooling: str = _key(
-        "avg", choices=("flatten", "avg", "max", "avgmax"), doc="how the 7x7x512 map becomes a vector (avgmax: both, concatenated)"
+        "avg",
+        choices=("flatten", "avg", "max", "avgmax", "avg_sqrt", "max_sqrt", "avgmax_sqrt"),
+        doc="how the 7x7x512 map becomes a vector (avgmax: both, concatenated; *_sqrt: then its square root, power normalisation)",
     )
     standardize: bool = _key(True, doc="standardize pooled features with training-set mean/variance")
     units: list[int] = _key([512], doc="hidden Dense layer widths (relu); [] for a linear softmax")
@@ -191,7 +197,7 @@ class BaselineConfig:
 # What `vggtl tune` searches unless `tune.space` says otherwise (measured on
 # clipart8: pooling and dropout move the cross-validated accuracy most).
 DEFAULT_TUNE_SPACE = {
-    "head.pooling": ["avg", "max", "avgmax"],
+    "head.pooling": ["avg", "max", "avgmax", "avg_sqrt", "avgmax_sqrt"],
     "head.units": [[], [256], [512], [1024]],
     "head.dropout": {"low": 0.0, "high": 0.8},
     "head.l2": {"low": 1e-5, "high": 1e-1, "log": True},
@@ -442,6 +448,11 @@ def _validate_semantics(cfg: Config, source: str) -> None:
             "has no int8 path here); set extract.runtime or use precision fp32"
         )
     _check_engine(cfg.extract, source)
+    if cfg.backbone.mirror_average and cfg.extract.runtime != "tensorflow":
+        raise ConfigError(
+            f"{source}: key 'backbone.mirror_average': runs with extract.runtime tensorflow only (got "
+            f"{cfg.extract.runtime!r}); set extract.runtime=tensorflow or backbone.mirror_average=false"
+        )
     if cfg.train.folds == 1:
         raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):
@@ -533,7 +544,13 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
     _check_layers(cfg, arch, source)
     boundary = arch.finetune_boundaries[cfg.finetune.blocks - 1] if cfg.finetune.blocks else None
     decode = DecodeSettings(cfg.data.image_size, cfg.data.resize, parse_background(cfg.data.background), cfg.data.max_pixels)
-    spec = Spec(arch, cfg.backbone.layer, boundary, decode)
+    spec = Spec(arch, cfg.backbone.layer, boundary, decode, cfg.backbone.mirror_average)
+    if spec.mirror_average and boundary:
+        # Phase 2 trains the top blocks on one pass of stored boundary maps; the mirror pass is not stored.
+        raise ConfigError(
+            f"{source}: key 'backbone.mirror_average': cannot be combined with finetune.blocks = {cfg.finetune.blocks}; "
+            "set one of them off"
+        )
     smallest = max(arch.min_size, *(arch.smallest_input(layer) for layer in spec.stored_layers))
     if cfg.data.image_size < smallest:
         raise ConfigError(

@@ -51,11 +51,37 @@ def feature_model(spec: Spec, weights: ResolvedWeights, layers, seed: int, base=
     inputs = keras.Input((size, size, 3), name="image")
     x = preprocess.apply(spec.preprocessing, inputs)
     outputs = [base.get_layer(layer).output for layer in names]
-    truncated = keras.Model(base.input, outputs if len(outputs) > 1 else outputs[0], name=spec.name)
+    truncated = keras.Model(base.input, outputs, name=spec.name)
     # Frozen: also keeps BatchNormalization layers (ResNet, Inception,
     # MobileNet) in inference mode, with their ImageNet statistics.
     truncated.trainable = False
-    return keras.Model(inputs, truncated(x), name=f"{spec.name}_{names[0]}")
+    maps = truncated(x)
+    if spec.mirror_average:
+        # Preprocessing is per pixel, so mirroring after it equals mirroring the image.
+        mirrored = truncated(mirror(x, "mirror_image"))
+        maps = [
+            keras.layers.Average(name=f"mirror_average_{layer}")([m, mirror(n, f"mirror_{layer}")])
+            for layer, m, n in zip(names, maps, mirrored)
+        ]
+    return keras.Model(inputs, maps if len(maps) > 1 else maps[0], name=f"{spec.name}_{names[0]}")
+
+
+def mirror(x, name: str):
+    """``x`` (batch, height, width, channels) flipped left-right, from built-in
+    layers (so ``model.keras`` needs no custom code): the width axis moved last,
+    a frozen Dense whose kernel is the reversed identity (products with 1 and
+    0: exact), moved back."""
+    import keras
+    import numpy as np
+
+    width = x.shape[2]
+    if width == 1:  # nothing to flip (and tf2onnx mishandles a Dense of width 1 on this axis)
+        return x
+    x = keras.layers.Permute((1, 3, 2), name=f"{name}_to_last")(x)
+    flip = keras.layers.Dense(width, use_bias=False, trainable=False, name=name)
+    x = flip(x)
+    flip.set_weights([np.eye(width, dtype="float32")[::-1]])
+    return keras.layers.Permute((1, 3, 2), name=f"{name}_back")(x)
 
 
 def top_model(base, boundary: str, top: str):

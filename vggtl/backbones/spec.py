@@ -28,12 +28,16 @@ class Spec:
             when fine-tuning is off.
         decode: how image files become the network's input (size, resize
             policy, background, pixel limit).
+        mirror_average: features are the average of the image's maps and
+            its left-right mirror image's maps, flipped back
+            (``backbone.mirror_average``).
     """
 
     arch: Architecture
     head_layer: str
     boundary_layer: str | None
     decode: DecodeSettings
+    mirror_average: bool = False
 
     @property
     def name(self) -> str:

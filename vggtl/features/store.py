@@ -116,6 +116,8 @@ def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: di
         "dtype": cache.dtype,
         "schema_version": SCHEMA_VERSION,
     }
+    if spec.mirror_average:  # only when on, so that other stores keep their digest
+        settings["mirror_average"] = True
     if runtime != "tensorflow":
         settings["runtime"] = f"{runtime}-{precision}"
     if precision == "int8":

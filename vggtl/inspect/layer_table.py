@@ -53,7 +53,7 @@ def model_from_config(cfg: config.Config):
         note = f"{n_classes} classes assumed (data.root {cfg.data.root} {why})"
     shape = cfg.spec.feature_shape(cfg.spec.head_layer)
     # Standardization statistics only change values, not shapes: neutral ones.
-    pooled = int(np.prod(shape)) if cfg.head.pooling == "flatten" else shape[-1]
+    pooled = heads.pool_numpy(np.zeros((1, *shape), np.float32), cfg.head.pooling).shape[1]
     stats = (np.zeros(pooled), np.ones(pooled)) if cfg.head.standardize else None
     head = heads.build_head(shape, n_classes, cfg.head, stats=stats)
     if cfg.head.probe:
