@@ -402,6 +402,7 @@ def test_mirror_average_end_to_end(mirror_dir):
 
     art = artifact.load(mirror_dir / "experiments/tiny/latest")
     assert art.info["store"]["settings"]["mirror_average"] is True
+    assert "maps averaged with the mirror image's (`backbone.mirror_average`)" in (art.path / "report.md").read_text()
     assert art.metrics["test"]["accuracy"] >= 0.8
     assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
     assert_predicts_what_was_evaluated(mirror_dir)

@@ -179,7 +179,8 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
             lines += [f"**{PHASE_TITLES[phase]} hit the epoch cap ({cap}) before early stopping ended it: "
                       "the model may be under-trained; raise the epochs or check the learning rate.**", ""]
     return lines + [
-        f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}",
+        f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}"
+        + (", maps averaged with the mirror image's (`backbone.mirror_average`)" if cfg.spec.mirror_average else ""),
         f"- features computed by: {_runtime_text(fs.settings)}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
         f"- split: seed {metrics['split']['seed']}, val {metrics['split']['val']:g} / test {metrics['split']['test']:g} "
