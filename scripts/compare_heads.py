@@ -4,10 +4,12 @@ For each split seed, trains the default head exactly as ``vggtl train`` does
 (pooled once, compiled epochs, early stopping) on the cached features of
 CONFIG's store, and prints test accuracy of the dense head alone, the linear
 probe baseline, and the two averaged (the default, ``head.probe: true``),
-with the epochs and seconds of each training. Run ``python -m vggtl.extract
-CONFIG`` first. Example:
+with the epochs and seconds of each training. ``--set KEY=VALUE`` overrides
+the config as in ``vggtl train``. Run ``python -m vggtl.extract CONFIG`` (with
+the same ``--set``) first. Examples:
 
     python scripts/compare_heads.py configs/clipart8.yaml --seeds 0 1 2 3 4 5 6 7 8 9
+    python scripts/compare_heads.py configs/clipart8.yaml --seeds 0 1 2 3 4 --set head.pooling=avgmax_sqrt
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from vggtl.training import baselines, fit
 from vggtl.training import run as training_run
 
 
-def one_seed(path: str, seed: int, dataset) -> dict:
-    cfg = config.load(path, {"seed": seed, "head.probe": True})
+def one_seed(path: str, seed: int, dataset, sets=()) -> dict:
+    cfg = config.load(path, [*sets, f"seed={seed}", "head.probe=true"])
     _, fs, _ = training_run.open_current_store(cfg, dataset)
     try:
         splits = training_run.load_splits(fs)
@@ -51,11 +53,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     args = parser.parse_args(argv)
-    dataset = pipeline.scan_dataset(config.load(args.config))
+    dataset = pipeline.scan_dataset(config.load(args.config, args.sets))
     rows = []
     for seed in args.seeds:
-        r = one_seed(args.config, seed, dataset)
+        r = one_seed(args.config, seed, dataset, args.sets)
         rows.append(r)
         print(f"seed {seed}: train/val/test {r['sizes']}  head {r['head']:.3f}  probe {r['probe']:.3f}  "
               f"average {r['average']:.3f}  ({r['epochs']} epochs, early stop {r['stopped']}, {r['seconds']:.1f} s)", flush=True)
