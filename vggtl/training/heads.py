@@ -15,7 +15,6 @@ PROBE_EXACT_MAX_ROWS = 50_000
 PROBE_SGD_EPOCHS = 20
 PROBE_SGD_BATCH = 4096
 POOLING_LAYERS = {"flatten": "Flatten", "avg": "GlobalAveragePooling2D", "max": "GlobalMaxPooling2D"}
-POOLINGS = ("flatten", "avg", "max", "avgmax", "avg_sqrt", "max_sqrt", "avgmax_sqrt")
 SQRT = "_sqrt"
 # The square root of pooled activations, as Keras has no such built-in layer:
 # the piecewise-linear interpolation of sqrt at 0 and at 2^k, k = -14..20, at
