@@ -8,7 +8,7 @@ average and global max. Then, for every combination of
 
     layers  block5 | block4 + block5   (pooled vectors concatenated)
     pooling avg | avgmax
-    power   none | sqrt                (signed square root of the pooled vector)
+    power   none | sqrt                (square root of the pooled vector, exact)
     flip    none | avg                 (pooled vectors of image and mirror averaged)
 
 it prints the accuracy of a logistic regression on the standardized vectors
@@ -45,6 +45,7 @@ def pooled_views(cfg, dataset, weights, policy: str) -> dict:
     import dataclasses
 
     from vggtl.backbones import build
+    from vggtl.training import heads
 
     decode = dataclasses.replace(cfg.spec.decode, resize=policy)
     with ThreadPoolExecutor(2) as pool:
@@ -57,7 +58,7 @@ def pooled_views(cfg, dataset, weights, policy: str) -> dict:
             x = images[start : start + BATCH]
             maps = model.predict_on_batch(x[:, :, ::-1] if flipped else x)
             for i, m in enumerate(maps):
-                batches[i].append(np.concatenate([m.mean(axis=(1, 2)), m.max(axis=(1, 2))], axis=1))
+                batches[i].append(heads.pool_numpy(m, "avgmax"))
         for layer, parts in zip(LAYERS, batches):
             out[layer, flipped] = np.concatenate(parts)
     return out

@@ -448,6 +448,12 @@ def _validate_semantics(cfg: Config, source: str) -> None:
             "has no int8 path here); set extract.runtime or use precision fp32"
         )
     _check_engine(cfg.extract, source)
+    if cfg.backbone.mirror_average and cfg.finetune.blocks:
+        # Phase 2 trains the top blocks on one pass of stored boundary maps; the mirror pass is not stored.
+        raise ConfigError(
+            f"{source}: key 'backbone.mirror_average': cannot be combined with finetune.blocks = {cfg.finetune.blocks}; "
+            "set one of them off"
+        )
     if cfg.backbone.mirror_average and cfg.extract.runtime != "tensorflow":
         raise ConfigError(
             f"{source}: key 'backbone.mirror_average': runs with extract.runtime tensorflow only (got "
@@ -545,12 +551,6 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
     boundary = arch.finetune_boundaries[cfg.finetune.blocks - 1] if cfg.finetune.blocks else None
     decode = DecodeSettings(cfg.data.image_size, cfg.data.resize, parse_background(cfg.data.background), cfg.data.max_pixels)
     spec = Spec(arch, cfg.backbone.layer, boundary, decode, cfg.backbone.mirror_average)
-    if spec.mirror_average and boundary:
-        # Phase 2 trains the top blocks on one pass of stored boundary maps; the mirror pass is not stored.
-        raise ConfigError(
-            f"{source}: key 'backbone.mirror_average': cannot be combined with finetune.blocks = {cfg.finetune.blocks}; "
-            "set one of them off"
-        )
     smallest = max(arch.min_size, *(arch.smallest_input(layer) for layer in spec.stored_layers))
     if cfg.data.image_size < smallest:
         raise ConfigError(
