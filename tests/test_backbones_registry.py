@@ -102,3 +102,29 @@ def test_vgg16_preprocessing_description_is_unchanged():
     assert registry.get("vgg16").preprocessing_description == (
         "keras.applications.vgg16.preprocess_input (caffe: RGB->BGR, minus ImageNet means)"
     )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_joined_layer_shapes_match_the_tapped_networks(built, name):
+    """A joined layer (the first fine-tuning boundary + the top) has the top's
+    grid and both parts' channels, through the real pooling arithmetic of
+    each network (floor halving for VGG, ceil for ResNet and MobileNetV2)."""
+    from vggtl.backbones import build
+
+    arch = registry.get(name)
+    joined = f"{arch.finetune_boundaries[0]}{registry.JOIN}{arch.default_layer}"
+    for size in (arch.min_size, 97):
+        tensor = build.tap(built[name, size], joined)
+        assert arch.feature_shape(joined, size) == tuple(tensor.shape[1:]), (name, size)
+
+
+def test_layer_parts_and_pool_onto():
+    assert registry.layer_parts("block5_pool") == ("block5_pool",)
+    assert registry.layer_parts("block4_pool+block5_pool") == ("block4_pool", "block5_pool")
+    assert registry.keras_name("block4_pool+block5_pool") == "block4_pool_and_block5_pool"
+    assert registry.get("vgg16").feature_shape("block3_pool+block4_pool+block5_pool", 224) == (7, 7, 1280)
+    assert registry.pool_onto(14, 7) == (2, "valid")
+    assert registry.pool_onto(15, 7) == (2, "valid")  # VGG: 15 -> 7 drops the last row, as block5_pool does
+    assert registry.pool_onto(7, 4) == (2, "same")  # ResNet: 7 -> 4
+    assert registry.pool_onto(7, 7) == (1, "valid")
+    assert registry.pool_onto(12, 5) is None and registry.pool_onto(3, 7) is None and registry.pool_onto(4, 0) is None

@@ -697,6 +697,31 @@ def test_finetune_blocks_per_backbone(root):
         config.from_dict(minimal(root, backbone={"name": "inception_v3", "layer": "mixed7"}, finetune={"blocks": 1}))
 
 
+def test_joined_backbone_layer(root):
+    """'a+b' joins layers (bottom to top); fine-tuning works when every part is at
+    or above the boundary and the last is the top."""
+    cfg = config.from_dict(minimal(root, backbone={"layer": "block4_pool+block5_pool"}, finetune={"blocks": 1}))
+    assert cfg.spec.stored_layers == ("block4_pool+block5_pool", "block4_pool")
+    assert cfg.spec.feature_shape(cfg.spec.head_layer) == (7, 7, 1024)
+    for layer, message in [
+        ("block5_pool+block4_pool", r"got 'block5_pool\+block4_pool'; join distinct layers from bottom to top, e\.g\. block4_pool\+block5_pool"),
+        ("block4_pool+block4_pool", r"got .block4_pool\+block4_pool.; join distinct layers from bottom to top"),
+        ("block4_pool+block6_pool", r"got 'block4_pool\+block6_pool'; allowed for vgg16: block1_pool, .*, or several of them joined"),
+    ]:
+        with pytest.raises(ConfigError, match=r"key 'backbone\.layer': " + message):
+            config.from_dict(minimal(root, backbone={"layer": layer}))
+    with pytest.raises(ConfigError, match=r"'block3_pool' is below the fine-tuning boundary 'block4_pool' of finetune\.blocks: 1"):
+        config.from_dict(minimal(root, backbone={"layer": "block3_pool+block5_pool"}, finetune={"blocks": 1}))
+    assert config.from_dict(minimal(root, backbone={"layer": "block3_pool+block5_pool"}, finetune={"blocks": 2}))
+    with pytest.raises(ConfigError, match=r"fine-tuning needs the head on block5_pool, but 'backbone\.layer' is 'block3_pool\+block4_pool'"):
+        config.from_dict(minimal(root, backbone={"layer": "block3_pool+block4_pool"}, finetune={"blocks": 1}))
+    with pytest.raises(ConfigError, match=(
+        r"key 'backbone\.layer': at data\.image_size 115, mixed2's 12x12 map does not pool evenly onto mixed7's 5x5; "
+        r"use another data\.image_size \(e\.g\. 299\)"
+    )):
+        config.from_dict(minimal(root, backbone={"name": "inception_v3", "layer": "mixed2+mixed7"}, data={"root": str(root), "image_size": 115}))
+
+
 def test_a_shortcut_option_is_a_set_override_that_wins(tmp_path, root):
     import argparse
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -435,3 +436,72 @@ def test_a_mirror_average_artifact_exports_to_every_format(mirror_dir):
     for fmt in ["savedmodel", "tflite", "onnx", "openvino"]:
         args += ["--format", fmt]
     assert export.main(args) == 0
+
+
+# --------------------------------------------------------------------------- joined layers
+
+
+@pytest.fixture(scope="module")
+def joined_dir(tmp_path_factory):
+    """The head on block4_pool+block5_pool, and block5 fine-tuned on stored block4_pool maps."""
+    tmp = tmp_path_factory.mktemp("joined")
+    root = make_dataset(tmp / "data", per_class=12)
+    cfg = write_config(
+        tmp / "tiny.yaml", root, tmp,
+        data={"image_size": 64}, backbone={"weights": None, "layer": "block4_pool+block5_pool"},
+        head={"units": [16], "pooling": "avgmax"},
+        finetune={"blocks": 1, "epochs": 2, "optimizer": "adam", "learning_rate": 1e-4},
+    )
+    return run_pipeline(tmp, cfg, [[str(cfg)]])
+
+
+def test_joined_layer_end_to_end(joined_dir):
+    """Stored maps are block4_pool max-pooled onto block5_pool's grid, next to
+    block5_pool: the head reads 1024 channels, the artifact taps both layers,
+    and predictions from the artifact alone equal the evaluation."""
+    import keras
+
+    art = artifact.load(joined_dir / "experiments/tiny/latest")
+    assert art.info["store"]["settings"]["layers"] == ["block4_pool+block5_pool", "block4_pool"]  # head, boundary
+    with h5py.File(art.info["store"]["path"], "r") as fh:
+        assert fh["features/block4_pool+block5_pool"].shape[1:] == (2, 2, 1024)
+    assert art.info["backbone"]["layer"] == "block4_pool+block5_pool"
+    assert art.metrics["phase2"]["blocks"] == 1
+    assert "up to `block4_pool+block5_pool`" in (art.path / "report.md").read_text()
+    assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
+    assert_predicts_what_was_evaluated(joined_dir)
+    model = keras.saving.load_model(art.path / "model.keras")  # plain Keras, no vggtl code
+    names = {layer.name for layer in model.get_layer("vgg16_block4_pool_and_block5_pool").get_layer("vgg16").layers}
+    assert {"block4_pool_onto_block5_pool", "block4_pool_and_block5_pool"} <= names
+
+
+def test_joined_layer_maps_are_the_parts_concatenated(joined_dir):
+    """The joined tensor is exactly [2x2 max-pool of block4_pool, block5_pool]."""
+    from vggtl import config
+    from vggtl.backbones import build, resolve
+
+    cfg = config.load(joined_dir / "tiny.yaml")
+    weights = resolve.resolve_weights(cfg.spec.arch, None, cfg.seed)
+    model = build.feature_model(cfg.spec, weights, ["block4_pool+block5_pool", "block4_pool", "block5_pool"], cfg.seed)
+    x = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
+    joined, b4, b5 = (np.asarray(m) for m in model.predict_on_batch(x))
+    pooled = b4.reshape(3, 2, 2, 2, 2, 512).max(axis=(2, 4))
+    np.testing.assert_array_equal(joined, np.concatenate([pooled, b5], axis=-1))
+
+
+def test_joined_layer_needs_its_own_store(joined_dir, capsys):
+    assert train_in(joined_dir, "tiny.yaml", "backbone.layer=block5_pool") == 2
+    assert "no feature store for this config" in capsys.readouterr().err
+
+
+def test_a_joined_layer_artifact_exports_and_explains(joined_dir):
+    from vggtl import export
+
+    latest = joined_dir / "experiments/tiny/latest"
+    args = [str(latest), "--out", str(joined_dir / "exported")]
+    for fmt in ["savedmodel", "tflite", "onnx", "openvino"]:
+        args += ["--format", fmt]
+    assert export.main(args) == 0
+    image = next((joined_dir / "data" / "red").iterdir())
+    assert predict.main([str(latest), str(image), "--gradcam", str(joined_dir / "gc")]) == 0
+    assert [p.name for p in (joined_dir / "gc").iterdir()] and (joined_dir / "gc" / f"{image.stem}_gradcam.jpg").is_file()

@@ -85,7 +85,8 @@ class BackboneConfig:
     )
     weights: str | None = _key("imagenet", doc="imagenet | path to a .h5/.weights.h5 file | null (random init)")
     layer: str | None = _key(
-        None, doc="layer whose activations are cached; null = the backbone's top (vgg16: block5_pool); see README"
+        None,
+        doc="layer whose activations are cached; null = the backbone's top (vgg16: block5_pool); several joined bottom to top with '+' (block4_pool+block5_pool) are concatenated on the top one's grid; see README",
     )
     mirror_average: bool = _key(
         False,
@@ -557,25 +558,57 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
             f"{source}: key 'data.image_size': got {cfg.data.image_size}; {arch.name} up to {cfg.backbone.layer} "
             f"needs at least {smallest} (its own size is {arch.default_size})"
         )
+    _check_joined_grid(spec, source)
     cfg.spec = spec
 
 
 def _check_layers(cfg: Config, arch: registry.Architecture, source: str) -> None:
-    """``backbone.layer`` and ``finetune.blocks`` must exist for ``arch`` and fit each other."""
-    name = arch.name
-    if cfg.backbone.layer not in arch.layers:
+    """``backbone.layer`` (one layer, or several joined with '+') and
+    ``finetune.blocks`` must exist for ``arch`` and fit each other."""
+    name, layer, order = arch.name, cfg.backbone.layer, list(arch.layers)
+    parts = registry.layer_parts(layer)
+    example = f"{arch.finetune_boundaries[0]}{registry.JOIN}{arch.default_layer}"
+    for part in parts:
+        if part not in arch.layers:
+            raise ConfigError(
+                f"{source}: key 'backbone.layer': got {layer!r}; allowed for {name}: {', '.join(order)}, "
+                f"or several of them joined bottom to top with '{registry.JOIN}' (e.g. {example})"
+            )
+    positions = [order.index(part) for part in parts]
+    if positions != sorted(set(positions)):
         raise ConfigError(
-            f"{source}: key 'backbone.layer': got {cfg.backbone.layer!r}; allowed for {name}: {', '.join(arch.layers)}"
+            f"{source}: key 'backbone.layer': got {layer!r}; join distinct layers from bottom to top, e.g. {example}"
         )
     if cfg.finetune.blocks > len(arch.finetune_boundaries):
         raise ConfigError(
             f"{source}: key 'finetune.blocks': got {cfg.finetune.blocks}; {name} allows 0-{len(arch.finetune_boundaries)}"
         )
-    if cfg.finetune.blocks and cfg.backbone.layer != arch.default_layer:
+    if cfg.finetune.blocks and parts[-1] != arch.default_layer:
         raise ConfigError(
             f"{source}: key 'finetune.blocks': fine-tuning needs the head on {arch.default_layer}, "
-            f"but 'backbone.layer' is {cfg.backbone.layer!r}; set backbone.layer: {arch.default_layer} or finetune.blocks: 0"
+            f"but 'backbone.layer' is {layer!r}; set backbone.layer: {arch.default_layer} (or end it with it) or finetune.blocks: 0"
         )
+    boundary = arch.finetune_boundaries[cfg.finetune.blocks - 1] if cfg.finetune.blocks else None
+    if boundary and positions[0] < order.index(boundary):
+        raise ConfigError(
+            f"{source}: key 'backbone.layer': {parts[0]!r} is below the fine-tuning boundary {boundary!r} of "
+            f"finetune.blocks: {cfg.finetune.blocks}, so fine-tuning could not reach it; join layers from {boundary} up, "
+            "or fine-tune more blocks"
+        )
+
+
+def _check_joined_grid(spec: Spec, source: str) -> None:
+    """Every lower part of a joined ``backbone.layer`` must pool exactly onto the top part's grid."""
+    parts = registry.layer_parts(spec.head_layer)
+    top = spec.feature_shape(parts[-1])[0]
+    for part in parts[:-1]:
+        side = spec.feature_shape(part)[0]
+        if registry.pool_onto(side, top) is None:
+            raise ConfigError(
+                f"{source}: key 'backbone.layer': at data.image_size {spec.image_size}, {part}'s {side}x{side} map "
+                f"does not pool evenly onto {parts[-1]}'s {top}x{top}; use another data.image_size "
+                f"(e.g. {spec.arch.default_size}) or other layers"
+            )
 
 
 def check_paths(cfg: Config, source: str = "config") -> None:

@@ -5,6 +5,7 @@ model an artifact ships. TensorFlow is imported by the functions, not here.
 
 from __future__ import annotations
 
+from vggtl.backbones import registry
 from vggtl.backbones.resolve import ResolvedWeights, load_weights
 from vggtl.backbones.spec import Spec
 
@@ -46,11 +47,12 @@ def feature_model(spec: Spec, weights: ResolvedWeights, layers, seed: int, base=
     from vggtl.backbones import preprocess
 
     names = [layers] if isinstance(layers, str) else list(layers)
+    tags = [registry.keras_name(layer) for layer in names]
     base = base if base is not None else build_base(spec, weights, seed)
     size = spec.image_size
     inputs = keras.Input((size, size, 3), name="image")
     x = preprocess.apply(spec.preprocessing, inputs)
-    outputs = [base.get_layer(layer).output for layer in names]
+    outputs = [tap(base, layer) for layer in names]
     truncated = keras.Model(base.input, outputs, name=spec.name)
     # Frozen: also keeps BatchNormalization layers (ResNet, Inception,
     # MobileNet) in inference mode, with their ImageNet statistics.
@@ -60,10 +62,32 @@ def feature_model(spec: Spec, weights: ResolvedWeights, layers, seed: int, base=
         # Preprocessing is per pixel, so mirroring after it equals mirroring the image.
         mirrored = truncated(mirror(x, "mirror_image"))
         maps = [
-            keras.layers.Average(name=f"mirror_average_{layer}")([m, mirror(n, f"mirror_{layer}")])
-            for layer, m, n in zip(names, maps, mirrored)
+            keras.layers.Average(name=f"mirror_average_{tag}")([m, mirror(n, f"mirror_{tag}")])
+            for tag, m, n in zip(tags, maps, mirrored)
         ]
-    return keras.Model(inputs, maps if len(maps) > 1 else maps[0], name=f"{spec.name}_{names[0]}")
+    return keras.Model(inputs, maps if len(maps) > 1 else maps[0], name=f"{spec.name}_{tags[0]}")
+
+
+def tap(base, layer: str):
+    """The output tensor of ``layer`` in ``base``; for a joined layer
+    (``'block4_pool+block5_pool'``, see :func:`vggtl.backbones.registry.layer_parts`)
+    the channel concatenation of its parts, each lower part max-pooled onto
+    the last part's grid (as VGG's own pooling layers downsample; max pooling
+    also keeps a part's global maximum exactly, and ignores 'same' padding).
+    Built-in layers, so ``model.keras`` and every export carry it."""
+    import keras
+
+    parts = registry.layer_parts(layer)
+    if len(parts) == 1:
+        return base.get_layer(layer).output
+    maps = [base.get_layer(part).output for part in parts]
+    target = maps[-1].shape[1]
+    pooled = []
+    for part, x in zip(parts[:-1], maps[:-1]):
+        window, padding = registry.pool_onto(x.shape[1], target)  # config checked that it fits
+        name = f"{part}_onto_{parts[-1]}"
+        pooled.append(x if window == 1 else keras.layers.MaxPooling2D(window, padding=padding, name=name)(x))
+    return keras.layers.Concatenate(name=registry.keras_name(layer))(pooled + maps[-1:])
 
 
 def mirror(x, name: str):
@@ -86,7 +110,8 @@ def mirror(x, name: str):
 
 def top_model(base, boundary: str, top: str):
     """The layers of ``base`` from above ``boundary`` up to ``top``, as a model on
-    stored ``boundary`` activations. It shares its layers (and so its weights)
+    stored ``boundary`` activations (``top`` may be a joined layer whose parts
+    are at or above ``boundary``). It shares its layers (and so its weights)
     with ``base``: fine-tuning it fine-tunes ``base``. Works for non-sequential
     bases too (ResNet, Inception), as long as every path to ``top`` passes
     through ``boundary``.
@@ -94,9 +119,11 @@ def top_model(base, boundary: str, top: str):
     import keras
 
     names = [layer.name for layer in base.layers]
-    if boundary not in names or top not in names or names.index(top) <= names.index(boundary):
+    parts = registry.layer_parts(top)
+    if boundary not in names or any(p not in names or names.index(p) < names.index(boundary) for p in parts) \
+            or names.index(parts[-1]) <= names.index(boundary):
         raise ValueError(f"need boundary below top among the layers of {base.name}, got {boundary!r} -> {top!r}")
-    return keras.Model(base.get_layer(boundary).output, base.get_layer(top).output, name=f"{base.name}_above_{boundary}")
+    return keras.Model(base.get_layer(boundary).output, tap(base, top), name=f"{base.name}_above_{boundary}")
 
 
 def end_to_end_model(spec: Spec, weights: ResolvedWeights, head, name: str, seed: int, base=None):

@@ -99,14 +99,59 @@ class Architecture:
         return f"keras.applications.{self.module}.preprocess_input ({self.preprocessing}: {what})"
 
     def smallest_input(self, layer: str) -> int:
-        """Smallest square input side for which ``layer`` has a non-empty output."""
-        return next(size for size in range(1, 4096) if self.layers[layer].side(size) >= 1)
+        """Smallest square input side for which ``layer`` (or every part of a
+        joined ``'a+b'`` layer) has a non-empty output."""
+        return next(size for size in range(1, 4096) if all(self.layers[p].side(size) >= 1 for p in layer_parts(layer)))
 
     def feature_shape(self, layer: str, image_size: int) -> tuple[int, int, int]:
-        """Output shape of ``layer`` for square ``image_size`` inputs, e.g. (7, 7, 512)."""
-        spec = self.layers[layer]
-        side = spec.side(image_size)
-        return (side, side, spec.channels)
+        """Output shape of ``layer`` for square ``image_size`` inputs, e.g. (7, 7, 512).
+
+        A joined layer ``'block4_pool+block5_pool'`` has the grid of its last
+        (top) part and the channels of all its parts: (7, 7, 1024).
+        """
+        parts = layer_parts(layer)
+        side = self.layers[parts[-1]].side(image_size)
+        return (side, side, sum(self.layers[p].channels for p in parts))
+
+
+JOIN = "+"
+
+
+def layer_parts(layer: str) -> tuple[str, ...]:
+    """The layers a (possibly joined) layer name stands for: ``'block4_pool+block5_pool'``
+    -> ``('block4_pool', 'block5_pool')``; ``'block5_pool'`` -> ``('block5_pool',)``.
+
+    A joined layer is the channel concatenation of its parts' maps, each lower
+    part max-pooled onto the grid of the last one (see
+    :func:`vggtl.backbones.build.tap`): several depths of the network in one
+    cached tensor, which the head and every later stage read as one layer.
+    """
+    return tuple(layer.split(JOIN))
+
+
+def keras_name(layer: str) -> str:
+    """``layer`` as a Keras layer/model name ('+' is not allowed in TensorFlow
+    name scopes): ``'block4_pool+block5_pool'`` -> ``'block4_pool_and_block5_pool'``."""
+    return layer.replace(JOIN, "_and_")
+
+
+def pool_onto(side: int, target: int) -> tuple[int, str] | None:
+    """``(window, padding)`` of a stride-``window`` pooling that maps a
+    ``side`` x ``side`` grid onto ``target`` x ``target`` exactly, or None.
+
+    'valid' with window ``side // target`` fits the floor-halving of VGG
+    (15 -> 7: window 2); 'same' with window ``ceil(side / target)`` fits the
+    ceil-halving of ResNet and MobileNetV2 (7 -> 4: window 2).
+    """
+    if target < 1 or side < target:
+        return None
+    window = side // target
+    if side // window == target:
+        return window, "valid"
+    window = -(-side // target)
+    if -(-side // window) == target:
+        return window, "same"
+    return None
 
 
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
