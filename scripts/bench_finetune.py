@@ -14,7 +14,7 @@ On a real dataset with the real VGG16 weights and a fixed split, measures:
 
 Usage (repository root, ../shared beside it):
 
-    python scripts/bench_finetune.py [--config configs/clipart8.yaml] [--views 4]
+    python scripts/bench_finetune.py [--config configs/clipart8-fast.yaml] [--views 4]
         [--seeds 1 2 3] [--parts epoch table extract] [--work /tmp/vggtl-bench-ft]
 
 Everything is printed; nothing is asserted.
@@ -197,7 +197,7 @@ def part_extract(config_path: Path, views: int, work: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs/clipart8.yaml"))
+    parser.add_argument("--config", default=str(REPO / "configs/clipart8-fast.yaml"))
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=3, help="phase-2 epochs timed in part 'epoch'")

@@ -37,10 +37,10 @@ The full run trains rows x seeds heads and quantizes each int8 row once per
 seed; --skip-accuracy / --skip-whole / --runtimes make quicker runs. Example:
 
     VGGTL_VGG16_WEIGHTS=../shared/weights/vgg16_imagenet_notop.weights.h5 \\
-        python scripts/bench_runtimes.py configs/clipart8.yaml --images 64
+        python scripts/bench_runtimes.py configs/clipart8-fast.yaml --images 64
 
     # quicker: compute-only and whole command, two rows
-    python scripts/bench_runtimes.py configs/clipart8.yaml --skip-accuracy \\
+    python scripts/bench_runtimes.py configs/clipart8-fast.yaml --skip-accuracy \\
         --runtimes tensorflow-fp32 openvino-int8
 """
 

@@ -13,7 +13,7 @@ Model: ``T(N, W) = start + N / min(W * r_worker, r_driver)`` with
 write)`` images per second. Example:
 
     VGGTL_VGG16_WEIGHTS=../shared/weights/vgg16_imagenet_notop.weights.h5 \\
-        python scripts/bench_scale_out.py configs/clipart8.yaml --check
+        python scripts/bench_scale_out.py configs/clipart8-fast.yaml --check
 """
 
 from __future__ import annotations

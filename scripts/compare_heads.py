@@ -9,7 +9,7 @@ the config as in ``vggtl train``. Run ``python -m vggtl.extract CONFIG`` (with
 the same ``--set``) first. Examples:
 
     python scripts/compare_heads.py configs/clipart8.yaml --seeds 0 1 2 3 4 5 6 7 8 9
-    python scripts/compare_heads.py configs/clipart8.yaml --seeds 0 1 2 3 4 --set head.pooling=avgmax_sqrt
+    python scripts/compare_heads.py configs/clipart8-fast.yaml --seeds 0 1 2 3 4 --set head.pooling=avgmax_sqrt
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ measures heads on one store. Everything is printed, nothing asserted. Usage
 (from the repository root, ../shared beside it; about 2 minutes per policy on
 2 cores with VGGTL_VGG16_WEIGHTS set):
 
-    python scripts/feature_study.py configs/clipart8.yaml --policies stretch pad trim_pad
+    python scripts/feature_study.py configs/clipart8-fast.yaml --policies stretch pad trim_pad
 """
 
 from __future__ import annotations
@@ -48,9 +48,11 @@ def pooled_views(cfg, dataset, weights, policy: str) -> dict:
     from vggtl.training import heads
 
     decode = dataclasses.replace(cfg.spec.decode, resize=policy)
+    # The script flips the images itself (the "flip" column): the base alone, whatever CONFIG's mirror_average.
+    spec = dataclasses.replace(cfg.spec, decode=decode, mirror_average=False)
     with ThreadPoolExecutor(2) as pool:
         images = np.stack(list(pool.map(decode.decode, [f.path for f in dataset.files])))
-    model = build.feature_model(cfg.spec, weights, list(LAYERS), cfg.seed)
+    model = build.feature_model(spec, weights, list(LAYERS), cfg.seed)
     out = {}
     for flipped in (False, True):
         batches = [[] for _ in LAYERS]
