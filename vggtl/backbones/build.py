@@ -10,6 +10,11 @@ from vggtl.backbones.resolve import ResolvedWeights, load_weights
 from vggtl.backbones.spec import Spec
 
 
+# Name of the layers flipping the image in a mirror-averaged feature model
+# (``<name>_to_last``, ``<name>``, ``<name>_back``): Grad-CAM finds the mirror branch by it.
+MIRROR_IMAGE = "mirror_image"
+
+
 def build_base(spec: Spec, weights: ResolvedWeights, seed: int):
     """The convolutional base of ``spec`` (``include_top=False``) with ``weights`` loaded.
 
@@ -60,7 +65,7 @@ def feature_model(spec: Spec, weights: ResolvedWeights, layers, seed: int, base=
     maps = truncated(x)
     if spec.mirror_average:
         # Preprocessing is per pixel, so mirroring after it equals mirroring the image.
-        mirrored = truncated(mirror(x, "mirror_image"))
+        mirrored = truncated(mirror(x, MIRROR_IMAGE))
         maps = [
             keras.layers.Average(name=f"mirror_average_{tag}")([m, mirror(n, f"mirror_{tag}")])
             for tag, m, n in zip(tags, maps, mirrored)

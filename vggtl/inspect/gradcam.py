@@ -14,8 +14,11 @@ are expanded into their layers; a nested network that is not a chain
 (ResNet, Inception, MobileNet) runs as one unit, through a two-output copy
 of itself when it holds the explained layer. The replay must reproduce the
 model's own output, so a graph it does not understand is refused rather than
-explained wrongly. The same code serves the Keras ``VGG16(include_top=True)``
-ImageNet classifier.
+explained wrongly. A mirror-averaged feature model (``backbone.mirror_average``,
+the base called on the image and on its mirror image) is replayed through its
+own graph: each call of the layer is weighted by its own gradients, and the
+mirror call's map is flipped back before the two are summed. The same code
+serves the Keras ``VGG16(include_top=True)`` ImageNet classifier.
 
 The score differentiated is the class *logit* when the last layer is a
 softmax ``Dense`` (as in the paper: softmax saturates and mixes in the other
@@ -150,26 +153,62 @@ _PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _replay(units, x, conv_layer: str):
-    """Run ``units`` on ``x``; return (conv activations, class scores, model output).
+    """Run ``units`` on ``x``; return (calls, class scores, model output), where
+    ``calls`` lists ``(activations, mirrored)`` for every call of ``conv_layer``
+    (one, except in a mirror-averaged model: see :func:`_replay_graph`).
     The caller's tape must watch ``x``, so every operation is recorded."""
     import keras
     import tensorflow as tf
 
-    activations = None
+    calls = []
     for i, unit in enumerate(units):
         if i == len(units) - 1 and _is_softmax_dense(unit):
             # Pre-softmax logits: Dense without its activation.
             scores = tf.matmul(x, unit.kernel)
             if unit.use_bias:
                 scores = scores + unit.bias
-            return activations, scores, tf.nn.softmax(scores, axis=-1)
+            return calls, scores, tf.nn.softmax(scores, axis=-1)
         if isinstance(unit, keras.Model) and conv_layer in {layer.name for layer in unit.layers}:
             activations, x = _probe(unit, conv_layer)(x, training=False)
+            calls.append((activations, False))
+            continue
+        if isinstance(unit, keras.Model) and conv_layer in {layer.name for layer in leaf_layers(unit)}:
+            unit_calls, x = _replay_graph(unit, x, conv_layer)
+            calls += unit_calls
             continue
         x = unit(x, training=False)
         if unit.name == conv_layer:
-            activations = x
-    return activations, x, x
+            calls.append((x, False))
+    return calls, x, x
+
+
+def _replay_graph(network, x, conv_layer: str):
+    """Run ``network`` (not a chain, e.g. vggtl's mirror-averaged feature model,
+    which calls its base on the image and on the mirror image) through its own
+    graph, the nested model holding ``conv_layer`` replaced by its two-output
+    probe at every call. Returns ``([(activations, mirrored), ...], output)``;
+    ``mirrored``: that call's input is the output of the image-flipping layers
+    (:data:`vggtl.backbones.build.MIRROR_IMAGE`), so its map is mirrored too."""
+    import keras
+
+    from vggtl.backbones.build import MIRROR_IMAGE
+
+    flipped, calls = set(), []
+
+    def call(op, *args, **kwargs):
+        if isinstance(op, keras.Model) and conv_layer in {layer.name for layer in op.layers}:
+            activations, out = _probe(op, conv_layer)(args[0], training=False)
+            calls.append((activations, id(args[0]) in flipped))
+            return out
+        out = op(*args, **kwargs)
+        if getattr(op, "name", "") == f"{MIRROR_IMAGE}_back":
+            flipped.add(id(out))
+        return out
+
+    # Keras' own graph walk (keras.src.ops.function.Function); the replay check
+    # against the model's output guards against any change in it.
+    output = network._run_through_graph(x, operation_fn=lambda op: op, call_fn=call)
+    return calls, output
 
 
 # --------------------------------------------------------------------------- heatmap
@@ -237,7 +276,7 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
         tape.watch(x)
         try:
             units = replay_units(model) if is_chain(model) else [model]
-            activations, scores, output = _replay(units, x, conv_layer)
+            calls, scores, output = _replay(units, x, conv_layer)
         except Exception as exc:  # noqa: BLE001 - a layer fed the wrong tensors raises anything
             # Keras' messages embed whole tensors: keep the first line.
             first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -245,7 +284,7 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
                 f"model {model.name!r} cannot be replayed layer by layer ({type(exc).__name__}: {first}); "
                 "Grad-CAM here supports chains of layers and nested networks"
             ) from None
-        if activations is None:
+        if not calls:
             raise ValueError(
                 f"layer {conv_layer!r} sits inside a nested part of model {model.name!r} that is not a chain; "
                 "choose a layer of the backbone itself"
@@ -255,11 +294,18 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
             raise ValueError(f"class_index must be in [0, {n_classes}), got {class_index}")
         score = scores[:, int(class_index)]
     _check_replay(model, x, output)
-    grads = tape.gradient(score, activations)
-    if grads is None:
+    grads = tape.gradient(score, [activations for activations, _ in calls])
+    if all(g is None for g in grads):
         raise ValueError(f"the class score does not depend on layer {conv_layer!r}; choose an earlier layer")
-    weights = tf.reduce_mean(grads, axis=(1, 2))  # (1, channels): importance of each feature map
-    cam = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))[0].numpy()
+    cam = 0.0
+    for (activations, mirrored), g in zip(calls, grads):
+        if g is None:
+            continue
+        weights = tf.reduce_mean(g, axis=(1, 2))  # (1, channels): importance of each feature map
+        part = tf.reduce_sum(activations * weights[:, None, None, :], axis=-1)[0].numpy()
+        # A mirror-image call looks at the mirrored picture: flip its map back.
+        cam = cam + (part[:, ::-1] if mirrored else part)
+    cam = np.maximum(cam, 0.0)
     peak = float(cam.max())
     return (cam / peak if peak > 0 else np.zeros_like(cam)).astype(np.float32)
 

@@ -189,13 +189,6 @@ def _explainer(art, cfg, model, args):
     """``--gradcam``: result -> Grad-CAM files of the chosen (or predicted) class."""
     from vggtl.inspect import gradcam
 
-    if cfg.spec.mirror_average:
-        # The base runs twice (image and mirror image) in parallel branches;
-        # Grad-CAM here follows one chain of layers.
-        raise VggtlError(
-            "--gradcam does not support artifacts trained with backbone.mirror_average: true yet; "
-            "predict without --gradcam, or train a version with backbone.mirror_average: false"
-        )
     chosen = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
     layer, stems = gradcam.default_layer(model, cfg.spec.arch.gradcam_layer), set()
     decode = cfg.spec.decode
