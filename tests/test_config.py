@@ -227,10 +227,6 @@ def test_range_bounds_are_inclusive(root):
             {"backbone": {"mirror_average": True}, "finetune": {"blocks": 1}},
             r"key 'backbone\.mirror_average': cannot be combined with finetune\.blocks = 1",
         ),
-        (
-            {"backbone": {"mirror_average": True}, "extract": {"runtime": "openvino"}},
-            r"key 'backbone\.mirror_average': runs with extract\.runtime tensorflow only \(got 'openvino'\)",
-        ),
         ({"backbone": {"mirror_average": "yes"}}, r"key 'backbone\.mirror_average'"),
         ({"head": {"pooling": "sum"}}, r"key 'head\.pooling': got 'sum'; allowed values: flatten, avg, max"),
         ({"cache": {"compression": "zip"}}, r"key 'cache\.compression': got 'zip'; allowed values: null, lzf, gzip"),

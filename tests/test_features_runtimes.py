@@ -52,6 +52,28 @@ def test_features_match_tensorflow_and_conversion_happens_once(tmp_path, monkeyp
     assert "converted the frozen base" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_a_mirror_average_base_converts_with_its_mirror_branch(tmp_path, monkeypatch, capsys, runtime):
+    """backbone.mirror_average runs on a converted runtime too: the converted model
+    holds the mirror branch (a cache key of its own, so the plain base's cached
+    model is not reused) and its features match TensorFlow's."""
+    if not available(runtime):
+        pytest.skip(f"{runtime} not installed: pip install 'vggtl[{runtimes.CONVERTED[runtime].extra}]'")
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=4), tmp_path)
+    run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}")
+    mirror = ("backbone.mirror_average=true", f"extract.runtime={runtime}")
+    run_extract(cfg, monkeypatch, tmp_path, "backbone.mirror_average=true")
+    capsys.readouterr()
+    run_extract(cfg, monkeypatch, tmp_path, *mirror)
+    assert f"converted the frozen base to {runtime} fp32 once" in capsys.readouterr().out
+    with store_of(cfg, "backbone.mirror_average=true") as tf_store, store_of(cfg, *mirror) as rt_store, \
+            store_of(cfg, f"extract.runtime={runtime}") as plain:
+        rows = np.arange(len(tf_store.paths))
+        a, b = tf_store.features(rows), rt_store.features(rows)
+        assert np.abs(a - b).max() <= 1e-3 * max(1.0, float(np.abs(a).max()))
+        assert np.abs(a - plain.features(rows)).max() > 1e-2  # the mirror branch changed the features
+
+
 def test_a_corrupted_converted_model_is_rebuilt(tmp_path, monkeypatch, capsys):
     if not available("openvino"):
         pytest.skip("openvino not installed: pip install 'vggtl[openvino]'")

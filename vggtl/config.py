@@ -455,11 +455,6 @@ def _validate_semantics(cfg: Config, source: str) -> None:
             f"{source}: key 'backbone.mirror_average': cannot be combined with finetune.blocks = {cfg.finetune.blocks}; "
             "set one of them off"
         )
-    if cfg.backbone.mirror_average and cfg.extract.runtime != "tensorflow":
-        raise ConfigError(
-            f"{source}: key 'backbone.mirror_average': runs with extract.runtime tensorflow only (got "
-            f"{cfg.extract.runtime!r}); set extract.runtime=tensorflow or backbone.mirror_average=false"
-        )
     if cfg.train.folds == 1:
         raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):

@@ -73,6 +73,8 @@ def model_key(spec, weights_digest: str, runtime: str, calibration: str | None =
     parts = {"backbone": spec.name, "layers": list(spec.stored_layers), "image_size": spec.image_size,
              "preprocessing": spec.arch.preprocessing_description, "weights": weights_digest,
              "runtime": runtime, "runtime_version": runtime_version(runtime), "format": 1}
+    if spec.mirror_average:  # the converted model holds the mirror branch (only when on: other keys unchanged)
+        parts["mirror_average"] = True
     if calibration is not None:
         parts.update(precision="int8", calibration=calibration, quantizer=_quantizer_version(runtime))
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
