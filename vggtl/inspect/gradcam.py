@@ -145,7 +145,9 @@ def _probe(network, conv_layer: str):
 
     probes = _PROBES.setdefault(network, {})
     if conv_layer not in probes:
-        probes[conv_layer] = keras.Model(network.inputs, [network.get_layer(conv_layer).output, network.output])
+        # A model built with a one-element output list returns a list: unwrap it
+        # (the next layer expects a tensor; Keras warns about the structure otherwise).
+        probes[conv_layer] = keras.Model(network.inputs, [network.get_layer(conv_layer).output, _single(network.outputs)])
     return probes[conv_layer]
 
 
@@ -208,7 +210,12 @@ def _replay_graph(network, x, conv_layer: str):
     # Keras' own graph walk (keras.src.ops.function.Function); the replay check
     # against the model's output guards against any change in it.
     output = network._run_through_graph(x, operation_fn=lambda op: op, call_fn=call)
-    return calls, output
+    return calls, _single(output)
+
+
+def _single(outputs):
+    """``outputs[0]`` for a one-element list or tuple, else ``outputs`` as it is."""
+    return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
 
 
 # --------------------------------------------------------------------------- heatmap
