@@ -543,8 +543,7 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
         cfg.data.image_size = arch.default_size
     if cfg.backbone.layer is None:
         cfg.backbone.layer = arch.default_layer
-    _check_layers(cfg, arch, source)
-    boundary = arch.finetune_boundaries[cfg.finetune.blocks - 1] if cfg.finetune.blocks else None
+    boundary = _check_layers(cfg, arch, source)
     decode = DecodeSettings(cfg.data.image_size, cfg.data.resize, parse_background(cfg.data.background), cfg.data.max_pixels)
     spec = Spec(arch, cfg.backbone.layer, boundary, decode, cfg.backbone.mirror_average)
     smallest = max(arch.min_size, *(arch.smallest_input(layer) for layer in spec.stored_layers))
@@ -557,9 +556,10 @@ def _resolve_backbone(cfg: Config, source: str) -> None:
     cfg.spec = spec
 
 
-def _check_layers(cfg: Config, arch: registry.Architecture, source: str) -> None:
+def _check_layers(cfg: Config, arch: registry.Architecture, source: str) -> str | None:
     """``backbone.layer`` (one layer, or several joined with '+') and
-    ``finetune.blocks`` must exist for ``arch`` and fit each other."""
+    ``finetune.blocks`` must exist for ``arch`` and fit each other; returns the
+    fine-tuning boundary layer (None when fine-tuning is off)."""
     name, layer, order = arch.name, cfg.backbone.layer, list(arch.layers)
     parts = registry.layer_parts(layer)
     example = f"{arch.finetune_boundaries[0]}{registry.JOIN}{arch.default_layer}"
@@ -590,6 +590,7 @@ def _check_layers(cfg: Config, arch: registry.Architecture, source: str) -> None
             f"finetune.blocks: {cfg.finetune.blocks}, so fine-tuning could not reach it; join layers from {boundary} up, "
             "or fine-tune more blocks"
         )
+    return boundary
 
 
 def _check_joined_grid(spec: Spec, source: str) -> None:
