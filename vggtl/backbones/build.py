@@ -11,8 +11,13 @@ from vggtl.backbones.spec import Spec
 
 
 # Name of the layers flipping the image in a mirror-averaged feature model
-# (``<name>_to_last``, ``<name>``, ``<name>_back``): Grad-CAM finds the mirror branch by it.
+# (see :func:`mirror`): Grad-CAM finds the mirror branch by its output layer.
 MIRROR_IMAGE = "mirror_image"
+
+
+def mirror_output_name(name: str) -> str:
+    """Name of the last layer of :func:`mirror` ``(x, name)``: its output is the flipped ``x``."""
+    return f"{name}_back"
 
 
 def build_base(spec: Spec, weights: ResolvedWeights, seed: int):
@@ -110,7 +115,7 @@ def mirror(x, name: str):
     flip = keras.layers.Dense(width, use_bias=False, trainable=False, name=name)
     x = flip(x)
     flip.set_weights([np.eye(width, dtype="float32")[::-1]])
-    return keras.layers.Permute((1, 3, 2), name=f"{name}_back")(x)
+    return keras.layers.Permute((1, 3, 2), name=mirror_output_name(name))(x)
 
 
 def top_model(base, boundary: str, top: str):

@@ -193,9 +193,9 @@ def _replay_graph(network, x, conv_layer: str):
     (:data:`vggtl.backbones.build.MIRROR_IMAGE`), so its map is mirrored too."""
     import keras
 
-    from vggtl.backbones.build import MIRROR_IMAGE
+    from vggtl.backbones.build import MIRROR_IMAGE, mirror_output_name
 
-    flipped, calls = set(), []
+    flipped, calls, flip_output = set(), [], mirror_output_name(MIRROR_IMAGE)
 
     def call(op, *args, **kwargs):
         if isinstance(op, keras.Model) and conv_layer in {layer.name for layer in op.layers}:
@@ -203,7 +203,7 @@ def _replay_graph(network, x, conv_layer: str):
             calls.append((activations, id(args[0]) in flipped))
             return out
         out = op(*args, **kwargs)
-        if getattr(op, "name", "") == f"{MIRROR_IMAGE}_back":
+        if getattr(op, "name", "") == flip_output:
             flipped.add(id(out))
         return out
 
