@@ -68,7 +68,7 @@ def run_variant(fs, weights, cfg, n_classes) -> float:
     y_train = fs.labels[rows]
     _, x_val, y_val = train.load_split(fs, "val")
     _, x_test, y_test = train.load_split(fs, "test")
-    head, _ = train.fit_head(cfg, train.training_bank(fs, rows, None, cfg.augment.views), y_train, x_val, y_val, n_classes)
+    head, _ = train.train_head(cfg, fs, train.Split(rows, y_train), train.Split(fs.split_rows("val"), y_val))
     if not cfg.finetune.blocks:
         return accuracy(head, x_test, y_test)
     boundary = cfg.spec.boundary_layer
@@ -113,7 +113,10 @@ def part_epoch(base, epochs: int) -> None:
     rows = fs.split_rows("train")
     y_train = fs.labels[rows]
     _, x_val, y_val = train.load_split(fs, "val")
-    head, _ = train.fit_head(cfg, train.training_bank(fs, rows, None, 0), y_train, x_val, y_val, n_classes)
+    from vggtl import config
+
+    head, _ = train.train_head(config.with_overrides(cfg, {"augment.views": 0}, "bench"), fs, train.Split(rows, y_train),
+                               train.Split(fs.split_rows("val"), y_val))
     head_weights = head.get_weights()
     onehot = keras.utils.to_categorical(y_train, n_classes)
 

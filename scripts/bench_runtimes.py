@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import config
+from vggtl import cli, config
 from vggtl.errors import MissingExtra
 from vggtl.features import pipeline, runtimes
 
@@ -119,7 +119,7 @@ def measure(cfg, dataset, runtime: str, precision: str, images: np.ndarray):
     """Compute-only img/s and avg-pooled features of ``images`` through ``runtime``
     (building its converted model into the runtime cache when absent; int8:
     calibrated on the training images of ``dataset``, CONFIG's scanned data)."""
-    cfg = cfg.with_overrides({"extract.runtime": runtime, "extract.precision": precision}, "bench")
+    cfg = config.with_overrides(cfg, {"extract.runtime": runtime, "extract.precision": precision}, "bench")
     where = pipeline.locate_store(cfg, dataset=dataset)
     forward = pipeline.make_forward(cfg, where.weights, log=lambda _: None, calibration=where.calibration)
     batch = cfg.extract.batch_size
@@ -180,7 +180,7 @@ def vggtl_command(command: str, config_path: str, row: Row, sets: dict) -> str:
 def keeping_last_extract():
     """Put back ./.vggtl/last-extract.json (what ``vggtl train`` without CONFIG
     reuses) as it was: every extract below records itself there."""
-    path = config.LAST_EXTRACT
+    path = cli.LAST_EXTRACT
     before = path.read_bytes() if path.is_file() else None
     had_dir = path.parent.is_dir()
     try:

@@ -32,7 +32,7 @@ def one_seed(path: str, seed: int, dataset, sets=()) -> dict:
         splits = training_run.load_splits(fs)
         train, val, test = splits["train"], splits["val"], splits["test"]
         start = time.perf_counter()
-        head, history = fit.fit_head(cfg, train.x[None], train.y, val.x, val.y, len(fs.class_names))
+        head, history = fit.train_head(cfg, fs, train, val)
         seconds = time.perf_counter() - start
         def acc(model):
             return float(np.mean(model.predict(test.x, verbose=0).argmax(1) == test.y))

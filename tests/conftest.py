@@ -1,15 +1,35 @@
-"""Shared fixtures: isolated caches, tiny generated datasets, real-weights lookup."""
+"""Shared fixtures: isolated caches, tiny generated datasets, real-weights
+lookup, and the marks of tests that need an optional extra."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
+import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_WEIGHTS = REPO.parent / "shared" / "weights" / "vgg16_imagenet_notop.weights.h5"
+SHARED = REPO.parent / "shared"
+CLIPART8 = SHARED / "datasets" / "clipart8"
+
+
+def _find_real_weights() -> Path:
+    """The real VGG16 notop weights: ../shared's copy, else where ``vggtl
+    weights fetch`` (the quickstart) or Keras put them -- looked up before
+    :func:`isolated_caches` points the caches at empty test folders."""
+    shared = SHARED / "weights" / "vgg16_imagenet_notop.weights.h5"
+    if shared.is_file():
+        return shared
+    from vggtl.backbones import vgg16_offline
+
+    found = [path for _, path in vgg16_offline.candidate_paths() if path is not None and path.is_file()]
+    return found[0] if found else shared
+
+
+REAL_WEIGHTS = _find_real_weights()
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
 
 
@@ -66,8 +86,64 @@ def write_config(path: Path, root: Path, tmp: Path, **sections) -> Path:
     return path
 
 
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray absent: pip install 'vggtl[ray]'")
-needs_real_weights = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"{SHARED_WEIGHTS} absent")
+# --------------------------------------------------------------------------- optional extras
+
+
+def _extras() -> dict[str, list[str]]:
+    """``{extra: [distribution, ...]}`` as pyproject.toml declares them (one source of truth)."""
+    table = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {extra: [re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0] for req in reqs] for extra, reqs in table.items()}
+
+
+EXTRAS = _extras()
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def missing_extra(*extras: str) -> str | None:
+    """Why a test needing ``extras`` cannot run here (the extra named, with its
+    pip command), or None when every distribution they list is installed."""
+    for extra in extras:
+        if extra not in EXTRAS:
+            raise ValueError(f"unknown extra {extra!r}; pyproject.toml declares {sorted(EXTRAS)}")
+        absent = [name for name in EXTRAS[extra] if not _installed(name)]
+        if absent:
+            return f"needs the optional extra vggtl[{extra}] ({', '.join(absent)} not installed): pip install 'vggtl[{extra}]'"
+    return None
+
+
+def needs_extra(*extras: str):
+    """Mark a test (or a ``pytest.param``) that needs optional extras: it skips,
+    naming the extra, when one is missing, and ``pytest -m extra`` selects it."""
+    return pytest.mark.extra(*extras)
+
+
+def require_extra(*extras: str) -> None:
+    """Inside a test: skip it, naming the extra, when one of ``extras`` is missing."""
+    reason = missing_extra(*extras)
+    if reason:
+        pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers("extra"):
+            if reason := missing_extra(*mark.args):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+needs_ray = needs_extra("ray")
+needs_real_weights = pytest.mark.skipif(
+    not REAL_WEIGHTS.is_file(),
+    reason=f"real VGG16 weights absent ({REAL_WEIGHTS}; `python -m vggtl.weights fetch` provisions them)",
+)
+needs_clipart8 = pytest.mark.skipif(not CLIPART8.is_dir(), reason=f"the clipart8 dataset is absent ({CLIPART8})")
 
 
 def run_pipeline(tmp: Path, cfg: Path, train_argvs) -> Path:

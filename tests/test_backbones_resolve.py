@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SHARED_WEIGHTS, needs_real_weights
+from conftest import REAL_WEIGHTS, needs_real_weights
 from vggtl.backbones import build, keras_files, registry, resolve, vgg16_offline
 from vggtl.backbones.spec import default_spec
 from vggtl.errors import WeightsError
@@ -74,18 +74,18 @@ def test_feature_shape():
 def test_search_order(monkeypatch, tmp_path):
     offline = vgg16_offline.offline_weights_path()
     offline.parent.mkdir(parents=True)
-    shutil.copyfile(SHARED_WEIGHTS, offline)
+    shutil.copyfile(REAL_WEIGHTS, offline)
     found = resolve.resolve_weights(VGG16, "imagenet", 0, allow_download=False)
     assert found.path == offline and "verified" in found.source
     assert found.digest == vgg16_offline.VGG16_TENSOR_DIGEST
     # Keras' cache wins over the vggtl copy
     keras_file = keras_files.keras_cache_path(vgg16_offline.KERAS_NOTOP_FILENAME)
     keras_file.parent.mkdir(parents=True)
-    shutil.copyfile(SHARED_WEIGHTS, keras_file)
+    shutil.copyfile(REAL_WEIGHTS, keras_file)
     assert resolve.resolve_weights(VGG16, "imagenet", 0).path == keras_file
     # and the environment variable over both
-    monkeypatch.setenv(vgg16_offline.ENV_VAR, str(SHARED_WEIGHTS))
-    assert resolve.resolve_weights(VGG16, "imagenet", 0).path == SHARED_WEIGHTS
+    monkeypatch.setenv(vgg16_offline.ENV_VAR, str(REAL_WEIGHTS))
+    assert resolve.resolve_weights(VGG16, "imagenet", 0).path == REAL_WEIGHTS
 
 
 @pytest.mark.real_weights
@@ -95,7 +95,7 @@ def test_tampered_offline_copy_is_refused(tmp_path):
 
     offline = vgg16_offline.offline_weights_path()
     offline.parent.mkdir(parents=True)
-    shutil.copyfile(SHARED_WEIGHTS, offline)
+    shutil.copyfile(REAL_WEIGHTS, offline)
     with h5py.File(offline, "a") as fh:
         fh["layers/conv2d/vars/1"][0] += 1.0
     with pytest.raises(WeightsError, match="does not match the pinned VGG16 digest"):
@@ -105,9 +105,9 @@ def test_tampered_offline_copy_is_refused(tmp_path):
 @pytest.mark.real_weights
 @needs_real_weights
 def test_loaded_model_has_the_file_tensors():
-    resolved = resolve.resolve_weights(VGG16, str(SHARED_WEIGHTS), 0)
+    resolved = resolve.resolve_weights(VGG16, str(REAL_WEIGHTS), 0)
     model = build.build_base(default_spec("vgg16", 32), resolved, 0)
-    expected = vgg16_offline.read_conv_tensors(SHARED_WEIGHTS)
+    expected = vgg16_offline.read_conv_tensors(REAL_WEIGHTS)
     kernel, bias = model.get_layer("block3_conv2").get_weights()
     np.testing.assert_array_equal(kernel, expected["block3_conv2"][0])
     np.testing.assert_array_equal(bias, expected["block3_conv2"][1])

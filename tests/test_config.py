@@ -14,7 +14,7 @@ import re
 import pytest
 import yaml
 
-from vggtl import config
+from vggtl import cli, config
 from vggtl.config import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Config
 from vggtl.errors import ConfigError
 
@@ -58,7 +58,7 @@ def leaves(mapping: dict, prefix: str = "") -> dict:
 
 def parser(config_required=False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    config.add_arguments(p, config_required=config_required)
+    cli.add_config_arguments(p, config_required=config_required)
     return p
 
 
@@ -549,7 +549,7 @@ def test_set_replacing_a_section_with_a_scalar_is_refused(tmp_path, root):
 
 def test_from_args_with_a_config_file(tmp_path, root):
     path = write_config(tmp_path / "c.yaml", root, tmp_path)
-    cfg = config.from_args(parser().parse_args([str(path), "--set", "train.epochs=3", "--set", "head.units=[]"]))
+    cfg = cli.config_from_args(parser().parse_args([str(path), "--set", "train.epochs=3", "--set", "head.units=[]"]))
     assert cfg.train.epochs == 3 and cfg.head.units == [] and cfg.name == "tiny"
 
 
@@ -562,7 +562,7 @@ def test_config_is_required_when_asked(capsys):
 def test_from_args_without_config_and_no_last_extract(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"no CONFIG given and no extract has run in this directory \(.*last-extract\.json not found\); pass a config file"):
-        config.from_args(parser().parse_args([]))
+        cli.config_from_args(parser().parse_args([]))
 
 
 def test_remember_last_extract_round_trip(tmp_path, monkeypatch):
@@ -571,32 +571,32 @@ def test_remember_last_extract_round_trip(tmp_path, monkeypatch):
     path = write_config(tmp_path / "c.yaml", "images", tmp_path, data={"background": [9, 9, 9]})
     overrides = ["train.epochs=3", "cache.compression=lzf"]
     cfg = config.load(path, overrides)
-    config.remember_last_extract(cfg, str(path), overrides)
+    cli.remember_last_extract(cfg, str(path), overrides)
     assert (tmp_path / ".vggtl" / "last-extract.json").is_file()
     assert [p.name for p in (tmp_path / ".vggtl").iterdir()] == ["last-extract.json"]  # no temp file left
 
     logs = []
-    again = config.from_args(parser().parse_args([]), log=logs.append)
+    again = cli.config_from_args(parser().parse_args([]), log=logs.append)
     assert again == cfg
     assert again.train.epochs == 3 and again.cache.compression == "lzf" and again.spec.decode.background == (9, 9, 9)
     assert len(logs) == 1 and str(path) in logs[0] and "--set train.epochs=3 cache.compression=lzf" in logs[0]
 
     # --set on top of the remembered config; the original file is not needed any more
     path.unlink()
-    more = config.from_args(parser().parse_args(["--set", "head.dropout=0.1"]), log=logs.append)
+    more = cli.config_from_args(parser().parse_args(["--set", "head.dropout=0.1"]), log=logs.append)
     assert more.head.dropout == 0.1 and more.train.epochs == 3
     with pytest.raises(ConfigError, match=r"last-extract\.json\).*unknown key 'epoch'\. Did you mean 'epochs'"):
-        config.from_args(parser().parse_args(["--set", "train.epoch=1"]), log=logs.append)
+        cli.config_from_args(parser().parse_args(["--set", "train.epoch=1"]), log=logs.append)
 
 
 def test_last_extract_paths_are_still_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "images").mkdir()
     path = write_config(tmp_path / "c.yaml", "images", tmp_path)
-    config.remember_last_extract(config.load(path), str(path), [])
+    cli.remember_last_extract(config.load(path), str(path), [])
     (tmp_path / "images").rmdir()
     with pytest.raises(ConfigError, match=r"key 'data\.root': directory 'images' does not exist"):
-        config.from_args(parser().parse_args([]), log=lambda *_: None)
+        cli.config_from_args(parser().parse_args([]), log=lambda *_: None)
 
 
 def test_last_extract_is_per_working_directory(tmp_path, monkeypatch):
@@ -604,10 +604,10 @@ def test_last_extract_is_per_working_directory(tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     path = write_config(tmp_path / "c.yaml", "images", tmp_path)
-    config.remember_last_extract(config.load(path), str(path), [])
+    cli.remember_last_extract(config.load(path), str(path), [])
     monkeypatch.chdir(tmp_path / "b")
     with pytest.raises(ConfigError, match="no CONFIG given"):
-        config.from_args(parser().parse_args([]))
+        cli.config_from_args(parser().parse_args([]))
 
 
 @pytest.mark.parametrize("content", ["not json", json.dumps({"config_path": "c.yaml"}), json.dumps([1, 2])])
@@ -616,7 +616,7 @@ def test_unreadable_last_extract(tmp_path, monkeypatch, content):
     (tmp_path / ".vggtl").mkdir()
     (tmp_path / ".vggtl" / "last-extract.json").write_text(content)
     with pytest.raises(ConfigError, match=r"last-extract\.json is unreadable; pass a config file explicitly"):
-        config.from_args(parser().parse_args([]), log=lambda *_: None)
+        cli.config_from_args(parser().parse_args([]), log=lambda *_: None)
 
 
 # --------------------------------------------------------------------------- describe_keys
@@ -726,9 +726,9 @@ def test_a_shortcut_option_is_a_set_override_that_wins(tmp_path, root):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(minimal(root)))
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser, config_required=True)
-    config.add_shortcut(parser, "--folds", "train.folds", "K", "folds")
+    cli.add_config_arguments(parser, config_required=True)
+    cli.add_shortcut(parser, "--folds", "train.folds", "K", "folds")
     args = parser.parse_args([str(path), "--folds", "3", "--set", "train.folds=5", "--set", "train.epochs=7"])
-    cfg = config.from_args(args)
+    cfg = cli.config_from_args(args)
     assert cfg.train.folds == 3 and cfg.train.epochs == 7
-    assert config.from_args(parser.parse_args([str(path)])).train.folds == 0
+    assert cli.config_from_args(parser.parse_args([str(path)])).train.folds == 0

@@ -3,21 +3,14 @@ compared with model.keras on the test images, and handed over with labels."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
 
-from conftest import make_dataset, run_pipeline, write_config
+from conftest import make_dataset, needs_extra, run_pipeline, write_config
 from vggtl import export as export_command
 from vggtl.exports import formats
-
-EXTRA_OF = {"onnx": ("onnxruntime", "tf2onnx"), "openvino": ("openvino",)}
-
-
-def installed(fmt: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in EXTRA_OF.get(fmt, ()))
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +22,10 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt, mode", [("savedmodel", "none"), ("tflite", "none"), ("tflite", "float16"),
-                                       ("tflite", "dynamic"), ("tflite", "int8"), ("onnx", "none"), ("openvino", "none")])
+                                       ("tflite", "dynamic"), ("tflite", "int8"),
+                                       pytest.param("onnx", "none", marks=needs_extra("onnx")),
+                                       pytest.param("openvino", "none", marks=needs_extra("openvino"))])
 def test_each_format_is_verified_by_its_own_runtime(trained, tmp_path, capsys, fmt, mode):
-    if not installed(fmt):
-        pytest.skip(f"optional runtime for {fmt} not installed: pip install 'vggtl[{formats.FORMATS[fmt].extra}]'")
     out = tmp_path / "out"
     code = export_command.main([str(trained), "--format", fmt, "--quantize", mode, "--out", str(out), "--min-agreement", "0.9"])
     printed = capsys.readouterr().out
@@ -115,40 +108,39 @@ def test_missing_runtime_names_the_extra(trained, tmp_path, monkeypatch, capsys,
     assert not (tmp_path / "out").exists()
 
 
-def readme_snippets() -> dict[str, str]:
-    """The ```python blocks of README's "Use it without vggtl", by format (their first comment)."""
+def docs_snippets() -> dict[str, str]:
+    """The ```python blocks of the docs' "Use it without vggtl", by format (their first comment)."""
     from conftest import REPO
 
-    section = (REPO / "README.md").read_text().split("## Use it without vggtl", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs" / "artifacts.md").read_text().split("## Use it without vggtl", 1)[1].split("\n## ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
     return {b.split(":", 1)[0].lstrip("# "): b for b in blocks}
 
 
-def test_readme_has_a_snippet_per_format():
-    assert set(readme_snippets()) == set(formats.FORMATS)
-    for code in readme_snippets().values():
+def test_docs_have_a_snippet_per_format():
+    assert set(docs_snippets()) == set(formats.FORMATS)
+    for code in docs_snippets().values():
         lines = [line for line in code.splitlines() if line.strip() and not line.startswith("#")]
         assert len(lines) <= 14 and "vggtl" not in code.replace("vggtl/labels", "")
 
 
-@pytest.mark.parametrize("fmt, folder", [("savedmodel", "savedmodel"), ("tflite", "tflite-int8"), ("onnx", "onnx"), ("openvino", "openvino")])
-def test_readme_snippet_classifies_an_image_without_vggtl(trained, tmp_path, fmt, folder):
-    """The README's snippet, paths swapped for a tiny artifact's export, run in a
+@pytest.mark.parametrize("fmt, folder", [("savedmodel", "savedmodel"),
+                                         pytest.param("tflite", "tflite-int8", marks=needs_extra("litert")),
+                                         pytest.param("onnx", "onnx", marks=needs_extra("onnx")),
+                                         pytest.param("openvino", "openvino", marks=needs_extra("openvino"))])
+def test_docs_snippet_classifies_an_image_without_vggtl(trained, tmp_path, fmt, folder):
+    """The docs' snippet, paths swapped for a tiny artifact's export, run in a
     fresh interpreter: the label it prints is model.keras's top label."""
     import subprocess
 
     from vggtl.predict import predict_paths
     from vggtl.training import artifact
 
-    if not installed(fmt):
-        pytest.skip(f"optional runtime for {fmt} not installed")
-    if fmt == "tflite" and importlib.util.find_spec("ai_edge_litert") is None:
-        pytest.skip("ai-edge-litert not installed: pip install 'vggtl[litert]'")
     out = tmp_path / "exports"
     mode = ["--quantize", "int8"] if folder.endswith("int8") else []
     assert export_command.main([str(trained), "--format", fmt, *mode, "--out", str(out), "--min-agreement", "0"]) in (0, 1)
     image = sorted((trained.parents[2] / "data" / "green").glob("*.png"))[0]
-    code = readme_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", "{image}"')
+    code = docs_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", "{image}"')
     assert str(image) in code
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -168,13 +160,13 @@ def test_data_gone_says_so_and_marks_the_export_unverified(tmp_path, capsys):
     assert json.loads((out / "tflite" / "export.json").read_text())["verification"]["verified"] is False
 
 
-@pytest.mark.parametrize("fmt, runtime, quantized_op", [("openvino", "openvino", "FakeQuantize"), ("onnx", "onnxruntime", "QuantizeLinear")])
+@pytest.mark.parametrize("fmt, runtime, quantized_op", [
+    pytest.param("openvino", "openvino", "FakeQuantize", marks=needs_extra("openvino")),
+    pytest.param("onnx", "onnxruntime", "QuantizeLinear", marks=needs_extra("onnx"))])
 def test_an_int8_feature_artifact_exports_the_base_it_was_evaluated_with(tmp_path, capsys, fmt, runtime, quantized_op):
     """Trained on int8 features of a runtime, exported to that runtime's format:
     made from the carried int8 base + head.keras and verified against the
     probabilities the metrics came from; another format comes from model.keras."""
-    if not installed(fmt) or (runtime == "openvino" and importlib.util.find_spec("nncf") is None):
-        pytest.skip(f"optional runtime for {fmt} not installed: pip install 'vggtl[{formats.FORMATS[fmt].extra}]'")
     extract = {"runtime": runtime, "precision": "int8", "calibration_images": 4}
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=8), tmp_path, extract=extract)
     run_pipeline(tmp_path, cfg, [[str(cfg)]])

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_dataset, write_config
+from conftest import make_dataset, needs_extra, write_config
 from vggtl import config, extract
-from vggtl.features import pipeline, runtimes
+from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 
 
-def available(runtime):
-    return importlib.util.find_spec(runtime) is not None and (runtime != "onnxruntime" or importlib.util.find_spec("tf2onnx"))
+RUNTIMES = [pytest.param("openvino", marks=needs_extra("openvino")), pytest.param("onnxruntime", marks=needs_extra("onnx"))]
 
 
 def run_extract(cfg_path, monkeypatch, tmp_path, *sets):
@@ -31,10 +30,8 @@ def store_of(cfg_path, *sets):
     return FeatureStore(pipeline.locate_store(cfg, dataset=pipeline.scan_dataset(cfg)).path)
 
 
-@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_features_match_tensorflow_and_conversion_happens_once(tmp_path, monkeypatch, capsys, runtime):
-    if not available(runtime):
-        pytest.skip(f"{runtime} not installed: pip install 'vggtl[{runtimes.CONVERTED[runtime].extra}]'")
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
     run_extract(cfg, monkeypatch, tmp_path)
     run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}")
@@ -52,13 +49,11 @@ def test_features_match_tensorflow_and_conversion_happens_once(tmp_path, monkeyp
     assert "converted the frozen base" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_a_mirror_average_base_converts_with_its_mirror_branch(tmp_path, monkeypatch, capsys, runtime):
     """backbone.mirror_average runs on a converted runtime too: the converted model
     holds the mirror branch (a cache key of its own, so the plain base's cached
     model is not reused) and its features match TensorFlow's."""
-    if not available(runtime):
-        pytest.skip(f"{runtime} not installed: pip install 'vggtl[{runtimes.CONVERTED[runtime].extra}]'")
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=4), tmp_path)
     run_extract(cfg, monkeypatch, tmp_path, f"extract.runtime={runtime}")
     mirror = ("backbone.mirror_average=true", f"extract.runtime={runtime}")
@@ -74,9 +69,8 @@ def test_a_mirror_average_base_converts_with_its_mirror_branch(tmp_path, monkeyp
         assert np.abs(a - plain.features(rows)).max() > 1e-2  # the mirror branch changed the features
 
 
+@needs_extra("openvino")
 def test_a_corrupted_converted_model_is_rebuilt(tmp_path, monkeypatch, capsys):
-    if not available("openvino"):
-        pytest.skip("openvino not installed: pip install 'vggtl[openvino]'")
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path)
     run_extract(cfg, monkeypatch, tmp_path, "extract.runtime=openvino")
     (cached,) = Path(os.environ["VGGTL_CACHE_DIR"]).glob("runtimes/openvino-*/model.bin")
@@ -109,10 +103,8 @@ def test_unknown_runtime_is_refused(tmp_path, monkeypatch, capsys):
     assert "key 'extract.runtime': got 'tensorrt'; allowed values: tensorflow, openvino, onnxruntime" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_int8_features_are_close_and_named_by_their_calibration(tmp_path, monkeypatch, capsys, runtime):
-    if not available(runtime) or (runtime == "openvino" and importlib.util.find_spec("nncf") is None):
-        pytest.skip(f"{runtime} int8 not installed: pip install 'vggtl[{runtimes.CONVERTED[runtime].extra}]'")
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path,
                        extract={"calibration_images": 5})
     run_extract(cfg, monkeypatch, tmp_path)
@@ -138,12 +130,11 @@ def test_int8_on_tensorflow_is_refused(tmp_path, monkeypatch, capsys):
     assert "key 'extract.precision': int8 needs extract.runtime openvino or onnxruntime" in capsys.readouterr().err
 
 
+@needs_extra("openvino")
 def test_a_warm_int8_rerun_imports_no_runtime(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    if not available("openvino") or importlib.util.find_spec("nncf") is None:
-        pytest.skip("openvino int8 not installed: pip install 'vggtl[openvino]'")
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=6), tmp_path,
                        extract={"runtime": "openvino", "precision": "int8", "calibration_images": 4})
     run_extract(cfg, monkeypatch, tmp_path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vggtl.data import DecodeSettings
 from vggtl.inspect import gradcam
 
 SIZE = 32
@@ -258,7 +259,7 @@ def test_unique_stem():
     assert gradcam.unique_stem("dog.jpg", used) == "dog"
 
 
-def test_explain_file_overlays_only_what_the_model_saw(models, tmp_path):
+def test_file_explainer_overlays_only_what_the_model_saw(models, tmp_path):
     from vggtl import data
 
     path = tmp_path / "wide.png"
@@ -266,7 +267,7 @@ def test_explain_file_overlays_only_what_the_model_saw(models, tmp_path):
     wide[:, SIZE // 2 : SIZE // 2 + SIZE] = red_square_image()  # the central square
     Image.fromarray(wide).save(path)
     image = data.decode_image(path, SIZE, "center_crop")
-    written = gradcam.explain_file(models["nested"], path, image, 0, tmp_path / "out", "wide", resize="center_crop")
+    written = gradcam.FileExplainer(models["nested"], tmp_path / "out", DecodeSettings(image.shape[0], "center_crop")).explain(path, image, 0, "wide")
     assert written["layer"] == "last_conv"
     heat = np.load(written["npy"])
     assert quadrant_mass(heat)["top_left"] > 0.99
@@ -285,7 +286,7 @@ def test_heatmap_window_cuts_the_padding_off():
     assert window.min() > 0.5
 
 
-def test_explain_file_with_trim_pad_overlays_the_content_box_only(models, tmp_path):
+def test_file_explainer_with_trim_pad_overlays_the_content_box_only(models, tmp_path):
     from vggtl import data
 
     path = tmp_path / "sprite.png"
@@ -297,7 +298,7 @@ def test_explain_file_with_trim_pad_overlays_the_content_box_only(models, tmp_pa
     assert np.mean(np.all(image == 255, axis=-1)) < 0.15
     red = np.argwhere((image[..., 0] > 200) & (image[..., 1] < 100))
     assert red.max() < SIZE // 2
-    written = gradcam.explain_file(models["nested"], path, image, 0, tmp_path / "out", "sprite", resize="trim_pad")
+    written = gradcam.FileExplainer(models["nested"], tmp_path / "out", DecodeSettings(image.shape[0], "trim_pad")).explain(path, image, 0, "sprite")
     assert quadrant_mass(np.load(written["npy"]))["top_left"] > 0.99
     overlay = np.asarray(Image.open(written["jpg"]))
     assert overlay.shape == (3 * SIZE, 3 * SIZE, 3)

@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from vggtl import data
+from vggtl.data import DecodeSettings
 from vggtl.inspect import tiles
+from vggtl.inspect.tiles import TileGrid
 from vggtl.errors import VggtlError
 
 QUADRANT_COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "white": (250, 250, 250)}
@@ -108,7 +110,7 @@ def color_classifier(batch):
 
 def test_each_tile_sees_its_quadrant(tmp_path):
     path = quadrant_image(tmp_path / "q.png")
-    result = tiles.predict_tiles(path, 2, 2, 0.0, color_classifier, image_size=16)
+    result = tiles.predict_tiles(path, TileGrid(2, 2), color_classifier, DecodeSettings(16))
     names = list(QUADRANT_COLORS)
     assert [names[int(np.argmax(p))] for p in result.probs] == ["red", "green", "blue", "white"]
     assert result.size == (80, 60) and result.grid == (2, 2)
@@ -123,7 +125,7 @@ def test_one_tile_decodes_like_the_whole_image(tmp_path):
     for mode in ("RGB", "RGBA", "P", "L"):
         path = quadrant_image(tmp_path / f"q_{mode}.png", mode=mode)
         for resize in ("stretch", "center_crop"):
-            _, boxes, decoded = tiles.decode_tiles(path, 1, 1, 0.0, 24, resize, (0, 0, 0))
+            _, boxes, decoded = tiles.decode_tiles(path, TileGrid(1, 1), DecodeSettings(24, resize, (0, 0, 0)))
             assert boxes == [(0, 0, 80, 60)]
             np.testing.assert_array_equal(decoded[0], data.decode_image(path, 24, resize, (0, 0, 0)))
 
@@ -136,7 +138,7 @@ def test_exif_orientation_is_applied_before_tiling(tmp_path):
     exif = im.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed: red ends up on top
     im.save(path, exif=exif, quality=95)
-    size, boxes, decoded = tiles.decode_tiles(path, 2, 1, 0.0, 8)
+    size, boxes, decoded = tiles.decode_tiles(path, TileGrid(2, 1), DecodeSettings(8))
     assert size == (40, 80)
     top, bottom = decoded[0].reshape(-1, 3).mean(axis=0), decoded[1].reshape(-1, 3).mean(axis=0)
     assert top[0] > 200 and bottom[0] < 50
@@ -147,7 +149,7 @@ def test_transparency_is_composited_over_the_background(tmp_path):
     Image.new("RGBA", (20, 20), (255, 0, 0, 0)).save(path)
     full = tiles.decode_full_rgb(path, background=(0, 0, 255))
     assert full.shape == (20, 20, 3) and (full == (0, 0, 255)).all()
-    _, _, decoded = tiles.decode_tiles(path, 2, 2, 0.0, 4, background=(0, 255, 0))
+    _, _, decoded = tiles.decode_tiles(path, TileGrid(2, 2), DecodeSettings(4, background=(0, 255, 0)))
     assert (decoded == (0, 255, 0)).all()
 
 
@@ -155,22 +157,22 @@ def test_undecodable_and_oversized_files(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
     with pytest.raises(data.UndecodableImage, match="not an image file"):
-        tiles.decode_tiles(bad, 2, 2, 0.0, 8)
+        tiles.decode_tiles(bad, TileGrid(2, 2), DecodeSettings(8))
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(data.UndecodableImage, match="empty file"):
         tiles.decode_full_rgb(empty)
     big = quadrant_image(tmp_path / "big.png")
     with pytest.raises(data.UndecodableImage, match="exceeds data.max_pixels = 100"):
-        tiles.decode_tiles(big, 2, 2, 0.0, 8, max_pixels=100)
+        tiles.decode_tiles(big, TileGrid(2, 2), DecodeSettings(8, max_pixels=100))
     tiny = quadrant_image(tmp_path / "tiny.png", size=(3, 3))
     with pytest.raises(data.UndecodableImage, match="cannot tile: a 4x4 grid does not fit a 3x3 image"):
-        tiles.decode_tiles(tiny, 4, 4, 0.0, 8)
+        tiles.decode_tiles(tiny, TileGrid(4, 4), DecodeSettings(8))
 
 
 def test_table_and_json(tmp_path):
     path = quadrant_image(tmp_path / "q.png")
-    result = tiles.predict_tiles(path, 2, 2, 0.0, color_classifier, image_size=16)
+    result = tiles.predict_tiles(path, TileGrid(2, 2), color_classifier, DecodeSettings(16))
     names = list(QUADRANT_COLORS)
     lines = tiles.table_lines(result, names, top_k=2)
     assert lines[0].endswith("(80x60, 2x2 tiles, overlap 0)")

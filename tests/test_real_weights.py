@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_WEIGHTS, needs_real_weights, write_config
+from conftest import REPO, REAL_WEIGHTS, needs_real_weights, write_config
 from vggtl import extract, train
 from vggtl.features.store import FeatureStore
 from vggtl.training import run as training_run
@@ -28,7 +28,7 @@ def demo_run(tmp_path_factory):
         tmp / "data",
         tmp,
         data={"image_size": 224, "split": {"val": 0.25, "test": 0.25}},
-        backbone={"weights": str(SHARED_WEIGHTS)},
+        backbone={"weights": str(REAL_WEIGHTS)},
         seed=3,
         train={"learning_rate": 0.001, "epochs": 60, "early_stopping_patience": 10},
         head={"units": [256]},
@@ -51,7 +51,7 @@ def test_store_equals_keras_pipeline(demo_run):
         cached = fs.features(rows)
         images = np.stack([decode_image(demo_run / "data" / fs.paths[r], 224) for r in rows]).astype(np.float32)
     model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(224, 224, 3))
-    model.load_weights(SHARED_WEIGHTS)
+    model.load_weights(REAL_WEIGHTS)
     direct = model.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
     # float16 storage: relative error ~1e-3 of the activation scale
     np.testing.assert_allclose(cached, direct, rtol=2e-3, atol=2e-3 * float(np.abs(direct).max()))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import make_dataset, run_pipeline, write_config
+from conftest import make_dataset, needs_extra, run_pipeline, write_config
 from vggtl import predict, train
-from vggtl.training import artifact, fit
+from vggtl.training import artifact, fit, heads
 from vggtl.training import run as training_run
 
 
@@ -171,7 +173,7 @@ def feature_reads(monkeypatch) -> list[int]:
 
         monkeypatch.setattr(FeatureStore, name, spy)
     monkeypatch.setattr(fit, "POOL_BATCH", 5)
-    monkeypatch.setattr(training_run, "PREDICT_BATCH", 7)
+    monkeypatch.setattr(fit, "PREDICT_BATCH", 7)
     return reads
 
 
@@ -198,7 +200,9 @@ def test_phase1_reads_the_store_in_batches_and_matches_the_in_ram_head(run_dir, 
     reads = list(feature_reads)
     with FeatureStore(pipeline.locate_store(cfg).path) as fs:
         in_ram = training_run.load_splits(fs)
-    head, _ = fit.fit_head(cfg, in_ram["train"].x[None], in_ram["train"].y, in_ram["val"].x, in_ram["val"].y, 3)
+    pool = functools.partial(heads.pool_numpy, pooling=cfg.head.pooling)
+    head, _ = fit.fit_head_on_pooled(cfg, pool(in_ram["train"].x)[None], in_ram["train"].x.shape[1:], in_ram["train"].y,
+                                     pool(in_ram["val"].x), in_ram["val"].y, 3)
     assert reads and max(reads) <= 7 and len(in_ram["train"].y) > 7
     for split in ("train", "val", "test"):
         np.testing.assert_allclose(trained.probs[split], head.predict(in_ram[split].x, verbose=0), atol=1e-6)
@@ -366,8 +370,9 @@ def test_view_sampler_draws_one_version_per_image_per_epoch():
     assert set((first % 10).astype(int)) <= {0, 1, 2}
     seen = {int(v) for _ in range(6) for v in epoch(a) % 10}
     assert seen == {0, 1, 2}  # over epochs, clean and both views are used
-    x, y, w = fit.view_sampler(bank, labels, 2, 3, 5, weights={0: 1.0, 1: 2.0})[0]
-    assert w.tolist() == [1.0 + (yy.argmax() == 1) for yy in y]
+    unbalanced = np.array([0, 0, 0, 0, 1, 1])  # balanced weights: 6 / (2 * 4) and 6 / (2 * 2)
+    x, y, w = fit.view_sampler(bank, unbalanced, 2, 3, 5, class_weight="balanced")[0]
+    assert w.tolist() == [0.75 if yy.argmax() == 0 else 1.5 for yy in y]
 
 
 def test_history_csv_and_tensorboard_events(run_dir):
@@ -442,16 +447,22 @@ def test_gradcam_explains_a_mirror_average_artifact(mirror_dir):
     np.testing.assert_allclose(mirror_heat, heat[:, ::-1], atol=1e-4)
 
 
-def test_a_mirror_average_artifact_exports_to_every_format(mirror_dir):
-    """The mirror branch is built from plain layers (Permute, Dense, Average):
-    every export format converts it, and the export command checks each one
-    agrees with the Keras model before writing it."""
+EXPORT_FORMATS = [["savedmodel", "tflite"], pytest.param(["onnx"], marks=needs_extra("onnx")),
+                  pytest.param(["openvino"], marks=needs_extra("openvino"))]
+
+
+def export_verified(art_dir: Path, formats: list[str], out: Path) -> int:
+    """``vggtl export`` of ``formats``; it checks each one agrees with the Keras model before writing it."""
     from vggtl import export
 
-    args = [str(mirror_dir / "experiments/tiny/latest"), "--out", str(mirror_dir / "exported")]
-    for fmt in ["savedmodel", "tflite", "onnx", "openvino"]:
-        args += ["--format", fmt]
-    assert export.main(args) == 0
+    return export.main([str(art_dir / "experiments/tiny/latest"), "--out", str(out)] + [a for f in formats for a in ("--format", f)])
+
+
+@pytest.mark.parametrize("formats", EXPORT_FORMATS)
+def test_a_mirror_average_artifact_exports_to_every_format(mirror_dir, tmp_path, formats):
+    """The mirror branch is built from plain layers (Permute, Dense, Average):
+    every export format converts it."""
+    assert export_verified(mirror_dir, formats, tmp_path / "exported") == 0
 
 
 # --------------------------------------------------------------------------- joined layers
@@ -510,14 +521,13 @@ def test_joined_layer_needs_its_own_store(joined_dir, capsys):
     assert "no feature store for this config" in capsys.readouterr().err
 
 
-def test_a_joined_layer_artifact_exports_and_explains(joined_dir):
-    from vggtl import export
+@pytest.mark.parametrize("formats", EXPORT_FORMATS)
+def test_a_joined_layer_artifact_exports_to_every_format(joined_dir, tmp_path, formats):
+    assert export_verified(joined_dir, formats, tmp_path / "exported") == 0
 
+
+def test_a_joined_layer_artifact_is_explained(joined_dir):
     latest = joined_dir / "experiments/tiny/latest"
-    args = [str(latest), "--out", str(joined_dir / "exported")]
-    for fmt in ["savedmodel", "tflite", "onnx", "openvino"]:
-        args += ["--format", fmt]
-    assert export.main(args) == 0
     image = next((joined_dir / "data" / "red").iterdir())
     assert predict.main([str(latest), str(image), "--gradcam", str(joined_dir / "gc")]) == 0
     assert [p.name for p in (joined_dir / "gc").iterdir()] and (joined_dir / "gc" / f"{image.stem}_gradcam.jpg").is_file()

@@ -41,3 +41,47 @@ def test_too_many_folds_for_a_class_is_refused_before_training(tmp_path, capsys,
     assert "phase 1" not in out
     assert train.main([str(cfg), "--folds", "1"]) == 2
     assert "key 'train.folds': got 1; use 0 (off) or at least 2 folds" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def views_store(tmp_path_factory):
+    """A store with 2 augmented views of each training image (extracted, not trained)."""
+    tmp = tmp_path_factory.mktemp("cv-views")
+    cfg = write_config(tmp / "c.yaml", make_dataset(tmp / "data"), tmp, augment={"views": 2})
+    run_pipeline(tmp, cfg, [])
+    return tmp, cfg
+
+
+def test_cross_validation_trains_on_the_stored_views(views_store, monkeypatch):
+    """Each fold's head is trained by phase 1's own function on clean + view
+    vectors: the training split's rows draw their stored views, the val
+    split's rows (no views stored) repeat their clean vectors."""
+    import numpy as np
+
+    from vggtl import config
+    from vggtl.features import pipeline
+    from vggtl.training import cv, fit
+    from vggtl.training import run as training_run
+
+    tmp, cfg_path = views_store
+    monkeypatch.chdir(tmp)
+    cfg = config.load(cfg_path)
+    banks, real = [], fit.fit_head_on_pooled
+    monkeypatch.setattr(fit, "fit_head_on_pooled", lambda c, pooled, *a: (banks.append(pooled), real(c, pooled, *a))[1])
+    _, fs, _ = training_run.open_current_store(cfg, pipeline.scan_dataset(cfg))
+    with fs:
+        data = cv.fold_data(cfg, fs, 3)
+        scores = cv.head_scores(cfg, data, fs)
+        bank = data.pooled_bank(fs, cfg.head.pooling)
+        in_train = np.isin(data.rows, fs.split_rows("train"))
+        assert np.array_equal(fs.rows_with_views(data.rows, 2), in_train)
+    assert bank.shape[0] == 3 and len(banks) == 3 and all(b.shape[0] == 3 for b in banks)
+    for view in (1, 2):
+        assert not np.allclose(bank[view][in_train], bank[0][in_train])
+        np.testing.assert_array_equal(bank[view][~in_train], bank[0][~in_train])
+    assert len(scores["accuracy"]) == 3
+    banks.clear()
+    no_views = config.with_overrides(cfg, {"augment.views": 0}, "test")
+    with training_run.open_current_store(no_views, pipeline.scan_dataset(no_views))[1] as fs:
+        cv.head_scores(no_views, cv.fold_data(no_views, fs, 3), fs)
+    assert all(b.shape[0] == 1 for b in banks)

@@ -12,18 +12,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import make_dataset, run_pipeline, write_config
+from conftest import make_dataset, needs_extra, run_pipeline, write_config
 from vggtl import predict
 from vggtl.errors import ArtifactError
 from vggtl.inspect import predictions
 from vggtl.training import artifact
 
 
-def needs(runtime, precision):
-    modules = [runtime] + (["tf2onnx"] if runtime == "onnxruntime" else []) + (["nncf"] if runtime == "openvino" and precision == "int8" else [])
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: pip install 'vggtl[{'openvino' if runtime == 'openvino' else 'onnx'}]'")
 
 
 def trained(tmp_path, runtime, precision, **sections):
@@ -49,9 +44,9 @@ def predicted(art, root, paths, **kwargs):
     return out
 
 
-@pytest.mark.parametrize("runtime, precision", [("openvino", "int8"), ("onnxruntime", "fp32")])
+@pytest.mark.parametrize("runtime, precision", [pytest.param("openvino", "int8", marks=needs_extra("openvino")),
+                                                pytest.param("onnxruntime", "fp32", marks=needs_extra("onnx"))])
 def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, runtime, precision):
-    needs(runtime, precision)
     art = trained(tmp_path, runtime, precision)
     out = capsys.readouterr().out
     record = art.features_runtime
@@ -71,8 +66,8 @@ def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, runtime
     assert "note:" not in capsys.readouterr().err
 
 
+@needs_extra("openvino")
 def test_without_the_runtime_predict_falls_back_to_model_keras_once(tmp_path, capsys, monkeypatch):
-    needs("openvino", "int8")
     art = trained(tmp_path, "openvino", "int8")
     evaluated = evaluated_test_probabilities(art)
     real = importlib.util.find_spec
@@ -94,8 +89,8 @@ def test_a_tensorflow_artifact_carries_no_base(tmp_path):
     assert not (art.path / "base").exists() and not (art.path / "head.keras").exists()
 
 
+@needs_extra("openvino")
 def test_a_tampered_carried_base_is_refused(tmp_path):
-    needs("openvino", "fp32")
     art = trained(tmp_path, "openvino", "fp32")
     with open(art.path / "base" / "model.bin", "r+b") as f:
         f.seek(64)
@@ -104,10 +99,10 @@ def test_a_tampered_carried_base_is_refused(tmp_path):
         artifact.load(art.path)
 
 
+@needs_extra("openvino")
 def test_fine_tuned_head_on_runtime_features_predicts_as_evaluated(tmp_path):
     """With fine-tuning, the carried head.keras is the tuned top blocks + head on
     the boundary layer the converted base also outputs."""
-    needs("openvino", "fp32")
     art = trained(tmp_path, "openvino", "fp32", finetune={"blocks": 1, "epochs": 3})
     record = art.features_runtime
     assert record["layers"] == ["block5_pool", "block4_pool"]

@@ -8,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SHARED_WEIGHTS, make_image, needs_real_weights, run_pipeline, write_config
+from conftest import CLIPART8, REAL_WEIGHTS, make_image, needs_clipart8, needs_real_weights, run_pipeline, write_config
 from vggtl.data import SPLITS
 from vggtl.training import leakage
 
-CLIPART8 = SHARED_WEIGHTS.parents[1] / "datasets" / "clipart8"
 
 
 class FakeStore:
@@ -70,6 +69,7 @@ def test_report_lists_a_planted_duplicate_in_a_pre_split_tree(tmp_path):
 @pytest.mark.real_weights
 @pytest.mark.slow
 @needs_real_weights
+@needs_clipart8
 def test_clipart_planted_duplicate_and_near_duplicate_are_the_only_findings(tmp_path):
     """Real VGG16 features: a pre-split clipart8 subset with one exact copy and one
     resized, JPEG re-encoded copy of training images planted in test."""
@@ -89,7 +89,7 @@ def test_clipart_planted_duplicate_and_near_duplicate_are_the_only_findings(tmp_
         rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
         rgb.resize((rgb.width * 9 // 10, rgb.height * 9 // 10)).save(root / "test" / "birds" / "near_copy.jpg", quality=85)
     cfg = write_config(tmp_path / "c.yaml", root, tmp_path, data={"image_size": 224},
-                       backbone={"weights": str(SHARED_WEIGHTS)}, train={"epochs": 5})
+                       backbone={"weights": str(REAL_WEIGHTS)}, train={"epochs": 5})
     run_pipeline(tmp_path, cfg, [[str(cfg)]])
     audit = json.loads((tmp_path / "experiments" / "tiny" / "v1" / "metrics.json").read_text())["leakage"]
     assert [sorted(f["path"] for f in g["files"]) for g in audit["identical"]] == [

@@ -10,14 +10,12 @@ import sys
 import pytest
 import yaml
 
-from conftest import make_dataset, run_pipeline, write_config
+from conftest import make_dataset, needs_extra, run_pipeline, write_config
 from vggtl import config, train
 from vggtl import tune as tune_command
 from vggtl.features import pipeline
 from vggtl.training import cv
 from vggtl.training import run as training_run
-
-pytest.importorskip("optuna", reason="the optional extra vggtl[tune] (optuna) is not installed")
 
 SPACE = {"head.dropout": {"low": 0.0, "high": 0.6}, "head.pooling": ["avg", "max", "avgmax"], "head.units": [[], [8]]}
 
@@ -46,6 +44,7 @@ def tuned(tmp_path_factory):
     return tmp, cfg
 
 
+@needs_extra("tune")
 def test_outputs_are_published_with_a_trials_table(tuned, capsys):
     tmp, _ = tuned
     out = tmp / "experiments" / "tiny" / "tune" / "v1"
@@ -60,6 +59,7 @@ def test_outputs_are_published_with_a_trials_table(tuned, capsys):
     assert "| trial | state | cv_accuracy |" in (out / "trials.md").read_text()
 
 
+@needs_extra("tune")
 def test_same_seed_gives_the_same_trials_table(tuned):
     tmp, _ = tuned
     first, second = (rows_of(tmp / "experiments" / "tiny" / "tune" / v / "trials.csv") for v in ("v1", "v2"))
@@ -68,6 +68,7 @@ def test_same_seed_gives_the_same_trials_table(tuned):
     assert first == second
 
 
+@needs_extra("tune")
 def test_best_yaml_is_accepted_by_train_as_is(tuned, monkeypatch):
     tmp, _ = tuned
     best = tmp / "experiments" / "tiny" / "tune" / "v1" / "best.yaml"
@@ -80,6 +81,7 @@ def test_best_yaml_is_accepted_by_train_as_is(tuned, monkeypatch):
     assert train.main([str(best)]) == 0
 
 
+@needs_extra("tune")
 def test_search_folds_hold_only_train_and_val(tuned, monkeypatch):
     tmp, cfg_path = tuned
     monkeypatch.chdir(tmp)
@@ -88,12 +90,14 @@ def test_search_folds_hold_only_train_and_val(tuned, monkeypatch):
     with fs:
         data = cv.fold_data(cfg, fs, 3)
         searched = len(fs.split_rows("train")) + len(fs.split_rows("val"))
-        assert len(data.maps) == len(data.labels) == searched
+        assert len(data.rows) == len(data.labels) == searched
+        assert set(data.rows) == set(fs.split_rows("train")) | set(fs.split_rows("val"))
         assert len(fs.split_rows("test")) > 0
         for fit_idx, inner_train, inner_val, held in data.folds:
             assert set(inner_train) | set(inner_val) == set(fit_idx) and not set(fit_idx) & set(held)
 
 
+@needs_extra("tune")
 def test_a_diverging_trial_is_recorded_as_failed_not_a_crash(tmp_path, monkeypatch, capsys):
     space = {"train.optimizer": ["sgd"], "train.learning_rate": [10.0], "head.l2": [0.0]}
     cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data"), tmp_path,

@@ -1,14 +1,23 @@
 """The vggtl console script: vggtl <command> ... runs python -m vggtl.<command> ...
 
-Also the argparse helpers every command shares.
+Also what every command shares on the command line: its parser, the CONFIG
+argument with ``--set`` overrides and shortcuts, and the config of the last
+``extract`` in the working directory (``.vggtl/last-extract.json``), which
+``train`` and ``tune`` use when no CONFIG is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import re
 import sys
+from pathlib import Path
+
+from vggtl import config
+from vggtl.errors import ConfigError
 
 COMMANDS = {
     "extract": "cache frozen-backbone features (VGG16 by default) of a labeled image tree (HDF5 store)",
@@ -34,6 +43,74 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """An ArgumentParser for a command: ``--help`` shows its docstring as plain
     paragraphs (see :func:`description`)."""
     return argparse.ArgumentParser(prog=prog, description=description(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# --------------------------------------------------------------------------- the config on the command line
+
+LAST_EXTRACT = Path(".vggtl") / "last-extract.json"
+
+
+def add_config_arguments(parser, config_required: bool) -> None:
+    """The CONFIG positional and repeatable ``--set KEY=VALUE`` shared by commands."""
+    parser.add_argument(
+        "config",
+        nargs=None if config_required else "?",
+        help="YAML config file" + ("" if config_required else " (default: the config of the last extract run here)"),
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=5 (repeatable; values parsed as YAML)",
+    )
+
+
+def add_shortcut(parser, flag: str, key: str, metavar: str, help: str) -> None:
+    """An integer option ``flag VALUE`` meaning ``--set key=VALUE``; it wins over
+    ``--set`` of the same key (see :func:`config_from_args`)."""
+    class Shortcut(argparse.Action):
+        def __call__(self, parser, namespace, value, option_string=None):
+            namespace.shortcuts = [*getattr(namespace, "shortcuts", []), f"{key}={value}"]
+
+    parser.add_argument(flag, type=int, metavar=metavar, action=Shortcut, help=f"{help} (same as --set {key}={metavar})")
+
+
+def config_from_args(args, log=print) -> config.Config:
+    """Config from parsed arguments; without CONFIG, reuse the last extract's config."""
+    overrides = args.set + getattr(args, "shortcuts", [])  # shortcuts last: they win
+    if args.config:
+        return config.load(args.config, overrides)
+    if not LAST_EXTRACT.is_file():
+        raise ConfigError(
+            "no CONFIG given and no extract has run in this directory "
+            f"({LAST_EXTRACT} not found); pass a config file, e.g. configs/demo.yaml"
+        )
+    try:
+        last = json.loads(LAST_EXTRACT.read_text())
+        mapping, source = last["resolved"], last["config_path"]
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: valid JSON but not an object
+        raise ConfigError(f"{LAST_EXTRACT} is unreadable; pass a config file explicitly") from None
+    extra = f" with --set {' '.join(last.get('overrides', []))}" if last.get("overrides") else ""
+    log(f"using the config of the last extract in this directory: {source}{extra}")
+    cfg = config.from_dict(config.apply_overrides(mapping, overrides), f"{source} (via {LAST_EXTRACT})")
+    config.check_paths(cfg, source)
+    return cfg
+
+
+def remember_last_extract(cfg: config.Config, config_path: str, overrides: list[str]) -> None:
+    """Record ``cfg`` so ``train`` without CONFIG can reuse it (best effort:
+    a working directory vggtl cannot write only loses that convenience)."""
+    tmp = LAST_EXTRACT.with_suffix(f".tmp{os.getpid()}")
+    try:
+        LAST_EXTRACT.parent.mkdir(exist_ok=True)
+        tmp.write_text(json.dumps({"config_path": str(config_path), "overrides": overrides, "resolved": cfg.to_dict()}, indent=1))
+        os.replace(tmp, LAST_EXTRACT)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the dispatcher
 
 
 def usage() -> str:

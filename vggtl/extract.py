@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from vggtl import cli, config, data
+from vggtl import cli, data
 from vggtl.errors import cli_entry
 from vggtl.features.pipeline import ExtractResult, run
 
@@ -44,12 +44,12 @@ def print_summary(result: ExtractResult, log=print) -> None:
 @cli_entry
 def main(argv=None) -> int:
     parser = cli.parser("vggtl extract", __doc__)
-    config.add_arguments(parser, config_required=True)
+    cli.add_config_arguments(parser, config_required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    cfg = config.from_args(args)
+    cfg = cli.config_from_args(args)
     print_summary(run(cfg, progress=not args.no_progress))
-    config.remember_last_extract(cfg, args.config, args.set)
+    cli.remember_last_extract(cfg, args.config, args.set)
     return 0
 
 

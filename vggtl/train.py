@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from vggtl import cli, config, tfquiet
+from vggtl import cli, tfquiet
 from vggtl.errors import cli_entry
 from vggtl.training.run import run
 
@@ -24,10 +24,10 @@ __all__ = ["main", "run"]
 @tfquiet.quiet
 def main(argv=None) -> int:
     parser = cli.parser("vggtl train", __doc__)
-    config.add_arguments(parser, config_required=False)
-    config.add_shortcut(parser, "--folds", "train.folds", "K", "also K-fold cross-validate on train + val")
+    cli.add_config_arguments(parser, config_required=False)
+    cli.add_shortcut(parser, "--folds", "train.folds", "K", "also K-fold cross-validate on train + val")
     args = parser.parse_args(argv)
-    run(config.from_args(args), config_arg=args.config)
+    run(cli.config_from_args(args), config_arg=args.config)
     return 0
 
 

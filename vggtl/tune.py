@@ -3,7 +3,7 @@
 Each trial trains the head as vggtl train does, on stratified folds of train +
 val (tune.folds), and is scored by its cross-validated accuracy (ties: lower
 log loss); the test split is never read while searching. The space is
-tune.space in the config (head.* and train.* keys; defaults in the README).
+tune.space in the config (head.* and train.* keys; defaults in docs/commands.md).
 Trials run in parallel processes (tune.jobs) with a seeded Optuna TPE
 sampler: the same config, data and seed give the same trials table.
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from vggtl import cli, config, tfquiet
+from vggtl import cli, tfquiet
 from vggtl.errors import cli_entry
 from vggtl.training.tune import tune
 from vggtl.training.tune_report import summary_lines
@@ -31,10 +31,10 @@ __all__ = ["main", "tune"]
 @cli_entry
 def main(argv=None) -> int:
     parser = cli.parser("vggtl tune", __doc__)
-    config.add_arguments(parser, config_required=False)
-    config.add_shortcut(parser, "--trials", "tune.trials", "N", "number of trials")
+    cli.add_config_arguments(parser, config_required=False)
+    cli.add_shortcut(parser, "--trials", "tune.trials", "N", "number of trials")
     args = parser.parse_args(argv)
-    cfg = config.from_args(args)
+    cfg = cli.config_from_args(args)
     with tfquiet.filtered_stderr():  # the workers' TensorFlow notices; the progress bar still shows
         study = tune(cfg, config_arg=args.config)
     print("\n".join(summary_lines(study, args.config)))

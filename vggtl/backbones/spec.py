@@ -1,7 +1,8 @@
 """The resolved backbone of a run: one object every stage receives.
 
-``config`` builds a :class:`Spec` once, when it validates ``backbone.*``,
-``data.*`` and ``finetune.blocks``; extraction, training, prediction and the
+:func:`resolve` builds a :class:`Spec` once, when the config is loaded, and
+checks ``backbone.*``, ``data.image_size`` and ``finetune.blocks`` against the
+backbone (its layer rules live here, beside the registry); extraction, training, prediction and the
 inspection tools read names, sizes and roles from it instead of looking the
 backbone up again or passing layers by list position.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from vggtl.backbones import registry
 from vggtl.backbones.registry import Architecture
 from vggtl.data import DecodeSettings
+from vggtl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,87 @@ def default_spec(name: str, image_size: int | None = None) -> Spec:
     and tests; runs get theirs from the config."""
     arch = registry.get(name)
     return Spec(arch, arch.default_layer, None, DecodeSettings(image_size or arch.default_size))
+
+
+def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, mirror_average: bool, source: str) -> Spec:
+    """The :class:`Spec` of a run's backbone settings, checked against the backbone.
+
+    Args:
+        name: ``backbone.name``, a key of the registry.
+        layer: ``backbone.layer`` (None: the backbone's top); several layers
+            joined bottom to top with '+'.
+        blocks: ``finetune.blocks``.
+        decode: the image decoding, its size already resolved
+            (``data.image_size``, the backbone's own when null).
+        mirror_average: ``backbone.mirror_average``.
+        source: names the config file in errors.
+
+    Raises:
+        ConfigError: a layer the backbone lacks, layers joined out of order or
+            onto a grid they do not pool evenly onto, too many fine-tuned
+            blocks, a layer below the fine-tuning boundary, or an image size
+            too small for the layer, each naming the key and what is allowed.
+    """
+    arch = registry.get(name)
+    layer = arch.default_layer if layer is None else layer
+    boundary = _check_layers(arch, layer, blocks, source)
+    spec = Spec(arch, layer, boundary, decode, mirror_average)
+    smallest = max(arch.min_size, *(arch.smallest_input(part) for part in spec.stored_layers))
+    if decode.image_size < smallest:
+        raise ConfigError(
+            f"{source}: key 'data.image_size': got {decode.image_size}; {arch.name} up to {layer} "
+            f"needs at least {smallest} (its own size is {arch.default_size})"
+        )
+    _check_joined_grid(spec, source)
+    return spec
+
+
+def _check_layers(arch: Architecture, layer: str, blocks: int, source: str) -> str | None:
+    """``backbone.layer`` (one layer, or several joined with '+') and
+    ``finetune.blocks`` must exist for ``arch`` and fit each other; returns the
+    fine-tuning boundary layer (None when fine-tuning is off)."""
+    name, order = arch.name, list(arch.layers)
+    parts = registry.layer_parts(layer)
+    example = f"{arch.finetune_boundaries[0]}{registry.JOIN}{arch.default_layer}"
+    for part in parts:
+        if part not in arch.layers:
+            raise ConfigError(
+                f"{source}: key 'backbone.layer': got {layer!r}; allowed for {name}: {', '.join(order)}, "
+                f"or several of them joined bottom to top with '{registry.JOIN}' (e.g. {example})"
+            )
+    positions = [order.index(part) for part in parts]
+    if positions != sorted(set(positions)):
+        raise ConfigError(
+            f"{source}: key 'backbone.layer': got {layer!r}; join distinct layers from bottom to top, e.g. {example}"
+        )
+    if blocks > len(arch.finetune_boundaries):
+        raise ConfigError(
+            f"{source}: key 'finetune.blocks': got {blocks}; {name} allows 0-{len(arch.finetune_boundaries)}"
+        )
+    if blocks and parts[-1] != arch.default_layer:
+        raise ConfigError(
+            f"{source}: key 'finetune.blocks': fine-tuning needs the head on {arch.default_layer}, "
+            f"but 'backbone.layer' is {layer!r}; set backbone.layer: {arch.default_layer} (or end it with it) or finetune.blocks: 0"
+        )
+    boundary = arch.finetune_boundaries[blocks - 1] if blocks else None
+    if boundary and positions[0] < order.index(boundary):
+        raise ConfigError(
+            f"{source}: key 'backbone.layer': {parts[0]!r} is below the fine-tuning boundary {boundary!r} of "
+            f"finetune.blocks: {blocks}, so fine-tuning could not reach it; join layers from {boundary} up, "
+            "or fine-tune more blocks"
+        )
+    return boundary
+
+
+def _check_joined_grid(spec: Spec, source: str) -> None:
+    """Every lower part of a joined ``backbone.layer`` must pool exactly onto the top part's grid."""
+    parts = registry.layer_parts(spec.head_layer)
+    top = spec.feature_shape(parts[-1])[0]
+    for part in parts[:-1]:
+        side = spec.feature_shape(part)[0]
+        if registry.pool_onto(side, top) is None:
+            raise ConfigError(
+                f"{source}: key 'backbone.layer': at data.image_size {spec.image_size}, {part}'s {side}x{side} map "
+                f"does not pool evenly onto {parts[-1]}'s {top}x{top}; use another data.image_size "
+                f"(e.g. {spec.arch.default_size}) or other layers"
+            )

@@ -105,12 +105,34 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     images, labels, note = test_images(art, decode)
     reference = model.predict(images, verbose=0) if len(images) else None
     representative = lambda: training_images(art, decode)  # noqa: E731 - decoded only for int8
-    carried = CarriedBase(art, images)
+    context = _Context(art, model, out, representative, (images, labels, reference, note), min_agreement, CarriedBase(art, images))
     results = []
     for fmt, mode in jobs:
         log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
-        results.append(_one(art, model, fmt, mode, out, representative, (images, labels, reference, note), min_agreement, carried))
+        results.append(_one(context, fmt, mode))
     return results
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every export of one ``vggtl export`` run shares.
+
+    Attributes:
+        art, model: the artifact and its ``model.keras``.
+        out: the directory exports are published in.
+        representative: () -> training images, decoded only for int8 calibration.
+        check: ``(test images, labels, model.keras's probabilities, note)``.
+        min_agreement: the top-1 agreement below which an export is unverified.
+        carried: the converted base the artifact carries, if any.
+    """
+
+    art: object
+    model: object
+    out: Path
+    representative: object
+    check: tuple
+    min_agreement: float
+    carried: CarriedBase
 
 
 class CarriedBase:
@@ -153,20 +175,21 @@ class CarriedBase:
                 f"features (export --format {own} carries that base)")
 
 
-def _one(art, model, fmt, mode, out: Path, representative, check, min_agreement, carried: CarriedBase) -> Result:
-    """Write one export into staging (from the ``carried`` base when it serves this
-    format, else from ``model``), verify it, write its export.json, publish it."""
+def _one(context: _Context, fmt, mode: str) -> Result:
+    """Write one export into staging (from the carried base when it serves this
+    format, else from ``model.keras``), verify it, write its export.json, publish it."""
+    art, model, out, carried, check = context.art, context.model, context.out, context.carried, context.check
     name = fmt.name + ("" if mode == "none" else f"-{mode}")
     staging = out / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         on_base = carried.serves(fmt, mode)
-        target = carried.write(fmt, staging) if on_base else fmt.write(model, staging, art.labels, mode, representative)
+        target = carried.write(fmt, staging) if on_base else fmt.write(model, staging, art.labels, mode, context.representative)
         (staging / "labels.txt").write_text("\n".join(art.labels) + "\n", encoding="utf-8")
         result = Result(fmt.name, mode, str(out / name), reference=carried.name if on_base else "model.keras")
         if on_base:
             check = (check[0], check[1], carried.reference(), check[3])
-        verify(result, fmt, target, check, min_agreement)
+        verify(result, fmt, target, check, context.min_agreement)
         result.note = "; ".join(filter(None, [carried.note(on_base), result.note]))
         result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                         for p in sorted(staging.rglob("*")) if p.is_file()}

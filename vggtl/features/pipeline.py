@@ -78,7 +78,7 @@ def locate_store(cfg: config.Config, allow_download: bool = True, dataset: data.
     also named by their calibration images, chosen from ``dataset``)."""
     weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
     calibration = calibration_files(cfg, dataset) if cfg.extract.precision == "int8" else None
-    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, cfg.spec.decode.max_pixels, augment_attr(cfg),
+    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, augment_attr(cfg),
                              cfg.extract.runtime, cfg.extract.precision, runtimes.calibration_digest(calibration))
     return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights, calibration)
 

@@ -89,15 +89,15 @@ class StoreFormat:
         return settings_key(self.settings)
 
 
-def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: dict, runtime: str = "tensorflow",
+def store_format(spec: Spec, weights_digest: str, cache, augment: dict, runtime: str = "tensorflow",
                  precision: str = "fp32", calibration: str | None = None) -> StoreFormat:
     """The :class:`StoreFormat` of a run.
 
     Args:
-        spec: the resolved backbone (``cfg.spec``).
+        spec: the resolved backbone (``cfg.spec``), its decoding (size,
+            resize, background, ``data.max_pixels``) included.
         weights_digest: digest of the weights actually loaded.
         cache: the ``cache`` config section (dtype, compression).
-        max_pixels: ``data.max_pixels``.
         augment: :func:`augment_attr` of the run's ``augment.*``.
         runtime: ``extract.runtime``; part of the settings (features of two
             runtimes never mix) except for the default, ``tensorflow``, so
@@ -122,7 +122,7 @@ def store_format(spec: Spec, weights_digest: str, cache, max_pixels, augment: di
         settings["runtime"] = f"{runtime}-{precision}"
     if precision == "int8":
         settings["calibration"] = calibration
-    return StoreFormat(settings, {"max_pixels": max_pixels}, spec.feature_shapes, cache.dtype, cache.compression, augment)
+    return StoreFormat(settings, {"max_pixels": spec.decode.max_pixels}, spec.feature_shapes, cache.dtype, cache.compression, augment)
 
 
 def augment_attr(views: int, digest: str) -> dict:
@@ -687,9 +687,14 @@ class FeatureStore:
 
     def missing_views(self, rows, views: int) -> int:
         """How many of the given index rows lack any of views 1..``views``."""
+        return int(np.count_nonzero(~self.rows_with_views(rows, views)))
+
+    def rows_with_views(self, rows, views: int) -> np.ndarray:
+        """Boolean mask over ``rows``: the row has every view 1..``views`` stored."""
         digest = self.augment.get("digest")
-        return sum(
-            any(view_key(sha, digest, v) not in self._row_of_key for v in range(1, views + 1)) for sha in self.clean_keys(rows)
+        return np.array(
+            [all(view_key(sha, digest, v) in self._row_of_key for v in range(1, views + 1)) for sha in self.clean_keys(rows)],
+            dtype=bool,
         )
 
     def clean_keys(self, rows) -> list[str]:

@@ -28,9 +28,13 @@ classes), else the model output for the class.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from vggtl.data import DecodeSettings
 
 DEFAULT_CONV_LAYER = "block5_conv3"
 DEFAULT_ALPHA = 0.4
@@ -274,36 +278,46 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
             f"its conv layers are: {', '.join(conv_layer_names(model)) or 'none'}"
         )
     batch = image[None].astype("float32")
-    if preprocess is not None:
-        batch = preprocess(batch)
-    x = tf.convert_to_tensor(batch, dtype=tf.float32)
+    x = tf.convert_to_tensor(batch if preprocess is None else preprocess(batch), dtype=tf.float32)
     with tf.GradientTape() as tape:
         # The backbone's weights are frozen (not watched by default): watch
         # the input so every operation after it is recorded.
         tape.watch(x)
-        try:
-            units = replay_units(model) if is_chain(model) else [model]
-            calls, scores, output = _replay(units, x, conv_layer)
-        except Exception as exc:  # noqa: BLE001 - a layer fed the wrong tensors raises anything
-            # Keras' messages embed whole tensors: keep the first line.
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise ValueError(
-                f"model {model.name!r} cannot be replayed layer by layer ({type(exc).__name__}: {first}); "
-                "Grad-CAM here supports chains of layers and nested networks"
-            ) from None
-        if not calls:
-            raise ValueError(
-                f"layer {conv_layer!r} sits inside a nested part of model {model.name!r} that is not a chain; "
-                "choose a layer of the backbone itself"
-            )
-        n_classes = int(scores.shape[-1])
-        if not 0 <= int(class_index) < n_classes:
-            raise ValueError(f"class_index must be in [0, {n_classes}), got {class_index}")
-        score = scores[:, int(class_index)]
+        calls, score, output = _class_score(model, x, conv_layer, class_index)
     _check_replay(model, x, output)
     grads = tape.gradient(score, [activations for activations, _ in calls])
     if all(g is None for g in grads):
         raise ValueError(f"the class score does not depend on layer {conv_layer!r}; choose an earlier layer")
+    return _weighted_maps(tf, calls, grads)
+
+
+def _class_score(model, x, conv_layer: str, class_index: int):
+    """Replay ``model`` on ``x`` under the caller's tape: the calls of
+    ``conv_layer`` (activations, mirrored), the score of ``class_index``, the output."""
+    try:
+        units = replay_units(model) if is_chain(model) else [model]
+        calls, scores, output = _replay(units, x, conv_layer)
+    except Exception as exc:  # noqa: BLE001 - a layer fed the wrong tensors raises anything
+        # Keras' messages embed whole tensors: keep the first line.
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"model {model.name!r} cannot be replayed layer by layer ({type(exc).__name__}: {first}); "
+            "Grad-CAM here supports chains of layers and nested networks"
+        ) from None
+    if not calls:
+        raise ValueError(
+            f"layer {conv_layer!r} sits inside a nested part of model {model.name!r} that is not a chain; "
+            "choose a layer of the backbone itself"
+        )
+    n_classes = int(scores.shape[-1])
+    if not 0 <= int(class_index) < n_classes:
+        raise ValueError(f"class_index must be in [0, {n_classes}), got {class_index}")
+    return calls, scores[:, int(class_index)], output
+
+
+def _weighted_maps(tf, calls, grads) -> np.ndarray:
+    """Each call's maps weighted by its mean gradient, summed, the positive
+    part normalised to [0, 1] (all zeros when no region raises the score)."""
     cam = 0.0
     for (activations, mirrored), g in zip(calls, grads):
         if g is None:
@@ -454,43 +468,57 @@ def unique_stem(path, used: set) -> str:
     return candidate
 
 
-def explain_file(model, path, image_uint8, class_index: int, out_dir, stem: str, conv_layer: str | None = None,
-                 preprocess=None, resize: str = "stretch", background=(255, 255, 255), max_pixels: int | None = None) -> dict:
-    """Grad-CAM of one image file, written next to each other in ``out_dir``.
+@dataclass(frozen=True)
+class FileExplainer:
+    """Grad-CAM of image files, each written as ``<stem>_gradcam.jpg`` (the
+    heatmap over the original image) and ``<stem>_gradcam.npy`` in ``out_dir``.
 
-    Args:
+    Attributes:
         model: the classifier, see :func:`gradcam`.
-        path: the image file; decoded again at full size for the overlay.
-        image_uint8: the same image as decoded for the model.
-        class_index: output index of the class to explain.
-        out_dir: directory for ``<stem>_gradcam.jpg`` and ``<stem>_gradcam.npy``.
-        stem: file name stem, see :func:`unique_stem`.
+        out_dir: directory the files are written to.
+        decode: how the model's input was made from a file: ``resize``
+            (``center_crop`` overlays the heatmap on the central square only,
+            ``trim_pad`` on the content box, the padding cut off the heatmap),
+            the ``background`` transparent pixels are composited over, and
+            the ``max_pixels`` guard of the full-size decode.
         conv_layer: layer to explain; None means :func:`last_conv_layer`
             (vggtl.predict passes :func:`default_layer`).
         preprocess: see :func:`gradcam`.
-        resize: the ``data.resize`` policy the model input was made with
-            (``center_crop`` overlays the heatmap on the central square only,
-            ``trim_pad`` on the content box; the padding is cut off the heatmap).
-        background: RGB triple transparent pixels are composited over.
-        max_pixels: decompression-bomb guard for the full-size decode.
-
-    Returns:
-        ``{"layer", "jpg", "npy"}`` (paths as strings).
-
-    Raises:
-        vggtl.data.UndecodableImage: the full-size decode failed.
     """
-    from PIL import Image
 
-    from vggtl import data
-    from vggtl.inspect import tiles
+    model: Any
+    out_dir: Path
+    decode: DecodeSettings
+    conv_layer: str | None = None
+    preprocess: Any = None
 
-    layer = conv_layer or last_conv_layer(model)
-    heatmap = gradcam(model, image_uint8, class_index, layer, preprocess)
-    original = tiles.decode_full_rgb(path, background, max_pixels)
-    box = data.model_box(Image.fromarray(original), resize, background)
-    if resize in data.PADDED_POLICIES:
-        window = data.pad_window((box[2] - box[0], box[3] - box[1]), image_uint8.shape[0])
-        heatmap = heatmap_window(heatmap, window, image_uint8.shape[0])
-    jpg, npy = write(out_dir, stem, original, heatmap, box=box)
-    return {"layer": layer, "jpg": str(jpg), "npy": str(npy)}
+    def explain(self, path, image_uint8, class_index: int, stem: str) -> dict:
+        """Explain ``class_index`` for one file.
+
+        Args:
+            path: the image file; decoded again at full size for the overlay.
+            image_uint8: the same image as decoded for the model.
+            class_index: output index of the class to explain.
+            stem: file name stem, see :func:`unique_stem`.
+
+        Returns:
+            ``{"layer", "jpg", "npy"}`` (paths as strings).
+
+        Raises:
+            vggtl.data.UndecodableImage: the full-size decode failed.
+        """
+        from PIL import Image
+
+        from vggtl import data
+        from vggtl.inspect import tiles
+
+        layer = self.conv_layer or last_conv_layer(self.model)
+        heatmap = gradcam(self.model, image_uint8, class_index, layer, self.preprocess)
+        resize, background = self.decode.resize, self.decode.background
+        original = tiles.decode_full_rgb(path, background, self.decode.max_pixels)
+        box = data.model_box(Image.fromarray(original), resize, background)
+        if resize in data.PADDED_POLICIES:
+            window = data.pad_window((box[2] - box[0], box[3] - box[1]), image_uint8.shape[0])
+            heatmap = heatmap_window(heatmap, window, image_uint8.shape[0])
+        jpg, npy = write(self.out_dir, stem, original, heatmap, box=box)
+        return {"layer": layer, "jpg": str(jpg), "npy": str(npy)}

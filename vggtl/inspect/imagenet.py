@@ -254,14 +254,11 @@ def _explainer(model, preprocess, args):
     from vggtl.inspect import gradcam
 
     chosen, stems = resolve_class(args.class_name) if args.class_name is not None else None, set()
+    explainer = gradcam.FileExplainer(model, args.gradcam, DECODE, preprocess=preprocess)
 
     def explain(result):
         target = chosen if chosen is not None else int(np.argmax(result["probs"]))
-        written = gradcam.explain_file(
-            model, result["path"], result["image"], target, args.gradcam,
-            gradcam.unique_stem(result["path"], stems), preprocess=preprocess,
-            background=DECODE.background, max_pixels=DECODE.max_pixels,
-        )
+        written = explainer.explain(result["path"], result["image"], target, gradcam.unique_stem(result["path"], stems))
         wnid, label = class_index()[target]
         return {"wnid": wnid, "label": label, **written}
 
@@ -283,10 +280,10 @@ def _run_images(model, preprocess, image_size, paths, args) -> int:
 def _run_tiles(model, preprocess, image_size, paths, args, grid, overlap) -> int:
     from vggtl.inspect import tiles
 
+    labels = tiles.TileLabels([label for _, label in class_index()], lambda i, p: _entry(*class_index()[i], p), args.top_k)
     return tiles.print_tiled_predictions(
-        paths, grid, overlap, lambda batch: model.predict(preprocess(batch.astype("float32")), verbose=0),
-        DECODE.at_size(image_size),
-        [label for _, label in class_index()], lambda i, p: _entry(*class_index()[i], p), args.top_k, args.json,
+        paths, tiles.TileGrid(*grid, overlap), lambda batch: model.predict(preprocess(batch.astype("float32")), verbose=0),
+        DECODE.at_size(image_size), labels, args.json,
     )
 
 

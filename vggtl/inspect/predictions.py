@@ -191,14 +191,11 @@ def _explainer(art, cfg, model, args):
 
     chosen = resolve_label(args.class_name, art.labels) if args.class_name is not None else None
     layer, stems = gradcam.default_layer(model, cfg.spec.arch.gradcam_layer), set()
-    decode = cfg.spec.decode
+    explainer = gradcam.FileExplainer(model, args.gradcam, cfg.spec.decode, conv_layer=layer)
 
     def explain(result):
         target = chosen if chosen is not None else int(np.argmax(result["probs"]))
-        written = gradcam.explain_file(
-            model, result["path"], result["image"], target, args.gradcam, gradcam.unique_stem(result["path"], stems),
-            conv_layer=layer, resize=decode.resize, background=decode.background, max_pixels=decode.max_pixels,
-        )
+        written = explainer.explain(result["path"], result["image"], target, gradcam.unique_stem(result["path"], stems))
         return {"class": art.labels[target], **written}
 
     return explain
@@ -215,10 +212,8 @@ def _run_images(art, cfg, predictor, model, paths, args) -> int:
 def _run_tiles(art, cfg, predictor, paths, args, grid, overlap) -> int:
     from vggtl.inspect import tiles
 
-    return tiles.print_tiled_predictions(
-        paths, grid, overlap, predictor, cfg.spec.decode,
-        art.labels, lambda i, p: {"label": art.labels[i], "probability": p}, min(args.top_k, len(art.labels)), args.json,
-    )
+    labels = tiles.TileLabels(art.labels, lambda i, p: {"label": art.labels[i], "probability": p}, min(args.top_k, len(art.labels)))
+    return tiles.print_tiled_predictions(paths, tiles.TileGrid(*grid, overlap), predictor, cfg.spec.decode, labels, args.json)
 
 
 def print_predictions(artifact_path, inputs, args) -> int:

@@ -16,6 +16,7 @@ guard, then every tile box is cut from it and finished by the same code as
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,19 +151,23 @@ def decode_full_rgb(path, background=(255, 255, 255), max_pixels: int | None = N
     return np.asarray(data.composited(im, background), dtype=np.uint8)
 
 
-def decode_tiles(path, rows: int, cols: int, overlap: float, image_size: int, resize: str = "stretch",
-                 background=(255, 255, 255), max_pixels: int | None = None):
+@dataclass(frozen=True)
+class TileGrid:
+    """An R x C grid of tiles, neighbours sharing ``overlap`` of a tile (see :func:`tile_boxes`)."""
+
+    rows: int
+    cols: int
+    overlap: float = 0.0
+
+
+def decode_tiles(path, grid: TileGrid, decode: data.DecodeSettings):
     """Decode the tiles of one image, each like a whole image for the model.
 
     Args:
         path: image file.
-        rows: tile rows.
-        cols: tile columns.
-        overlap: fraction of a tile shared with each neighbour, see :func:`tile_boxes`.
-        image_size: model input side in pixels.
-        resize: ``data.resize`` policy applied to each tile (see :func:`vggtl.data.decode_image`).
-        background: RGB triple transparent pixels are composited over.
-        max_pixels: decompression-bomb guard for the full image.
+        grid: the tiles' rows, columns and overlap.
+        decode: how each tile becomes model input (size, ``data.resize``
+            policy, background) and the full image's decompression-bomb guard.
 
     Returns:
         ``((width, height), boxes, tiles)`` where ``tiles`` is a
@@ -172,14 +177,14 @@ def decode_tiles(path, rows: int, cols: int, overlap: float, image_size: int, re
         vggtl.data.UndecodableImage: the file cannot be decoded, or it is too
             small for the grid.
     """
-    full = open_full(path, max_pixels)
+    full = open_full(path, decode.max_pixels)
     try:
-        boxes = tile_boxes(full.width, full.height, rows, cols, overlap)
+        boxes = tile_boxes(full.width, full.height, grid.rows, grid.cols, grid.overlap)
     except ValueError as exc:
         raise data.UndecodableImage(f"cannot tile: {exc}") from None
     # data.finish_image is what decode_image runs after opening the file: mode
     # conversion, resize policy, Pillow bilinear, alpha compositing.
-    tiles = np.stack([data.finish_image(full.crop(box), image_size, resize, background) for box in boxes])
+    tiles = np.stack([data.finish_image(full.crop(box), decode.image_size, decode.resize, decode.background) for box in boxes])
     return (full.width, full.height), boxes, tiles
 
 
@@ -212,28 +217,22 @@ class TiledPrediction:
         return self.probs.max(axis=0)
 
 
-def predict_tiles(path, rows: int, cols: int, overlap: float, predict_fn, image_size: int, resize: str = "stretch",
-                  background=(255, 255, 255), max_pixels: int | None = None) -> TiledPrediction:
+def predict_tiles(path, grid: TileGrid, predict_fn, decode: data.DecodeSettings) -> TiledPrediction:
     """Classify the R x C tiles of one image.
 
     Args:
         path: image file.
-        rows: tile rows.
-        cols: tile columns.
-        overlap: see :func:`tile_boxes`.
+        grid: the tiles' rows, columns and overlap.
         predict_fn: callable mapping a ``(n, image_size, image_size, 3)``
             uint8 batch to ``(n, n_classes)`` probabilities.
-        image_size: model input side in pixels.
-        resize: ``data.resize`` policy applied to each tile.
-        background: RGB triple transparent pixels are composited over.
-        max_pixels: decompression-bomb guard for the full image.
+        decode: how each tile becomes model input, see :func:`decode_tiles`.
 
     Raises:
         vggtl.data.UndecodableImage: see :func:`decode_tiles`.
     """
-    size, boxes, tiles = decode_tiles(path, rows, cols, overlap, image_size, resize, background, max_pixels)
+    size, boxes, tiles = decode_tiles(path, grid, decode)
     probs = np.asarray(predict_fn(tiles))
-    return TiledPrediction(str(path), size, (rows, cols), overlap, boxes, probs)
+    return TiledPrediction(str(path), size, (grid.rows, grid.cols), grid.overlap, boxes, probs)
 
 
 def top_indices(probs, k: int) -> list[int]:
@@ -278,18 +277,26 @@ def to_json(result: TiledPrediction, entry, top_k: int) -> dict:
     }
 
 
-def print_tiled_predictions(paths, grid, overlap, predict_fn, decode: data.DecodeSettings, names, entry, top_k: int, as_json: bool) -> int:
+@dataclass(frozen=True)
+class TileLabels:
+    """How tiled predictions name classes: ``names`` for the table,
+    ``entry(class_index, probability) -> dict`` for JSON, ``top_k`` shown."""
+
+    names: list[str]
+    entry: Callable[[int, float], dict]
+    top_k: int
+
+
+def print_tiled_predictions(paths, grid: TileGrid, predict_fn, decode: data.DecodeSettings, labels: TileLabels,
+                            as_json: bool) -> int:
     """The ``--tiles`` mode of ``predict`` and ``classify``: tile, predict and print each path.
 
     Args:
         paths: image files.
-        grid: ``(rows, cols)`` from :func:`parse_grid`.
-        overlap: from :func:`check_overlap`.
+        grid: from :func:`parse_grid` and :func:`check_overlap`.
         predict_fn: uint8 batch -> probabilities.
         decode: how each tile becomes model input (size, resize, background, pixel limit).
-        names: class names for the table.
-        entry: ``(class index, probability) -> dict`` for JSON output.
-        top_k: classes shown per tile and in the aggregate.
+        labels: class names and how many are shown per tile and in the aggregate.
         as_json: print JSON lines instead of tables.
 
     Returns:
@@ -301,9 +308,7 @@ def print_tiled_predictions(paths, grid, overlap, predict_fn, decode: data.Decod
     failures = 0
     for path in paths:
         try:
-            result = predict_tiles(
-                path, *grid, overlap, predict_fn, decode.image_size, decode.resize, decode.background, decode.max_pixels
-            )
+            result = predict_tiles(path, grid, predict_fn, decode)
         except data.UndecodableImage as exc:
             failures += 1
             print(f"{path}: skipped: {exc}", file=sys.stderr)
@@ -311,7 +316,7 @@ def print_tiled_predictions(paths, grid, overlap, predict_fn, decode: data.Decod
                 print(json.dumps({"path": str(path), "error": str(exc)}))
             continue
         if as_json:
-            print(json.dumps(to_json(result, entry, top_k)))
+            print(json.dumps(to_json(result, labels.entry, labels.top_k)))
         else:
-            print("\n".join(table_lines(result, names, top_k)))
+            print("\n".join(table_lines(result, labels.names, labels.top_k)))
     return failures

@@ -87,17 +87,16 @@ def begin(output_dir, name: str) -> Path:
     return staging
 
 
-def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, weights, metrics: dict, history: dict,
-                   end_to_end_gap: float, seconds: float, features_runtime: dict | None = None) -> None:
+def write_metadata(staging: Path, run, metrics: dict, history: dict, *, end_to_end_gap: float, seconds: float,
+                   features_runtime: dict | None = None) -> None:
     """Write labels, config, metrics, history, manifest and info into ``staging``.
 
     Args:
         staging: from :func:`begin`; ``model.keras`` and the report are written
             by their own code.
-        cfg: the run's config; dataset: the scanned data; fs: the open
-            feature store (its index is the manifest's file list).
-        store_settings: what the store's features depend on.
-        weights: the backbone weights loaded.
+        run: the :class:`~vggtl.training.inputs.RunInputs`: the config, the
+            scanned data, the open feature store (its index is the manifest's
+            file list) and its location (settings, weights loaded).
         metrics, history: what ``metrics.json`` and ``history.json`` hold.
         end_to_end_gap: max |p| difference of the saved model vs the
             evaluated one on a few test images.
@@ -105,6 +104,8 @@ def write_metadata(staging: Path, *, cfg, dataset, fs, store_settings: dict, wei
         features_runtime: the converted base the features came from, when
             not TensorFlow (:func:`vggtl.training.features_runtime.write`).
     """
+    cfg, dataset, fs, weights = run.cfg, run.dataset, run.fs, run.weights
+    store_settings = run.where.format.settings
     write_json(staging / "labels.json", fs.class_names)
     (staging / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     write_json(staging / "metrics.json", metrics)

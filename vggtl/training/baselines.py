@@ -19,7 +19,7 @@ import numpy as np
 from vggtl.data import SPLITS, DecodeSettings
 from vggtl.features.store import FeatureStore
 from vggtl.training import heads
-from vggtl.training.fit import class_weights, pooled_features, seed_everything
+from vggtl.training.fit import Schedule, fit_keras, pooled_features, seed_everything
 from vggtl.training.heads import PROBE_MAX_ITER
 
 def probe_model(seed: int):
@@ -108,23 +108,15 @@ def train_scratch(cfg, fs, root) -> dict:
     y = {s: fs.labels[rows] for s, rows in split.items()}
     model = build_scratch_cnn(n_classes, size)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"])
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.baseline.patience, restore_best_weights=True)
-    history = model.fit(
-        x["train"],
-        keras.utils.to_categorical(y["train"], n_classes),
-        validation_data=(x["val"], keras.utils.to_categorical(y["val"], n_classes)),
-        epochs=cfg.baseline.epochs,
-        batch_size=cfg.train.batch_size,
-        class_weight=class_weights(y["train"], n_classes, cfg.train.class_weight),
-        shuffle=True,
-        callbacks=[stop],
-        verbose=0,
-    )
+    # The same loop as both phases; min_delta 0, as Keras' EarlyStopping had
+    # (the CNN has no L2 term, so its val_loss is the cross-entropy watched).
+    schedule = Schedule(cfg.baseline.epochs, cfg.train.batch_size, cfg.baseline.patience, 0.0, cfg.train.class_weight, cfg.seed + 2)
+    history = fit_keras(model, x["train"][None], y["train"], (x["val"], y["val"]), n_classes, schedule, "from-scratch CNN")
     accuracy = {s: round(float(np.mean(model.predict(x[s], verbose=0).argmax(1) == y[s])), 6) for s in ("val", "test")}
     return {
         "val_accuracy": accuracy["val"],
         "test_accuracy": accuracy["test"],
-        "epochs_trained": len(history.history["loss"]),
+        "epochs_trained": len(history["loss"]),
         "image_size": size,
         "params": int(model.count_params()),
     }

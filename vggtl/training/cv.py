@@ -1,37 +1,65 @@
 """Cross-validation on cached features: K stratified folds over train + val.
 
-The test split is never touched. In each fold the head (exactly as phase 1
-trains it, probe average included) and the linear probe are fitted on the
-other folds and scored on the held-out fold; the head's early stopping watches
-an inner validation slice of the training folds (``data.split.val`` of them),
-never the fold it is scored on. Clean features only (augmented views are left
-out, so folds compare heads, not augmentation). The final artifact is trained
-as without cross-validation.
+The test split is never touched. In each fold the head is trained exactly as
+phase 1 of ``vggtl train`` trains it -- the same function
+(:func:`vggtl.training.fit.fit_head_on_pooled`) on pooled vectors read from
+the store in batches, augmented views included, probe average included --
+and scored, with the linear probe, on the held-out fold; the head's early
+stopping watches an inner validation slice of the training folds
+(``data.split.val`` of them), never the fold it is scored on. The final
+artifact is trained as without cross-validation.
+
+Views: extraction stores augmented views for the training split's images. An
+image of the val split that has none (it was never in a training split)
+counts with its clean features in every draw of a fold that trains on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from vggtl import config
 from vggtl.errors import ConfigError
 from vggtl.features.store import FeatureStore
-from vggtl.training import baselines, fit, heads
+from vggtl.training import baselines, fit
 from vggtl.training.metrics import accuracy, cross_entropy
 
 
 @dataclass
 class FoldData:
-    """What every fold needs, read from the store once: the train + val maps,
-    their labels, and per fold (inner train, inner val, held-out) indices."""
+    """What every fold needs: the store's train + val rows, their labels, the
+    augmented views to draw from, and per fold (inner train, inner val,
+    held-out) indices into those rows. Small and picklable (``vggtl tune``
+    sends it to worker processes); features are read from ``store_path``
+    when a pooling is first asked for (:meth:`pooled_bank`)."""
 
-    maps: np.ndarray
+    store_path: Path
+    rows: np.ndarray
     labels: np.ndarray
     n_classes: int
+    views: int
     folds: list = field(default_factory=list)
+    _banks: dict = field(default_factory=dict, repr=False)
+
+    def pooled_bank(self, fs: FeatureStore, pooling: str) -> np.ndarray:
+        """``(views + 1, N, D)``: ``pooling`` of every row's clean features, then
+        of each view (a row without stored views repeats its clean vectors);
+        read from ``fs`` in batches once per pooling."""
+        if pooling not in self._banks:
+            clean = fit.pooled_features(fs, self.rows, pooling)
+            bank = [clean]
+            with_views = fs.rows_with_views(self.rows, self.views)
+            for view in range(1, self.views + 1):
+                pooled = clean.copy()
+                pooled[with_views] = fit.pooled_features(fs, self.rows[with_views], pooling, view=view)
+                bank.append(pooled)
+            self._banks[pooling] = np.stack(bank)
+        return self._banks[pooling]
 
 
 def fold_data(cfg: config.Config, fs: FeatureStore, folds: int) -> FoldData:
@@ -52,22 +80,30 @@ def fold_data(cfg: config.Config, fs: FeatureStore, folds: int) -> FoldData:
             fit_idx, test_size=max(cfg.data.split.val, 0.1), stratify=labels[fit_idx], random_state=cfg.split_seed + fold
         )
         plan.append((fit_idx, inner_train, inner_val, held_idx))
-    return FoldData(fs.features(rows), labels, len(fs.class_names), plan)
+    return FoldData(Path(fs.path), rows, labels, len(fs.class_names), cfg.augment.views, plan)
 
 
-def head_scores(cfg: config.Config, data: FoldData) -> dict:
+def head_scores(cfg: config.Config, data: FoldData, fs: FeatureStore | None = None) -> dict:
     """Per-fold held-out accuracy and log loss of the head as phase 1 trains it.
+
+    Args:
+        cfg: the settings to score (``head.*``, ``train.*``).
+        data: from :func:`fold_data`.
+        fs: the open store of ``data``; None opens ``data.store_path`` (a
+            ``vggtl tune`` worker).
 
     Raises:
         TrainingError: a fold's training diverged.
     """
-    maps, labels = data.maps, data.labels
-    scores = {"accuracy": [], "log_loss": []}
-    for _, inner_train, inner_val, held in data.folds:
-        head, _ = fit.fit_head(cfg, maps[inner_train][None], labels[inner_train], maps[inner_val], labels[inner_val], data.n_classes)
-        probs = head.predict(maps[held], verbose=0)
-        scores["accuracy"].append(accuracy(labels[held], probs))
-        scores["log_loss"].append(cross_entropy(labels[held], probs))
+    with FeatureStore(data.store_path) if fs is None else contextlib.nullcontext(fs) as store:
+        bank, labels = data.pooled_bank(store, cfg.head.pooling), data.labels
+        scores = {"accuracy": [], "log_loss": []}
+        for _, inner_train, inner_val, held in data.folds:
+            head, _ = fit.fit_head_on_pooled(cfg, bank[:, inner_train], store.feature_shape, labels[inner_train],
+                                             bank[0, inner_val], labels[inner_val], data.n_classes)
+            probs = fit.Split(data.rows[held], labels[held], store).predict(head)
+            scores["accuracy"].append(accuracy(labels[held], probs))
+            scores["log_loss"].append(cross_entropy(labels[held], probs))
     return scores
 
 
@@ -79,9 +115,9 @@ def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
     """
     started = time.perf_counter()
     data = fold_data(cfg, fs, folds)
-    pooled = heads.pool_numpy(data.maps, "avg")
+    pooled = data.pooled_bank(fs, "avg")[0]
     probe = [_probe_accuracy(pooled, data.labels, fit_idx, held, cfg.seed) for fit_idx, _, _, held in data.folds]
-    scores = {"head": head_scores(cfg, data)["accuracy"], "probe": probe}
+    scores = {"head": head_scores(cfg, data, fs)["accuracy"], "probe": probe}
     summary = {name: summary_of(values) for name, values in scores.items()}
     return {"folds": folds, "images": int(len(data.labels)), **summary, "seconds": round(time.perf_counter() - started, 1)}
 

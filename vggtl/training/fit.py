@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,28 @@ from vggtl.training import devices, heads
 from vggtl.training.metrics import accuracy, cross_entropy
 
 POOL_BATCH = 256  # maps read from the store at a time when pooling (~25 MB of 7x7x512 float32)
+PREDICT_BATCH = 256  # maps read from the store per prediction batch
+
+
+@dataclass
+class Split:
+    """One split's rows (into the store's index) and labels, and where its
+    features come from: ``x`` when held in RAM (phase 2's boundary maps),
+    else read from ``fs`` in batches whenever a model predicts the split."""
+
+    rows: np.ndarray
+    y: np.ndarray
+    fs: FeatureStore | None = None
+    layer: str | None = None
+    x: np.ndarray | None = None
+
+    def predict(self, model) -> np.ndarray:
+        """``model``'s probabilities for every row, in order."""
+        if self.x is not None:
+            return model.predict(self.x, verbose=0)
+        batches = self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)
+        probs = [np.asarray(model.predict_on_batch(maps)) for _, maps in batches]
+        return np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def load_split(fs: FeatureStore, split: str, layer: str | None = None):
@@ -111,24 +134,35 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> dict[int, fl
     return {i: float(len(labels) / (n_classes * c)) for i, c in enumerate(counts) if c > 0}
 
 
-def view_sampler(bank: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int, weights=None):
-    """A Keras PyDataset that, each epoch, shuffles the training images and draws
-    one version of each -- the clean image or one of its stored views --
-    uniformly and reproducibly from (seed, epoch)."""
+def sample_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
+    """:func:`class_weights` expanded to one float32 weight per example (None: unweighted)."""
+    weights = class_weights(labels, n_classes, mode)
+    return np.array([weights[int(y)] for y in labels], dtype=np.float32) if weights else None
+
+
+def draw_versions(seed: int, epoch: int, n_images: int, n_versions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one view draw of every training loop: ``(order, version)`` -- the
+    images shuffled, and for each one version (0: clean, v: stored view v)
+    drawn uniformly -- reproducibly from ``(seed, epoch)``."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n_images)
+    return order, rng.integers(0, n_versions, size=n_images)
+
+
+def view_sampler(bank, labels: np.ndarray, n_classes: int, batch_size: int, seed: int, class_weight: str = "none"):
+    """A Keras PyDataset over ``bank`` (``(versions, N, ...)``, clean first)
+    that, each epoch, yields the images in :func:`draw_versions` order, each
+    as its drawn version, with one-hot labels (and class weights)."""
     import keras
+
+    onehot = keras.utils.to_categorical(labels, n_classes)
+    weight = sample_weights(labels, n_classes, class_weight)
 
     class ViewSampler(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
             self.epoch = 0
-            self.onehot = keras.utils.to_categorical(labels, n_classes)
-            self.sample_weight = np.array([weights[int(y)] for y in labels], dtype=np.float32) if weights else None
-            self._draw()
-
-        def _draw(self):
-            rng = np.random.default_rng([seed, self.epoch])
-            self.order = rng.permutation(bank.shape[1])
-            self.version = rng.integers(0, bank.shape[0], size=bank.shape[1])
+            self.order, self.version = draw_versions(seed, self.epoch, bank.shape[1], bank.shape[0])
 
         def __len__(self):
             return -(-bank.shape[1] // batch_size)
@@ -136,52 +170,139 @@ def view_sampler(bank: np.ndarray, labels: np.ndarray, n_classes: int, batch_siz
         def __getitem__(self, i):
             idx = self.order[i * batch_size : (i + 1) * batch_size]
             x = bank[self.version[idx], idx].astype(np.float32)
-            if self.sample_weight is None:
-                return x, self.onehot[idx]
-            return x, self.onehot[idx], self.sample_weight[idx]
+            return (x, onehot[idx]) if weight is None else (x, onehot[idx], weight[idx])
 
         def on_epoch_end(self):
             self.epoch += 1
-            self._draw()
+            self.order, self.version = draw_versions(seed, self.epoch, bank.shape[1], bank.shape[0])
 
     return ViewSampler()
 
 
-def fit_model(model, bank, y_train, val_data, n_classes, *, epochs, batch_size, patience, class_weight_mode, seed, bar=None) -> dict:
-    """fit() on the training bank (clean + views) with early stopping on val_loss;
-    returns the history as plain lists. ``bar``: a :func:`progress_bar` to advance per epoch."""
-    import keras
-
-    callbacks = [_BarCallback(bar)] if bar is not None else []
-    if patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
-    weights = class_weights(y_train, n_classes, class_weight_mode)
-    x_val, y_val = val_data
-    # In RAM, or a labelled store_batches read batch by batch.
-    validation = (x_val, keras.utils.to_categorical(y_val, n_classes)) if isinstance(x_val, np.ndarray) else x_val
-    if bank.shape[0] == 1 and isinstance(bank, np.ndarray):  # in RAM, no views: plain arrays, Keras shuffles
-        history = model.fit(
-            bank[0].astype(np.float32),
-            keras.utils.to_categorical(y_train, n_classes),
-            validation_data=validation,
-            epochs=epochs,
-            batch_size=batch_size,
-            class_weight=weights,
-            shuffle=True,
-            callbacks=callbacks,
-            verbose=0,
-        )
-    else:
-        sampler = view_sampler(bank, y_train, n_classes, batch_size, seed, weights)
-        history = model.fit(sampler, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=0)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+# --------------------------------------------------------------------------- the training loop
 
 
-def fit_head(cfg: config.Config, bank, y_train, x_val, y_val, n_classes: int):
-    """Phase 1 on feature maps in RAM: :func:`fit_head_on_pooled` after pooling
-    ``bank`` (``(versions, N, ...)`` maps, clean first) and ``x_val``."""
-    pooled = np.stack([heads.pool_numpy(version.astype(np.float32), cfg.head.pooling) for version in bank])
-    return fit_head_on_pooled(cfg, pooled, bank.shape[2:], y_train, heads.pool_numpy(x_val, cfg.head.pooling), y_val, n_classes)
+@dataclass(frozen=True)
+class Schedule:
+    """How long and on what a training loop runs.
+
+    Attributes:
+        epochs: the cap.
+        batch_size: examples per step.
+        patience: epochs without improvement before stopping; 0 = never early.
+        min_delta: smallest fall of the validation cross-entropy that counts.
+        class_weight: ``'balanced'`` or ``'none'`` (``train.class_weight``).
+        seed: seeds the per-epoch order and view draw.
+    """
+
+    epochs: int
+    batch_size: int
+    patience: int
+    min_delta: float
+    class_weight: str
+    seed: int
+
+
+class StoppingPolicy:
+    """Early stopping on the validation cross-entropy *without* the L2 terms
+    (what the model is judged by, not what it is optimised with): stop when it
+    has not fallen by ``min_delta`` for ``patience`` epochs (0: never stop
+    early), and restore the best epoch's weights."""
+
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.best_epoch, self.weights, self.stopped = np.inf, -1, None, False
+
+    def update(self, value: float, epoch: int, model) -> bool:
+        """Record ``value`` for ``epoch``; True when training should stop."""
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch = value, epoch
+            if self.patience:  # with stopping off the last epoch's weights are kept
+                self.weights = model.get_weights()
+            return False
+        self.stopped = bool(self.patience) and epoch - self.best_epoch >= self.patience
+        return self.stopped
+
+    def restore(self, model) -> None:
+        if self.weights is not None:
+            model.set_weights(self.weights)
+
+
+HISTORY_KEYS = ("loss", "accuracy", "val_cross_entropy", "val_loss", "val_accuracy")
+
+
+def run_epochs(model, step, validate, schedule: Schedule, title: str, diverged_hint: str) -> dict:
+    """The one epoch loop of phase 1, phase 2 and the from-scratch baseline.
+
+    Args:
+        model: the Keras model being trained (its weights are restored to the best epoch).
+        step: ``epoch -> (loss, accuracy)``: one epoch of training.
+        validate: ``() -> (cross-entropy, accuracy)`` on the validation split.
+        schedule: the epoch cap and the :class:`StoppingPolicy` settings.
+        title: the progress bar's and the errors' name of the loop.
+        diverged_hint: what to change when the loss stops being finite.
+
+    Returns:
+        Per-epoch lists (:data:`HISTORY_KEYS`: ``val_loss`` adds the model's
+        L2 terms, as Keras reports it; ``val_cross_entropy`` is what stopping
+        watches), ``best_epoch`` (1-based) and ``stopped_early``.
+
+    Raises:
+        TrainingError: the training loss became NaN or infinite.
+    """
+    policy = StoppingPolicy(schedule.patience, schedule.min_delta)
+    history = {key: [] for key in HISTORY_KEYS}
+    with progress_bar(schedule.epochs, title) as bar:
+        for epoch in range(schedule.epochs):
+            loss, acc = (float(v) for v in step(epoch))
+            if not np.isfinite(loss):
+                raise TrainingError(f"{title} diverged: the training loss is {loss} at epoch {epoch + 1}; {diverged_hint}")
+            ce, val_acc = validate()
+            penalty = float(sum(float(term) for term in model.losses))
+            for key, value in zip(HISTORY_KEYS, (loss, acc, ce, ce + penalty, val_acc)):
+                history[key].append(value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
+            if policy.update(ce, epoch, model):
+                break
+    policy.restore(model)
+    return {**history, "best_epoch": policy.best_epoch + 1, "stopped_early": policy.stopped}
+
+
+def fit_keras(model, bank, y_train, validation, n_classes: int, schedule: Schedule, title: str) -> dict:
+    """Train a compiled Keras model on ``bank`` (``(versions, N, ...)``, clean
+    first; in RAM or a :class:`StoreBank`) with :func:`run_epochs`: phase 2 and
+    the from-scratch baseline.
+
+    Args:
+        validation: ``(x_val, y_val)``; ``x_val`` an array or a
+            :func:`store_batches` dataset read batch by batch.
+    """
+    sampler = view_sampler(bank, y_train, n_classes, schedule.batch_size, schedule.seed, schedule.class_weight)
+    x_val, y_val = validation
+
+    def step(epoch):
+        logs = model.fit(sampler, epochs=epoch + 1, initial_epoch=epoch, verbose=0).history
+        return logs["loss"][-1], logs["accuracy"][-1]
+
+    def validate():
+        return val_scores(model, x_val, y_val)
+
+    return run_epochs(model, step, validate, schedule, title, "lower its learning rate")
+
+
+def train_head(cfg: config.Config, fs: FeatureStore, train: Split, val: Split):
+    """Phase 1 from the store: the training rows' maps (clean + ``augment.views``
+    views) and the validation maps pooled in batches, then
+    :func:`fit_head_on_pooled`. What ``vggtl train`` and ``vggtl tune``'s test
+    scores run; cross-validation calls :func:`fit_head_on_pooled` on its folds.
+
+    Returns:
+        ``(head, history)``, see :func:`fit_head_on_pooled`.
+    """
+    pooled = pooled_bank(fs, train.rows, cfg.head.pooling, cfg.augment.views)
+    pooled_val = pooled_features(fs, val.rows, cfg.head.pooling)
+    return fit_head_on_pooled(cfg, pooled, fs.feature_shape, train.y, pooled_val, val.y, len(fs.class_names))
 
 
 def fit_head_on_pooled(cfg: config.Config, pooled, feature_shape, y_train, pooled_val, y_val, n_classes: int):
@@ -205,7 +326,7 @@ def fit_head_on_pooled(cfg: config.Config, pooled, feature_shape, y_train, poole
     started = time.perf_counter()
     stats = heads.pooled_stats(pooled[0])
     head = heads.build_head(tuple(feature_shape), n_classes, cfg.head, stats=stats if cfg.head.standardize else None)
-    history = fit_vectors(heads.vector_model(head), pooled, y_train, pooled_val, y_val, n_classes, cfg.train, cfg.seed)
+    history = fit_vectors(heads.vector_model(head), pooled, y_train, (pooled_val, y_val), n_classes, cfg.train, cfg.seed)
     if cfg.head.probe:
         # Measured on clipart8 over 10 split seeds (README): the average is
         # steadier than either alone and never 2 points below the probe.
@@ -216,25 +337,24 @@ def fit_head_on_pooled(cfg: config.Config, pooled, feature_shape, y_train, poole
     return head, history
 
 
-def fit_vectors(model, bank, y_train, x_val, y_val, n_classes: int, train, seed: int) -> dict:
-    """Train ``model`` on pooled vectors with early stopping on the validation
-    cross-entropy; the best epoch's weights are restored.
+def fit_vectors(model, bank, y_train, validation, n_classes: int, train, seed: int) -> dict:
+    """Train ``model`` on pooled vectors with :func:`run_epochs` (early stopping
+    on the validation cross-entropy, best epoch's weights restored); each epoch
+    is one compiled call.
 
     Args:
         model: a Keras model on vectors (:func:`vggtl.training.heads.vector_model`).
         bank: ``(versions, N, D)`` float32 training vectors, clean first, then
             each augmented view; every epoch draws one version per image.
-        y_train, x_val, y_val: labels and validation vectors.
+        y_train: training labels.
+        validation: ``(x_val, y_val)``, validation vectors and labels.
         n_classes: number of classes.
         train: the ``train`` config section (optimizer, learning rate,
             batch size, epochs, patience, min_delta, class weights, smoothing).
         seed: seeds the per-epoch order and draw.
 
     Returns:
-        Per-epoch lists ``loss`` (training objective, L2 included),
-        ``accuracy``, ``val_cross_entropy`` (what stopping watches),
-        ``val_loss`` (with the L2 terms, as Keras reports it),
-        ``val_accuracy``; and ``best_epoch``, ``stopped_early``.
+        See :func:`run_epochs`.
     """
     import keras
 
@@ -243,39 +363,22 @@ def fit_vectors(model, bank, y_train, x_val, y_val, n_classes: int, train, seed:
                                  keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing), train.batch_size)
     predict = tf.function(lambda x: model(x, training=False))
     onehot = keras.utils.to_categorical(y_train, n_classes).astype(np.float32)
-    weights = class_weights(y_train, n_classes, train.class_weight)
-    sample_weight = np.array([weights[int(y)] for y in y_train], np.float32) if weights else np.ones(len(y_train), np.float32)
-    stopper = _EarlyStopping(train.early_stopping_patience, train.min_delta)
-    history = {key: [] for key in ("loss", "accuracy", "val_cross_entropy", "val_loss", "val_accuracy")}
-    with progress_bar(train.epochs, "phase 1 (head)") as bar:
-        _epochs(model, epoch_step, predict, bank, onehot, sample_weight, x_val, y_val, train, seed, stopper, history, bar)
-    stopper.restore(model)
-    history["best_epoch"] = stopper.best_epoch + 1
-    history["stopped_early"] = stopper.stopped
-    return history
+    weight = sample_weights(y_train, n_classes, train.class_weight)
+    weight = np.ones(len(y_train), np.float32) if weight is None else weight
 
+    def step(epoch):
+        order, version = draw_versions(seed, epoch, bank.shape[1], bank.shape[0])
+        x = bank[version, np.arange(bank.shape[1])] if bank.shape[0] > 1 else bank[0]
+        return epoch_step(x, onehot, weight, order.astype(np.int32))
 
-def _epochs(model, epoch_step, predict, bank, onehot, sample_weight, x_val, y_val, train, seed, stopper, history, bar):
-    """The epoch loop of :func:`fit_vectors` (fills ``history``, ``stopper`` decides)."""
-    for epoch in range(train.epochs):
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(bank.shape[1]).astype(np.int32)
-        x = bank[rng.integers(0, bank.shape[0], size=bank.shape[1]), np.arange(bank.shape[1])] if bank.shape[0] > 1 else bank[0]
-        loss, acc = epoch_step(x, onehot, sample_weight, order)
-        if not np.isfinite(float(loss)):
-            raise TrainingError(
-                f"phase 1 diverged: the training loss is {float(loss)} at epoch {epoch + 1}; "
-                f"lower train.learning_rate (now {train.learning_rate:g}) or use train.optimizer: adam"
-            )
+    def validate():
+        x_val, y_val = validation
         probs = predict(x_val).numpy()
-        penalty = float(sum(float(l) for l in model.losses))
-        ce = cross_entropy(y_val, probs)
-        for key, value in zip(history, (float(loss), float(acc), ce, ce + penalty, accuracy(y_val, probs))):
-            history[key].append(value)
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", val_acc=f"{history['val_accuracy'][-1]:.3f}", refresh=False)
-        if stopper.update(ce, epoch, model):
-            break
+        return cross_entropy(y_val, probs), accuracy(y_val, probs)
+
+    schedule = Schedule(train.epochs, train.batch_size, train.early_stopping_patience, train.min_delta, train.class_weight, seed)
+    hint = f"lower train.learning_rate (now {train.learning_rate:g}) or use train.optimizer: adam"
+    return run_epochs(model, step, validate, schedule, "phase 1", hint)
 
 
 @contextlib.contextmanager
@@ -290,19 +393,6 @@ def progress_bar(total: int, title: str, unit: str = "epoch"):
     finally:
         if stream is not sys.stderr:
             stream.close()
-
-
-def _BarCallback(bar):
-    """A Keras callback advancing ``bar`` by one epoch (loss and val accuracy shown)."""
-    import keras
-
-    class BarCallback(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}", val_acc=f"{logs.get('val_accuracy', float('nan')):.3f}", refresh=False)
-
-    return BarCallback()
 
 
 def _compiled_epoch(model, optimizer, loss_fn, batch_size: int):
@@ -332,29 +422,6 @@ def _compiled_epoch(model, optimizer, loss_fn, batch_size: int):
     return epoch
 
 
-class _EarlyStopping:
-    """Stop when the validation cross-entropy has not fallen by ``min_delta`` for
-    ``patience`` epochs (0: never stop early); remember the best weights."""
-
-    def __init__(self, patience: int, min_delta: float):
-        self.patience, self.min_delta = patience, min_delta
-        self.best, self.best_epoch, self.weights, self.stopped = np.inf, -1, None, False
-
-    def update(self, value: float, epoch: int, model) -> bool:
-        """Record ``value`` for ``epoch``; True when training should stop."""
-        if value < self.best - self.min_delta:
-            self.best, self.best_epoch = value, epoch
-            if self.patience:  # with stopping off the last epoch's weights are kept
-                self.weights = model.get_weights()
-            return False
-        self.stopped = bool(self.patience) and epoch - self.best_epoch >= self.patience
-        return self.stopped
-
-    def restore(self, model) -> None:
-        if self.weights is not None:
-            model.set_weights(self.weights)
-
-
 def trainable_top(base, spec):
     """The blocks of ``base`` between the fine-tuning boundary and the head's
     layer, trainable except BatchNormalization.
@@ -374,7 +441,7 @@ def trainable_top(base, spec):
     return top
 
 
-def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_classes: int):
+def finetune(cfg: config.Config, base, head, bank, y_train, validation, n_classes: int):
     """Phase 2: train the unfrozen top blocks + head on stored boundary activations.
 
     ``base`` is the backbone whose top blocks are trained in place (the
@@ -384,30 +451,33 @@ def finetune(cfg: config.Config, base, head, bank, y_train, x_val, y_val, n_clas
     trained under ``tf.distribute.MirroredStrategy`` and their weights copied
     back.
 
+    Phase 2 runs the same loop as phase 1 (:func:`run_epochs`): it stops on
+    the validation cross-entropy without the L2 terms (``min_delta`` 0, as
+    Keras' EarlyStopping had), patience ``finetune.early_stopping_patience``.
+
+    Args:
+        validation: ``(x_val, y_val)`` boundary maps (or store batches) and labels.
+
     Returns:
         ``(model, history, kept)``; ``kept`` is False when phase 2 did not
         help and the phase-1 weights were restored.
     """
+    x_val, y_val = validation
     seed_everything(cfg.seed + 1)
     strategy, where = devices.strategy(cfg.finetune.devices)
     trained_base, trained_head = (base, head) if strategy is None else _replicas(strategy, base, head)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = _finetune_model(cfg, trained_base, trained_head, bank.shape[2:], compiled=True)
     start, start_weights = val_scores(model, x_val, y_val), model.get_weights()
-    with progress_bar(cfg.finetune.epochs, "phase 2 (fine-tune)") as bar:
-        history = fit_model(
-            model, bank, y_train, (x_val, y_val), n_classes,
-            epochs=cfg.finetune.epochs, batch_size=cfg.finetune.batch_size,
-            patience=cfg.finetune.early_stopping_patience, class_weight_mode=cfg.train.class_weight, seed=cfg.seed + 1,
-            bar=bar,
-        )
+    ft = cfg.finetune
+    schedule = Schedule(ft.epochs, ft.batch_size, ft.early_stopping_patience, 0.0, cfg.train.class_weight, cfg.seed + 1)
+    history = fit_keras(model, bank, y_train, validation, n_classes, schedule, "phase 2 (fine-tune)")
     # Early stopping restores the best phase-2 epoch, which can still be worse
     # than where phase 2 started: then fine-tuning did not help; keep phase 1.
     # Kept only if the validation cross-entropy falls AND the validation
-    # accuracy does not: Keras' val_loss includes the L2 penalties, and a
-    # network collapsing towards uniform predictions can lower both it and
-    # the cross-entropy of an overconfident phase-1 head while its accuracy
-    # drops (seen with a random-weight ResNet50 on clipart8: 0.46 -> 0.16).
+    # accuracy does not: a network collapsing towards uniform predictions can
+    # lower the cross-entropy of an overconfident phase-1 head while its
+    # accuracy drops (seen with a random-weight ResNet50 on clipart8: 0.46 -> 0.16).
     end = val_scores(model, x_val, y_val)
     kept = end[0] < start[0] and end[1] >= start[1]
     if not kept:

@@ -18,6 +18,7 @@ matrix of the whole store.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,15 +57,24 @@ def near_duplicates(fs, threshold: float) -> tuple[list[dict], int]:
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             if a in vectors and b in vectors:
-                total += _pairs_between(fs, rows[a], vectors[a], rows[b], vectors[b], threshold, a, b, top)
+                total += _pairs_between(fs, _Side(a, rows[a], vectors[a]), _Side(b, rows[b], vectors[b]), threshold, top)
     return top, total
 
 
-def _pairs_between(fs, rows_a, va, rows_b, vb, threshold, a, b, top: list) -> int:
+class _Side(NamedTuple):
+    """One split of a comparison: its name, store rows and unit feature vectors."""
+
+    split: str
+    rows: np.ndarray
+    vectors: np.ndarray
+
+
+def _pairs_between(fs, side_a: _Side, side_b: _Side, threshold: float, top: list) -> int:
     """Count the pairs of splits ``a`` x ``b`` at or above ``threshold``, keeping
     ``top`` the :data:`LISTED` most similar pairs seen so far (first found
     first among equals). Only the listed pairs become Python objects: a folder
     of video frames can have millions of near-duplicate pairs."""
+    (a, rows_a, va), (b, rows_b, vb) = side_a, side_b
     count = 0
     block = max(1, SIMILARITY_CELLS // max(1, len(vb)))
     for start in range(0, len(va), block):

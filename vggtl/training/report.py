@@ -133,19 +133,20 @@ def _leakage_section(cfg, dataset, leakage: dict, out_dir: Path) -> list[str]:
     return lines
 
 
-def write(out_dir: Path, *, cfg, dataset, fs, metrics, history, probs, weights) -> Path:
+def write(out_dir: Path, run, metrics, history, probs) -> Path:
     """Write ``report.md`` and its figures into ``out_dir``; returns the report path.
 
     Args:
         out_dir: the artifact's staging directory.
-        cfg: the run's config; dataset: the scanned data; fs: the open store.
+        run: the :class:`~vggtl.training.inputs.RunInputs` (config, scanned
+            data, open store, weights loaded: random weights get a warning).
         metrics, history: as written to ``metrics.json`` / ``history.json``.
         probs: ``{split: probabilities}`` of the final model on each split's
             rows (``fs.split_rows``): the predictions CSV and the worst
             misclassified come from them.
-        weights: the backbone weights loaded (random weights get a warning).
     """
-    lines = _header(cfg, fs, metrics, weights)
+    cfg, dataset, fs = run.cfg, run.dataset, run.fs
+    lines = _header(cfg, fs, metrics, run.weights)
     lines += _results(metrics)
     lines += _cv_section(metrics)
     lines += _dataset_section(dataset, fs)

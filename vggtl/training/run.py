@@ -24,35 +24,15 @@ from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
 from vggtl.training import artifact, baselines, cv, devices, features_runtime, fit, leakage, logs, report, temperature
+from vggtl.training.fit import Split
+from vggtl.training.inputs import RunInputs
 from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
 E2E_TOLERANCE = 0.02
-PREDICT_BATCH = 256  # maps read from the store per prediction batch
 # Up to this many training images phase 2 holds the boundary maps in RAM
 # (float16, ~200 KB each for VGG16: 2 GB); above, it reads them batch by batch.
 FINETUNE_IN_RAM_MAX = 10_000
-
-
-@dataclass
-class Split:
-    """One split's rows (into the store's index) and labels, and where its
-    features come from: ``x`` when held in RAM (phase 2's boundary maps),
-    else read from ``fs`` in batches whenever a model predicts the split."""
-
-    rows: np.ndarray
-    y: np.ndarray
-    fs: FeatureStore | None = None
-    layer: str | None = None
-    x: np.ndarray | None = None
-
-    def predict(self, model) -> np.ndarray:
-        """``model``'s probabilities for every row, in order."""
-        if self.x is not None:
-            return model.predict(self.x, verbose=0)
-        batches = self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)
-        probs = [np.asarray(model.predict_on_batch(maps)) for _, maps in batches]
-        return np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 @dataclass
@@ -113,7 +93,7 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
                 log(f"  {path}: {reason}")
         trained = train_phases(cfg, fs, where.weights, log)
         metrics = evaluate(cfg, fs, dataset, trained, log)
-        target = publish(cfg, dataset, fs, where, trained, metrics, time.perf_counter() - started, log)
+        target = publish(RunInputs(cfg, dataset, fs, where), trained, metrics, time.perf_counter() - started, log)
     finally:
         fs.close()
     log(f"artifact: {target}")
@@ -201,10 +181,7 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
         f"train: {len(train.y)} (+{cfg.augment.views} views each)  val: {len(val.y)}  "
         f"test: {len(splits['test'].y)}  classes: {len(fs.class_names)}  features: {fs.feature_shape}"
     )
-    pooled = fit.pooled_bank(fs, train.rows, cfg.head.pooling, cfg.augment.views)
-    pooled_val = fit.pooled_features(fs, val.rows, cfg.head.pooling)
-    head, history1 = fit.fit_head_on_pooled(cfg, pooled, fs.feature_shape, train.y, pooled_val, val.y, len(fs.class_names))
-    del pooled, pooled_val
+    head, history1 = fit.train_head(cfg, fs, train, val)
     log(_phase_line("phase 1 (head)", history1, cfg.train.epochs))
     trained = Trained(base=None, head=head, history={"phase1": history1})
     trained.use_final(head, None, splits)
@@ -259,12 +236,12 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
         splits = streamed_splits(fs, boundary)
         train, val = splits["train"], splits["val"]
         bank = fit.StoreBank(fs, train.rows, boundary, cfg.augment.views)
-        x_val = fit.store_batches(fs, val.rows, boundary, PREDICT_BATCH, val.y, len(fs.class_names))
+        x_val = fit.store_batches(fs, val.rows, boundary, fit.PREDICT_BATCH, val.y, len(fs.class_names))
     else:
         splits = load_splits(fs, boundary)
         train, val = splits["train"], splits["val"]
         bank, x_val = fit.training_bank(fs, train.rows, boundary, cfg.augment.views), val.x
-    tuned, history, kept = fit.finetune(cfg, trained.base, trained.head, bank, train.y, x_val, val.y, len(fs.class_names))
+    tuned, history, kept = fit.finetune(cfg, trained.base, trained.head, bank, train.y, (x_val, val.y), len(fs.class_names))
     del bank
     log(
         _phase_line(f"phase 2 (fine-tune {cfg.finetune.blocks} block(s) from {boundary}, on {history['devices']})", history,
@@ -326,12 +303,13 @@ def split_record(cfg: config.Config, fs: FeatureStore, dataset) -> dict:
     }
 
 
-def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Trained, metrics: dict, seconds: float, log=print):
+def publish(run: RunInputs, trained: Trained, metrics: dict, seconds: float, log=print):
     """Build the end-to-end model, check it, write every file and publish the version.
 
     A run killed or failing in here leaves no directory that looks like an
     artifact (the staging directory is removed, earlier versions untouched).
     """
+    cfg, dataset, fs, where = run.cfg, run.dataset, run.fs, run.where
     artifact.clean_stale_staging(cfg.output.dir, cfg.name)
     staging = artifact.begin(cfg.output.dir, cfg.name)
     try:
@@ -347,16 +325,10 @@ def publish(cfg: config.Config, dataset, fs: FeatureStore, where, trained: Train
             raise RuntimeError(f"internal: the artifact's model differs from the evaluated model on cached features by {gap:.4f}")
         if record is not None:
             metrics["tensorflow_fp32"] = _through_tensorflow(model, trained, test_images, record, log)
-        artifact.write_metadata(
-            staging, cfg=cfg, dataset=dataset, fs=fs, store_settings=where.format.settings, weights=where.weights,
-            metrics=metrics, history=trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record,
-        )
+        artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record)
         logs.write_history_csv(staging / "history.csv", trained.history)
         logs.write_tensorboard(staging / "tensorboard", trained.history)
-        report.write(
-            staging, cfg=cfg, dataset=dataset, fs=fs, metrics=metrics, history=trained.history,
-            probs=trained.probs, weights=where.weights,
-        )
+        report.write(staging, run, metrics, trained.history, trained.probs)
         return artifact.publish(staging)
     except BaseException:
         artifact.abandon(staging)

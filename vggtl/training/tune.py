@@ -114,15 +114,14 @@ def test_scores(cfg: config.Config, fs, settings: dict) -> dict:
     from vggtl.training import run as training_run
     from vggtl.training.metrics import split_metrics
 
-    splits = training_run.load_splits(fs)
+    splits = training_run.streamed_splits(fs)
     train, val, test = splits["train"], splits["val"], splits["test"]
     scores = {}
     if not len(test.y):  # data.split.test: 0
         return scores
     for name, params in settings.items():
-        trial_cfg = cfg.with_overrides(params, name)
-        head, _ = fit.fit_head(trial_cfg, train.x[None], train.y, val.x, val.y, len(fs.class_names))
-        metrics = split_metrics(test.y, head.predict(test.x, verbose=0), fs.class_names)
+        head, _ = fit.train_head(config.with_overrides(cfg, params, name), fs, train, val)
+        metrics = split_metrics(test.y, test.predict(head), fs.class_names)
         scores[name] = {key: metrics[key] for key in ("accuracy", "accuracy_ci95", "n")}
     return scores
 

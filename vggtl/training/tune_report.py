@@ -87,7 +87,7 @@ def _test(score: dict) -> str:
 
 def best_yaml(cfg: config.Config, study, config_arg: str | None) -> str:
     """The config with the best trial's settings applied, as ``vggtl train`` reads it."""
-    best = cfg.with_overrides(study.best.params, "best trial")
+    best = config.with_overrides(cfg, study.best.params, "best trial")
     changed = ", ".join(f"{k}={v!r}" for k, v in study.best.params.items()) or "nothing (the default won)"
     header = [
         f"# vggtl tune {config_arg or cfg.name}: best of {len(study.trials)} trials, "
