@@ -23,6 +23,7 @@ import pytest
 from conftest import make_dataset, make_image, needs_ray, write_config
 
 from vggtl import config, data, extract
+from vggtl.data import decode as decode_module
 from vggtl.backbones import build, resolve
 from vggtl.backbones.spec import default_spec
 from vggtl.errors import DataError
@@ -58,7 +59,7 @@ def tiny(tmp_path, monkeypatch) -> Tiny:
 
 @pytest.fixture
 def decoded(monkeypatch) -> list[str]:
-    """Relative names of the files extract decodes (data.decode_image calls)."""
+    """Relative names of the files extract decodes (vggtl.data.decode.decode_image calls)."""
     calls: list[str] = []
     real = data.decode_image
 
@@ -66,7 +67,7 @@ def decoded(monkeypatch) -> list[str]:
         calls.append(f"{Path(path).parent.name}/{Path(path).name}")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(data, "decode_image", spy)
+    monkeypatch.setattr(decode_module, "decode_image", spy)
     return calls
 
 

@@ -1,50 +1,33 @@
-"""Scan a labeled image tree, split it stably, and decode images robustly.
+"""Decoding an image file into the network's input, robustly.
 
-Layouts accepted under ``data.root``:
-
-* class-per-folder: ``root/<class>/**/<image>``; each class is split into
-  train/val/test by :mod:`vggtl.splits` (per-class quotas over an order fixed by
-  content and seed: path-independent, at least one image per held-out split);
-* pre-split: ``root/train/<class>/...`` plus ``val/`` (or ``validation/``)
-  and/or ``test/`` with the same class folders. A missing ``val`` or ``test``
-  subtree is carved out of ``train`` with the same rule.
-
-Classes are the sorted folder names. Hidden files and folders are ignored.
 Decoding never raises for a bad file: :func:`decode_image` raises
 :class:`UndecodableImage` with a human-readable reason, which callers record
-and skip.
+and skip. EXIF orientation, every Pillow mode, transparency over a
+background, the ``data.resize`` policies and the decompression-bomb guard
+live here.
 """
+
+from __future__ import annotations
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import os
 import threading
 import warnings
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vggtl import csv_list, splits
-from vggtl.errors import DataError, path_error
-from vggtl.files import sha256_file
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow refuses images above 2x its MAX_IMAGE_PIXELS as decompression bombs
 # before we see them; we keep the same ceiling (so data.max_pixels can only
 # lower it) but make it a config key with a clear message.
 DEFAULT_MAX_PIXELS = 178_956_970
 WHITE = (255, 255, 255)
-SPLITS = ("train", "val", "test")
-SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
-SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-SMALL_CLASS_WARNING = 20
+
 _EXIF_ORIENTATION = 0x0112
 # Images above this many pixels (~64 MB as RGBA) are decoded one at a time.
 LARGE_IMAGE_PIXELS = 16_000_000
@@ -53,28 +36,6 @@ _LARGE_DECODES = threading.Lock()
 
 class UndecodableImage(Exception):
     """An image file that cannot be turned into pixels; ``str(exc)`` is the reason."""
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    """One image of the dataset.
-
-    Attributes:
-        path: absolute path on disk.
-        relpath: POSIX path relative to ``data.root`` (what reports show).
-        label: index into the sorted class names.
-        split: ``'train'``, ``'val'`` or ``'test'``.
-        sha256: hex digest of the file's bytes; the cache key of its features.
-        fixed: ``'val'`` or ``'test'`` when a pre-split folder decides the
-            split, else None (the split rule decides).
-    """
-
-    path: Path
-    relpath: str
-    label: int
-    split: str
-    sha256: str
-    fixed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,227 +62,6 @@ class DecodeSettings:
     def at_size(self, image_size: int) -> "DecodeSettings":
         """The same settings at another side (thumbnails, the from-scratch CNN)."""
         return dataclasses.replace(self, image_size=image_size)
-
-
-@dataclass
-class Dataset:
-    """The scanned dataset: class names, files and notes for the report."""
-
-    root: Path
-    class_names: list[str]
-    files: list[ImageFile]
-    layout: str  # "class-folders" or "pre-split"
-    warnings: list[str]
-    # Which held-out splits the rule carves (False where a pre-split folder provides it).
-    carve: tuple[bool, bool] = (True, True)
-
-    def digest(self) -> str:
-        """Manifest digest: changes when any file's content, label or split changes."""
-        h = hashlib.sha256()
-        h.update("\n".join(self.class_names).encode())
-        for f in sorted(self.files, key=lambda f: f.relpath):
-            h.update(f"\n{f.relpath}\t{f.label}\t{f.split}\t{f.sha256}".encode())
-        return h.hexdigest()
-
-    def content_digest(self) -> str:
-        """Digest of the classes, paths, labels and contents, not the split: what
-        a feature store must match (splits are made at train time)."""
-        h = hashlib.sha256(b"vggtl-content\n")
-        h.update("\n".join(self.class_names).encode())
-        for f in sorted(self.files, key=lambda f: f.relpath):
-            h.update(f"\n{f.relpath}\t{f.label}\t{f.sha256}".encode())
-        return h.hexdigest()
-
-    def split_digest(self) -> str:
-        """Digest of which file is in which split (:func:`vggtl.splits.digest`)."""
-        return splits.digest((f.relpath, f.split) for f in self.files)
-
-    def with_split(self, seed: int, val: float, test: float, exclude=frozenset()) -> "Dataset":
-        """The same files split by :func:`vggtl.splits.assign` for ``seed`` and
-        the fractions; ``exclude`` are content hashes of unusable files.
-
-        Raises:
-            DataError: a class has too few usable images (named, with its count).
-        """
-        carve_val, carve_test = self.carve
-        members = [splits.Member(f.sha256, f.label, f.fixed) for f in self.files]
-        assigned = splits.assign(
-            members, seed, val if carve_val else 0.0, test if carve_test else 0.0, self.class_names, frozenset(exclude)
-        )
-        files = [dataclasses.replace(f, split=s) for f, s in zip(self.files, assigned)]
-        return dataclasses.replace(self, files=files)
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """``{split: {class_name: n}}``."""
-        table = {s: {c: 0 for c in self.class_names} for s in SPLITS}
-        for f in self.files:
-            table[f.split][self.class_names[f.label]] += 1
-        return table
-
-
-# --------------------------------------------------------------------------- scanning
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and not name.startswith("__")
-
-
-def visible_subdirs(path: Path) -> list[str]:
-    """Sorted names of the non-hidden subfolders of ``path`` (class names, split names)."""
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
-
-
-def list_images(folder: Path, extensions) -> list[Path]:
-    """All image files under ``folder`` (recursive, hidden entries skipped, sorted)."""
-    exts = tuple(e.lower() for e in extensions)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        for name in filenames:
-            if _visible(name) and name.lower().endswith(exts):
-                found.append(Path(dirpath) / name)
-    return sorted(found)
-
-
-def file_sha256(path: Path) -> str:
-    """Content hash of one image file; an unreadable file stops the scan with its path
-    (its split and cache key depend on its bytes, so it cannot be skipped silently)."""
-    try:
-        return sha256_file(path)
-    except OSError as exc:
-        raise path_error(exc, path, "read the image file") from None
-
-
-def detect_layout(root: Path) -> dict[str, Path] | None:
-    """Map split name -> subtree when ``root`` is pre-split, else None."""
-    dirs = visible_subdirs(root)
-    aliased = [d for d in dirs if d in SPLIT_ALIASES]
-    split_dirs = {SPLIT_ALIASES[d]: root / d for d in aliased}
-    if "train" not in split_dirs or len(split_dirs) < 2:
-        return None
-    if len(split_dirs) < len(aliased):
-        # val/ and validation/ side by side: the dict would silently keep only one.
-        raise DataError(
-            f"{root}: has both {', '.join(d + '/' for d in aliased if SPLIT_ALIASES[d] == 'val')}; "
-            "keep one validation folder"
-        )
-    others = [d for d in dirs if d not in SPLIT_ALIASES]
-    if others:
-        raise DataError(
-            f"{root}: looks pre-split (has {', '.join(d + '/' for d in aliased)}) but also holds "
-            f"{', '.join(d + '/' for d in others)}; move those under train/ or remove them"
-        )
-    return split_dirs
-
-
-def _class_files(base: Path, class_names: list[str], extensions, where: str) -> dict[str, list[Path]]:
-    files = {}
-    for name in class_names:
-        images = list_images(base / name, extensions)
-        if not images:
-            raise DataError(
-                f"class folder {str(base / name)!r} contains no image "
-                f"(looked for {', '.join(extensions)}); add images or remove the folder"
-            )
-        files[name] = images
-    return files
-
-
-def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4, csv=None) -> Dataset:
-    """Find the classes and images under ``root`` (or listed in ``csv``) and
-    assign every file a split.
-
-    Args:
-        root: dataset directory (class-per-folder or pre-split, see module doc).
-        extensions: lower-case extensions with a dot, e.g. ``('.jpg', '.png')``
-            (not applied to the files a CSV lists).
-        seed: split seed; the same seed and content give the same split.
-        val: fraction of each class held out for validation (class-folder
-            layout, or carved from ``train/`` when ``val/`` is absent).
-        test: same for the test split.
-        workers: threads used to hash file contents.
-        csv: a CSV file ``path,label[,split]`` listing the images
-            (:mod:`vggtl.csv_list`), or None for folders.
-
-    Returns:
-        A :class:`Dataset`.
-
-    Raises:
-        DataError: fewer than 2 classes, a class folder with no image, class
-            folders that differ between splits, a class too small to split,
-            or a CSV that cannot be read unambiguously.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data root {str(root)!r} is not a directory")
-    if csv is not None:
-        class_names, entries, carve, notes = csv_list.read(root, csv)
-        layout = "csv"
-    else:
-        class_names, entries, carve, layout = _folder_entries(root, extensions)
-        notes = []
-    # Hashing is I/O + hashlib, which releases the GIL: threads parallelise it.
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
-    files = [
-        ImageFile(path.resolve(), _relpath(path, root), label, "train", sha, None if fixed == "train" else fixed)
-        for (path, label, fixed), sha in zip(entries, digests)
-    ]
-    dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve).with_split(seed, val, test)
-    notes.extend(_dataset_warnings(dataset))
-    return dataset
-
-
-def _relpath(path: Path, root: Path) -> str:
-    """What reports show: the path relative to ``data.root`` (a CSV may list files elsewhere)."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
-
-
-def _folder_entries(root: Path, extensions):
-    """``(class_names, entries, carve, layout)`` of a class-folder or pre-split tree."""
-    split_dirs = detect_layout(root)
-    layout = "pre-split" if split_dirs else "class-folders"
-    if split_dirs is None:
-        split_dirs = {"train": root}
-    class_names = visible_subdirs(split_dirs["train"])
-    if len(class_names) < 2:
-        raise DataError(
-            f"{split_dirs['train']}: found {len(class_names)} class folder(s) "
-            f"({', '.join(class_names) or 'none'}); need at least 2, one folder of images per class"
-        )
-    entries: list[tuple[Path, int, str | None]] = []  # (path, label, fixed split or None)
-    for split_name, base in split_dirs.items():
-        if split_name != "train" and visible_subdirs(base) != class_names:
-            raise DataError(
-                f"{base}: class folders {visible_subdirs(base)} differ from train/'s {class_names}; "
-                "every split needs the same class folders"
-            )
-        fixed = None if split_name == "train" and layout == "class-folders" else split_name
-        for label, (name, paths) in enumerate(_class_files(base, class_names, extensions, split_name).items()):
-            entries.extend((p, label, fixed) for p in paths)
-    return class_names, entries, ("val" not in split_dirs, "test" not in split_dirs), layout
-
-
-def _dataset_warnings(dataset: Dataset) -> list[str]:
-    notes = []
-    totals = Counter(f.label for f in dataset.files)
-    for label, name in enumerate(dataset.class_names):
-        if totals[label] < SMALL_CLASS_WARNING:
-            notes.append(f"class '{name}' has only {totals[label]} images (< {SMALL_CLASS_WARNING}); its metrics will be noisy")
-    by_hash: dict[str, set[int]] = {}
-    for f in dataset.files:
-        by_hash.setdefault(f.sha256, set()).add(f.label)
-    clashes = [
-        sorted(f.relpath for f in dataset.files if f.sha256 == sha)
-        for sha, labels in by_hash.items()
-        if len(labels) > 1
-    ]
-    for paths in clashes:
-        notes.append(f"identical image under different classes: {', '.join(paths)}")
-    return notes
 
 
 # --------------------------------------------------------------------------- decoding
@@ -489,42 +229,6 @@ def opened_image(path, max_pixels: int | None = None, draft_size: int | None = N
         if "truncated" in reason.lower():
             reason = f"truncated file ({reason})"
         raise UndecodableImage(f"cannot decode: {reason}") from None
-
-
-def iter_probabilities(paths, decode, predict_fn, batch: int = 16):
-    """Decode and classify images in batches (predict, classify, and train's
-    check of the artifact on the test split).
-
-    Args:
-        paths: image files.
-        decode: callable ``path -> (S, S, 3) uint8`` raising
-            :class:`UndecodableImage`.
-        predict_fn: callable mapping an ``(n, S, S, 3)`` uint8 batch to
-            ``(n, n_classes)`` probabilities.
-        batch: images per forward pass.
-
-    Yields:
-        ``{"path", "image", "probs"}`` per decoded image, ``{"path", "error"}``
-        per undecodable one, in input order within each batch.
-    """
-    for start in range(0, len(paths), batch):
-        images, ok = [], []
-        for path in paths[start : start + batch]:
-            try:
-                images.append(decode(path))
-                ok.append(path)
-            except UndecodableImage as exc:
-                yield {"path": str(path), "error": str(exc)}
-        if not ok:
-            continue
-        probs = np.asarray(predict_fn(np.stack(images)))
-        for path, image, p in zip(ok, images, probs):
-            yield {"path": str(path), "image": image, "probs": p}
-
-
-def evenly_spaced(items: list, n: int) -> list:
-    """At most ``n`` of ``items``, evenly spaced from the first (a deterministic sample)."""
-    return items[:: max(1, len(items) // n)][:n]
 
 
 def decode_image(path, image_size: int, resize: str = "stretch", background=(255, 255, 255), max_pixels: int | None = None) -> np.ndarray:
