@@ -38,11 +38,20 @@ def test_the_readme_is_short_and_reaches_every_page():
     assert pages <= linked, f"pages the README does not link: {sorted(pages - linked)}"
 
 
-def test_readme_links_point_at_files_that_exist():
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_point_at_files_and_headings_that_exist():
     readme = (REPO / "README.md").read_text()
-    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", readme) if not t.startswith(("http", "#"))]
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    targets = [t.split("#")[0] for t in links if not t.startswith(("http", "#"))]
     missing = [t for t in targets if not (REPO / t).exists()]
     assert targets and not missing, f"README links to missing files: {missing}"
+    headings = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", readme, flags=re.M)}
+    broken = [t for t in links if t.startswith("#") and t[1:] not in headings]
+    assert not broken, f"README links to headings it does not have: {broken}"
 
 
 def test_every_config_key_is_documented():
