@@ -47,18 +47,11 @@ class FoldData:
     _banks: dict = field(default_factory=dict, repr=False)
 
     def pooled_bank(self, fs: FeatureStore, pooling: str) -> np.ndarray:
-        """``(views + 1, N, D)``: ``pooling`` of every row's clean features, then
-        of each view (a row without stored views repeats its clean vectors);
-        read from ``fs`` in batches once per pooling."""
+        """``(views + 1, N, D)``: :func:`vggtl.training.fit.pooled_bank` of every
+        row (a row without stored views repeats its clean vectors), read from
+        ``fs`` once per pooling."""
         if pooling not in self._banks:
-            clean = fit.pooled_features(fs, self.rows, pooling)
-            bank = [clean]
-            with_views = fs.rows_with_views(self.rows, self.views)
-            for view in range(1, self.views + 1):
-                pooled = clean.copy()
-                pooled[with_views] = fit.pooled_features(fs, self.rows[with_views], pooling, view=view)
-                bank.append(pooled)
-            self._banks[pooling] = np.stack(bank)
+            self._banks[pooling] = fit.pooled_bank(fs, self.rows, pooling, self.views, clean_if_missing=True)
         return self._banks[pooling]
 
 
@@ -115,7 +108,7 @@ def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
     """
     started = time.perf_counter()
     data = fold_data(cfg, fs, folds)
-    pooled = data.pooled_bank(fs, "avg")[0]
+    pooled = fit.pooled_features(fs, data.rows, "avg")  # the probe trains on clean features only
     probe = [_probe_accuracy(pooled, data.labels, fit_idx, held, cfg.seed) for fit_idx, _, _, held in data.folds]
     scores = {"head": head_scores(cfg, data, fs)["accuracy"], "probe": probe}
     summary = {name: summary_of(values) for name, values in scores.items()}

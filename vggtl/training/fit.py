@@ -70,10 +70,24 @@ def pooled_features(fs: FeatureStore, rows, pooling: str, layer: str | None = No
     return np.concatenate(chunks)
 
 
-def pooled_bank(fs: FeatureStore, rows, pooling: str, views: int) -> np.ndarray:
+def pooled_bank(fs: FeatureStore, rows, pooling: str, views: int, clean_if_missing: bool = False) -> np.ndarray:
     """``(views + 1, N, D)`` float32: :func:`pooled_features` of the clean
-    features of the training ``rows``, then of each stored augmented view."""
-    return np.stack([pooled_features(fs, rows, pooling, view=view) for view in range(views + 1)])
+    features of ``rows``, then of each stored augmented view.
+
+    Args:
+        clean_if_missing: a row without stored views repeats its clean vector
+            in every view (cross-validation: val-split rows have none); False
+            refuses such a row (StoreError), as training must.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    clean = pooled_features(fs, rows, pooling)
+    with_views = fs.rows_with_views(rows, views) if clean_if_missing else np.ones(len(rows), dtype=bool)
+    bank = [clean]
+    for view in range(1, views + 1):
+        pooled = clean.copy()
+        pooled[with_views] = pooled_features(fs, rows[with_views], pooling, view=view)
+        bank.append(pooled)
+    return np.stack(bank)
 
 
 class StoreBank:
