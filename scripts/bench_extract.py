@@ -110,12 +110,12 @@ def replicate(src: Path, dst: Path, copies: int, limit: int) -> int:
 
 def compute_only(cfg_path: Path) -> tuple[float, int]:
     """Forward time of the same images, pre-decoded, same batch and function."""
-    from vggtl import config
+    from vggtl import config, plan
     from vggtl.features import pipeline
 
     cfg = config.load(cfg_path)
-    dataset = pipeline.scan_dataset(cfg)
-    weights = pipeline.locate_store(cfg).weights
+    the_plan = plan.resolve(cfg)
+    dataset, weights = the_plan.dataset, the_plan.weights
     decode = cfg.spec.decode.decode
     seen, images = set(), []
     for f in dataset.files:

@@ -48,10 +48,10 @@ def variant(base, seed: int, blocks: int, views: int, finetune_epochs: int):
 
 
 def open_store(cfg):
-    from vggtl.features import pipeline
+    from vggtl import plan
     from vggtl.features.store import FeatureStore
 
-    where = pipeline.locate_store(cfg, allow_download=False)
+    where = plan.resolve(cfg, allow_download=False).store
     return FeatureStore(where.path), where.weights
 
 

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import cli, config
+from vggtl import cli, config, plan
 from vggtl.errors import MissingExtra
 from vggtl.features import pipeline, runtimes
 
@@ -115,12 +115,12 @@ def decoded(cfg, files, n: int, max_side: int):
     return np.stack(images)
 
 
-def measure(cfg, dataset, runtime: str, precision: str, images: np.ndarray):
+def measure(cfg, runtime: str, precision: str, images: np.ndarray):
     """Compute-only img/s and avg-pooled features of ``images`` through ``runtime``
     (building its converted model into the runtime cache when absent; int8:
-    calibrated on the training images of ``dataset``, CONFIG's scanned data)."""
+    calibrated on the training images of CONFIG's data)."""
     cfg = config.with_overrides(cfg, {"extract.runtime": runtime, "extract.precision": precision}, "bench")
-    where = pipeline.locate_store(cfg, dataset=dataset)
+    where = plan.resolve(cfg).store
     forward = pipeline.make_forward(cfg, where.weights, log=lambda _: None, calibration=where.calibration)
     batch = cfg.extract.batch_size
     forward(images[:batch])  # warm-up: graph building, allocation
@@ -356,12 +356,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = config.load(args.config)
     rows = installed_rows(args.runtimes)
-    dataset = pipeline.scan_dataset(cfg)
-    files = dataset.files
+    files = plan.scan(cfg).files
     images = decoded(cfg, files, args.images, args.max_side)
     decode = None if args.skip_whole else decode_cost(cfg, files)
     for row in rows:
-        row.speed, row.pooled = measure(cfg, dataset, row.runtime, row.precision, images)
+        row.speed, row.pooled = measure(cfg, row.runtime, row.precision, images)
         note(row, f"compute only: {row.speed:.2f} img/s")
     with tempfile.TemporaryDirectory(prefix="bench_runtimes-") as tmp, keeping_last_extract():
         for row in rows:

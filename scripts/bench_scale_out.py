@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import config, tfquiet
+from vggtl import config, plan, tfquiet
 from vggtl.features import pipeline, ray_engine, store
 
 FORWARD_IMAGES = 64
@@ -122,9 +122,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 8, 32, 128, 512])
     args = parser.parse_args(argv)
     cfg = config.load(args.config, ["extract.engine=ray"])
-    dataset = pipeline.scan_dataset(cfg)
-    files = sorted(dataset.files, key=lambda f: f.sha256)
-    where = pipeline.locate_store(cfg, dataset=dataset)
+    the_plan = plan.resolve(cfg)
+    files = sorted(the_plan.dataset.files, key=lambda f: f.sha256)
+    where = the_plan.store
 
     decode_all, decode_ordinary = measure_decode(cfg, files)
     forward = measure_forward(cfg, where.weights, files)

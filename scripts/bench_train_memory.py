@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from vggtl import config
-from vggtl.features import pipeline, store
+from vggtl import config, plan
+from vggtl.features import store
 
 CLASSES = 8
 
@@ -55,8 +55,8 @@ def write_config(tmp: Path, n: int) -> Path:
 def write_store(cfg_path: Path) -> None:
     """The store extraction would write for the config, with synthetic features."""
     cfg = config.load(cfg_path)
-    dataset = pipeline.scan_dataset(cfg)
-    where = pipeline.locate_store(cfg, dataset=dataset)
+    the_plan = plan.resolve(cfg)
+    dataset, where = the_plan.split(), the_plan.store
     where.path.parent.mkdir(parents=True, exist_ok=True)
     shape = cfg.spec.feature_shape(cfg.spec.head_layer)
     writer = store.PartWriter(where.path, where.format, rows_per_part=512)
@@ -78,12 +78,12 @@ def write_store(cfg_path: Path) -> None:
 # artifact would (rightly) refuse to publish it.
 TRAIN_WITHOUT_PUBLISHING = """
 import sys
-from vggtl import config
-from vggtl.features import pipeline
+from vggtl import config, plan
 from vggtl.training import run
 cfg = config.load(sys.argv[1])
-where, fs, dataset = run.open_current_store(cfg, pipeline.scan_dataset(cfg))
-trained = run.train_phases(cfg, fs, where.weights)
+the_plan = plan.resolve(cfg)
+fs, dataset = run.open_current_store(the_plan)
+trained = run.train_phases(cfg, fs, the_plan.weights)
 run.evaluate(cfg, fs, dataset, trained)
 """
 

@@ -19,15 +19,14 @@ import time
 
 import numpy as np
 
-from vggtl import config
-from vggtl.features import pipeline
+from vggtl import config, plan
 from vggtl.training import baselines, fit
 from vggtl.training import run as training_run
 
 
-def one_seed(path: str, seed: int, dataset, sets=()) -> dict:
+def one_seed(path: str, seed: int, sets=()) -> dict:
     cfg = config.load(path, [*sets, f"seed={seed}", "head.probe=true"])
-    _, fs, _ = training_run.open_current_store(cfg, dataset)
+    fs, _ = training_run.open_current_store(plan.resolve(cfg))
     try:
         splits = training_run.load_splits(fs)
         train, val, test = splits["train"], splits["val"], splits["test"]
@@ -55,10 +54,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     args = parser.parse_args(argv)
-    dataset = pipeline.scan_dataset(config.load(args.config, args.sets))
     rows = []
     for seed in args.seeds:
-        r = one_seed(args.config, seed, dataset, args.sets)
+        r = one_seed(args.config, seed, args.sets)
         rows.append(r)
         print(f"seed {seed}: train/val/test {r['sizes']}  head {r['head']:.3f}  probe {r['probe']:.3f}  "
               f"average {r['average']:.3f}  ({r['epochs']} epochs, early stop {r['stopped']}, {r['seconds']:.1f} s)", flush=True)

@@ -29,6 +29,7 @@ measures heads on one store. Everything is printed, nothing asserted. Usage
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 import warnings
@@ -42,7 +43,6 @@ BATCH = 16
 
 def pooled_views(cfg, dataset, weights, policy: str) -> dict:
     """``{(layer, flipped): (N, 2C) [avg | max] pooled vectors}`` of every file, decoded with ``policy``."""
-    import dataclasses
 
     from vggtl.backbones import build
     from vggtl.training import heads
@@ -98,9 +98,7 @@ def cross_validated(x, y, repeats: int) -> float:
 
 
 def main(argv=None) -> int:
-    from vggtl import config
-    from vggtl.backbones import resolve
-    from vggtl.features import pipeline
+    from vggtl import config, plan
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -110,11 +108,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     cfg = config.load(args.config)
-    dataset = pipeline.scan_dataset(cfg)
-    weights = resolve.resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed)
+    the_plan = plan.resolve(cfg)
+    dataset, weights = the_plan.dataset, the_plan.weights
     y = np.array([f.label for f in dataset.files])
-    fractions = (cfg.data.split.val, cfg.data.split.test)
-    test_masks = [np.array([f.split == "test" for f in dataset.with_split(s, *fractions).files]) for s in args.seeds]
+    test_masks = []
+    for seed in args.seeds:  # the same files, split as each seed's run would split them
+        seed_plan = dataclasses.replace(the_plan, cfg=config.with_overrides(cfg, {"data.split.seed": seed}, "--seeds"))
+        test_masks.append(np.array([f.split == "test" for f in seed_plan.split().files]))
     print(f"{len(y)} images, {len(dataset.class_names)} classes; test = train+val -> test over split seeds {args.seeds}")
     print(f"{'resize':9s} {'layers':13s} {'pooling':7s} {'power':5s} {'flip':4s}  cv(5x{args.repeats})  test(mean)")
     for policy in args.policies:

@@ -27,7 +27,7 @@ def rows(names=("red", "green"), n=6, split=lambda name, i: ""):
 
 
 def scan(root, csv, val=0.2, test=0.2):
-    return data.scan(root, data.IMAGE_EXTENSIONS, seed=1, val=val, test=test, workers=2, csv=csv)
+    return data.scan(root, data.IMAGE_EXTENSIONS, workers=2, csv=csv).with_split(1, val, test)
 
 
 def test_labels_and_rule_split(root):

@@ -27,7 +27,7 @@ RED, GREEN, BLUE = (220, 20, 20), (20, 200, 20), (20, 20, 220)
 
 
 def do_scan(root, seed=7, val=0.25, test=0.25, extensions=IMAGE_EXTENSIONS, workers=2):
-    return scan(root, extensions, seed=seed, val=val, test=test, workers=workers)
+    return scan(root, extensions, workers=workers).with_split(seed, val, test)
 
 
 def splits_of(ds) -> dict[str, str]:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import make_dataset, make_image, needs_ray, write_config
 
-from vggtl import config, data, extract
+from vggtl import config, data, extract, plan
 from vggtl.data import decode as decode_module
 from vggtl.backbones import build, resolve
 from vggtl.backbones.spec import default_spec
@@ -47,7 +47,7 @@ class Tiny:
         return result, logs
 
     def store_path(self, *overrides: str) -> Path:
-        return pipeline.locate_store(self.cfg(*overrides)).path
+        return plan.resolve(self.cfg(*overrides)).store.path
 
 
 @pytest.fixture
@@ -490,7 +490,7 @@ def test_added_images_compute_only_their_features_and_views(tiny, decoded):
 
 def test_views_skip_undecodable_files_and_share_duplicates(tiny, decoded):
     add_problem_files(tiny.root)
-    source = next(f for f in pipeline.scan_dataset(tiny.cfg()).files if f.split == "train" and f.relpath.startswith("red/red_"))
+    source = next(f for f in plan.resolve(tiny.cfg()).split().files if f.split == "train" and f.relpath.startswith("red/red_"))
     shutil.copy(source.path, tiny.root / "red" / "copy.png")  # same content, so same split and views
     first, _ = tiny.run(VIEWS)
     bad = {f.sha256 for f in first.dataset.files if f.relpath in first.skipped}
@@ -557,8 +557,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch, o
     root = make_dataset(tmp_path / "data", per_class=20)
     cfg_path = write_config(tmp_path / "tiny.yaml", root, tmp_path)
     cfg = config.load(cfg_path, overrides)
-    total = 60 + cfg.augment.views * len(shas_of(pipeline.scan_dataset(cfg), "train"))  # images + views
-    path = pipeline.locate_store(cfg).path
+    total = 60 + cfg.augment.views * len(shas_of(plan.resolve(cfg).split(), "train"))  # images + views
+    path = plan.resolve(cfg).store.path
     parts = store.parts_dir(path)
     log_file = tmp_path / "killed.log"
     # Two images per part file, so the kill lands after some parts are done.

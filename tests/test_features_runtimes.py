@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_dataset, needs_extra, write_config
 from vggtl import config, extract
-from vggtl.features import pipeline
+from vggtl import plan
 from vggtl.features.store import FeatureStore
 
 
@@ -27,7 +27,7 @@ def run_extract(cfg_path, monkeypatch, tmp_path, *sets):
 
 def store_of(cfg_path, *sets):
     cfg = config.load(cfg_path, list(sets))
-    return FeatureStore(pipeline.locate_store(cfg, dataset=pipeline.scan_dataset(cfg)).path)
+    return FeatureStore(plan.resolve(cfg).store.path)
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -120,7 +120,7 @@ def test_int8_features_are_close_and_named_by_their_calibration(tmp_path, monkey
     # another split seed: other training images, another calibration, another store
     with store_of(cfg, *sets) as s1:
         cfg2 = config.load(cfg, list(sets) + ["data.split.seed=99"])
-        assert pipeline.locate_store(cfg2, dataset=pipeline.scan_dataset(cfg2)).path != s1.path
+        assert plan.resolve(cfg2).store.path != s1.path
 
 
 def test_int8_on_tensorflow_is_refused(tmp_path, monkeypatch, capsys):

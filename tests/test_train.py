@@ -181,11 +181,11 @@ def train_phases_on(run_dir, name: str, *overrides: str):
     """``(trained, in-RAM splits)`` of training on ``run_dir``'s store."""
     from vggtl import config
     from vggtl.backbones import resolve
-    from vggtl.features import pipeline
+    from vggtl import plan
     from vggtl.features.store import FeatureStore
 
     cfg = config.load(run_dir / name, list(overrides))
-    with FeatureStore(pipeline.locate_store(cfg).path) as fs:
+    with FeatureStore(plan.resolve(cfg).store.path) as fs:
         trained = training_run.train_phases(cfg, fs, resolve.random_weights(cfg.seed), log=lambda _: None)
         return cfg, trained
 
@@ -193,12 +193,12 @@ def train_phases_on(run_dir, name: str, *overrides: str):
 def test_phase1_reads_the_store_in_batches_and_matches_the_in_ram_head(run_dir, feature_reads):
     """Phase 1 holds pooled vectors only (streaming): no read of more than a
     batch of maps, and the same head as pooling every map in RAM."""
-    from vggtl.features import pipeline
+    from vggtl import plan
     from vggtl.features.store import FeatureStore
 
     cfg, trained = train_phases_on(run_dir, "tiny.yaml")
     reads = list(feature_reads)
-    with FeatureStore(pipeline.locate_store(cfg).path) as fs:
+    with FeatureStore(plan.resolve(cfg).store.path) as fs:
         in_ram = training_run.load_splits(fs)
     pool = functools.partial(heads.pool_numpy, pooling=cfg.head.pooling)
     head, _ = fit.fit_head_on_pooled(cfg, pool(in_ram["train"].x)[None], in_ram["train"].x.shape[1:], in_ram["train"].y,
@@ -244,7 +244,7 @@ def test_phase2_above_the_in_ram_limit_reads_batches_and_matches(ft_dir, feature
     monkeypatch.setattr(training_run, "FINETUNE_IN_RAM_MAX", 0)
     _, streamed = train_phases_on(ft_dir, "ft.yaml", "finetune.batch_size=6")
     assert feature_reads and max(feature_reads) <= 7
-    assert streamed.phase2 == in_ram.phase2 and streamed.phase2["epochs_trained"] == 3
+    assert streamed.phase2 == in_ram.phase2 and streamed.phase2.epochs_trained == 3
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose(streamed.history["phase2"][key], in_ram.history["phase2"][key], rtol=1e-5)
     for split in ("train", "val", "test"):

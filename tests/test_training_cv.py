@@ -59,7 +59,7 @@ def test_cross_validation_trains_on_the_stored_views(views_store, monkeypatch):
     import numpy as np
 
     from vggtl import config
-    from vggtl.features import pipeline
+    from vggtl import plan
     from vggtl.training import cv, fit
     from vggtl.training import run as training_run
 
@@ -68,7 +68,7 @@ def test_cross_validation_trains_on_the_stored_views(views_store, monkeypatch):
     cfg = config.load(cfg_path)
     banks, real = [], fit.fit_head_on_pooled
     monkeypatch.setattr(fit, "fit_head_on_pooled", lambda c, pooled, *a: (banks.append(pooled), real(c, pooled, *a))[1])
-    _, fs, _ = training_run.open_current_store(cfg, pipeline.scan_dataset(cfg))
+    fs, _ = training_run.open_current_store(plan.resolve(cfg))
     with fs:
         data = cv.fold_data(cfg, fs, 3)
         scores = cv.head_scores(cfg, data, fs)
@@ -82,6 +82,6 @@ def test_cross_validation_trains_on_the_stored_views(views_store, monkeypatch):
     assert len(scores["accuracy"]) == 3
     banks.clear()
     no_views = config.with_overrides(cfg, {"augment.views": 0}, "test")
-    with training_run.open_current_store(no_views, pipeline.scan_dataset(no_views))[1] as fs:
+    with training_run.open_current_store(plan.resolve(no_views))[0] as fs:
         cv.head_scores(no_views, cv.fold_data(no_views, fs, 3), fs)
     assert all(b.shape[0] == 1 for b in banks)

@@ -13,7 +13,7 @@ import yaml
 from conftest import make_dataset, needs_extra, run_pipeline, write_config
 from vggtl import config, train
 from vggtl import tune as tune_command
-from vggtl.features import pipeline
+from vggtl import plan
 from vggtl.training import cv
 from vggtl.training import run as training_run
 
@@ -86,7 +86,7 @@ def test_search_folds_hold_only_train_and_val(tuned, monkeypatch):
     tmp, cfg_path = tuned
     monkeypatch.chdir(tmp)
     cfg = config.load(cfg_path)
-    _, fs, _ = training_run.open_current_store(cfg, pipeline.scan_dataset(cfg))
+    fs, _ = training_run.open_current_store(plan.resolve(cfg))
     with fs:
         data = cv.fold_data(cfg, fs, 3)
         searched = len(fs.split_rows("train")) + len(fs.split_rows("val"))

@@ -10,6 +10,8 @@ Layout, one folder per question:
   the preprocessing layer, Keras weight files, VGG16's offline weights;
 * ``features/``: the HDF5 feature store (its whole format), the extraction
   pipeline, augmented views;
+* ``plan``: a config resolved once into a run plan (scanned data, weights,
+  the store's location); ``RunPlan.split`` is the one place a split is made;
 * ``training/``: heads, fitting, metrics, baselines, the run, artifacts, reports;
 * ``inspect/``: predictions, Grad-CAM, tiles, ImageNet classification, layer tables;
 * commands (``extract``, ``train``, ``predict``, ``classify``, ``summary``,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -25,7 +23,8 @@ class ImageFile:
         path: absolute path on disk.
         relpath: POSIX path relative to ``data.root`` (what reports show).
         label: index into the sorted class names.
-        split: ``'train'``, ``'val'`` or ``'test'``.
+        split: ``'train'``, ``'val'`` or ``'test'``; None in a scanned
+            dataset that is not split yet (:meth:`Dataset.with_split`).
         sha256: hex digest of the file's bytes; the cache key of its features.
         fixed: ``'val'`` or ``'test'`` when a pre-split folder decides the
             split, else None (the split rule decides).
@@ -34,7 +33,7 @@ class ImageFile:
     path: Path
     relpath: str
     label: int
-    split: str
+    split: str | None
     sha256: str
     fixed: str | None = None
 

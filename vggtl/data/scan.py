@@ -14,8 +14,6 @@ Classes are the sorted folder names. Hidden files and folders are ignored.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -99,18 +97,17 @@ def _class_files(base: Path, class_names: list[str], extensions, where: str) -> 
     return files
 
 
-def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4, csv=None) -> Dataset:
-    """Find the classes and images under ``root`` (or listed in ``csv``) and
-    assign every file a split.
+def scan(root, extensions, workers: int = 4, csv=None) -> Dataset:
+    """Find the classes and images under ``root`` (or listed in ``csv``).
+
+    The files are not split here (their ``split`` is None): a run splits them
+    once, over its usable images (:meth:`vggtl.plan.RunPlan.split`, by
+    :meth:`Dataset.with_split`).
 
     Args:
         root: dataset directory (class-per-folder or pre-split, see module doc).
         extensions: lower-case extensions with a dot, e.g. ``('.jpg', '.png')``
             (not applied to the files a CSV lists).
-        seed: split seed; the same seed and content give the same split.
-        val: fraction of each class held out for validation (class-folder
-            layout, or carved from ``train/`` when ``val/`` is absent).
-        test: same for the test split.
         workers: threads used to hash file contents.
         csv: a CSV file ``path,label[,split]`` listing the images
             (:mod:`vggtl.csv_list`), or None for folders.
@@ -120,8 +117,8 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4,
 
     Raises:
         DataError: fewer than 2 classes, a class folder with no image, class
-            folders that differ between splits, a class too small to split,
-            or a CSV that cannot be read unambiguously.
+            folders that differ between splits, or a CSV that cannot be read
+            unambiguously.
     """
     root = Path(root)
     if not root.is_dir():
@@ -136,10 +133,10 @@ def scan(root, extensions, seed: int, val: float, test: float, workers: int = 4,
     with ThreadPoolExecutor(max(1, workers)) as pool:
         digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
     files = [
-        ImageFile(path.resolve(), _relpath(path, root), label, "train", sha, None if fixed == "train" else fixed)
+        ImageFile(path.resolve(), _relpath(path, root), label, None, sha, None if fixed == "train" else fixed)
         for (path, label, fixed), sha in zip(entries, digests)
     ]
-    dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve).with_split(seed, val, test)
+    dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve)
     notes.extend(_dataset_warnings(dataset))
     return dataset
 

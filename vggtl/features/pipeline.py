@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import config, data
-from vggtl.backbones.resolve import ResolvedWeights, resolve_weights
 from vggtl.errors import ConfigError, DataError
 from vggtl.features import augment, runtimes, store
 from vggtl.features.forward import Job, job_decoder, make_forward  # noqa: F401 - Job: part of this module's API
 from vggtl.files import make_dir
+from vggtl.plan import RunPlan, StoreLocation, as_plan
 
 ROWS_PER_PART = 256
 ROWS_PER_PART_ENV = "VGGTL_ROWS_PER_PART"
@@ -43,64 +43,6 @@ class ExtractResult:
     skipped: dict[str, str]  # relpath -> reason
     seconds: float
     up_to_date: bool
-
-
-@dataclass(frozen=True)
-class StoreLocation:
-    """Where the run's features live and what they must be."""
-
-    path: Path
-    format: store.StoreFormat
-    weights: ResolvedWeights
-    calibration: list | None = None  # int8: the calibration images (data.ImageFile)
-
-
-def scan_dataset(cfg: config.Config) -> data.Dataset:
-    """The image tree of ``data.root``, split by ``cfg``'s seed and fractions."""
-    return data.scan(
-        cfg.data.root,
-        cfg.data.extensions,
-        seed=cfg.split_seed,
-        val=cfg.data.split.val,
-        test=cfg.data.split.test,
-        workers=max(2, cfg.extract.workers),
-        csv=cfg.data.csv,
-    )
-
-
-def augment_attr(cfg: config.Config) -> dict:
-    """The store's record of the views ``augment.*`` asks for."""
-    return store.augment_attr(cfg.augment.views, augment.settings_digest(cfg.augment))
-
-
-def locate_store(cfg: config.Config, allow_download: bool = True, dataset: data.Dataset | None = None) -> StoreLocation:
-    """Resolve the weights and name the store file of ``cfg`` (int8 stores are
-    also named by their calibration images, chosen from ``dataset``)."""
-    weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
-    calibration = calibration_files(cfg, dataset) if cfg.extract.precision == "int8" else None
-    fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, augment_attr(cfg),
-                             cfg.extract.runtime, cfg.extract.precision, runtimes.calibration_digest(calibration))
-    return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights, calibration)
-
-
-def calibration_files(cfg: config.Config, dataset: data.Dataset | None) -> list[data.ImageFile]:
-    """The int8 calibration images: ``extract.calibration_images`` training images,
-    evenly spaced in content-hash order.
-
-    Taken from the split of the scanned files *before* undecodable ones are
-    known (the split extract and train both compute from the config alone), so
-    that both name the same store; an undecodable one is left out when decoding.
-    A new split (seed or fractions) means a new calibration set, hence a new
-    int8 store: int8 features depend on the images they were calibrated on.
-    """
-    if dataset is None:
-        raise ValueError("int8 stores are named by their calibration images: pass the scanned dataset")
-    try:
-        files = [f for f in split_dataset(cfg, dataset, ()).files if f.split == "train"]
-    except DataError:  # a class too small to split: extract warns and goes on; calibrate on every image
-        files = list(dataset.files)
-    by_hash = {f.sha256: f for f in sorted(files, key=lambda f: f.sha256)}
-    return data.evenly_spaced(list(by_hash.values()), cfg.extract.calibration_images)
 
 
 # --------------------------------------------------------------------------- decoding pipeline
@@ -201,16 +143,17 @@ def view_keys(cfg: config.Config, dataset: data.Dataset) -> list[str]:
 # --------------------------------------------------------------------------- the run
 
 
-def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
-    """Bring the feature store for ``cfg`` up to date with ``data.root``.
+def run(plan, progress: bool = True, log=print) -> ExtractResult:
+    """Bring the feature store of a plan up to date with ``data.root``.
 
     The store holds the features of every usable image, keyed by content,
     whatever the split; augmented views are made for the training images of
-    ``cfg``'s split (and kept for others that have them, so a new split
+    the plan's split (and kept for others that have them, so a new split
     recomputes only the views its new training images lack).
 
     Args:
-        cfg: a validated config (:func:`vggtl.config.load`).
+        plan: a :class:`~vggtl.plan.RunPlan`, or a validated config
+            (:func:`vggtl.config.load`) to plan here.
         progress: show a progress bar on stderr while computing.
         log: where notes and warnings go, one line per call.
 
@@ -221,50 +164,49 @@ def run(cfg: config.Config, progress: bool = True, log=print) -> ExtractResult:
         DataError, WeightsError, StoreError, PathError: user-fixable
             problems, raised before anything is written when they concern the
             data or config; the published store is never left half-written.
+        MissingExtra: the runtime or engine asked for is not installed
+            (checked before the weights are fetched).
     """
     start = time.perf_counter()
     part_rows = rows_per_part()
-    dataset = scan_dataset(cfg)
-    for note in dataset.warnings:
+    check_engine(plan.cfg if isinstance(plan, RunPlan) else plan)
+    plan = as_plan(plan)
+    cfg, where = plan.cfg, plan.store
+    for note in plan.dataset.warnings:
         log(f"warning: {note}")
-    runtimes.check_installed(cfg.extract.runtime, cfg.extract.precision)  # before any work; imports nothing
-    if cfg.extract.engine == "ray":
-        from vggtl.features import ray_engine
-
-        ray_engine.check_installed()
-    where = locate_store(cfg, dataset=dataset)
     make_dir(where.path.parent, "cache.path")
     with store.locked(where.path):
         store.remove_stale_temporaries(where.path)
         state = store.load_state(where.path, where.format)
         for note in state.notes:
             log(f"warning: {note}")
-        dataset = usable_split(cfg, dataset, state.skipped, log)
+        dataset = usable_split(plan, state.skipped, log)
         if _up_to_date(cfg, where.path, state, dataset):
             return _result(cfg, where.path, dataset, 0, state, start, True)
-        dataset, computed = _update(cfg, where, dataset, state, part_rows, progress, log)
+        dataset, computed = _update(plan, dataset, state, part_rows, progress, log)
     return _result(cfg, where.path, dataset, computed, state, start, False)
 
 
-def split_dataset(cfg: config.Config, dataset: data.Dataset, skipped) -> data.Dataset:
-    """``dataset`` split as ``cfg`` asks over its usable images (``skipped``:
-    content hashes of undecodable files).
+def check_engine(cfg: config.Config) -> None:
+    """Refuse, before any work, a runtime or engine whose extra is not installed (imports nothing)."""
+    runtimes.check_installed(cfg.extract.runtime, cfg.extract.precision)
+    if cfg.extract.engine == "ray":
+        from vggtl.features import ray_engine
 
-    Raises:
-        DataError: a class too small to split once those files are left out.
-    """
-    return dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=set(skipped))
+        ray_engine.check_installed()
 
 
-def usable_split(cfg: config.Config, dataset: data.Dataset, skipped, log=print) -> data.Dataset:
-    """:func:`split_dataset`, for extraction: when the undecodable files leave a
-    class too small to split, extraction goes on with a warning (its features
-    are worth keeping); train then refuses with the same message."""
+def usable_split(plan: RunPlan, skipped, log=print) -> data.Dataset:
+    """The plan's split over the usable images, for extraction: when the
+    undecodable files (``skipped``: content hashes) leave a class too small to
+    split, extraction goes on with a warning and the split made as if every
+    file could be decoded (their features are worth keeping); train then
+    refuses with the same message."""
     try:
-        return split_dataset(cfg, dataset, skipped)
+        return plan.split(skipped)
     except DataError as exc:
         log(f"warning: {exc}")
-        return dataset
+        return plan.split()
 
 
 def _up_to_date(cfg, path: Path, state: store.CachedState, dataset: data.Dataset) -> bool:
@@ -281,10 +223,11 @@ def _up_to_date(cfg, path: Path, state: store.CachedState, dataset: data.Dataset
     return fresh and not has_parts and wanted <= state.store_keys <= _allowed_keys(cfg, dataset, state.skipped)
 
 
-def _update(cfg, where: StoreLocation, dataset, state: store.CachedState, part_rows, progress, log):
+def _update(plan: RunPlan, dataset, state: store.CachedState, part_rows, progress, log):
     """Compute what is missing and publish the new store; returns the dataset
     (split again if new undecodable files changed it) and the entries computed.
     Updates ``state.skipped`` with the files found undecodable now."""
+    cfg, where = plan.cfg, plan.store
     views = view_keys(cfg, dataset)
     jobs = _jobs(dataset, views, state.sources, state.skipped)
     n_todo = sum(len(job.keys) for job in jobs)
@@ -300,7 +243,7 @@ def _update(cfg, where: StoreLocation, dataset, state: store.CachedState, part_r
             state.skipped = {**state.skipped, **writer.skipped_reasons}
             # Files found undecodable just now can move a class's quota boundary:
             # views for images that became training images are computed too.
-            dataset = usable_split(cfg, dataset, state.skipped, log=lambda _: None)
+            dataset = usable_split(plan, state.skipped, log=lambda _: None)
             views = view_keys(cfg, dataset)
             jobs = _jobs(dataset, views, {**state.sources, **writer.written}, state.skipped)
     provenance = {"config": cfg.to_yaml(), "weights_source": where.weights.source}

@@ -89,7 +89,7 @@ def _quantizer_version(runtime: str) -> str:
 def converted_model(cfg, weights, runtime: str, log=print, calibration=None) -> Path:
     """The cached converted feature model of ``cfg`` for ``runtime``, converting
     (and caching) it when absent or corrupted; int8 when ``calibration`` (the
-    calibration images, :func:`vggtl.features.pipeline.calibration_files`) is given."""
+    calibration images, :func:`vggtl.plan.calibration_files`) is given."""
     from vggtl.backbones.keras_files import cache_dir
 
     spec = CONVERTED[runtime]

@@ -15,18 +15,19 @@ from pathlib import Path
 import yaml
 
 from vggtl.errors import ArtifactError
+from vggtl.training.results import RunMetrics
 
 _VERSION = re.compile(r"^v(\d+)$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Version:
     """One artifact version's metadata."""
 
     name: str
     path: Path
     info: dict
-    metrics: dict
+    metrics: RunMetrics
     config: dict
 
 
@@ -49,7 +50,8 @@ def versions(run_dir) -> list[Version]:
 def _read(name: str, path: Path) -> Version:
     try:
         return Version(
-            name, path, json.loads((path / "info.json").read_text()), json.loads((path / "metrics.json").read_text()),
+            name, path, json.loads((path / "info.json").read_text()),
+            RunMetrics.from_json(json.loads((path / "metrics.json").read_text())),
             yaml.safe_load((path / "config.yaml").read_text()) or {},
         )
     except (OSError, ValueError, yaml.YAMLError) as exc:
@@ -77,17 +79,17 @@ def config_diff(old: dict, new: dict) -> list[tuple[str, object, object]]:
 def row(version: Version, previous: Version | None) -> dict:
     """The listing's columns for one version."""
     m, info = version.metrics, version.info
-    split = m.get("split", {}).get("digest") or info.get("split", {}).get("digest") or "-"
+    split = m.split.get("digest") or info.get("split", {}).get("digest") or "-"
     changes = config_diff(previous.config, version.config) if previous else []
     return {
         "version": version.name,
         "created": info.get("created_utc", "-"),
         "data": (info.get("content_digest") or info.get("data_digest") or "-")[:8],
         "split": split[:8],
-        "val": m.get("val", {}).get("accuracy"),
-        "test": m.get("test", {}).get("accuracy"),
-        "test_ci": m.get("test", {}).get("accuracy_ci95"),
-        "cv": m.get("cv", {}).get("head", {}).get("mean"),
+        "val": m.val.get("accuracy"),
+        "test": m.test.get("accuracy"),
+        "test_ci": m.test.get("accuracy_ci95"),
+        "cv": _get(m.cv, ("head", "mean")),
         "changed": ", ".join(f"{k} {_short(a)}->{_short(b)}" for k, a, b in changes) or ("first" if previous is None else "nothing"),
     }
 
@@ -115,11 +117,13 @@ def listing_lines(run_dir) -> list[str]:
     return lines
 
 
-METRICS = (("val accuracy", ("val", "accuracy")), ("test accuracy", ("test", "accuracy")), ("test macro F1", ("test", "macro_f1")),
-           ("test loss", ("test", "loss")), ("CV head mean", ("cv", "head", "mean")), ("linear probe test", ("baseline", "linear_probe", "test_accuracy")))
+# (label, the RunMetrics field, the keys inside it)
+METRICS = (("val accuracy", "val", ("accuracy",)), ("test accuracy", "test", ("accuracy",)),
+           ("test macro F1", "test", ("macro_f1",)), ("test loss", "test", ("loss",)), ("CV head mean", "cv", ("head", "mean")),
+           ("linear probe test", "baseline", ("linear_probe", "test_accuracy")))
 
 
-def _get(mapping: dict, path) -> float | None:
+def _get(mapping: dict | None, path) -> float | None:
     for key in path:
         mapping = mapping.get(key) if isinstance(mapping, dict) else None
     return mapping
@@ -133,8 +137,8 @@ def compare_lines(run_dir, a: str, b: str) -> list[str]:
             raise ArtifactError(f"{run_dir}: no version {name!r}; versions here: {', '.join(by_name)}")
     va, vb = by_name[a], by_name[b]
     lines = [f"{'metric':20} {a:>9} {b:>9} {'change':>9}"]
-    for label, path in METRICS:
-        x, y = _get(va.metrics, path), _get(vb.metrics, path)
+    for label, field, path in METRICS:
+        x, y = _get(getattr(va.metrics, field), path), _get(getattr(vb.metrics, field), path)
         if x is None and y is None:
             continue
         delta = f"{y - x:+.4f}" if x is not None and y is not None else "-"

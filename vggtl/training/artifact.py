@@ -87,7 +87,7 @@ def begin(output_dir, name: str) -> Path:
     return staging
 
 
-def write_metadata(staging: Path, run, metrics: dict, history: dict, *, end_to_end_gap: float, seconds: float,
+def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap: float, seconds: float,
                    features_runtime: dict | None = None) -> None:
     """Write labels, config, metrics, history, manifest and info into ``staging``.
 
@@ -97,7 +97,8 @@ def write_metadata(staging: Path, run, metrics: dict, history: dict, *, end_to_e
         run: the :class:`~vggtl.training.inputs.RunInputs`: the config, the
             scanned data, the open feature store (its index is the manifest's
             file list) and its location (settings, weights loaded).
-        metrics, history: what ``metrics.json`` and ``history.json`` hold.
+        metrics: the :class:`~vggtl.training.results.RunMetrics` (``metrics.json``).
+        history: the curves (``history.json``).
         end_to_end_gap: max |p| difference of the saved model vs the
             evaluated one on a few test images.
         seconds: training wall time.
@@ -108,7 +109,7 @@ def write_metadata(staging: Path, run, metrics: dict, history: dict, *, end_to_e
     store_settings = run.where.format.settings
     write_json(staging / "labels.json", fs.class_names)
     (staging / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    write_json(staging / "metrics.json", metrics)
+    write_json(staging / "metrics.json", metrics.to_json())
     write_json(staging / "history.json", history)
     write_json(staging / "manifest.json", _manifest(dataset, fs))
     info = {

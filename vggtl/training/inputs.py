@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from vggtl import config
 from vggtl.data import Dataset
-from vggtl.features.pipeline import StoreLocation
 from vggtl.features.store import FeatureStore
+from vggtl.plan import RunPlan, StoreLocation
 
 
 @dataclass(frozen=True)
@@ -16,18 +16,24 @@ class RunInputs:
     :func:`vggtl.training.run.run`: nothing downstream re-derives them.
 
     Attributes:
-        cfg: the validated config (its ``spec`` the resolved backbone).
-        dataset: the scanned data, split as this run splits it.
+        plan: the run plan (config, scanned data, store location, weights).
+        dataset: the plan's split over the usable images (``plan.split``).
         fs: the open feature store, its index split the same way.
-        where: the store's location, settings and the weights loaded.
     """
 
-    cfg: config.Config
+    plan: RunPlan
     dataset: Dataset
     fs: FeatureStore
-    where: StoreLocation
+
+    @property
+    def cfg(self) -> config.Config:
+        return self.plan.cfg
+
+    @property
+    def where(self) -> StoreLocation:
+        return self.plan.store
 
     @property
     def weights(self):
         """The backbone weights the features were computed with."""
-        return self.where.weights
+        return self.plan.weights

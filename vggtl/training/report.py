@@ -140,7 +140,8 @@ def write(out_dir: Path, run, metrics, history, probs) -> Path:
         out_dir: the artifact's staging directory.
         run: the :class:`~vggtl.training.inputs.RunInputs` (config, scanned
             data, open store, weights loaded: random weights get a warning).
-        metrics, history: as written to ``metrics.json`` / ``history.json``.
+        metrics: the :class:`~vggtl.training.results.RunMetrics` (``metrics.json``).
+        history: the curves (``history.json``).
         probs: ``{split: probabilities}`` of the final model on each split's
             rows (``fs.split_rows``): the predictions CSV and the worst
             misclassified come from them.
@@ -150,13 +151,13 @@ def write(out_dir: Path, run, metrics, history, probs) -> Path:
     lines += _results(metrics)
     lines += _cv_section(metrics)
     lines += _dataset_section(dataset, fs)
-    lines += _per_class(metrics["test"])
-    plot_confusion(metrics["test"]["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
+    lines += _per_class(metrics.test)
+    plot_confusion(metrics.test["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
     plot_curves(history, out_dir / "learning_curves.png")
     lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
     lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
     lines += _calibration_section(metrics, out_dir)
-    lines += _leakage_section(cfg, dataset, metrics["leakage"], out_dir)
+    lines += _leakage_section(cfg, dataset, metrics.leakage, out_dir)
     write_predictions_csv(out_dir / "predictions.csv", fs, probs)
     lines += ["## Every prediction", "", "`predictions.csv`: one row per image of every split (path, split, true and "
               "predicted class, confidence, the probability of each class).", ""]
@@ -176,7 +177,7 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
             "",
         ]
     for phase, cap in (("phase1", cfg.train.epochs), ("phase2", cfg.finetune.epochs)):
-        if metrics.get(phase, {}).get("hit_epoch_cap"):
+        if getattr(metrics, phase) is not None and getattr(metrics, phase).hit_epoch_cap:
             lines += [f"**{PHASE_TITLES[phase]} hit the epoch cap ({cap}) before early stopping ended it: "
                       "the model may be under-trained; raise the epochs or check the learning rate.**", ""]
     return lines + [
@@ -184,10 +185,10 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
         + (", maps averaged with the mirror image's (`backbone.mirror_average`)" if cfg.spec.mirror_average else ""),
         f"- features computed by: {_runtime_text(fs.settings)}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
-        f"- split: seed {metrics['split']['seed']}, val {metrics['split']['val']:g} / test {metrics['split']['test']:g} "
-        f"of each class, digest `{metrics['split']['digest'][:12]}`",
+        f"- split: seed {metrics.split['seed']}, val {metrics.split['val']:g} / test {metrics.split['test']:g} "
+        f"of each class, digest `{metrics.split['digest'][:12]}`",
         f"- seed {cfg.seed}, image size {cfg.spec.image_size}, resize `{cfg.spec.decode.resize}`, "
-        f"phase 1 epochs {metrics['epochs_trained']} (best {metrics['best_epoch']})",
+        f"phase 1 epochs {metrics.phase1.epochs_trained} (best {metrics.phase1.best_epoch})",
         f"- augmentation: {cfg.augment.views} stored view(s) per training image"
         + (f" (settings digest `{fs.augment.get('digest')}`)" if cfg.augment.views else ""),
         "- fine-tuning: " + _finetune_line(cfg, metrics),
@@ -210,36 +211,35 @@ def _runtime_text(settings: dict) -> str:
 
 
 def _finetune_line(cfg, metrics) -> str:
-    if "phase2" not in metrics:
+    phase2 = metrics.phase2
+    if phase2 is None:
         return "off"
-    phase2 = metrics["phase2"]
     line = (
         f"top {cfg.finetune.blocks} block(s), {cfg.finetune.optimizer} lr {cfg.finetune.learning_rate}, "
-        f"{phase2['epochs_trained']} epochs (best {phase2['best_epoch']})"
-        + (f", on {phase2['devices']}" if "devices" in phase2 else "")
+        f"{phase2.epochs_trained} epochs (best {phase2.best_epoch})"
+        + (f", on {phase2.devices}" if phase2.devices else "")
     )
-    return line + ("" if phase2["kept"] else " -- **did not improve the validation cross-entropy and accuracy; phase-1 weights kept**")
+    return line + ("" if phase2.kept else " -- **did not improve the validation cross-entropy and accuracy; phase-1 weights kept**")
 
 
 def _results(metrics) -> list[str]:
-    test, probe = metrics["test"], metrics["baseline"]["linear_probe"]
+    test, probe = metrics.test, metrics.baseline["linear_probe"]
     low, high = test["accuracy_ci95"]
     rows = []
-    if "phase2" in metrics:
-        phase1 = metrics["phase1"]
-        rows.append(["after phase 1 (head only)", *(_pct(phase1[s]["accuracy"]) for s in SPLITS), ""])
+    if metrics.phase2 is not None:
+        rows.append(["after phase 1 (head only)", *(_pct(metrics.phase1.accuracy[s]) for s in SPLITS), ""])
     rows.append([
-        "vggtl model" + (" (after fine-tuning)" if "phase2" in metrics else ""),
-        _pct(metrics["train"]["accuracy"]),
-        _pct(metrics["val"]["accuracy"]),
+        "vggtl model" + (" (after fine-tuning)" if metrics.phase2 is not None else ""),
+        _pct(metrics.train["accuracy"]),
+        _pct(metrics.val["accuracy"]),
         f"**{_pct(test['accuracy'])}** ({_pct(low)}-{_pct(high)})",
         f"{test['macro_f1']:.3f}",
     ])
-    if "tensorflow_fp32" in metrics:
-        rows.append(_tensorflow_row(metrics["tensorflow_fp32"]))
+    if metrics.tensorflow_fp32 is not None:
+        rows.append(_tensorflow_row(metrics.tensorflow_fp32))
     rows.append(["linear probe (logistic regression, pooled features)", *(_pct(probe[f"{s}_accuracy"]) for s in SPLITS), ""])
-    if "scratch" in metrics["baseline"]:
-        scratch = metrics["baseline"]["scratch"]
+    if "scratch" in metrics.baseline:
+        scratch = metrics.baseline["scratch"]
         rows.append([
             f"from scratch (small CNN, {scratch['image_size']}px, augmentation, no transfer)",
             "", _pct(scratch["val_accuracy"]), _pct(scratch["test_accuracy"]), "",
@@ -259,9 +259,9 @@ def _tensorflow_row(tf32: dict) -> list[str]:
 
 
 def _cv_section(metrics) -> list[str]:
-    if "cv" not in metrics:
+    cv = metrics.cv
+    if cv is None:
         return []
-    cv = metrics["cv"]
     rows = [[name, f"{cv[key]['mean']:.3f} ± {cv[key]['sd']:.3f}", " ".join(f"{v:.3f}" for v in cv[key]["per_fold"])]
             for name, key in (("head (as trained here)", "head"), ("linear probe", "probe"))]
     return ["", f"## Cross-validation ({cv['folds']} stratified folds of train + val, {cv['images']} images; test untouched)", ""] + _table(
@@ -271,20 +271,20 @@ def _cv_section(metrics) -> list[str]:
 
 def _calibration_section(metrics, out_dir: Path) -> list[str]:
     """ECE of val and test and the test reliability diagram."""
-    plot_reliability(metrics["test"]["calibration"], out_dir / "reliability.png")
-    ece = {s: metrics[s]["calibration"]["ece"] for s in ("val", "test")}
+    plot_reliability(metrics.test["calibration"], out_dir / "reliability.png")
+    ece = {s: metrics.of(s)["calibration"]["ece"] for s in ("val", "test")}
     return ["## Calibration", "",
-            f"Expected calibration error (top-1 confidence, {len(metrics['test']['calibration']['bins'])} non-empty bins of 10): "
+            f"Expected calibration error (top-1 confidence, {len(metrics.test['calibration']['bins'])} non-empty bins of 10): "
             f"val {ece['val']:.3f}, test {ece['test']:.3f}. 0 means \"80% sure\" is right 80% of the time; "
             "with a few dozen held-out images each bin holds only a handful of them.", "",
             *_temperature_lines(metrics), "![reliability diagram](reliability.png)", ""]
 
 
 def _temperature_lines(metrics) -> list[str]:
-    t = metrics.get("temperature")
+    t = metrics.temperature
     if t is None:
         return ["No temperature scaling (`train.temperature: false`).", ""]
-    after = {s: metrics[s]["calibration"]["ece"] for s in ("val", "test")}
+    after = {s: metrics.of(s)["calibration"]["ece"] for s in ("val", "test")}
     return [f"Temperature scaling (`train.temperature`), fitted on val and built into `model.keras`: T = {t['temperature']:.3f}; "
             f"ECE val {t['ece_before']['val']:.3f} -> {after['val']:.3f}, test {t['ece_before']['test']:.3f} -> {after['test']:.3f}; "
             f"val cross-entropy {t['val_loss_before']:.3f} -> {t['val_loss_after']:.3f}. The diagram is after scaling.", ""]

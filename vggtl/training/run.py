@@ -11,21 +11,23 @@ the same ``metrics.json``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vggtl import config
+from vggtl import config, data
 from vggtl.backbones import build
 from vggtl.data import SPLITS, iter_probabilities
 from vggtl.errors import StoreError
-from vggtl.features import pipeline
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
+from vggtl.plan import RunPlan, as_plan
 from vggtl.training import artifact, baselines, cv, devices, features_runtime, fit, leakage, logs, report, temperature
 from vggtl.training.fit import Split
 from vggtl.training.inputs import RunInputs
+from vggtl.training.results import FinetunePhase, HeadPhase, RunMetrics
 from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metrics
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
@@ -35,39 +37,52 @@ E2E_TOLERANCE = 0.02
 FINETUNE_IN_RAM_MAX = 10_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trained:
-    """What the phases produced: the models, curves, and each split's probabilities."""
+    """What the phases produced: the models, curves, and each split's probabilities.
+
+    Each phase returns a new one (:meth:`with_final`, ``dataclasses.replace``);
+    nothing is changed in place.
+
+    Attributes:
+        base: the backbone the final model sits on (fine-tuned blocks included).
+        head: the trained head (phase 2's when it was kept).
+        history: ``{"phase1": curves, "phase2": curves}``.
+        phase1, phase2: what :mod:`vggtl.training.results` records of each phase.
+        final: the final model on cached features; ``final_layer`` the stored
+            layer it reads (None: the head's); ``final_splits`` that layer's splits.
+        probs: split -> probabilities of the final model (clean features).
+        temperature: the fitted temperature scaling, or None.
+    """
 
     base: object
     head: object
-    history: dict = field(default_factory=dict)
-    phase1: dict = field(default_factory=dict)
-    phase2: dict | None = None
-    probs: dict = field(default_factory=dict)  # split -> probabilities of the final model (clean features)
-    # The final model on cached features, the stored layer it reads (None: the
-    # head's) and that layer's splits; see :meth:`use_final`.
-    final: object = None
-    final_layer: str | None = None
-    final_splits: dict = field(default_factory=dict)
+    history: dict
+    phase1: HeadPhase
+    final: object
+    final_layer: str | None
+    final_splits: dict
+    probs: dict
+    phase2: FinetunePhase | None = None
     temperature: dict | None = None
 
-    def use_final(self, model, layer: str | None, splits: dict) -> None:
-        """Make ``model`` (on ``layer``'s features) the final model and predict every split with it."""
-        self.final, self.final_layer, self.final_splits = model, layer, splits
-        self.probs = predict_splits(model, splits)
+    def with_final(self, model, layer: str | None, splits: dict, **changes) -> "Trained":
+        """A copy whose final model is ``model`` (on ``layer``'s features), every split predicted with it."""
+        return dataclasses.replace(self, final=model, final_layer=layer, final_splits=splits,
+                                   probs=predict_splits(model, splits), **changes)
 
     def evaluate_cached(self, fs: FeatureStore, rows):
         """Probabilities of the final model from the cached features of ``rows`` (checks the artifact)."""
         return self.final.predict(fs.features(rows, self.final_layer), verbose=0)
 
 
-def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifact.Artifact:
-    """Train on the cached features of ``cfg`` and publish a new artifact version.
+def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
+    """Train on the cached features of a plan and publish a new artifact version.
 
     Args:
-        cfg: a validated config (:func:`vggtl.config.load`); its store must be
-            up to date (:func:`vggtl.extract.run`).
+        plan: a :class:`~vggtl.plan.RunPlan`, or a validated config
+            (:func:`vggtl.config.load`) to plan here; its store must be up to
+            date (:func:`vggtl.extract.run`).
         config_arg: how the user named the config, for the "run extract"
             hint in errors.
         log: progress lines (phases, accuracies, paths).
@@ -80,8 +95,10 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
         PathError: ``output.dir`` cannot be written (nothing is published).
     """
     started = time.perf_counter()
+    plan = as_plan(plan)
+    cfg, where = plan.cfg, plan.store
     make_dir(Path(cfg.output.dir) / cfg.name, "output.dir")  # before minutes of training, not after
-    where, fs, dataset = open_current_store(cfg, pipeline.scan_dataset(cfg), config_arg)
+    fs, dataset = open_current_store(plan, config_arg)
     log(f"split: seed {cfg.split_seed}, digest {dataset.split_digest()[:12]}, "
         + ", ".join(f"{s} {len(fs.split_rows(s))}" for s in SPLITS))
     try:
@@ -93,7 +110,7 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
                 log(f"  {path}: {reason}")
         trained = train_phases(cfg, fs, where.weights, log)
         metrics = evaluate(cfg, fs, dataset, trained, log)
-        target = publish(RunInputs(cfg, dataset, fs, where), trained, metrics, time.perf_counter() - started, log)
+        target = publish(RunInputs(plan, dataset, fs), trained, metrics, time.perf_counter() - started, log)
     finally:
         fs.close()
     log(f"artifact: {target}")
@@ -101,38 +118,38 @@ def run(cfg: config.Config, config_arg: str | None = None, log=print) -> artifac
     return artifact.load(target)
 
 
-def open_current_store(cfg: config.Config, dataset, config_arg=None):
-    """The store for ``cfg``, refused unless it holds the data as it is now, and
-    the data split the way ``cfg`` asks (made here, from the config: a new seed
-    or fractions need no extract).
+def open_current_store(plan: RunPlan, config_arg=None) -> tuple[FeatureStore, data.Dataset]:
+    """The plan's store, refused unless it holds the data as it is now, with its
+    index split as the plan splits the usable images (a new seed or fractions
+    need no extract).
 
     Returns:
-        ``(where, fs, dataset)``: the store's location, the open store with
-        its index split, and the dataset split over its usable images.
+        ``(fs, dataset)``: the open store with its index split, and the
+        dataset split over its usable images.
 
     Raises:
         StoreError: no store, a store out of date with the data, or one
             lacking augmented views of this split's training images.
         DataError: a class too small to split once undecodable files are left out.
     """
-    where = pipeline.locate_store(cfg, dataset=dataset)
+    cfg, where = plan.cfg, plan.store
     again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
     if not where.path.is_file():
         raise StoreError(f"no feature store for this config at {where.path}; run: {again}")
     fs = FeatureStore(where.path)
     try:
-        if fs.content_digest != dataset.content_digest():
+        if fs.content_digest != plan.dataset.content_digest():
             raise StoreError(
                 f"feature store {where.path} is out of date with {cfg.data.root} (images added, edited or removed, "
                 f"or written by an older vggtl); run {again} first (it computes only what is missing)"
             )
-        dataset = pipeline.split_dataset(cfg, dataset, fs.skipped_hashes)
+        dataset = plan.split(fs.skipped_hashes)
         fs.use_split({f.relpath: f.split for f in dataset.files})
         _check_views(cfg, fs, where, again)
     except BaseException:
         fs.close()
         raise
-    return where, fs, dataset
+    return fs, dataset
 
 
 def _check_views(cfg: config.Config, fs: FeatureStore, where, again: str) -> None:
@@ -183,34 +200,30 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
     )
     head, history1 = fit.train_head(cfg, fs, train, val)
     log(_phase_line("phase 1 (head)", history1, cfg.train.epochs))
-    trained = Trained(base=None, head=head, history={"phase1": history1})
-    trained.use_final(head, None, splits)
-    trained.phase1 = {
-        **{s: {"accuracy": accuracy(splits[s].y, trained.probs[s])} for s in SPLITS},
-        "epochs_trained": len(history1["loss"]),
-        "best_epoch": best_epoch(history1),
-        "hit_epoch_cap": _hit_cap(history1, cfg.train.epochs),
-    }
-    trained.base = build.build_base(cfg.spec, weights, cfg.seed)
+    probs = predict_splits(head, splits)
+    phase1 = HeadPhase({s: accuracy(splits[s].y, probs[s]) for s in SPLITS}, len(history1["loss"]),
+                       best_epoch(history1), _hit_cap(history1, cfg.train.epochs))
+    base = build.build_base(cfg.spec, weights, cfg.seed)
+    trained = Trained(base, head, {"phase1": history1}, phase1, head, None, splits, probs)
     if cfg.spec.boundary_layer:
-        _finetune(cfg, fs, trained, log)
+        trained = _finetune(cfg, fs, trained, log)
     if cfg.train.temperature:
-        _scale_temperature(trained, log)
+        trained = _scale_temperature(trained, log)
     return trained
 
 
-def _scale_temperature(trained: Trained, log) -> None:
-    """Fit the temperature on val, build it into the final model, re-predict every split."""
+def _scale_temperature(trained: Trained, log) -> Trained:
+    """Fit the temperature on val and build it into the final model (every split re-predicted)."""
     val = trained.final_splits["val"]
     if not len(val.y):
         log("temperature scaling skipped: no validation split to fit it on")
-        return
+        return trained
     before = {s: calibration(trained.final_splits[s].y, trained.probs[s])["ece"] for s in ("val", "test")}
-    trained.temperature = {**temperature.fit_temperature(trained.final, val.predict, val.y), "ece_before": before}
-    trained.use_final(trained.final, trained.final_layer, trained.final_splits)  # re-predict with T built in
-    t = trained.temperature
-    log(f"temperature scaling (fitted on val): T = {t['temperature']:.3f}, "
-        f"val cross-entropy {t['val_loss_before']:.4f} -> {t['val_loss_after']:.4f}")
+    fitted = {**temperature.fit_temperature(trained.final, val.predict, val.y), "ece_before": before}
+    log(f"temperature scaling (fitted on val): T = {fitted['temperature']:.3f}, "
+        f"val cross-entropy {fitted['val_loss_before']:.4f} -> {fitted['val_loss_after']:.4f}")
+    # fit_temperature builds T into the final model: predict again with it.
+    return trained.with_final(trained.final, trained.final_layer, trained.final_splits, temperature=fitted)
 
 
 def _hit_cap(history: dict, cap: int) -> bool:
@@ -227,8 +240,8 @@ def _phase_line(title: str, history: dict, cap: int) -> str:
     return line
 
 
-def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> None:
-    """Phase 2 on the stored boundary activations; updates ``trained`` in place."""
+def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> Trained:
+    """Phase 2 on the stored boundary activations: ``trained`` with the fine-tuned final model."""
     boundary = cfg.spec.boundary_layer
     if len(fs.split_rows("train")) > FINETUNE_IN_RAM_MAX:
         # Boundary maps are large (VGG16 block4_pool: 200 KB per image in
@@ -248,48 +261,41 @@ def _finetune(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> No
                     cfg.finetune.epochs)
         + ("" if kept else "; validation cross-entropy/accuracy not better than phase 1's, phase-1 weights kept")
     )
-    trained.history["phase2"] = history
-    trained.phase2 = {
-        "blocks": cfg.finetune.blocks, "epochs_trained": len(history["loss"]), "best_epoch": best_epoch(history),
-        "kept": kept, "devices": history["devices"], "hit_epoch_cap": _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False,
-    }
-    trained.use_final(tuned, boundary, splits)
+    hit_cap = _hit_cap(history, cfg.finetune.epochs) if cfg.finetune.early_stopping_patience else False
+    phase2 = FinetunePhase(cfg.finetune.blocks, len(history["loss"]), best_epoch(history), kept, history["devices"], hit_cap)
+    return trained.with_final(tuned, boundary, splits, history={**trained.history, "phase2": history}, phase2=phase2)
 
 
-def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, log=print) -> dict:
+def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, log=print) -> RunMetrics:
     """``metrics.json``: train/val/test metrics of the final model (test with its
     95% interval), the baselines, the split, both phases."""
-    metrics = {s: split_metrics(fs.labels[fs.split_rows(s)], trained.probs[s], fs.class_names) for s in SPLITS}
-    metrics.update({
-        "baseline": {"linear_probe": baselines.linear_probe(fs, cfg.seed)},
-        "split": split_record(cfg, fs, dataset),
-        "phase1": trained.phase1,
-        "epochs_trained": trained.phase1["epochs_trained"],
-        "best_epoch": trained.phase1["best_epoch"],
-    })
-    if cfg.train.folds:
-        metrics["cv"] = cv.cross_validate(cfg, fs, cfg.train.folds)
-        head, probe = metrics["cv"]["head"], metrics["cv"]["probe"]
-        log(f"{cfg.train.folds}-fold cross-validation on train + val ({metrics['cv']['images']} images, test untouched): "
-            f"head {head['mean']:.4f} ± {head['sd']:.4f}, linear probe {probe['mean']:.4f} ± {probe['sd']:.4f} "
-            f"({metrics['cv']['seconds']:.1f} s)")
-    metrics["leakage"] = leakage.audit(fs, dataset, cfg.audit.near_duplicate)
-    log(leakage.summary_line(metrics["leakage"]))
+    per_split = {s: split_metrics(fs.labels[fs.split_rows(s)], trained.probs[s], fs.class_names) for s in SPLITS}
+    baseline = {"linear_probe": baselines.linear_probe(fs, cfg.seed)}
+    cross_validation = _cross_validate(cfg, fs, log) if cfg.train.folds else None
+    findings = leakage.audit(fs, dataset, cfg.audit.near_duplicate)
+    log(leakage.summary_line(findings))
     if cfg.baseline.scratch:
-        metrics["baseline"]["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
-        log(f"from-scratch CNN baseline: test {metrics['baseline']['scratch']['test_accuracy']:.4f}")
-    if trained.phase2 is not None:
-        metrics["phase2"] = trained.phase2
-    if trained.temperature is not None:
-        metrics["temperature"] = trained.temperature
-    low, high = metrics["test"]["accuracy_ci95"]
+        baseline["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
+        log(f"from-scratch CNN baseline: test {baseline['scratch']['test_accuracy']:.4f}")
+    metrics = RunMetrics(**per_split, baseline=baseline, split=split_record(cfg, fs, dataset), phase1=trained.phase1,
+                         leakage=findings, cv=cross_validation, phase2=trained.phase2, temperature=trained.temperature)
+    low, high = metrics.test["accuracy_ci95"]
     log(
-        f"accuracy: train {metrics['train']['accuracy']:.4f}   val {metrics['val']['accuracy']:.4f}   "
-        f"test {metrics['test']['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, n={metrics['test']['n']})   ("
-        + (f"before fine-tuning: test {trained.phase1['test']['accuracy']:.4f}; " if trained.phase2 is not None else "")
-        + f"linear probe: test {metrics['baseline']['linear_probe']['test_accuracy']:.4f})"
+        f"accuracy: train {metrics.train['accuracy']:.4f}   val {metrics.val['accuracy']:.4f}   "
+        f"test {metrics.test['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, n={metrics.test['n']})   ("
+        + (f"before fine-tuning: test {trained.phase1.accuracy['test']:.4f}; " if trained.phase2 is not None else "")
+        + f"linear probe: test {baseline['linear_probe']['test_accuracy']:.4f})"
     )
     return metrics
+
+
+def _cross_validate(cfg: config.Config, fs: FeatureStore, log) -> dict:
+    result = cv.cross_validate(cfg, fs, cfg.train.folds)
+    head, probe = result["head"], result["probe"]
+    log(f"{cfg.train.folds}-fold cross-validation on train + val ({result['images']} images, test untouched): "
+        f"head {head['mean']:.4f} ± {head['sd']:.4f}, linear probe {probe['mean']:.4f} ± {probe['sd']:.4f} "
+        f"({result['seconds']:.1f} s)")
+    return result
 
 
 def split_record(cfg: config.Config, fs: FeatureStore, dataset) -> dict:
@@ -303,7 +309,7 @@ def split_record(cfg: config.Config, fs: FeatureStore, dataset) -> dict:
     }
 
 
-def publish(run: RunInputs, trained: Trained, metrics: dict, seconds: float, log=print):
+def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: float, log=print):
     """Build the end-to-end model, check it, write every file and publish the version.
 
     A run killed or failing in here leaves no directory that looks like an
@@ -324,7 +330,7 @@ def publish(run: RunInputs, trained: Trained, metrics: dict, seconds: float, log
         if gap > E2E_TOLERANCE:
             raise RuntimeError(f"internal: the artifact's model differs from the evaluated model on cached features by {gap:.4f}")
         if record is not None:
-            metrics["tensorflow_fp32"] = _through_tensorflow(model, trained, test_images, record, log)
+            metrics = dataclasses.replace(metrics, tensorflow_fp32=_through_tensorflow(model, trained, test_images, record, log))
         artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record)
         logs.write_history_csv(staging / "history.csv", trained.history)
         logs.write_tensorboard(staging / "tensorboard", trained.history)

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from vggtl.training import cv, tune_report
 OUTPUTS = ("trials.csv", "trials.md", "trials.png", "best.yaml", "tune.json")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialResult:
     """One scored setting: ``state`` is ``complete`` or ``failed`` (with ``error``)."""
 
@@ -50,9 +51,12 @@ class TrialResult:
     error: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Study:
-    """The outcome of :func:`tune`: every trial, the default, the best, where it was written."""
+    """The outcome of :func:`tune`: every trial, the default, the best, where it was written.
+
+    Built once, after the search; ``tune.json`` is its JSON form
+    (:func:`vggtl.training.tune_report.as_json`)."""
 
     trials: list
     default: TrialResult
@@ -64,11 +68,12 @@ class Study:
     seed: int = 0
 
 
-def tune(cfg: config.Config, trials: int | None = None, config_arg: str | None = None, log=print) -> Study:
-    """Search ``tune.space`` on the cached features of ``cfg`` and publish the study.
+def tune(plan, trials: int | None = None, config_arg: str | None = None, log=print) -> Study:
+    """Search ``tune.space`` on the cached features of a plan and publish the study.
 
     Args:
-        cfg: a validated config whose store is up to date (``vggtl extract``).
+        plan: a :class:`~vggtl.plan.RunPlan`, or a validated config to plan
+            here, whose store is up to date (``vggtl extract``).
         trials: number of trials; ``None`` = ``tune.trials``.
         config_arg: how the user named the config (for hints and ``best.yaml``).
         log: progress lines.
@@ -80,13 +85,15 @@ def tune(cfg: config.Config, trials: int | None = None, config_arg: str | None =
         MissingExtra: Optuna is not installed (``pip install 'vggtl[tune]'``).
         StoreError / ConfigError: as ``vggtl train`` (no store, folds too many for a class).
     """
-    from vggtl.features import pipeline
+    from vggtl.plan import as_plan
     from vggtl.training import fit
     from vggtl.training import run as training_run
 
     require_extra("optuna", "tune", "vggtl tune")
+    plan = as_plan(plan)
+    cfg = plan.cfg
     started, trials = time.perf_counter(), trials or cfg.tune.trials
-    _, fs, _ = training_run.open_current_store(cfg, pipeline.scan_dataset(cfg), config_arg)
+    fs, _ = training_run.open_current_store(plan, config_arg)
     try:
         data = cv.fold_data(cfg, fs, cfg.tune.folds)
         jobs = resolve_jobs(cfg.tune.jobs, trials)
@@ -97,13 +104,11 @@ def tune(cfg: config.Config, trials: int | None = None, config_arg: str | None =
         best = default
         for result in results:
             best = result if better(result, best) else best
-        study = Study(results, default, best, jobs=jobs, seed=cfg.tune_seed)
-        study.test = test_scores(cfg, fs, {"default": default.params, "best": best.params})
+        test = test_scores(cfg, fs, {"default": default.params, "best": best.params})
     finally:
         fs.close()
-    study.seconds = round(time.perf_counter() - started, 1)
-    study.path = tune_report.publish(cfg, study, config_arg)
-    return study
+    study = Study(results, default, best, test, jobs=jobs, seed=cfg.tune_seed, seconds=round(time.perf_counter() - started, 1))
+    return dataclasses.replace(study, path=tune_report.publish(cfg, study, config_arg))
 
 
 def test_scores(cfg: config.Config, fs, settings: dict) -> dict:
