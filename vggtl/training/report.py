@@ -78,30 +78,58 @@ def worst_misclassified(test_rows, probs, labels) -> list[tuple[int, float, int]
     return [(int(test_rows[i]), float(probs[i, preds[i]]), int(preds[i])) for i in order[:WORST_N]]
 
 
-def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
-    """A grid of ``(relative path, title)`` images decoded as in extraction."""
-    import matplotlib
+THUMBNAIL = 160  # pixels, the longer side
+TITLE_FONT = 13  # pixels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
+    """A grid of ``(relative path, title)`` images decoded as in extraction, each
+    under its title (one or two lines, shortened with "..." to fit, never clipped).
+
+    Drawn with Pillow: a matplotlib figure of 16 images took ~3 s per run.
+    """
+    from PIL import Image, ImageDraw
 
     from vggtl.data import UndecodableImage
 
-    thumbnail = cfg.spec.decode.at_size(160)
+    thumbnail = cfg.spec.decode.at_size(THUMBNAIL)
+    font = _font(TITLE_FONT)
+    cell_w, title_h, pad = THUMBNAIL + 40, 2 * (TITLE_FONT + 4), 8
     cols = min(cols, len(cells))
     rows = (len(cells) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (relpath, title) in zip(axes.flat, cells):
+    grid = Image.new("RGB", (cols * cell_w + pad, rows * (title_h + THUMBNAIL + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (relpath, title) in enumerate(cells):
+        x, y = pad + (i % cols) * cell_w, pad + (i // cols) * (title_h + THUMBNAIL + pad)
+        lines = [_fit(draw, line, font, cell_w - pad) for line in title.splitlines()[:2]]
+        draw.multiline_text((x, y), "\n".join(lines), fill="black", font=font, spacing=4)
         try:
-            ax.imshow(thumbnail.decode(root / relpath))
+            image = Image.fromarray(thumbnail.decode(root / relpath))
         except UndecodableImage:
-            pass
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+            draw.text((x, y + title_h), "(cannot be decoded)", fill="gray", font=font)
+            continue
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        grid.paste(image, (x, y + title_h))
+    grid.save(path)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except (OSError, TypeError, ImportError):  # Pillow without FreeType: its small bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """``text``, shortened in the middle with "..." until it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    keep = len(text)
+    while keep > 4 and draw.textlength(text[: keep // 2] + "..." + text[-(keep - keep // 2):], font=font) > width:
+        keep -= 1
+    return text[: keep // 2] + "..." + text[-(keep - keep // 2):]
 
 
 def plot_worst(items, fs, class_names, cfg, root: Path, path: Path) -> None:
