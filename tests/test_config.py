@@ -732,3 +732,32 @@ def test_a_shortcut_option_is_a_set_override_that_wins(tmp_path, root):
     cfg = cli.config_from_args(args)
     assert cfg.train.folds == 3 and cfg.train.epochs == 7
     assert cli.config_from_args(parser.parse_args([str(path)])).train.folds == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.split.test=.nan", "key 'data.split.test': got nan; expected a finite number"),
+    ("head.l2=.nan", "key 'head.l2': got nan; expected a finite number"),
+    ("train.min_delta=.inf", "key 'train.min_delta': got inf; expected a finite number"),
+    ("head.units=[100000000]", "key 'head.units': got 100000000; must be at most 16384"),
+])
+def test_nan_infinity_and_absurd_sizes_are_refused_naming_the_key(tmp_path, override, message):
+    """YAML's .nan passes every range test (nan < low is False): refused as not finite."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(minimal(tmp_path)))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(path, [override])
+
+
+@pytest.mark.parametrize("text, message", [
+    # 8 levels of 8 aliases: 16 million values once expanded, from a 400-byte file
+    ('a: &a ["x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{','.join([f'*{chr(97 + i)}'] * 8)}]\n" for i in range(7)) + "name: t\n",
+     "its aliases expand to more than 100000 values"),
+    ('a: &a ["x"]\n' + "".join(f"k{i}: [{','.join(['*a'] * 9)}]\n" for i in range(9)), "more than 64 aliases"),
+    ("name: " + "[" * 20000 + "\n", "nested more than 32 levels deep"),
+])
+def test_yaml_bombs_are_refused_before_anything_is_expanded(tmp_path, text, message):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(path)

@@ -716,3 +716,18 @@ def test_large_jpeg_uses_the_draft_path_and_returns_the_right_size(tmp_path, mon
     calls.clear()
     decode(tmp_path / "small.jpg", 32, resize=resize)
     assert calls == []  # small JPEGs are decoded at full size
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_fifo_or_device_under_an_image_name_stops_the_scan_naming_it(tmp_path, kind):
+    """Reading one would block forever (a FIFO) or never end (/dev/zero)."""
+    import os
+
+    root = make_dataset(tmp_path / "data", per_class=4)
+    odd = root / "red" / "odd.png"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/zero")
+    with pytest.raises(DataError, match=r"odd.png is not a regular file .* remove it from data.root"):
+        do_scan(root)

@@ -87,12 +87,15 @@ def test_low_agreement_exits_1_and_keeps_the_files_marked_unverified(trained, tm
     assert "NO" in capsys.readouterr().out
 
 
-def test_report_gets_an_exports_section_and_the_artifact_still_verifies(trained, core_exports, tmp_path, capsys):
+def test_report_gets_an_exports_section_and_the_artifact_still_verifies(trained, core_exports, tmp_path, capsys,
+                                                                         monkeypatch):
     from vggtl.training import artifact
 
     assert core_exports[0] == 0  # the first export wrote the section
-    # a second export replaces the section, not appends another
-    assert export_command.main([str(trained), "--format", "savedmodel", "--out", str(tmp_path / "out")]) == 0
+    # a second export replaces the section, not appends another; --out relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    assert export_command.main([str(trained), "--format", "savedmodel", "--out", "rel/out"]) == 0
+    assert json.loads((tmp_path / "rel/out/savedmodel/export.json").read_text())["verification"]["verified"]
     report = (trained / "report.md").read_text()
     assert report.count("## Exports") == 1 and "| savedmodel | none |" in report
     artifact.load(trained)  # checksums still match

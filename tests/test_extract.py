@@ -23,7 +23,6 @@ import pytest
 from conftest import make_dataset, make_image, needs_ray, write_config
 
 from vggtl import config, data, extract, plan
-from vggtl.data import decode as decode_module
 from vggtl.backbones import build, resolve
 from vggtl.backbones.spec import default_spec
 from vggtl.errors import DataError
@@ -59,15 +58,18 @@ def tiny(tmp_path, monkeypatch) -> Tiny:
 
 @pytest.fixture
 def decoded(monkeypatch) -> list[str]:
-    """Relative names of the files extract decodes (vggtl.data.decode.decode_image calls)."""
+    """Relative names of the files extract reads to decode (one read each:
+    :func:`vggtl.features.forward.read_as_scanned`, hashed and decoded from memory)."""
+    from vggtl.features import forward
+
     calls: list[str] = []
-    real = data.decode_image
+    real = forward.read_as_scanned
 
-    def spy(path, *args, **kwargs):
-        calls.append(f"{Path(path).parent.name}/{Path(path).name}")
-        return real(path, *args, **kwargs)
+    def spy(file):
+        calls.append(f"{Path(file.path).parent.name}/{Path(file.path).name}")
+        return real(file)
 
-    monkeypatch.setattr(decode_module, "decode_image", spy)
+    monkeypatch.setattr(forward, "read_as_scanned", spy)
     return calls
 
 
@@ -665,3 +667,29 @@ def test_inception_store_has_the_tables_shape_and_its_preprocessing(tmp_path, mo
         assert fs.feature_shapes == {"mixed7": (3, 3, 768)}  # 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3
         features = fs.features(np.arange(len(fs.paths)))
     assert features.shape == (18, 3, 3, 768) and np.isfinite(features).all() and features.std() > 0
+
+
+def test_an_image_edited_during_extract_is_not_stored_under_its_old_hash(tmp_path, monkeypatch):
+    """The bytes hashed are the bytes decoded (one read): a file edited between
+    the scan and its decoding stops extraction, naming it, instead of storing
+    the new picture's features under the old content's hash."""
+    import hashlib
+
+    from vggtl import plan
+    from vggtl.errors import DataError as DataErr
+    from vggtl.features.store import FeatureStore
+
+    root = make_dataset(tmp_path / "data", per_class=6)
+    cfg = config.load(write_config(tmp_path / "c.yaml", root, tmp_path))
+    monkeypatch.chdir(tmp_path)
+    the_plan = plan.resolve(cfg)  # scanned: every file hashed
+    edited = root / "red" / "red_002.png"
+    old_sha = hashlib.sha256(edited.read_bytes()).hexdigest()
+    make_image(edited, (10, 200, 10), seed=5)  # edited after the scan, before extraction decodes it
+    with pytest.raises(DataErr, match=r"red_002.png changed while extract was running .* run extract again"):
+        extract.run(the_plan, progress=False, log=lambda _: None)
+    result = extract.run(cfg, progress=False, log=lambda _: None)  # the data settled: planned again
+    with FeatureStore(result.store_path) as fs:
+        row = list(fs.paths).index("red/red_002.png")
+        assert fs.clean_keys([row]) == [hashlib.sha256(edited.read_bytes()).hexdigest()]
+        assert old_sha not in set(fs._entry_keys)

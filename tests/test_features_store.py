@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from vggtl.features import store
+from vggtl.features import integrity, store
 from vggtl.data import Dataset, ImageFile
 from vggtl.errors import StoreError
 
@@ -207,12 +207,16 @@ def test_feature_store_refuses_missing_garbage_and_foreign_schema(path):
         store.FeatureStore(path)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not hdf5 at all" * 100)
-    with pytest.raises(StoreError, match=r"cannot be opened .*delete it and re-run extract"):
+    with pytest.raises(StoreError, match=r"cannot be opened .*run extract: it sets a damaged store aside and rebuilds it"):
         store.FeatureStore(path)
     path.unlink()
     build_store(path)
     with h5py.File(path, "r+") as fh:
         fh.attrs["schema_version"] = store.SCHEMA_VERSION + 1
+    with pytest.raises(StoreError, match=r"its index or attributes do not match their checksum"):
+        store.FeatureStore(path)  # edited without re-sealing: refused as altered
+    with h5py.File(path, "r+") as fh:
+        integrity.seal(fh)  # as a newer vggtl would have written it
     with pytest.raises(StoreError, match=rf"has schema {store.SCHEMA_VERSION + 1}, this vggtl reads {store.SCHEMA_VERSION}; re-run extract"):
         store.FeatureStore(path)
 
@@ -399,7 +403,7 @@ def test_store_failing_half_way_is_not_half_used(path):
     assert not state.store_ok
     assert state.sources == {}  # nothing may point at the quarantined file
     assert len(list(path.parent.glob(f"{path.name}.invalid-*"))) == 1
-    assert "cannot be read" in state.notes[0]
+    assert "its index or attributes do not match their checksum" in state.notes[0]  # the seal caught it
 
 
 def test_files_with_other_settings_are_never_mixed_in(path):

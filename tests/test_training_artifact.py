@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -80,3 +81,95 @@ def test_checksums_cover_every_file(tmp_path):
     on_disk = {p.name for p in v1.iterdir()} - {artifact.CHECKSUMS}
     assert listed == on_disk
     assert json.loads((v1 / "labels.json").read_text()) == ["a", "b"]
+
+
+def commands(art, tmp_path):
+    """``(name, main, argv)`` of every command that opens an artifact."""
+    from vggtl import export, predict, summary
+
+    image = tmp_path / "x.png"
+    if not image.exists():
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), "red").save(image)
+    return [("predict", predict.main, [str(art), str(image)]),
+            ("export", export.main, [str(art), "--format", "savedmodel", "--out", str(tmp_path / "exports")]),
+            ("summary", summary.main, [str(art)])]
+
+
+def refused_by_all(art, tmp_path, capsys, *named):
+    for command, main, argv in commands(art, tmp_path):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, f"{command}: {err}"
+        assert any(n in err for n in named), f"{command} does not name {named}: {err}"
+    assert not (tmp_path / "exports").exists()
+
+
+@pytest.mark.parametrize("how", ["removed", "truncated", "one byte changed"])
+def test_every_file_damaged_is_refused_by_every_command_naming_it(tmp_path, capsys, how):
+    v1 = fake_artifact(tmp_path)
+    for path in sorted(v1.iterdir()):
+        original = path.read_bytes()
+        if how == "removed":
+            path.unlink()
+        elif how == "truncated":
+            path.write_bytes(original[: len(original) // 2])
+        else:
+            path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        # a damaged checksums.sha256 shows as the file whose line it broke
+        refused_by_all(v1, tmp_path, capsys, path.name, "checksum")
+        path.write_bytes(original)
+    artifact.load(v1)  # restored: loads again
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: [line for line in lines if not line.endswith("  model.keras")], "required file model.keras is not listed"),
+    (lambda lines: [], "required file"),
+    (lambda lines: lines + ["0" * 64 + "  extra.bin"], "extra.bin listed in checksums.sha256 is missing"),
+    (lambda lines: lines + ["0" * 64 + "  ../../../../etc/hostname"], "outside the artifact"),
+    (lambda lines: lines + ["0" * 64 + "  /etc/hostname"], "outside the artifact"),
+    (lambda lines: lines + ["not a checksum line"], "is not '<sha256>  <file>'"),
+    (lambda lines: lines + lines[:1], "twice"),
+])
+def test_every_manifest_edit_is_refused(tmp_path, capsys, edit, message):
+    v1 = fake_artifact(tmp_path)
+    sums = v1 / artifact.CHECKSUMS
+    sums.write_text("\n".join(edit(sums.read_text().splitlines())) + "\n")
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        artifact.load(v1)
+    refused_by_all(v1, tmp_path, capsys, message)
+
+
+def test_a_file_added_after_publishing_or_a_link_is_refused(tmp_path):
+    v1 = fake_artifact(tmp_path)
+    (v1 / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="notes.txt is not listed in checksums.sha256"):
+        artifact.load(v1)
+    (v1 / "notes.txt").unlink()
+    (v1 / ".report.md.tmp").write_text("left by an interrupted rewrite")  # hidden: not part of the artifact
+    artifact.load(v1)
+    other = fake_artifact(tmp_path, "other")
+    (v1 / "labels.json").unlink()
+    (v1 / "labels.json").symlink_to(other / "labels.json")
+    with pytest.raises(ArtifactError, match="labels.json is a link or points outside the artifact"):
+        artifact.load(v1)
+
+
+def test_metadata_that_parses_wrong_is_refused_naming_the_file(tmp_path):
+    """Even with checksums recomputed (a deliberate edit), malformed metadata is an ArtifactError."""
+    v1 = fake_artifact(tmp_path)
+
+    def rewrite(name: str, text: str) -> None:
+        (v1 / name).write_text(text)
+        lines = [f"{artifact.sha256_file(v1 / name)}  {name}" if line.endswith(f"  {name}") else line
+                 for line in (v1 / artifact.CHECKSUMS).read_text().splitlines()]
+        (v1 / artifact.CHECKSUMS).write_text("\n".join(lines) + "\n")
+
+    for name, text, message in [("labels.json", "{not json", "labels.json cannot be read"),
+                                ("labels.json", '["a", "a"]', "labels.json must be a list of distinct class names"),
+                                ("metrics.json", "[]", "metrics.json holds a list, not a dict")]:
+        rewrite(name, text)
+        with pytest.raises(ArtifactError, match=re.escape(message)):
+            artifact.load(v1)
+        rewrite(name, '["a", "b"]' if name == "labels.json" else "{}")

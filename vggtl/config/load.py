@@ -102,6 +102,38 @@ class _Loader(yaml.SafeLoader):
     vanish without a word.
     """
 
+    # A config is a few levels deep and needs few aliases; bounds checked while
+    # composing, before any alias is expanded (a "billion laughs" file stops here).
+    MAX_ALIASES = 64
+    MAX_DEPTH = 32
+    MAX_NODES = 100_000  # after expanding every alias: 8 levels of 8 aliases would be 16 million
+
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node, {}) > self.MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"its aliases expand to more than {self.MAX_NODES} values "
+                                              "(an alias bomb?)", node.start_mark)
+        return node
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases, self._depth = 0, 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > self.MAX_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {self.MAX_ALIASES} aliases (*name): "
+                                                  "a config never needs that many", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > self.MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {self.MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
     def construct_mapping(self, node, deep=False):
         keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"]
         for key, n in collections.Counter(keys).items():
@@ -110,6 +142,16 @@ class _Loader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r} (the later one would silently win)", node.start_mark
                 )
         return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values ``node`` stands for once every alias is expanded (an alias is the
+    anchored node itself, so each node is counted once: ``memo``)."""
+    if id(node) not in memo:
+        children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else []
+        items = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+        memo[id(node)] = 1 + sum(_expanded_size(item, memo) for item in items)
+    return memo[id(node)]
 
 
 _Loader.add_implicit_resolver(

@@ -120,7 +120,7 @@ class HeadConfig:
         doc="how the 7x7x512 map becomes a vector (avgmax: both, concatenated; *_sqrt: then its square root, power normalisation)",
     )
     standardize: bool = _key(True, doc="standardize pooled features with training-set mean/variance")
-    units: list[int] = _key([512], doc="hidden Dense layer widths (relu); [] for a linear softmax")
+    units: list[int] = _key([512], high=16384, doc="hidden Dense layer widths (relu); [] for a linear softmax")
     dropout: float = _key(0.5, low=0.0, high=0.95, doc="dropout after each hidden layer (and before the softmax)")
     l2: float = _key(1e-3, low=0.0, high=1.0, doc="L2 penalty on Dense kernels")
     probe: bool = _key(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -52,6 +53,8 @@ def _coerce(value, tp, where: str):
                 pass
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML's .nan / .inf pass every "low <= v <= high" test
+            raise ConfigError(f"{where}: got {value!r}; expected a finite number")
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -69,7 +72,9 @@ def _check_range(value, meta, where: str):
     for v in values:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if (low is not None and v < low) or (high is not None and v > high):
-                raise ConfigError(f"{where}: got {v!r}; must be between {low} and {high}")
+                bound = (f"between {low} and {high}" if low is not None and high is not None
+                         else f"at least {low}" if low is not None else f"at most {high}")
+                raise ConfigError(f"{where}: got {v!r}; must be {bound}")
 
 
 def unknown_key_message(key: str, known: list[str], where: str) -> str:

@@ -15,6 +15,7 @@ Classes are the sorted folder names. Hidden files and folders are ignored.
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,8 +56,16 @@ def list_images(folder: Path, extensions) -> list[Path]:
 
 def file_sha256(path: Path) -> str:
     """Content hash of one image file; an unreadable file stops the scan with its path
-    (its split and cache key depend on its bytes, so it cannot be skipped silently)."""
+    (its split and cache key depend on its bytes, so it cannot be skipped silently).
+
+    Raises:
+        DataError: a FIFO, device or socket under an image name (reading one
+            would block forever or never end: ``/dev/zero``), named.
+    """
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path} is not a regular file (a FIFO, device or socket, or a link to one); "
+                            "remove it from data.root")
         return sha256_file(path)
     except OSError as exc:
         raise path_error(exc, path, "read the image file") from None

@@ -96,7 +96,8 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     """
     jobs = plan(names, modes)
     art = artifact_mod.load(artifact_path)
-    out = Path(out) if out is not None else art.path.parent / "exports" / art.path.name
+    # Absolute: each export is verified by a subprocess running in a temporary directory.
+    out = (Path(out) if out is not None else art.path.parent / "exports" / art.path.name).absolute()
     make_dir(out, "--out")
     from vggtl.inspect.predictions import artifact_config
 
@@ -277,7 +278,7 @@ def run_runtime(fmt: str, target: Path, images: np.ndarray) -> tuple[np.ndarray,
         np.save(Path(tmp) / "images.npy", images)
         out = str(Path(tmp) / "probs.npy")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run([sys.executable, str(RUNNER), fmt, str(target), str(Path(tmp) / "images.npy"), out],
+        done = subprocess.run([sys.executable, str(RUNNER), fmt, str(Path(target).absolute()), str(Path(tmp) / "images.npy"), out],
                               cwd=tmp, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             tail = " ".join(done.stderr.strip().splitlines()[-3:])[-600:]

@@ -4,10 +4,13 @@ and each Ray actor (``ray``, :mod:`ray_engine`)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from vggtl import config, data
 from vggtl.backbones.resolve import ResolvedWeights
+from vggtl.errors import DataError
 from vggtl.features import augment, runtimes, store
 
 
@@ -43,13 +46,36 @@ def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print, calibr
     return tf.function(forward, input_signature=[spec])
 
 
+def read_as_scanned(file) -> bytes:
+    """The bytes of ``file`` (one read: they are hashed and decoded from memory)."""
+    try:
+        return Path(file.path).read_bytes()
+    except OSError as exc:
+        raise data.UndecodableImage(f"cannot read file: {exc.strerror}") from None
+
+
+def check_unchanged(file, content: bytes) -> None:
+    """The bytes about to be decoded are the ones the scan hashed: features are
+    stored under that hash, so an image edited while extraction runs must not be
+    stored under its old one.
+
+    Raises:
+        DataError: naming the file; a rerun keeps the work done so far.
+    """
+    if hashlib.sha256(content).hexdigest() != file.sha256:
+        raise DataError(f"{file.path} changed while extract was running (its content is no longer what was scanned); "
+                        "run extract again when the data is settled: the features computed so far are kept")
+
+
 def job_decoder(cfg: config.Config):
     """``(job, content=None)`` -> [(key, pixels)]: the file (or its ``content``,
     bytes read elsewhere) is decoded once, views are warped from it."""
     decode = cfg.spec.decode
 
     def decode_job(job: Job, content: bytes | None = None):
-        clean = decode.decode(job.file.path if content is None else content)
+        content = read_as_scanned(job.file) if content is None else content
+        check_unchanged(job.file, content)
+        clean = decode.decode(content)
         items = []
         for key in job.keys:
             if key == job.file.sha256:

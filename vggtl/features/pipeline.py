@@ -218,7 +218,8 @@ def _up_to_date(cfg, path: Path, state: store.CachedState, dataset: data.Dataset
     """
     parts = store.parts_dir(path)
     has_parts = parts.is_dir() and any(parts.iterdir())
-    fresh = state.store_ok and state.store_skip_ok and state.store_content_digest == dataset.content_digest()
+    fresh = (state.store_ok and state.store_skip_ok and state.store_sealed
+             and state.store_content_digest == dataset.content_digest())
     wanted = _wanted_keys(dataset, view_keys(cfg, dataset), state.skipped)
     return fresh and not has_parts and wanted <= state.store_keys <= _allowed_keys(cfg, dataset, state.skipped)
 

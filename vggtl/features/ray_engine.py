@@ -140,12 +140,17 @@ def _batches(jobs, batch_size: int):
 
 def _with_bytes(batch) -> list:
     """Read each job's file on the driver: ``(job, bytes, None)`` or ``(job, None, reason)``."""
+    from vggtl.features import forward as base_forward
+
     out = []
     for job in batch:
         try:
-            out.append((job, Path(job.file.path).read_bytes(), None))
-        except OSError as exc:
-            out.append((job, None, f"cannot read file: {exc.strerror}"))
+            content = base_forward.read_as_scanned(job.file)
+        except data.UndecodableImage as exc:
+            out.append((job, None, str(exc)))
+            continue
+        base_forward.check_unchanged(job.file, content)  # here, so the error is the driver's, not an actor's
+        out.append((job, content, None))
     return out
 
 

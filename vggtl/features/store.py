@@ -50,6 +50,7 @@ import vggtl
 from vggtl.backbones.spec import Spec
 from vggtl.data import SPLIT_CODES, SPLITS, Dataset
 from vggtl.errors import StoreError, path_error
+from vggtl.features import integrity
 
 SCHEMA_VERSION = 2
 _STR = h5py.string_dtype("utf-8")
@@ -332,6 +333,7 @@ class CachedState:
     store_data_digest: str | None = None
     store_content_digest: str | None = None
     store_keys: set[str] = field(default_factory=set)
+    store_sealed: bool = False  # False: an older vggtl's store, re-published with checksums
     notes: list[str] = field(default_factory=list)
 
 
@@ -341,6 +343,31 @@ def _read_entries(fh, file_path: Path, state: CachedState, skip_ok: bool) -> Non
     if skip_ok and "skipped" in fh:
         for sha, reason in zip(fh["skipped/sha256"][:], fh["skipped/reason"].asstr()[:]):
             state.skipped.setdefault(sha.decode(), reason)
+
+
+class _Unusable(ValueError):
+    """A store or part that cannot be trusted as a whole (its seal does not hold)."""
+
+
+def _check_seal(fh) -> None:
+    """A sealed file whose seal does not hold is unusable as a whole (its index
+    cannot be trusted). Files of an older vggtl have no seal: reused as they are."""
+    if integrity.is_sealed(fh) and (problem := integrity.seal_problem(fh)):
+        raise _Unusable(problem)
+
+
+def _drop_damaged_rows(fh, file_path: Path, found: CachedState, state: CachedState) -> None:
+    """Forget the rows of a sealed file whose features fail their checksum, so
+    that extraction recomputes exactly those."""
+    if not integrity.is_sealed(fh):
+        return
+    keys = fh["entries/key"].asstr()[:]
+    damaged = {keys[row] for layer in fh["features"] for row in integrity.damaged_rows(fh, layer)}
+    for key in damaged:
+        found.sources.pop(key, None)
+    if damaged:
+        state.notes.append(f"{file_path.name}: {len(damaged)} stored row(s) failed their checksum (the file was altered "
+                           "or the disk is failing); recomputing exactly those")
 
 
 def _quarantine(path: Path, store: Path, why: str, state: CachedState) -> None:
@@ -372,14 +399,20 @@ def load_state(path: Path, fmt: StoreFormat) -> CachedState:
                 other_settings = fh.attrs.get("settings_key") != key
                 if not other_settings:
                     skip_ok = json.loads(fh.attrs.get("skip_settings", "{}")) == skip_settings
+                    _check_seal(fh)
                     _read_entries(fh, file_path, found, skip_ok)
+                    _drop_damaged_rows(fh, file_path, found, state)
                     if file_path == path:
                         found.store_ok = True
                         found.store_skip_ok = skip_ok
                         found.store_data_digest = fh.attrs.get("data_digest")
                         found.store_content_digest = fh.attrs.get("content_digest")
                         found.store_keys = set(found.sources)
-        except (OSError, KeyError, ValueError) as exc:
+                        found.store_sealed = integrity.is_sealed(fh)
+        except _Unusable as exc:
+            _quarantine(file_path, path, str(exc), state)
+            continue
+        except integrity.READ_ERRORS as exc:
             _quarantine(file_path, path, f"cannot be read: {exc}", state)
             continue
         if other_settings:
@@ -394,6 +427,7 @@ def load_state(path: Path, fmt: StoreFormat) -> CachedState:
             state.store_data_digest = found.store_data_digest
             state.store_content_digest = found.store_content_digest
             state.store_keys = found.store_keys
+            state.store_sealed = found.store_sealed
     return state
 
 
@@ -454,12 +488,20 @@ class PartWriter:
             for layer, shape in self.shapes.items():
                 chunks = self._feats[layer]
                 feats = np.concatenate(chunks) if chunks else np.zeros((0, *shape), self.dtype)
-                fh.create_dataset(f"features/{layer}", data=feats)
+                fh.create_dataset(f"features/{layer}", data=feats, **_row_checksums(len(feats), shape))
+                integrity.write_row_digests(fh, layer, integrity.row_digests(feats))
             _write_skipped(fh, self._skipped)
+            integrity.seal(fh)
         for row, key in enumerate(self._keys):
             self.written[key] = (target, row)
         self._keys, self._skipped = [], []
         self._feats = {layer: [] for layer in self.shapes}
+
+
+def _row_checksums(rows: int, shape) -> dict:
+    """One row per chunk, each with its Fletcher-32 checksum (:mod:`vggtl.features.integrity`);
+    an empty dataset cannot be chunked and has nothing to check."""
+    return {"chunks": (1, *shape), "fletcher32": True} if rows else {}
 
 
 def _write_skipped(fh, skipped: list[tuple[str, str, str]]) -> None:
@@ -509,12 +551,13 @@ def write_store(
                 f"features/{layer}",
                 shape=(len(unique), *shape),
                 dtype=fmt.dtype,
-                chunks=(1, *shape) if unique else None,
                 compression=fmt.compression,
+                **_row_checksums(len(unique), shape),
             )
-            _copy_features(out, layer, unique, sources)
+            integrity.write_row_digests(fh, layer, _copy_features(out, layer, unique, sources))
         _write_index(fh, good, {key: i for i, key in enumerate(unique)})
         _write_skipped(fh, [(f.sha256, f.relpath, skipped[f.sha256]) for f in bad])
+        integrity.seal(fh)
     return {"images": len(good), "entries": len(unique), "skipped": len(bad)}
 
 
@@ -547,8 +590,10 @@ def _write_index(fh, files, row_of: dict[str, int]) -> None:
     fh.create_dataset("index/entry", data=np.array([row_of[f.sha256] for f in files], dtype="i8"))
 
 
-def _copy_features(out, layer: str, unique: list[str], sources: dict[str, tuple[Path, int]]) -> None:
-    """Fill ``out`` (one layer) row by row from the source files, reading in sorted runs."""
+def _copy_features(out, layer: str, unique: list[str], sources: dict[str, tuple[Path, int]]) -> np.ndarray:
+    """Fill ``out`` (one layer) row by row from the source files, reading in sorted
+    runs; returns the digest of each row written (:func:`integrity.row_digests`)."""
+    digests = np.zeros(len(unique), dtype=np.uint64)
     by_file: dict[Path, list[tuple[int, int]]] = {}
     for dst, sha in enumerate(unique):
         src_file, src_row = sources[sha]
@@ -561,9 +606,9 @@ def _copy_features(out, layer: str, unique: list[str], sources: dict[str, tuple[
                 chunk = pairs[start : start + _COPY_ROWS]
                 src_rows = [s for s, _ in chunk]
                 first, last = src_rows[0], src_rows[-1]
-                if last - first < 2 * len(chunk):
-                    # Dense run: one contiguous read is fastest.
-                    block, at = feats[first : last + 1], [s - first for s in src_rows]
+                block = _dense_read(feats, first, last) if last - first < 2 * len(chunk) else None
+                if block is not None:
+                    at = [s - first for s in src_rows]
                 else:
                     # Sparse rows (e.g. most images removed since the old store
                     # was written): a contiguous read could span the whole
@@ -571,7 +616,20 @@ def _copy_features(out, layer: str, unique: list[str], sources: dict[str, tuple[
                     # h5py requires) and keep memory bounded by _COPY_ROWS.
                     block, at = feats[src_rows], range(len(chunk))
                 for row, (_, dst) in zip(at, chunk):
-                    out[dst] = block[row]
+                    value = np.asarray(block[row : row + 1], dtype=out.dtype)
+                    out[dst] = value[0]
+                    digests[dst] = integrity.row_digests(value)[0]
+    return digests
+
+
+def _dense_read(feats, first: int, last: int):
+    """Rows ``first..last`` in one contiguous read (fastest for a dense run), or
+    None when one of them fails its checksum: a row load_state dropped, not
+    copied, so only the rows wanted are read."""
+    try:
+        return feats[first : last + 1]
+    except OSError:
+        return None
 
 
 def clear_parts(path: Path) -> None:
@@ -606,13 +664,32 @@ class FeatureStore:
             raise StoreError(f"feature store {self.path} does not exist; run python -m vggtl.extract CONFIG first")
         try:
             self._fh = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise StoreError(f"feature store {self.path} cannot be opened ({exc}); delete it and re-run extract") from None
-        attrs = self._fh.attrs
-        if attrs.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(
-                f"feature store {self.path} has schema {attrs.get('schema_version')}, this vggtl reads {SCHEMA_VERSION}; re-run extract"
-            )
+        except integrity.READ_ERRORS as exc:
+            raise StoreError(f"feature store {self.path} cannot be opened ({exc}); run extract: it sets a damaged "
+                             "store aside and rebuilds it") from None
+        try:
+            self._open_index()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _open_index(self) -> None:
+        # False: written before stores were sealed (train asks for an extract, which seals it).
+        self.sealed = integrity.is_sealed(self._fh)
+        if self.sealed and (problem := integrity.seal_problem(self._fh)):
+            raise StoreError(f"feature store {self.path}: {problem}; run extract: it sets the store aside and recomputes it")
+        try:
+            attrs = self._fh.attrs
+            if attrs.get("schema_version") != SCHEMA_VERSION:
+                raise StoreError(f"feature store {self.path} has schema {attrs.get('schema_version')}, "
+                                 f"this vggtl reads {SCHEMA_VERSION}; re-run extract")
+            self._read_index(attrs)
+        except integrity.READ_ERRORS as exc:  # an unsealed (older) store that is damaged
+            raise StoreError(f"feature store {self.path} cannot be read ({exc}); run extract: it sets a damaged "
+                             "store aside and rebuilds it") from None
+
+    def _read_index(self, attrs) -> None:
+        self.settings_key: str | None = attrs.get("settings_key")
         self.class_names: list[str] = json.loads(attrs["class_names"])
         self.settings: dict = json.loads(attrs["settings"])
         self.data_digest: str = attrs["data_digest"]
@@ -634,6 +711,24 @@ class FeatureStore:
 
     def close(self) -> None:
         self._fh.close()
+
+    def verify(self) -> None:
+        """Read every stored feature once, checking each row's checksum.
+
+        Raises:
+            StoreError: naming the store, how many rows fail and their files,
+                and that ``extract`` recomputes exactly those.
+        """
+        damaged = sorted({row for layer in self.layers for row in integrity.damaged_rows(self._fh, layer)})
+        if not damaged:
+            return
+        hashes = {content_hash(self._entry_keys[row]) for row in damaged}
+        files = sorted({str(p) for p, e in zip(self.paths, self.entries) if self._entry_keys[e] in hashes})
+        raise StoreError(
+            f"feature store {self.path}: {len(damaged)} stored row(s) fail their checksum (the file was altered or the "
+            f"disk is failing), features of {', '.join(files[:5])}{' ...' if len(files) > 5 else ''}; "
+            "run extract: it recomputes exactly those rows"
+        )
 
     def __enter__(self):
         return self
@@ -722,7 +817,11 @@ class FeatureStore:
         for block in np.unique(blocks):
             lo, hi = np.searchsorted(blocks, block, "left"), np.searchsorted(blocks, block, "right")
             start = int(block) * READ_BLOCK
-            chunk = dataset[start : min(start + READ_BLOCK, dataset.shape[0])]
+            try:
+                chunk = dataset[start : min(start + READ_BLOCK, dataset.shape[0])]
+            except integrity.READ_ERRORS as exc:  # a row changed on disk after verify(): never use it
+                raise StoreError(f"feature store {self.path}: rows {start}-{start + READ_BLOCK - 1} of {layer} cannot "
+                                 f"be read ({exc}); run extract: it recomputes the rows that fail their checksum") from None
             out[lo:hi] = chunk[unique[lo:hi] - start]
         return out
 

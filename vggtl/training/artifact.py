@@ -30,7 +30,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from vggtl.data import SPLITS
 from vggtl.errors import ArtifactError, path_error
@@ -251,23 +251,69 @@ def resolve(path) -> Path:
     return path.resolve()
 
 
+_CHECKSUM_LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
+
+
 def verify(path: Path) -> None:
-    """Raise ArtifactError unless every file listed in checksums.sha256 matches."""
+    """Raise ArtifactError unless ``checksums.sha256`` lists exactly the files of
+    the artifact (each inside it, none missing, none extra, the required ones
+    included) and every one matches its digest. The message names the file."""
+    listed = _read_checksums(path)
+    present = _artifact_files(path) - {CHECKSUMS}
+    for name in REQUIRED:
+        if name not in listed:
+            raise ArtifactError(f"{path}: required file {name} is not listed in {CHECKSUMS}; the artifact was altered")
+    for rel in sorted(set(listed) - present):
+        raise ArtifactError(f"{path}: file {rel} listed in {CHECKSUMS} is missing")
+    for rel in sorted(present - set(listed)):
+        raise ArtifactError(f"{path}: file {rel} is not listed in {CHECKSUMS} (added after the artifact was published); "
+                            "remove it, or train again")
+    for rel, digest in listed.items():
+        file = path / rel
+        if file.is_symlink() or not file.resolve().is_relative_to(path.resolve()):
+            raise ArtifactError(f"{path}: {rel} is a link or points outside the artifact; the artifact was altered")
+        if sha256_file(file) != digest:
+            raise ArtifactError(f"{path}: checksum mismatch for {rel}; the artifact was modified or is corrupt")
+
+
+def _artifact_files(path: Path) -> set[str]:
+    """Relative paths of the files (and links) in an artifact directory. Hidden
+    ones are not part of it: an interrupted atomic rewrite may leave one, and
+    nothing reads them."""
+    found = set()
+    for file in path.rglob("*"):
+        rel = file.relative_to(path).as_posix()
+        if (file.is_file() or file.is_symlink()) and not any(part.startswith(".") for part in rel.split("/")):
+            found.add(rel)
+    return found
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of ``checksums.sha256``, refusing malformed
+    lines, repeated files and paths that leave the artifact."""
     sums = path / CHECKSUMS
     if not sums.is_file():
         raise ArtifactError(f"{path}: no {CHECKSUMS}; not a complete vggtl artifact")
-    for line in sums.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
+    try:
+        # split("\n"), not splitlines(): a byte turned into another line break must not pass
+        lines = sums.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: {CHECKSUMS} cannot be read ({exc})") from None
+    listed: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line:
             continue
-        digest, rel = line.split("  ", 1)
-        file = path / rel
-        if not file.is_file():
-            raise ArtifactError(f"{path}: file {rel} listed in {CHECKSUMS} is missing")
-        if sha256_file(file) != digest:
-            raise ArtifactError(f"{path}: checksum mismatch for {rel}; the artifact was modified or is corrupt")
-    for name in REQUIRED:
-        if not (path / name).is_file():
-            raise ArtifactError(f"{path}: required file {name} is missing")
+        match = _CHECKSUM_LINE.match(line)
+        if not match:
+            raise ArtifactError(f"{path}: {CHECKSUMS} line {number} is not '<sha256>  <file>': {line[:80]!r}")
+        digest, rel = match.groups()
+        parts = PurePosixPath(rel).parts
+        if PurePosixPath(rel).is_absolute() or ".." in parts or "\\" in rel:
+            raise ArtifactError(f"{path}: {CHECKSUMS} line {number} names {rel!r}, outside the artifact")
+        if rel in listed:
+            raise ArtifactError(f"{path}: {CHECKSUMS} lists {rel} twice")
+        listed[rel] = digest
+    return listed
 
 
 def load(path) -> Artifact:
@@ -276,16 +322,25 @@ def load(path) -> Artifact:
 
     path = resolve(path)
     verify(path)
-    info = json.loads((path / "info.json").read_text())
+    info = _read(path, "info.json", json.loads, dict)
     if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: format {info.get('format')} v{info.get('format_version')} is not readable by "
             f"this vggtl ({FORMAT} v{FORMAT_VERSION})"
         )
-    return Artifact(
-        path=path,
-        labels=json.loads((path / "labels.json").read_text()),
-        config=yaml.safe_load((path / "config.yaml").read_text()),
-        info=info,
-        metrics=json.loads((path / "metrics.json").read_text()),
-    )
+    labels = _read(path, "labels.json", json.loads, list)
+    if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
+        raise ArtifactError(f"{path}: labels.json must be a list of distinct class names; the artifact was altered")
+    return Artifact(path=path, labels=labels, config=_read(path, "config.yaml", yaml.safe_load, dict), info=info,
+                    metrics=_read(path, "metrics.json", json.loads, dict))
+
+
+def _read(path: Path, name: str, parse, kind: type):
+    """``parse`` of the artifact file ``name``, which must give a ``kind``; else ArtifactError naming it."""
+    try:
+        value = parse((path / name).read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - json/yaml/decoding errors: all mean a damaged file
+        raise ArtifactError(f"{path}: {name} cannot be read ({type(exc).__name__}: {exc}); the artifact was altered") from None
+    if not isinstance(value, kind):
+        raise ArtifactError(f"{path}: {name} holds a {type(value).__name__}, not a {kind.__name__}; the artifact was altered")
+    return value

@@ -42,7 +42,8 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
         return _incremental_linear_probe(pooled, len(fs.class_names), seed)
     model = probe_model(seed)
     model.fit(*pooled["train"])
-    return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) for split in SPLITS}
+    return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) if len(pooled[split][1]) else None
+            for split in SPLITS}
 
 
 def _incremental_linear_probe(pooled: dict, n_classes: int, seed: int) -> dict:
@@ -54,7 +55,7 @@ def _incremental_linear_probe(pooled: dict, n_classes: int, seed: int) -> dict:
     for split in SPLITS:
         x, y = pooled[split]
         logits = (x - stats[0]) / np.sqrt(stats[1]) @ kernel + bias
-        scores[f"{split}_accuracy"] = round(float(np.mean(logits.argmax(axis=1) == y)) if len(y) else 0.0, 6)
+        scores[f"{split}_accuracy"] = round(float(np.mean(logits.argmax(axis=1) == y)), 6) if len(y) else None
     return scores
 
 

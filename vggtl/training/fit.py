@@ -228,7 +228,11 @@ class StoppingPolicy:
         self.best, self.best_epoch, self.weights, self.stopped = np.inf, -1, None, False
 
     def update(self, value: float, epoch: int, model) -> bool:
-        """Record ``value`` for ``epoch``; True when training should stop."""
+        """Record ``value`` for ``epoch``; True when training should stop. NaN
+        means no validation split: every epoch runs and the last one is kept."""
+        if np.isnan(value):
+            self.best_epoch = epoch
+            return False
         if value < self.best - self.min_delta:
             self.best, self.best_epoch = value, epoch
             if self.patience:  # with stopping off the last epoch's weights are kept

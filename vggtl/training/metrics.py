@@ -10,11 +10,14 @@ import numpy as np
 def cross_entropy(y_true, probs) -> float:
     """Mean cross-entropy of ``probs`` at the true labels (no regularization terms)."""
     eps = 1e-7
+    if not len(y_true):  # an empty split (data.split.val: 0): nothing to measure
+        return math.nan
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
 
 
 def accuracy(y_true, probs) -> float:
-    return float(np.mean(np.asarray(probs).argmax(axis=1) == y_true))
+    """Top-1 accuracy; NaN for an empty split."""
+    return float(np.mean(np.asarray(probs).argmax(axis=1) == y_true)) if len(y_true) else math.nan
 
 
 def best_epoch(history: dict) -> int:
@@ -50,6 +53,8 @@ def calibration(y_true, probs, bins: int = CALIBRATION_BINS) -> dict:
     confidence| over the bins: 0 for a model whose "80% sure" is right 80% of
     the time.
     """
+    if not len(y_true):
+        return {"ece": None, "bins": []}
     probs = np.asarray(probs)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(y_true)
@@ -72,6 +77,9 @@ def split_metrics(y_true, probs, class_names) -> dict:
     and the confusion matrix."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    if not len(y_true):  # data.split.val or .test: 0 -- recorded as measured on nothing, never as a number
+        return {"accuracy": None, "accuracy_ci95": None, "loss": None, "macro_f1": None, "n": 0, "per_class": {},
+                "confusion_matrix": [], "calibration": {"ece": None, "bins": []}}
     y_pred = probs.argmax(axis=1)
     labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)

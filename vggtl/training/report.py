@@ -12,8 +12,12 @@ WORST_N = 12
 PHASE_TITLES = {"phase1": "phase 1 (head on cached features)", "phase2": "phase 2 (fine-tuning)"}
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -180,9 +184,11 @@ def write(out_dir: Path, run, metrics, history, probs) -> Path:
     lines += _cv_section(metrics)
     lines += _dataset_section(dataset, fs)
     lines += _per_class(metrics.test)
-    plot_confusion(metrics.test["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
+    if metrics.test["n"]:
+        plot_confusion(metrics.test["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
     plot_curves(history, out_dir / "learning_curves.png")
-    lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
+    lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)" if metrics.test["n"]
+              else "No test split (`data.split.test: 0`).", ""]
     lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
     lines += _calibration_section(metrics, out_dir)
     lines += _leakage_section(cfg, dataset, metrics.leakage, out_dir)
@@ -252,7 +258,7 @@ def _finetune_line(cfg, metrics) -> str:
 
 def _results(metrics) -> list[str]:
     test, probe = metrics.test, metrics.baseline["linear_probe"]
-    low, high = test["accuracy_ci95"]
+    low, high = test["accuracy_ci95"] or (None, None)
     rows = []
     if metrics.phase2 is not None:
         rows.append(["after phase 1 (head only)", *(_pct(metrics.phase1.accuracy[s]) for s in SPLITS), ""])
@@ -260,8 +266,8 @@ def _results(metrics) -> list[str]:
         "vggtl model" + (" (after fine-tuning)" if metrics.phase2 is not None else ""),
         _pct(metrics.train["accuracy"]),
         _pct(metrics.val["accuracy"]),
-        f"**{_pct(test['accuracy'])}** ({_pct(low)}-{_pct(high)})",
-        f"{test['macro_f1']:.3f}",
+        f"**{_pct(test['accuracy'])}** ({_pct(low)}-{_pct(high)})" if test["n"] else "no test split",
+        _num(test['macro_f1']),
     ])
     if metrics.tensorflow_fp32 is not None:
         rows.append(_tensorflow_row(metrics.tensorflow_fp32))
@@ -274,7 +280,9 @@ def _results(metrics) -> list[str]:
         ])
     header = ["", "train accuracy", "val accuracy", "test accuracy (95% interval)", "test macro F1"]
     note = (f"Test accuracy on {test['n']} images; the interval is the 95% Wilson score interval: one image is "
-            f"{100 / max(test['n'], 1):.1f} points. Train accuracy far above val/test means over-fitting; all three low, under-fitting.")
+            f"{100 / max(test['n'], 1):.1f} points. Train accuracy far above val/test means over-fitting; all three low, under-fitting."
+            if test["n"] else "**No test split (`data.split.test: 0`): nothing here is measured on images the model "
+            "was not trained or tuned on.**")
     return _table(header, rows) + ["", note]
 
 
@@ -299,11 +307,13 @@ def _cv_section(metrics) -> list[str]:
 
 def _calibration_section(metrics, out_dir: Path) -> list[str]:
     """ECE of val and test and the test reliability diagram."""
+    if not metrics.test["n"]:
+        return ["## Calibration", "", "No test split (`data.split.test: 0`): calibration is not measured.", ""]
     plot_reliability(metrics.test["calibration"], out_dir / "reliability.png")
     ece = {s: metrics.of(s)["calibration"]["ece"] for s in ("val", "test")}
     return ["## Calibration", "",
             f"Expected calibration error (top-1 confidence, {len(metrics.test['calibration']['bins'])} non-empty bins of 10): "
-            f"val {ece['val']:.3f}, test {ece['test']:.3f}. 0 means \"80% sure\" is right 80% of the time; "
+            f"val {_num(ece['val'])}, test {_num(ece['test'])}. 0 means \"80% sure\" is right 80% of the time; "
             "with a few dozen held-out images each bin holds only a handful of them.", "",
             *_temperature_lines(metrics), "![reliability diagram](reliability.png)", ""]
 
@@ -314,7 +324,7 @@ def _temperature_lines(metrics) -> list[str]:
         return ["No temperature scaling (`train.temperature: false`).", ""]
     after = {s: metrics.of(s)["calibration"]["ece"] for s in ("val", "test")}
     return [f"Temperature scaling (`train.temperature`), fitted on val and built into `model.keras`: T = {t['temperature']:.3f}; "
-            f"ECE val {t['ece_before']['val']:.3f} -> {after['val']:.3f}, test {t['ece_before']['test']:.3f} -> {after['test']:.3f}; "
+            f"ECE val {_num(t['ece_before']['val'])} -> {_num(after['val'])}, test {_num(t['ece_before']['test'])} -> {_num(after['test'])}; "
             f"val cross-entropy {t['val_loss_before']:.3f} -> {t['val_loss_after']:.3f}. The diagram is after scaling.", ""]
 
 
@@ -374,6 +384,8 @@ def _dataset_section(dataset, fs) -> list[str]:
 
 
 def _per_class(test) -> list[str]:
+    if not test["n"]:
+        return []
     return ["", "## Per-class test metrics", ""] + _table(
         ["class", "precision", "recall", "F1", "support"],
         [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for c, m in test["per_class"].items()],
@@ -384,6 +396,8 @@ def _worst_section(cfg, dataset, fs, test_rows, test_probs, out_dir: Path) -> li
     class_names = fs.class_names
     worst = worst_misclassified(test_rows, test_probs, fs.labels[test_rows])
     lines = ["## Worst misclassified test images", ""]
+    if not len(test_rows):
+        return lines + ["No test split (`data.split.test: 0`)."]
     if not worst:
         return lines + ["None: every test image is classified correctly."]
     plot_worst(worst, fs, class_names, cfg, dataset.root, out_dir / "worst_misclassified.png")

@@ -20,7 +20,7 @@ import numpy as np
 from vggtl import config, data
 from vggtl.backbones import build
 from vggtl.data import SPLITS, iter_probabilities
-from vggtl.errors import StoreError
+from vggtl.errors import ConfigError, StoreError
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
 from vggtl.plan import RunPlan, as_plan
@@ -104,6 +104,7 @@ def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
     try:
         if cfg.train.folds:  # refuse too-small classes before training, not after
             cv.check_folds(fs, cfg.train.folds)
+        check_validation_split(cfg, fs)
         if fs.skipped:
             log(f"skipped {len(fs.skipped)} file(s) that could not be decoded (not used):")
             for path, reason in fs.skipped:
@@ -143,6 +144,13 @@ def open_current_store(plan: RunPlan, config_arg=None) -> tuple[FeatureStore, da
                 f"feature store {where.path} is out of date with {cfg.data.root} (images added, edited or removed, "
                 f"or written by an older vggtl); run {again} first (it computes only what is missing)"
             )
+        if fs.settings_key != where.format.key:
+            raise StoreError(f"feature store {where.path} was built with other settings than this config's (another "
+                             f"backbone, layer, image size, weights or runtime); run {again}: it sets the file aside and rebuilds it")
+        if not fs.sealed:
+            raise StoreError(f"feature store {where.path} has no integrity checksums (written by an older vggtl); "
+                             f"run {again} first (it reuses every stored feature and adds them)")
+        fs.verify()  # every row's checksum, before any number is computed from it
         dataset = plan.split(fs.skipped_hashes)
         fs.use_split({f.relpath: f.split for f in dataset.files})
         _check_views(cfg, fs, where, again)
@@ -150,6 +158,22 @@ def open_current_store(plan: RunPlan, config_arg=None) -> tuple[FeatureStore, da
         fs.close()
         raise
     return fs, dataset
+
+
+def check_validation_split(cfg: config.Config, fs: FeatureStore) -> None:
+    """Phase 2 and the from-scratch baseline decide on the validation split
+    (whether fine-tuning helped; when the CNN stops): refuse them without one,
+    before training. Phase 1 trains without it (all epochs, no early stopping).
+
+    Raises:
+        ConfigError: naming the key that needs a validation split.
+    """
+    if len(fs.split_rows("val")):
+        return
+    needs = [key for key, on in (("finetune.blocks", cfg.finetune.blocks), ("baseline.scratch", cfg.baseline.scratch)) if on]
+    if needs:
+        raise ConfigError(f"{needs[0]}: needs a validation split to decide on (there is none: data.split.val is 0 or "
+                          f"val/ is empty); set data.split.val above 0, or turn {needs[0]} off")
 
 
 def _check_views(cfg: config.Config, fs: FeatureStore, where, again: str) -> None:
@@ -198,11 +222,14 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
         f"train: {len(train.y)} (+{cfg.augment.views} views each)  val: {len(val.y)}  "
         f"test: {len(splits['test'].y)}  classes: {len(fs.class_names)}  features: {fs.feature_shape}"
     )
+    if not len(val.y):
+        log(f"no validation split (data.split.val: 0): phase 1 runs all {cfg.train.epochs} epochs, without early "
+            "stopping, and keeps the last; no temperature scaling")
     head, history1 = fit.train_head(cfg, fs, train, val)
     log(_phase_line("phase 1 (head)", history1, cfg.train.epochs))
     probs = predict_splits(head, splits)
-    phase1 = HeadPhase({s: accuracy(splits[s].y, probs[s]) for s in SPLITS}, len(history1["loss"]),
-                       best_epoch(history1), _hit_cap(history1, cfg.train.epochs))
+    phase1 = HeadPhase({s: accuracy(splits[s].y, probs[s]) if len(splits[s].y) else None for s in SPLITS},
+                       len(history1["loss"]), best_epoch(history1), _hit_cap(history1, cfg.train.epochs))
     base = build.build_base(cfg.spec, weights, cfg.seed)
     trained = Trained(base, head, {"phase1": history1}, phase1, head, None, splits, probs)
     if cfg.spec.boundary_layer:
@@ -227,8 +254,11 @@ def _scale_temperature(trained: Trained, log) -> Trained:
 
 
 def _hit_cap(history: dict, cap: int) -> bool:
-    """Training ran every allowed epoch without early stopping ending it."""
-    return len(history["loss"]) >= cap and not history.get("stopped_early", False)
+    """Training ran every allowed epoch without early stopping ending it (with no
+    validation split there is no early stopping to end it: not a cap hit)."""
+    watched = history.get("val_cross_entropy") or [0.0]
+    validated = bool(np.isfinite(watched[-1]))
+    return len(history["loss"]) >= cap and not history.get("stopped_early", False) and validated
 
 
 def _phase_line(title: str, history: dict, cap: int) -> str:
@@ -279,14 +309,24 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         log(f"from-scratch CNN baseline: test {baseline['scratch']['test_accuracy']:.4f}")
     metrics = RunMetrics(**per_split, baseline=baseline, split=split_record(cfg, fs, dataset), phase1=trained.phase1,
                          leakage=findings, cv=cross_validation, phase2=trained.phase2, temperature=trained.temperature)
-    low, high = metrics.test["accuracy_ci95"]
-    log(
-        f"accuracy: train {metrics.train['accuracy']:.4f}   val {metrics.val['accuracy']:.4f}   "
-        f"test {metrics.test['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f}, n={metrics.test['n']})   ("
-        + (f"before fine-tuning: test {trained.phase1.accuracy['test']:.4f}; " if trained.phase2 is not None else "")
-        + f"linear probe: test {baseline['linear_probe']['test_accuracy']:.4f})"
-    )
+    log(_accuracy_line(metrics, trained.phase1 if trained.phase2 is not None else None))
     return metrics
+
+
+def _accuracy_line(metrics: RunMetrics, before_finetuning: HeadPhase | None) -> str:
+    """``accuracy: train .. val .. test .. (95% CI ..)``; an empty split is named, not given a number."""
+    def acc(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    test = metrics.test
+    if test["n"]:
+        low, high = test["accuracy_ci95"]
+        held_out = f"test {acc(test['accuracy'])} (95% CI {low:.3f}-{high:.3f}, n={test['n']})"
+    else:
+        held_out = "no test split (data.split.test: 0): nothing measured on held-out images"
+    return (f"accuracy: train {acc(metrics.train['accuracy'])}   val {acc(metrics.val['accuracy'])}   {held_out}   ("
+            + (f"before fine-tuning: test {acc(before_finetuning.accuracy['test'])}; " if before_finetuning else "")
+            + f"linear probe: test {acc(metrics.baseline['linear_probe']['test_accuracy'])})")
 
 
 def _cross_validate(cfg: config.Config, fs: FeatureStore, log) -> dict:
@@ -329,7 +369,7 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
         gap = check_end_to_end(predictor, lambda rows: trained.evaluate_cached(fs, rows), test_images)
         if gap > E2E_TOLERANCE:
             raise RuntimeError(f"internal: the artifact's model differs from the evaluated model on cached features by {gap:.4f}")
-        if record is not None:
+        if record is not None and len(test_images.rows):
             metrics = dataclasses.replace(metrics, tensorflow_fp32=_through_tensorflow(model, trained, test_images, record, log))
         artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record)
         logs.write_history_csv(staging / "history.csv", trained.history)
@@ -342,11 +382,16 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
 
 
 class SplitImages:
-    """The test split's images, decoded from ``dataset_root`` as extraction decodes them."""
+    """The test split's images, decoded from ``dataset_root`` as extraction decodes them.
+
+    ``check_rows`` are the images the end-to-end check runs on: the test
+    split's, or with ``data.split.test: 0`` the validation's, else the training's
+    (an artifact is always checked against what was evaluated)."""
 
     def __init__(self, fs: FeatureStore, decode, dataset_root):
         self.fs, self.decode, self.root = fs, decode, Path(dataset_root)
         self.rows = fs.split_rows("test")
+        self.check_rows = next((rows for rows in map(fs.split_rows, ("test", "val", "train")) if len(rows)), self.rows)
 
     def predict(self, predictor, rows):
         """``(probabilities, rows)`` of ``predictor`` on ``rows`` (a file no longer
@@ -362,7 +407,7 @@ def check_end_to_end(predictor, evaluate_cached, test_images: SplitImages, n: in
     the artifact on images and ``evaluate_cached(rows)`` gives the probabilities
     the metrics were computed from. Proves the artifact computes what was
     trained and evaluated (the fp16 cache gives ~1e-3)."""
-    direct, kept = test_images.predict(predictor, test_images.rows[:n])
+    direct, kept = test_images.predict(predictor, test_images.check_rows[:n])
     if not len(kept):
         return 0.0
     return float(np.max(np.abs(direct - evaluate_cached(kept))))
