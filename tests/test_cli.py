@@ -15,7 +15,10 @@ def test_usage_and_unknown_command(capsys):
     assert "usage: vggtl <command>" in capsys.readouterr().out
     assert cli.main(["--help"]) == 0
     assert cli.main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown command 'frobnicate'\n" in err and "did you mean" not in err
+    assert cli.main(["trian"]) == 2
+    assert "unknown command 'trian'; did you mean 'train'?" in capsys.readouterr().err
 
 
 def test_version(capsys):

@@ -266,7 +266,8 @@ def test_missing_data_root_is_required(data):
 
 @pytest.mark.parametrize("name", ["", "a/b", "a\\b", ".", ".."])
 def test_names_that_are_not_plain_are_refused(root, name):
-    with pytest.raises(ConfigError, match=r"key 'name': got .*; use a plain name without slashes"):
+    message = r"key 'name' is empty; it is required" if name == "" else r"key 'name': got .*; use a plain name without slashes"
+    with pytest.raises(ConfigError, match=message):
         config.from_dict(minimal(root, name=name))
 
 
@@ -761,3 +762,10 @@ def test_yaml_bombs_are_refused_before_anything_is_expanded(tmp_path, text, mess
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         config.load(path)
+
+
+def test_an_empty_required_key_is_refused_not_read_as_the_working_directory(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(minimal(tmp_path)))
+    with pytest.raises(ConfigError, match=r"key 'data.root' is empty; it is required"):
+        config.load(path, ["data.root="])

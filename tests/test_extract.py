@@ -246,6 +246,11 @@ def test_bad_files_are_skipped_once_and_odd_formats_extracted(tiny, decoded, cap
     assert "up to date" in out and "skipped 3 file(s) that could not be decoded" in out
     assert "  green/empty.jpg: empty file (0 bytes)" in out
     assert decoded == []
+    # the split sizes count the usable images only (as train and the report do)
+    with store.FeatureStore(first.store_path) as fs:
+        usable = len(fs.paths)
+    sizes = [int(line.split()[1]) for line in out.splitlines() if line.strip().split(" ")[0] in ("train", "val", "test")]
+    assert sum(sizes) == usable == N_IMAGES + 2
 
     make_image(tiny.root / "blue" / "new.png", (40, 40, 200), seed=504)
     again, _ = tiny.run()

@@ -128,6 +128,10 @@ def test_predict_bad_inputs(run_dir, capsys, tmp_path):
     assert str(good) in captured.out
     assert predict.main([str(run_dir / "experiments/tiny/latest"), str(tmp_path / "missing.jpg")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # one missing among others: the others are predicted, the missing one reported, exit 1
+    assert predict.main([str(run_dir / "experiments/tiny/latest"), str(tmp_path / "missing.jpg"), str(good)]) == 1
+    captured = capsys.readouterr()
+    assert "missing.jpg: skipped: cannot read file: No such file or directory" in captured.err and str(good) in captured.out
     assert predict.main([str(run_dir / "experiments/tiny/latest"), str(good), "--top-k", "0"]) == 2
 
 

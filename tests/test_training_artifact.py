@@ -173,3 +173,17 @@ def test_metadata_that_parses_wrong_is_refused_naming_the_file(tmp_path):
         with pytest.raises(ArtifactError, match=re.escape(message)):
             artifact.load(v1)
         rewrite(name, '["a", "b"]' if name == "labels.json" else "{}")
+
+
+def test_labels_that_disagree_with_the_manifest_are_refused(tmp_path):
+    """labels.json edited (checksums recomputed): the manifest's classes give it away."""
+    staging = artifact.begin(tmp_path, "run")
+    for file in artifact.REQUIRED:
+        (staging / file).write_text("x")
+    artifact.write_json(staging / "info.json", {"format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION})
+    artifact.write_json(staging / "labels.json", ["a", "c"])
+    artifact.write_json(staging / "metrics.json", {})
+    artifact.write_json(staging / "manifest.json", {"files": [{"path": "b/1.png", "label": "b", "split": "test"}]})
+    (staging / "config.yaml").write_text("name: run\n")
+    with pytest.raises(ArtifactError, match="manifest.json names class 'b', which labels.json does not have"):
+        artifact.load(artifact.publish(staging))

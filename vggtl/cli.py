@@ -9,6 +9,7 @@ argument with ``--set`` overrides and shortcuts, and the config of the last
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
@@ -132,7 +133,9 @@ def main(argv=None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"error: unknown command {command!r}{hint}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"vggtl.{command}")
     return module.main(rest)

@@ -21,7 +21,7 @@ __all__ = ["ExtractResult", "main", "print_summary", "run"]
 
 def print_summary(result: ExtractResult, log=print) -> None:
     """Store path and size, classes, images per split, what was computed, skipped files."""
-    counts = result.dataset.counts()
+    counts = result.dataset.counts(skipped=result.skipped)
     ok = len(result.dataset.files) - len(result.skipped)
     size_mb = result.store_path.stat().st_size / 1e6 if result.store_path.is_file() else 0.0
     log(f"store: {result.store_path} ({size_mb:.1f} MB)")

@@ -105,10 +105,13 @@ def build(cls, mapping, prefix: str, source: str):
         if dataclasses.is_dataclass(tp):
             kwargs[name] = build(tp, mapping.get(name), f"{dotted}.", source)
             continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if name not in mapping:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if required:
                 raise ConfigError(f"{where} is required ({f.metadata.get('doc', '')})")
             continue
+        if required and mapping[name] == "":  # --set data.root= would scan the working directory
+            raise ConfigError(f"{where} is empty; it is required ({f.metadata.get('doc', '')})")
         value = _coerce(mapping[name], tp, where)
         _check_range(value, f.metadata, where)
         kwargs[name] = value

@@ -86,11 +86,14 @@ class Dataset:
         files = [dataclasses.replace(f, split=s) for f, s in zip(self.files, assigned)]
         return dataclasses.replace(self, files=files)
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """``{split: {class_name: n}}``."""
+    def counts(self, skipped=()) -> dict[str, dict[str, int]]:
+        """``{split: {class_name: n}}`` of the usable files (``skipped``: relative
+        paths of undecodable ones, which are in no split's count)."""
+        skipped = set(skipped)
         table = {s: {c: 0 for c in self.class_names} for s in SPLITS}
         for f in self.files:
-            table[f.split][self.class_names[f.label]] += 1
+            if f.relpath not in skipped:
+                table[f.split][self.class_names[f.label]] += 1
         return table
 
 

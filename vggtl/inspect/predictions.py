@@ -22,8 +22,14 @@ from vggtl.training import artifact as artifact_mod
 
 
 def expand_inputs(inputs, extensions) -> list[Path]:
-    """Files as given, and every image file under each directory (sorted)."""
-    paths = []
+    """Files as given, and every image file under each directory (sorted).
+
+    A missing file among others stays in the list: it is reported as skipped
+    ("cannot read file: No such file or directory") and the others are still
+    predicted (exit 1, as for an undecodable file); when nothing given exists,
+    VggtlError (a usage error) names the first.
+    """
+    paths, missing = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -31,10 +37,12 @@ def expand_inputs(inputs, extensions) -> list[Path]:
             if not found:
                 raise VggtlError(f"directory {item!r} contains no image ({', '.join(extensions)})")
             paths.extend(found)
-        elif path.exists():
-            paths.append(path)
         else:
-            raise VggtlError(f"input {item!r} does not exist")
+            paths.append(path)
+            if not path.exists():
+                missing.append(item)
+    if missing and len(missing) == len(paths):
+        raise VggtlError(f"input {missing[0]!r} does not exist")
     return paths
 
 

@@ -141,7 +141,7 @@ def _manifest(dataset, fs) -> dict:
         "data_root": str(dataset.root),
         "layout": dataset.layout,
         "data_digest": dataset.digest(),
-        "counts": dataset.counts(),
+        "counts": dataset.counts(skipped=[path for path, _ in fs.skipped]),
         "skipped": [{"path": p, "reason": r} for p, r in fs.skipped],
         "files": [
             {"path": fs.paths[i], "label": fs.class_names[fs.labels[i]], "split": SPLITS[fs.splits[i]]}
@@ -219,8 +219,13 @@ class Artifact:
     metrics: dict
 
     def load_model(self):
-        """The end-to-end ``model.keras``."""
-        return load_keras(self.path / "model.keras")
+        """The end-to-end ``model.keras``; ArtifactError when its outputs are not one per label."""
+        model = load_keras(self.path / "model.keras")
+        width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+        if width != len(self.labels):
+            raise ArtifactError(f"{self.path}: model.keras gives {width} outputs but labels.json names {len(self.labels)} "
+                                "classes; the artifact was altered")
+        return model
 
     @property
     def features_runtime(self) -> dict | None:
@@ -331,6 +336,12 @@ def load(path) -> Artifact:
     labels = _read(path, "labels.json", json.loads, list)
     if not labels or not all(isinstance(label, str) for label in labels) or len(set(labels)) != len(labels):
         raise ArtifactError(f"{path}: labels.json must be a list of distinct class names; the artifact was altered")
+    if (path / "manifest.json").is_file():
+        files = _read(path, "manifest.json", json.loads, dict).get("files", [])
+        unknown = sorted({f.get("label") for f in files if isinstance(f, dict)} - set(labels))
+        if unknown:
+            raise ArtifactError(f"{path}: manifest.json names class {unknown[0]!r}, which labels.json does not have; "
+                                "the artifact was altered")
     return Artifact(path=path, labels=labels, config=_read(path, "config.yaml", yaml.safe_load, dict), info=info,
                     metrics=_read(path, "metrics.json", json.loads, dict))
 

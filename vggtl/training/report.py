@@ -370,14 +370,14 @@ def write_predictions_csv(path: Path, fs, probs: dict) -> None:
 
 def _dataset_section(dataset, fs) -> list[str]:
     lines = ["", "## Dataset", "", f"Root `{dataset.root}` ({dataset.layout} layout).", ""]
-    counts = dataset.counts()
+    counts = dataset.counts(skipped=[path for path, _ in fs.skipped])
     lines += _table(
         ["class", *SPLITS, "total"],
         [[c, *(counts[s][c] for s in SPLITS), sum(counts[s][c] for s in SPLITS)] for c in fs.class_names],
     )
     lines += [""]
     if fs.skipped:
-        lines += [f"**{len(fs.skipped)} file(s) skipped** (counted above, not used):", ""]
+        lines += [f"**{len(fs.skipped)} file(s) skipped** (not counted above, not used):", ""]
         lines += [f"- `{p}`: {r}" for p, r in fs.skipped]
         lines += [""]
     return lines + [f"- note: {note}" for note in dataset.warnings]
