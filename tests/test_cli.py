@@ -92,3 +92,16 @@ def test_terminal_writes_live_while_stderr_is_filtered():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == ["live", "held back"]
+
+
+def test_ctrl_c_says_nothing_half_written_was_published_and_that_a_rerun_resumes(capsys):
+    from vggtl.errors import cli_entry
+
+    @cli_entry
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    assert main([]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: nothing half-written was published; run the command again" in err
+    assert "extract keeps the features it had finished" in err and "Traceback" not in err

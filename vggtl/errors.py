@@ -120,7 +120,9 @@ def cli_entry(main):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            # Every command publishes atomically: say so, and that extract resumes.
+            print("interrupted: nothing half-written was published; run the command again (extract keeps the "
+                  "features it had finished and computes only the rest)", file=sys.stderr)
             return 130
         except BrokenPipeError:
             # `vggtl predict ... | head`: the reader left; stop quietly, as Unix tools do.
