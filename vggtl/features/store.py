@@ -361,8 +361,8 @@ def _drop_damaged_rows(fh, file_path: Path, found: CachedState, state: CachedSta
     that extraction recomputes exactly those."""
     if not integrity.is_sealed(fh):
         return
-    keys = fh["entries/key"].asstr()[:]
-    damaged = {keys[row] for layer in fh["features"] for row in integrity.damaged_rows(fh, layer)}
+    key_of_row = {row: key for key, (_, row) in found.sources.items()}  # entries/key, as _read_entries read it
+    damaged = {key_of_row[row] for layer in fh["features"] for row in integrity.damaged_rows(fh, layer)}
     for key in damaged:
         found.sources.pop(key, None)
     if damaged:
