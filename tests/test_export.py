@@ -87,6 +87,28 @@ def test_low_agreement_exits_1_and_keeps_the_files_marked_unverified(trained, tm
     assert "NO" in capsys.readouterr().out
 
 
+def test_an_export_its_runtime_cannot_run_is_removed_and_the_others_are_published(trained, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    tflite = formats.FORMATS["tflite"]
+
+    def write(model, out, labels, quantize, representative):
+        if quantize != "float16":
+            return tflite.write(model, out, labels, quantize, representative)
+        (out / "model.tflite").write_bytes(b"not a flatbuffer")
+        return out / "model.tflite"
+
+    monkeypatch.setitem(formats.FORMATS, "tflite", dataclasses.replace(tflite, write=write))
+    out = tmp_path / "out"
+    assert export_command.main([str(trained), "--format", "tflite", "--quantize", "none", "--quantize", "float16",
+                                "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the tflite-float16 export could not be run by its runtime:" in err and "Traceback" not in err
+    assert f"(published: {out / 'tflite'})" in err
+    assert json.loads((out / "tflite" / "export.json").read_text())["verification"]["verified"]
+    assert sorted(p.name for p in out.iterdir()) == ["tflite"]  # no staging, no half export
+
+
 def test_report_gets_an_exports_section_and_the_artifact_still_verifies(trained, core_exports, tmp_path, capsys,
                                                                          monkeypatch):
     from vggtl.training import artifact

@@ -2,15 +2,17 @@
 
 For each requested format (and quantization) the export is written into a
 hidden staging directory under ``out``, with ``labels.txt``; then the runner
-script (:mod:`vggtl.exports.runner`, no vggtl code) loads it with its own
-runtime in a subprocess and classifies the artifact's test images, decoded
+script (:mod:`vggtl.exports.runner`, no vggtl code) loads each with its own
+runtime, all in one subprocess, and classifies the artifact's test images, decoded
 from ``data.root`` exactly as in extraction. Its top-1 agreement with
 ``model.keras`` (for an artifact trained on OpenVINO / ONNX Runtime features,
 exported in that runtime's format: with the carried base + ``head.keras`` it
 is made from, see :class:`CarriedBase`), test accuracy, max |delta p| and images/s go into
 ``export.json`` and the printed table; the directory is then renamed to
 ``<out>/<format>[-<quantize>]``. Below ``min_agreement`` (or with no test
-images to check) the files are kept, marked ``"verified": false``.
+images to check) the files are kept, marked ``"verified": false``. A
+conversion that fails publishes nothing; an export its runtime cannot run is
+removed, the others are published, and the error names it.
 """
 
 from __future__ import annotations
@@ -107,11 +109,41 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     reference = model.predict(images, verbose=0) if len(images) else None
     representative = lambda: training_images(art, decode)  # noqa: E731 - decoded only for int8
     context = _Context(art, model, out, representative, (images, labels, reference, note), min_agreement, CarriedBase(art, images))
-    results = []
-    for fmt, mode in jobs:
-        log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
-        results.append(_one(context, fmt, mode))
-    return results
+    staged = []
+    try:
+        for fmt, mode in jobs:
+            log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
+            staged.append(_stage(context, fmt, mode))
+        measured = run_runtimes([(job.fmt.name, job.target) for job in staged if job.check[2] is not None], images)
+        return _publish_all(context, staged, measured)
+    except BaseException:
+        for job in staged:  # a published one was renamed away: nothing left to remove
+            shutil.rmtree(job.staging, ignore_errors=True)
+        raise
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """One export written into its staging directory, not yet verified or published.
+
+    Attributes:
+        fmt, mode: the format and quantization.
+        staging: the hidden directory it was written into.
+        target: the file or directory its runtime loads (inside ``staging``).
+        on_base: made from the artifact's carried base (see :class:`CarriedBase`).
+        check: ``(test images, labels, the reference's probabilities or None, note)``.
+    """
+
+    fmt: formats.Format
+    mode: str
+    staging: Path
+    target: Path
+    on_base: bool
+    check: tuple
+
+    @property
+    def name(self) -> str:
+        return self.fmt.name + ("" if self.mode == "none" else f"-{self.mode}")
 
 
 @dataclass(frozen=True)
@@ -176,31 +208,60 @@ class CarriedBase:
                 f"features (export --format {own} carries that base)")
 
 
-def _one(context: _Context, fmt, mode: str) -> Result:
-    """Write one export into staging (from the carried base when it serves this
-    format, else from ``model.keras``), verify it, write its export.json, publish it."""
-    art, model, out, carried, check = context.art, context.model, context.out, context.carried, context.check
-    name = fmt.name + ("" if mode == "none" else f"-{mode}")
-    staging = out / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def _stage(context: _Context, fmt, mode: str) -> _Staged:
+    """Write one export, with ``labels.txt``, into a new staging directory (from
+    the carried base when it serves this format, else from ``model.keras``)."""
+    art, carried, check = context.art, context.carried, context.check
+    staging = context.out / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         on_base = carried.serves(fmt, mode)
-        target = carried.write(fmt, staging) if on_base else fmt.write(model, staging, art.labels, mode, context.representative)
+        target = carried.write(fmt, staging) if on_base else fmt.write(context.model, staging, art.labels, mode,
+                                                                        context.representative)
         (staging / "labels.txt").write_text("\n".join(art.labels) + "\n", encoding="utf-8")
-        result = Result(fmt.name, mode, str(out / name), reference=carried.name if on_base else "model.keras")
-        if on_base:
-            check = (check[0], check[1], carried.reference(), check[3])
-        verify(result, fmt, target, check, context.min_agreement)
-        result.note = "; ".join(filter(None, [carried.note(on_base), result.note]))
-        result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                        for p in sorted(staging.rglob("*")) if p.is_file()}
-        result.size_bytes = sum(f["bytes"] for name, f in result.files.items() if name != "labels.txt")
-        artifact_mod.write_json(staging / "export.json", export_record(art, model, fmt, mode, target.relative_to(staging), result))
-        _replace(staging, out / name)
-        return result
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if on_base:
+        check = (check[0], check[1], carried.reference(), check[3])
+    return _Staged(fmt, mode, staging, target, on_base, check)
+
+
+def _publish_all(context: _Context, staged: list[_Staged], measured: list) -> list[Result]:
+    """Score, record and publish every staged export whose runtime ran; one that
+    could not be run is removed, and named in the error raised after the others are published.
+
+    Raises:
+        VggtlError: naming each export its runtime could not run.
+    """
+    runs = iter(measured)
+    results, failed = [], []
+    for job in staged:
+        outcome = next(runs) if job.check[2] is not None else None
+        if isinstance(outcome, str):
+            shutil.rmtree(job.staging, ignore_errors=True)
+            failed.append(f"the {job.name} export could not be run by its runtime: {outcome}")
+            continue
+        results.append(_publish(context, job, outcome))
+    if failed:
+        raise VggtlError("; ".join(failed) + (f" (published: {', '.join(r.path for r in results)})" if results else ""))
+    return results
+
+
+def _publish(context: _Context, job: _Staged, outcome) -> Result:
+    """Fill in what verifying ``job`` measured (``outcome``: ``(probabilities, seconds)``,
+    None when there was nothing to verify on), write its export.json, rename it into place."""
+    art, model, carried, staging = context.art, context.model, context.carried, job.staging
+    result = Result(job.fmt.name, job.mode, str(context.out / job.name), reference=carried.name if job.on_base else "model.keras")
+    score(result, outcome, job.check, context.min_agreement)
+    result.note = "; ".join(filter(None, [carried.note(job.on_base), result.note]))
+    result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                    for p in sorted(staging.rglob("*")) if p.is_file()}
+    result.size_bytes = sum(f["bytes"] for name, f in result.files.items() if name != "labels.txt")
+    record = export_record(art, model, job.fmt, job.mode, job.target.relative_to(staging), result)
+    artifact_mod.write_json(staging / "export.json", record)
+    _replace(staging, context.out / job.name)
+    return result
 
 
 def _replace(staging: Path, target: Path) -> None:
@@ -255,13 +316,14 @@ def training_images(art, decode, limit: int = REPRESENTATIVE_MAX):
             continue
 
 
-def verify(result: Result, fmt, target: Path, check, min_agreement: float) -> None:
-    """Run the export with its own runtime in a subprocess and fill in ``result``."""
+def score(result: Result, outcome, check, min_agreement: float) -> None:
+    """Fill in ``result`` from what its runtime measured (``outcome``:
+    ``(probabilities, seconds)``; None: unverified, ``check``'s note says why)."""
     images, labels, reference, note = check
-    if reference is None:
+    if outcome is None:
         result.note = f"unverified: {note}"
         return
-    probs, seconds = run_runtime(fmt.name, target, images)
+    probs, seconds = outcome
     result.reference_test_accuracy = round(float(np.mean(reference.argmax(1) == labels)), 6)
     result.test_accuracy = round(float(np.mean(probs.argmax(1) == labels)), 6)
     result.agreement = round(float(np.mean(probs.argmax(1) == reference.argmax(1))), 6)
@@ -272,19 +334,36 @@ def verify(result: Result, fmt, target: Path, check, min_agreement: float) -> No
         result.note = f"unverified: top-1 agreement {result.agreement:.3f} < --min-agreement {min_agreement}"
 
 
-def run_runtime(fmt: str, target: Path, images: np.ndarray) -> tuple[np.ndarray, float]:
-    """Probabilities of ``images`` from the runner script, and its inference seconds."""
+def run_runtimes(jobs: list[tuple[str, Path]], images: np.ndarray) -> list:
+    """Run each ``(format, model path)`` in ``jobs`` on ``images`` with its own runtime,
+    all in one runner subprocess (each runtime imported once).
+
+    Returns:
+        Per job, in order: ``(probabilities, inference seconds)``, or the
+        runtime's error message (a str) when it could not run that model.
+
+    Raises:
+        VggtlError: the runner process itself failed.
+    """
+    if not jobs:
+        return []
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "images.npy", images)
-        out = str(Path(tmp) / "probs.npy")
+        tmp = Path(tmp)
+        np.save(tmp / "images.npy", images)
+        outs = [str(tmp / f"probs-{i}.npy") for i in range(len(jobs))]
+        (tmp / "jobs.json").write_text(json.dumps([[fmt, str(Path(target).absolute()), out] for (fmt, target), out in zip(jobs, outs)]))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run([sys.executable, str(RUNNER), fmt, str(Path(target).absolute()), str(Path(tmp) / "images.npy"), out],
+        done = subprocess.run([sys.executable, str(RUNNER), str(tmp / "images.npy"), str(tmp / "jobs.json")],
                               cwd=tmp, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             tail = " ".join(done.stderr.strip().splitlines()[-3:])[-600:]
-            raise VggtlError(f"the {fmt} export could not be run by its runtime: {tail}")
-        timing = json.loads(Path(out + ".json").read_text())
-        return np.load(out), timing["seconds"]
+            raise VggtlError(f"the exports could not be run by their runtimes: {tail}")
+        return [_runner_outcome(out) for out in outs]
+
+
+def _runner_outcome(out: str):
+    timing = json.loads(Path(out + ".json").read_text())
+    return timing["error"] if "error" in timing else (np.load(out), timing["seconds"])
 
 
 def export_record(art, model, fmt, mode: str, relpath: Path, result: Result) -> dict:

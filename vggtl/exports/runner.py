@@ -1,15 +1,20 @@
-"""Run one exported model with its own runtime: a standalone script.
+"""Run exported models with their own runtimes: a standalone script.
 
-It is executed in a subprocess (``python runner.py FORMAT MODEL IMAGES OUT``)
-and imports nothing from vggtl, so an export that only works with vggtl's
-code around it fails here, not on the user's machine. IMAGES is a ``.npy``
-of uint8 RGB images (N, S, S, 3); OUT receives ``probabilities`` (.npy) and
-the inference time in ``OUT.json``.
+It is executed in a subprocess (``python runner.py IMAGES JOBS``) and imports
+nothing from vggtl, so an export that only works with vggtl's code around it
+fails here, not on the user's machine. IMAGES is a ``.npy`` of uint8 RGB
+images (N, S, S, 3); JOBS a JSON list of ``[FORMAT, MODEL, OUT]``: each OUT
+receives the ``probabilities`` (.npy) and ``OUT.json`` the inference time, or
+``{"error": ...}`` when that model could not be run (the next job still runs).
+
+One process runs every export of a ``vggtl export`` command: each runtime is
+imported once (TensorFlow alone takes seconds), not once per export.
 """
 
 import json
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -58,9 +63,11 @@ def openvino(path):
     return lambda x: compiled(x.astype(np.float32))[0]
 
 
-def main(fmt, model, images, out):
-    run = {"savedmodel": savedmodel, "tflite": tflite, "onnx": onnx, "openvino": openvino}[fmt](model)
-    x = np.load(images)
+RUNTIMES = {"savedmodel": savedmodel, "tflite": tflite, "onnx": onnx, "openvino": openvino}
+
+
+def run_one(fmt, model, x, out):
+    run = RUNTIMES[fmt](model)
     run(x[:1])  # warm-up: graph building and allocation are not inference speed
     started = time.perf_counter()
     probs = np.concatenate([run(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
@@ -70,5 +77,18 @@ def main(fmt, model, images, out):
         json.dump({"seconds": seconds, "images": len(x)}, f)
 
 
+def main(images, jobs):
+    x = np.load(images)
+    with open(jobs) as f:
+        todo = json.load(f)
+    for fmt, model, out in todo:
+        try:
+            run_one(fmt, model, x, out)
+        except Exception as error:  # noqa: BLE001 - reported per export; the others still run
+            lines = traceback.format_exception_only(type(error), error)
+            with open(out + ".json", "w") as f:
+                json.dump({"error": " ".join(line.strip() for line in lines)[-600:]}, f)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:3])
