@@ -38,9 +38,14 @@ def test_class_index_is_keras_own_file():
     assert imagenet.CLASS_INDEX_MD5 in Path(imagenet_utils.__file__).read_text()
 
 
-def test_class_index_ships_as_package_data():
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert '[tool.setuptools.package-data]\n' in pyproject and 'vggtl = ["*.json"]' in pyproject
+def test_class_index_and_page_templates_ship_as_package_data():
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["vggtl"]
+    shipped = {p.relative_to(repo / "vggtl").as_posix() for pattern in patterns for p in (repo / "vggtl").glob(pattern)}
+    assert "imagenet_class_index.json" in shipped
+    assert {"reports/templates/base.html.j2", "reports/templates/report.html.j2"} <= shipped
 
 
 def test_resolve_class():

@@ -56,7 +56,7 @@ def test_artifact_contents_and_checksums(run_dir):
     art = artifact.load(run_dir / "experiments/tiny")
     assert art.path.name == "v2"
     assert art.labels == ["blue", "green", "red"]
-    for name in ("model.keras", "config.yaml", "metrics.json", "history.json", "manifest.json", "report.md"):
+    for name in ("model.keras", "config.yaml", "metrics.json", "history.json", "manifest.json", "report.md", "report.html"):
         assert (art.path / name).is_file(), name
     info = art.info
     assert info["weights"]["random"] is True

@@ -25,7 +25,8 @@ def test_table():
 def test_figures(tmp_path):
     report.plot_confusion([[3, 1], [0, 4]], ["x", "y"], tmp_path / "cm.png")
     curves = {"loss": [1, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]}
-    report.plot_curves({"phase1": curves, "phase2": curves}, tmp_path / "c.png")
+    watched = {**curves, "val_cross_entropy": [1.0, 0.6], "val_accuracy_final": [0.5, 0.75], "best_epoch": 2}
+    report.plot_curves({"phase1": watched, "phase2": curves}, tmp_path / "c.png")  # and an older artifact's curves
     for name in ("cm.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -29,7 +29,7 @@ import sys
 
 from vggtl import cli, tfquiet
 from vggtl.errors import cli_entry
-from vggtl.exports.report import add_to_artifact_report, table_lines
+from vggtl.exports.report import table_lines
 from vggtl.exports.run import export
 
 __all__ = ["main", "export"]
@@ -49,7 +49,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tfquiet.filtered_stderr():
         results = export(args.artifact, args.format, args.quantize, args.out, args.min_agreement)
-        add_to_artifact_report(args.artifact, results)
     print("\n".join(table_lines(results)))
     return 0 if all(r.verified for r in results) else 1
 

@@ -1,11 +1,12 @@
-"""python -m vggtl.runs [NAME] [--dir DIR] [--compare vA vB]: the versions of a run.
+"""python -m vggtl.runs [NAME] [--dir DIR] [--compare vA vB [--html FILE]]: the versions of a run.
 
 Without NAME, lists the runs under DIR (default: experiments). With NAME, one
 line per version: creation time, data and split digests, val and test accuracy
 (with the test accuracy's 95% interval), cross-validation mean, and which
 config keys changed since the previous version. --compare vA vB shows the
 metric deltas and the whole config diff of two versions, and warns when they
-were evaluated on different data or splits.
+were evaluated on different data or splits; --html FILE also writes a page
+with the images whose prediction became right or wrong between them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("name", nargs="?", help="run name (a folder of DIR holding v1, v2, ...)")
     parser.add_argument("--dir", default="experiments", help="where the runs are (output.dir; default: experiments)")
     parser.add_argument("--compare", nargs=2, metavar=("vA", "vB"), help="compare two versions of NAME")
+    parser.add_argument("--html", metavar="FILE", help="with --compare: also write a page with the images whose prediction changed")
     args = parser.parse_args(argv)
     base = Path(args.dir)
     if args.name is None:
@@ -34,7 +36,9 @@ def main(argv=None) -> int:
             raise ArtifactError(f"{base}: no runs here (folders with versions); pass --dir output.dir")
         print("\n".join(names))
         return 0
-    lines = compare_lines(base / args.name, *args.compare) if args.compare else listing_lines(base / args.name)
+    if args.html and not args.compare:
+        raise ArtifactError("--html needs --compare vA vB")
+    lines = compare_lines(base / args.name, *args.compare, html=args.html) if args.compare else listing_lines(base / args.name)
     print("\n".join(lines))
     return 0
 

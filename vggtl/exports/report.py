@@ -1,53 +1,77 @@
-"""The export table, on the console and as the "Exports" section of the artifact's report."""
+"""The export table: on the console, and one row per export kept in the
+artifact (``exports.json``) and shown by both of its reports."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 
-from vggtl.files import sha256_file
 from vggtl.training import artifact as artifact_mod
 
 BEGIN, END = "<!-- vggtl exports -->", "<!-- /vggtl exports -->"
+EXPORTS = "exports.json"
+ROW_KEYS = ("format", "quantize", "size_bytes", "test_accuracy", "reference_test_accuracy", "agreement", "max_abs_dprob",
+            "images_per_second", "verified", "path", "note")
 
 
 def _num(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def table_lines(results) -> list[str]:
-    """A markdown table (it reads as plain text too) and the unverified notes."""
+def table_lines(rows) -> list[str]:
+    """A markdown table (it reads as plain text too) and the unverified notes;
+    ``rows`` are :class:`~vggtl.exports.run.Result` or their ``exports.json`` records."""
+    rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
     lines = ["| format | quantize | size (MB) | test acc | reference acc | top-1 agreement | max abs dp | images/s | verified | path |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r.format} | {r.quantize} | {r.size_bytes / 1e6:.1f} | {_num(r.test_accuracy)} | {_num(r.reference_test_accuracy)} | "
-                     f"{_num(r.agreement)} | {_num(r.max_abs_dprob, 4)} | {_num(r.images_per_second, 1)} | "
-                     f"{'yes' if r.verified else 'NO'} | {r.path} |")
-    lines += [f"{r.format} {r.quantize}: {r.note}" for r in results if r.note]
+    for r in rows:
+        lines.append(f"| {r['format']} | {r['quantize']} | {r['size_bytes'] / 1e6:.1f} | {_num(r['test_accuracy'])} | "
+                     f"{_num(r['reference_test_accuracy'])} | {_num(r['agreement'])} | {_num(r['max_abs_dprob'], 4)} | "
+                     f"{_num(r['images_per_second'], 1)} | {'yes' if r['verified'] else 'NO'} | {r['path']} |")
+    lines += [f"{r['format']} {r['quantize']}: {r['note']}" for r in rows if r["note"]]
     return lines
 
 
-def add_to_artifact_report(artifact_path, results) -> None:
-    """Put the table into ``report.md`` ("Exports", replacing an earlier one) and
-    update its line in ``checksums.sha256``, both by atomic replace, so the
-    artifact still verifies."""
+def add_to_artifact(artifact_path, results, model=None) -> None:
+    """Add one row per export in ``results`` to the artifact's ``exports.json``
+    (earlier rows kept), show them all in ``report.md`` ("Exports") and
+    ``report.html``, and reseal those files' checksums, each by atomic replace.
+
+    Args:
+        model: the artifact's loaded ``model.keras`` (report.html's Grad-CAM
+            overlays), or None to load it.
+    """
     path = artifact_mod.resolve(artifact_path)
-    report = path / "report.md"
-    if not report.is_file():
-        return
-    text = report.read_text(encoding="utf-8")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = _read_rows(path) + [{**{k: asdict(r)[k] for k in ROW_KEYS}, "created_utc": stamp} for r in results]
+    _replace_text(path / EXPORTS, json.dumps(rows, indent=2) + "\n")
+    if (path / "report.md").is_file():
+        _replace_text(path / "report.md", _with_section((path / "report.md").read_text(encoding="utf-8"), rows))
+    if (path / "predictions.csv").is_file():  # artifacts older than report.html have no per-image predictions
+        from vggtl.reports import artifact_page
+
+        artifact_page.render(path, model)
+    artifact_mod.reseal(path, [EXPORTS, "report.md", "report.html"])
+
+
+def _read_rows(path: Path) -> list[dict]:
+    file = path / EXPORTS
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else []
+
+
+def _with_section(text: str, rows: list[dict]) -> str:
+    """``report.md`` with its Exports section (between the markers) holding ``rows``."""
     if BEGIN in text:
         text = text[: text.index(BEGIN)].rstrip("\n") + "\n" + text[text.index(END) + len(END):].lstrip("\n")
-    section = [BEGIN, "## Exports", "", "Each export was run by its own runtime on the test images (`vggtl export`).", "",
-               *table_lines(results), END]
-    _replace_text(report, text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
-    sums = path / artifact_mod.CHECKSUMS
-    lines = [f"{sha256_file(report)}  report.md" if line.endswith("  report.md") else line
-             for line in sums.read_text(encoding="utf-8").splitlines()]
-    _replace_text(sums, "\n".join(lines) + "\n")
+    section = [BEGIN, "## Exports", "", "Each export was run by its own runtime on the test images (`vggtl export`); "
+               "one row per export, oldest first.", "", *table_lines(rows), END]
+    return text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -33,6 +33,7 @@ import numpy as np
 from vggtl.data import UndecodableImage, evenly_spaced
 from vggtl.errors import ConfigError, VggtlError, require_extra
 from vggtl.exports import formats
+from vggtl.exports.report import add_to_artifact
 from vggtl.files import make_dir, sha256_file
 from vggtl.training import artifact as artifact_mod
 from vggtl.training import features_runtime
@@ -87,7 +88,8 @@ def plan(names: list[str], modes: list[str]) -> list[tuple[formats.Format, str]]
 
 
 def export(artifact_path, names: list[str], modes: list[str], out=None, min_agreement: float = 0.98, log=print) -> list[Result]:
-    """Write, verify and publish each export of the artifact at ``artifact_path``.
+    """Write, verify and publish each export of the artifact at ``artifact_path``,
+    and add a row per export to its reports (:func:`vggtl.exports.report.add_to_artifact`).
 
     Returns:
         One :class:`Result` per export, in the order written.
@@ -115,11 +117,15 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
             log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
             staged.append(_stage(context, fmt, mode))
         measured = run_runtimes([(job.fmt.name, job.target) for job in staged if job.check[2] is not None], images)
-        return _publish_all(context, staged, measured)
+        results, failed = _publish_all(context, staged, measured)
     except BaseException:
         for job in staged:  # a published one was renamed away: nothing left to remove
             shutil.rmtree(job.staging, ignore_errors=True)
         raise
+    add_to_artifact(art.path, results, model)
+    if failed:
+        raise VggtlError("; ".join(failed) + (f" (published: {', '.join(r.path for r in results)})" if results else ""))
+    return results
 
 
 @dataclass(frozen=True)
@@ -227,13 +233,9 @@ def _stage(context: _Context, fmt, mode: str) -> _Staged:
     return _Staged(fmt, mode, staging, target, on_base, check)
 
 
-def _publish_all(context: _Context, staged: list[_Staged], measured: list) -> list[Result]:
+def _publish_all(context: _Context, staged: list[_Staged], measured: list) -> tuple[list[Result], list[str]]:
     """Score, record and publish every staged export whose runtime ran; one that
-    could not be run is removed, and named in the error raised after the others are published.
-
-    Raises:
-        VggtlError: naming each export its runtime could not run.
-    """
+    could not be run is removed. Returns the published results and what failed."""
     runs = iter(measured)
     results, failed = [], []
     for job in staged:
@@ -243,9 +245,7 @@ def _publish_all(context: _Context, staged: list[_Staged], measured: list) -> li
             failed.append(f"the {job.name} export could not be run by its runtime: {outcome}")
             continue
         results.append(_publish(context, job, outcome))
-    if failed:
-        raise VggtlError("; ".join(failed) + (f" (published: {', '.join(r.path for r in results)})" if results else ""))
-    return results
+    return results, failed
 
 
 def _publish(context: _Context, job: _Staged, outcome) -> Result:

@@ -284,7 +284,7 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
         # the input so every operation after it is recorded.
         tape.watch(x)
         calls, score, output = _class_score(model, x, conv_layer, class_index)
-    _check_replay(model, x, output)
+    _check_replay(model, x, output, conv_layer)
     grads = tape.gradient(score, [activations for activations, _ in calls])
     if all(g is None for g in grads):
         raise ValueError(f"the class score does not depend on layer {conv_layer!r}; choose an earlier layer")
@@ -331,7 +331,15 @@ def _weighted_maps(tf, calls, grads) -> np.ndarray:
     return (cam / peak if peak > 0 else np.zeros_like(cam)).astype(np.float32)
 
 
-def _check_replay(model, x, output) -> None:
+# (model -> conv layers) whose replay already reproduced the model's output.
+# Whether the replay matches is a property of the graph, not of the image:
+# checking it once per model spares a second pass of the base per image.
+_REPLAY_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _check_replay(model, x, output, conv_layer: str) -> None:
+    if conv_layer in _REPLAY_CHECKED.get(model, ()):
+        return
     direct = np.asarray(model(x, training=False))
     diff = float(np.max(np.abs(direct - np.asarray(output))))
     if not diff <= REPLAY_TOLERANCE:
@@ -339,6 +347,7 @@ def _check_replay(model, x, output) -> None:
             f"replaying model {model.name!r} layer by layer differs from the model by {diff:.3g}; "
             "Grad-CAM here supports chains of layers and nested networks"
         )
+    _REPLAY_CHECKED.setdefault(model, set()).add(conv_layer)
 
 
 # --------------------------------------------------------------------------- overlay

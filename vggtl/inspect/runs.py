@@ -129,18 +129,20 @@ def _get(mapping: dict | None, path) -> float | None:
     return mapping
 
 
-def compare_lines(run_dir, a: str, b: str) -> list[str]:
-    """Metric deltas and the config diff of versions ``a`` and ``b`` (e.g. ``v1``, ``v3``)."""
+def compare_lines(run_dir, a: str, b: str, html=None) -> list[str]:
+    """Metric deltas and the config diff of versions ``a`` and ``b`` (e.g. ``v1``, ``v3``);
+    with ``html`` (a file path) also the comparison page with the images whose
+    prediction changed (:mod:`vggtl.reports.compare_page`)."""
     by_name = {v.name: v for v in versions(run_dir)}
     for name in (a, b):
         if name not in by_name:
             raise ArtifactError(f"{run_dir}: no version {name!r}; versions here: {', '.join(by_name)}")
     va, vb = by_name[a], by_name[b]
+    metric_rows = [(label, _get(getattr(va.metrics, field), path), _get(getattr(vb.metrics, field), path))
+                   for label, field, path in METRICS]
+    metric_rows = [(label, x, y) for label, x, y in metric_rows if x is not None or y is not None]
     lines = [f"{'metric':20} {a:>9} {b:>9} {'change':>9}"]
-    for label, field, path in METRICS:
-        x, y = _get(getattr(va.metrics, field), path), _get(getattr(vb.metrics, field), path)
-        if x is None and y is None:
-            continue
+    for label, x, y in metric_rows:
         delta = f"{y - x:+.4f}" if x is not None and y is not None else "-"
         lines.append(f"{label:20} {_num(x):>9} {_num(y):>9} {delta:>9}")
     ra, rb = row(va, None), row(vb, None)
@@ -150,6 +152,10 @@ def compare_lines(run_dir, a: str, b: str) -> list[str]:
     diff = config_diff(va.config, vb.config)
     lines += ["", f"config changes {a} -> {b}:" if diff else f"config: identical in {a} and {b}"]
     lines += [f"  {k}: {json.dumps(x)} -> {json.dumps(y)}" for k, x, y in diff]
+    if html is not None:
+        from vggtl.reports import compare_page
+
+        lines += ["", f"page: {compare_page.render(va, vb, metric_rows, diff, html)}"]
     return lines
 
 

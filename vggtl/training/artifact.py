@@ -65,6 +65,10 @@ def versions() -> dict:
     }
 
 
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_json(path: Path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
@@ -154,6 +158,19 @@ def existing_versions(run_dir: Path) -> list[int]:
     if not run_dir.is_dir():
         return []
     return sorted(int(m.group(1)) for p in run_dir.iterdir() if (m := _VERSION_DIR.match(p.name)))
+
+
+def reseal(path: Path, names) -> None:
+    """Recompute the ``checksums.sha256`` entries of ``names`` (files of the
+    published artifact at ``path`` that a later command rewrote or added: an
+    export's rows in the reports), by atomic replace, so the artifact still verifies."""
+    listed = _read_checksums(path)
+    for name in names:
+        if (path / name).is_file():
+            listed[name] = sha256_file(path / name)
+    tmp = path / f".{CHECKSUMS}.{os.getpid()}.tmp"
+    tmp.write_text("".join(f"{digest}  {rel}\n" for rel, digest in sorted(listed.items())), encoding="utf-8")
+    os.replace(tmp, path / CHECKSUMS)
 
 
 def publish(staging: Path) -> Path:

@@ -228,6 +228,16 @@ def incremental_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
     return kernel, bias
 
 
+def probe_probabilities(pooled, stats, probe) -> np.ndarray:
+    """The probe's class probabilities of ``pooled`` vectors, as :func:`with_probe`'s
+    Normalization + softmax Dense compute them."""
+    mean, variance = stats
+    logits = ((np.asarray(pooled, np.float64) - mean) / np.sqrt(variance)) @ probe[0] + probe[1]
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def with_probe(head, pooling: str, stats, probe, name: str = "head"):
     """``head`` averaged with a linear probe on the same pooled maps.
 

@@ -39,12 +39,13 @@ def plot_confusion(matrix, class_names, path: Path) -> None:
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     n = len(class_names)
-    fig, axes = plt.subplots(1, 2, figsize=(2.4 + 1.2 * n, 1.2 + 0.6 * n))
-    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalised, "normalised per true class", ".2f")):
+    # Wide enough for its titles at any class count (they were clipped with 3 classes).
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.4 + 1.2 * n), max(3.6, 1.2 + 0.6 * n)))
+    for ax, values, title, fmt in ((axes[0], matrix, "test: counts", "d"), (axes[1], normalised, "test: share of each true class", ".2f")):
         ConfusionMatrixDisplay(values, display_labels=class_names).plot(
             ax=ax, cmap="Blues", colorbar=False, values_format=fmt, xticks_rotation=45
         )
-        ax.set_title(f"test confusion matrix: {title}")
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -58,17 +59,24 @@ def plot_curves(history: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     phases = list(history)
-    fig, axes = plt.subplots(len(phases), 2, figsize=(10, 3.5 * len(phases)), squeeze=False)
+    fig, axes = plt.subplots(len(phases), 2, figsize=(10, 3.8 * len(phases)), squeeze=False)
     for row, phase in zip(axes, phases):
-        curves = history[phase]
+        curves, best = history[phase], history[phase].get("best_epoch")
+        final = curves.get("val_accuracy_final")
+        for ax, key, label in ((row[0], "loss", "train loss (as optimised)"),
+                               (row[0], "val_cross_entropy", "val cross-entropy (early stopping watched it)"),
+                               (row[1], "accuracy", "train accuracy"),
+                               (row[1], "val_accuracy", "val accuracy: model being trained"),
+                               (row[1], "val_accuracy_final" if final != curves.get("val_accuracy") else None,
+                                "val accuracy: head + probe (the table's model)")):
+            if curves.get(key):
+                ax.plot(range(1, len(curves[key]) + 1), curves[key], label=label)
         for ax, key in zip(row, ("loss", "accuracy")):
-            epochs = range(1, len(curves.get(key, [])) + 1)
-            ax.plot(epochs, curves.get(key, []), label=f"train {key}")
-            if f"val_{key}" in curves:
-                ax.plot(epochs, curves[f"val_{key}"], label=f"val {key}")
+            if best:
+                ax.axvline(best, color="C3", linestyle="--", label=f"best epoch {best}")
             ax.set_xlabel("epoch")
-            ax.set_title(f"{PHASE_TITLES.get(phase, phase)}: {key}")
-            ax.legend()
+            ax.set_title(f"{PHASE_TITLES.get(phase, phase)}: {key}", fontsize=10)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -165,8 +173,10 @@ def _leakage_section(cfg, dataset, leakage: dict, out_dir: Path) -> list[str]:
     return lines
 
 
-def write(out_dir: Path, run, metrics, history, probs) -> Path:
-    """Write ``report.md`` and its figures into ``out_dir``; returns the report path.
+def write(out_dir: Path, run, metrics, history, probs, model=None) -> Path:
+    """Write ``report.md`` and its figures, then ``report.html`` (from the files
+    written so far, :mod:`vggtl.reports.artifact_page`), into ``out_dir``;
+    returns the path of ``report.md``.
 
     Args:
         out_dir: the artifact's staging directory.
@@ -177,6 +187,8 @@ def write(out_dir: Path, run, metrics, history, probs) -> Path:
         probs: ``{split: probabilities}`` of the final model on each split's
             rows (``fs.split_rows``): the predictions CSV and the worst
             misclassified come from them.
+        model: the artifact's end-to-end model (report.html's Grad-CAM
+            overlays); None loads ``model.keras`` from ``out_dir``.
     """
     cfg, dataset, fs = run.cfg, run.dataset, run.fs
     lines = _header(cfg, fs, metrics, run.weights)
@@ -197,8 +209,12 @@ def write(out_dir: Path, run, metrics, history, probs) -> Path:
               "predicted class, confidence, the probability of each class).", ""]
     test_rows = fs.split_rows("test")
     lines += _worst_section(cfg, dataset, fs, test_rows, probs["test"], out_dir)
+    lines += ["", "The same report with every image behind its numbers (click a confusion-matrix cell): `report.html`.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from vggtl.reports import artifact_page
+
+    artifact_page.render(out_dir, model)
     return path
 
 

@@ -115,7 +115,7 @@ def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
     finally:
         fs.close()
     log(f"artifact: {target}")
-    log(f"report:   {target / 'report.md'}")
+    log(f"report:   {target / 'report.html'} (open it in a browser; summary: report.md)")
     return artifact.load(target)
 
 
@@ -374,7 +374,7 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
         artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record)
         logs.write_history_csv(staging / "history.csv", trained.history)
         logs.write_tensorboard(staging / "tensorboard", trained.history)
-        report.write(staging, run, metrics, trained.history, trained.probs)
+        report.write(staging, run, metrics, trained.history, trained.probs, model)
         return artifact.publish(staging)
     except BaseException:
         artifact.abandon(staging)

@@ -1,0 +1,229 @@
+"""``report.html``: an artifact's report as one self-contained page.
+
+Rendered from the artifact's own files only (``metrics.json``,
+``history.json``, ``predictions.csv``, ``manifest.json``, ``info.json``,
+``config.yaml``, ``exports.json``) plus thumbnails decoded from ``data.root``
+as extraction decodes them, so ``vggtl train`` writes it and ``vggtl export``
+renders it again with its new row. An image that cannot be read any more
+(moved or deleted since training) is named in place of its thumbnail.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vggtl.reports import svg
+from vggtl.reports.thumbs import Thumbnails, data_uri
+
+EXAMPLES_PER_CLASS = 3  # correct and wrong thumbnails per class
+GALLERY_SPLITS = ("test", "val")
+LEAKAGE_PAIRS = 12  # near-duplicate pairs shown, most similar first
+PHASE_TITLES = {"phase1": "phase 1 (head on cached features)", "phase2": "phase 2 (fine-tuning)"}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's row of ``predictions.csv``."""
+
+    path: str
+    split: str
+    true: int
+    predicted: int
+    probs: tuple[float, ...]
+
+    @property
+    def confidence(self) -> float:
+        return self.probs[self.predicted]
+
+    def top(self, labels, k: int = 3) -> list[tuple[str, float]]:
+        order = np.argsort(-np.asarray(self.probs), kind="stable")[:k]
+        return [(labels[i], self.probs[i]) for i in order]
+
+
+def read_predictions(path: Path, labels: list[str]) -> list[Prediction]:
+    """Every row of ``predictions.csv`` (path, split, true, predicted, confidence, p_<class>...)."""
+    index = {name: i for i, name in enumerate(labels)}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [Prediction(row["path"], row["split"], index[row["true"]], index[row["predicted"]],
+                           tuple(float(row[f"p_{name}"]) for name in labels)) for row in csv.DictReader(fh)]
+
+
+def _read_json(path: Path, default=None):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+
+
+def render(artifact_dir, model=None) -> Path:
+    """Write ``<artifact_dir>/report.html`` (atomically) and return its path.
+
+    Args:
+        artifact_dir: a published artifact or a staging directory holding its
+            files (``report.md`` and ``predictions.csv`` already written).
+        model: the artifact's ``model.keras``, loaded, for the Grad-CAM
+            overlays of the worst errors (``output.gradcam``); None loads it
+            from the directory when they are asked for.
+    """
+    from vggtl import config
+    from vggtl.training import artifact as artifact_mod
+
+    directory = Path(artifact_dir)
+    labels = _read_json(directory / "labels.json")
+    manifest = _read_json(directory / "manifest.json")
+    cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
+    predictions = read_predictions(directory / "predictions.csv", labels)
+    thumbs = Thumbnails(cfg.spec.decode, Path(manifest["data_root"]))
+    page = ReportPage(directory, labels, cfg, predictions, thumbs)
+    if model is None and cfg.output.gradcam:
+        model = artifact_mod.load_keras(directory / "model.keras")
+    html = page.html(model)
+    target = directory / "report.html"
+    tmp = target.with_name(f".report.html.{os.getpid()}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _config(directory: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8"))
+
+
+class ReportPage:
+    """The sections of one artifact's page, each a small method over the artifact's files."""
+
+    def __init__(self, directory: Path, labels, cfg, predictions: list[Prediction], thumbs: Thumbnails):
+        self.dir, self.labels, self.cfg, self.thumbs = directory, labels, cfg, thumbs
+        self.metrics = _read_json(directory / "metrics.json")
+        self.info = _read_json(directory / "info.json")
+        self.history = _read_json(directory / "history.json", {})
+        self.manifest = _read_json(directory / "manifest.json")
+        self.exports = _read_json(directory / "exports.json", [])
+        self.by_split = {s: [p for p in predictions if p.split == s] for s in ("train", "val", "test")}
+
+    def html(self, model) -> str:
+        from vggtl.reports import templates
+
+        sections = {
+            "confusion": [self.confusion(s) for s in GALLERY_SPLITS if self.by_split[s]],
+            "per_class": self.per_class(),
+            "worst": self.worst(model),
+            "calibration": self.calibration(),
+            "curves": self.curves(),
+            "leakage": self.leakage(),
+        }
+        # Thumbnails are decoded while the sections are built: list what was missing last.
+        return templates.render("report.html.j2", title=f"vggtl report: {self.info['name']}", page=self,
+                                headline=self.headline(), missing=sorted(self.thumbs.missing.items()),
+                                skipped=self.manifest.get("skipped", []), exports=self.exports,
+                                provenance=self.provenance(), **sections)
+
+    def item(self, p: Prediction) -> dict:
+        """What a gallery shows of one image: thumbnail (or None), path, true label, top-3."""
+        return {"uri": self.thumbs(p.path), "path": p.path, "split": p.split, "true": self.labels[p.true],
+                "predicted": self.labels[p.predicted], "correct": p.true == p.predicted, "top": p.top(self.labels)}
+
+    # ------------------------------------------------------------------- sections
+
+    def headline(self) -> dict:
+        m = self.metrics
+        test, probe = m["test"], m["baseline"]["linear_probe"]
+        caps = [PHASE_TITLES[phase] for phase in ("phase1", "phase2") if (m.get(phase) or {}).get("hit_epoch_cap")]
+        return {"test": test, "probe_test": probe.get("test_accuracy"), "val": m["val"], "split": m["split"],
+                "skipped": len(self.manifest.get("skipped", [])), "caps": caps, "random": self.info["weights"]["random"],
+                "backbone": self.info["backbone"], "scratch": m["baseline"].get("scratch")}
+
+    def confusion(self, split: str) -> dict:
+        """The split's confusion matrix; each cell's images, for its gallery."""
+        n = len(self.labels)
+        cells = [[[] for _ in range(n)] for _ in range(n)]
+        for p in sorted(self.by_split[split], key=lambda p: -p.confidence):
+            cells[p.true][p.predicted].append(self.item(p))
+        return {"split": split, "cells": cells, "n": len(self.by_split[split]),
+                "row_totals": [sum(len(c) for c in row) for row in cells]}
+
+    def per_class(self) -> dict:
+        """Per class: precision, recall, F1, support (test), and a few correct and wrong examples."""
+        split = "test" if self.by_split["test"] else "val"
+        rows = []
+        for i, name in enumerate(self.labels):
+            mine = sorted((p for p in self.by_split[split] if p.true == i), key=lambda p: -p.confidence)
+            rows.append({"name": name, "metrics": (self.metrics[split].get("per_class") or {}).get(name),
+                         "correct": [self.item(p) for p in mine if p.predicted == i][:EXAMPLES_PER_CLASS],
+                         "wrong": [self.item(p) for p in mine if p.predicted != i][:EXAMPLES_PER_CLASS]})
+        return {"split": split, "rows": rows}
+
+    def worst(self, model) -> dict:
+        """The most confident test errors (``output.gradcam`` of them), each with a
+        Grad-CAM overlay of the predicted class."""
+        wrong = sorted((p for p in self.by_split["test"] if p.predicted != p.true), key=lambda p: -p.confidence)
+        limit = self.cfg.output.gradcam
+        shown = [dict(self.item(p), gradcam=self._gradcam(model, p)) for p in wrong[:limit]]
+        return {"items": shown, "total": len(wrong), "max": limit}
+
+    def _gradcam(self, model, p: Prediction) -> str | None:
+        from vggtl.data import UndecodableImage
+        from vggtl.inspect import gradcam
+
+        root = Path(self.manifest["data_root"])
+        try:
+            image = self.cfg.spec.decode.decode(root / p.path)
+        except (UndecodableImage, OSError):
+            return None  # named by its thumbnail's "missing" note
+        layer = gradcam.default_layer(model, self.cfg.spec.arch.gradcam_layer)
+        heat = gradcam.gradcam(model, image, p.predicted, conv_layer=layer)
+        return data_uri(gradcam.overlay(image, heat))
+
+    def calibration(self) -> dict:
+        charts = {s: svg.reliability(self.metrics[s]["calibration"]["bins"], self.metrics[s]["calibration"]["ece"],
+                                     f"{s} reliability")
+                  for s in ("val", "test") if (self.metrics[s].get("calibration") or {}).get("bins")}
+        return {"charts": charts, "temperature": self.metrics.get("temperature"),
+                "ece": {s: (self.metrics[s].get("calibration") or {}).get("ece") for s in ("val", "test")}}
+
+    def curves(self) -> list[dict]:
+        """Per phase: the loss early stopping watched and the accuracies, the best epoch marked."""
+        return [phase_curves(phase, curves, self.metrics) for phase, curves in self.history.items()
+                if isinstance(curves, dict) and curves.get("loss")]
+
+    def leakage(self) -> dict:
+        findings = self.metrics.get("leakage") or {}
+        pairs = [dict(p, a_uri=self.thumbs(p["a"]), b_uri=self.thumbs(p["b"])) for p in findings.get("near_duplicates", [])[:LEAKAGE_PAIRS]]
+        return {"identical": findings.get("identical", []), "pairs": pairs, "total": findings.get("near_duplicates_total", 0),
+                "threshold": findings.get("threshold")}
+
+    def provenance(self) -> dict:
+        info = self.info
+        digests = {"config": info.get("config_digest"), "data": info.get("data_digest"), "content": info.get("content_digest"),
+                   "split": (info.get("split") or {}).get("digest"), "weights": (info.get("weights") or {}).get("digest")}
+        return {"versions": info.get("versions", {}), "digests": digests, "created": info.get("created_utc"),
+                "weights": (info.get("weights") or {}).get("source"), "seconds": info.get("train_seconds"),
+                "artifact": self.dir.name}
+
+
+def phase_curves(phase: str, curves: dict, metrics: dict) -> dict:
+    """Two charts of one phase: loss (train, and the validation cross-entropy
+    early stopping watched) and accuracy (train, val of the model trained, val
+    of the model the table reports), with the best epoch marked by its values."""
+    best = curves.get("best_epoch") or len(curves["loss"])
+    watched = curves.get("val_cross_entropy") or []
+    final = curves.get("val_accuracy_final") or curves.get("val_accuracy") or []
+    at = best - 1
+    has_probe = phase == "phase1" and curves.get("val_accuracy_final") is not None and final != curves.get("val_accuracy")
+    loss = svg.line_chart(f"{PHASE_TITLES.get(phase, phase)}: loss", [
+        ("train loss (as optimised)", curves["loss"]), ("val cross-entropy (early stopping watched it)", watched)],
+        "loss", marker=(best, watched[at] if at < len(watched) else None, f"best epoch {best}"))
+    series = [("train accuracy", curves.get("accuracy", [])), ("val accuracy: model being trained", curves.get("val_accuracy", []))]
+    if has_probe:
+        series.append(("val accuracy: head + probe average (the table's model)", final))
+    value = final[at] if at < len(final) else None
+    accuracy = svg.line_chart(f"{PHASE_TITLES.get(phase, phase)}: accuracy", series, "accuracy",
+                              marker=(best, value, f"best epoch {best}: {value:.3f}" if value is not None else ""), y_range=(0, 1))
+    return {"phase": phase, "title": PHASE_TITLES.get(phase, phase), "loss": loss, "accuracy": accuracy, "best_epoch": best,
+            "best_val_accuracy": value, "epochs": len(curves["loss"]), "stopped_early": curves.get("stopped_early"),
+            "has_probe": has_probe}

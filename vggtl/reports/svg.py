@@ -1,0 +1,122 @@
+"""Charts as inline SVG strings: no plotting library, no image files.
+
+Each function returns the markup of one ``<svg>`` element, sized by its
+``viewBox`` so it scales with the page (a phone or a laptop screen).
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+WIDTH, HEIGHT = 480, 260
+MARGIN = {"left": 52, "right": 14, "top": 30, "bottom": 40}
+LEGEND_ROW = 15
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values covering [low, high]."""
+    if high <= low:
+        return [low]
+    raw = (high - low) / count
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if raw <= m * step)
+    first = math.ceil(low / step) * step
+    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _label(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def line_chart(title: str, series: list[tuple[str, list[float]]], y_label: str, marker: tuple[int, float, str] | None = None,
+               y_range: tuple[float, float] | None = None) -> str:
+    """Lines over epochs 1..N.
+
+    Args:
+        title: shown above the plot.
+        series: ``(name, values per epoch)``; NaN values are left out.
+        y_label: the quantity on the vertical axis.
+        marker: ``(epoch, value, text)``: a vertical line at ``epoch`` (1-based)
+            and a dot at ``value`` labelled ``text`` (the best epoch), or None.
+        y_range: fixed ``(low, high)``; by default the data's range.
+    """
+    finite = [v for _, values in series for v in values if v is not None and math.isfinite(v)]
+    epochs = max((len(values) for _, values in series), default=1)
+    low, high = y_range or ((min(finite), max(finite)) if finite else (0.0, 1.0))
+    if high - low < 1e-12:
+        low, high = low - 0.5, high + 0.5
+    x0, x1 = MARGIN["left"], WIDTH - MARGIN["right"]
+    y0, y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
+
+    def x(epoch: float) -> float:
+        return x0 + (x1 - x0) * ((epoch - 1) / max(epochs - 1, 1))
+
+    def y(value: float) -> float:
+        return y0 - (y0 - y1) * ((value - low) / (high - low))
+
+    parts = [_frame(title, y_label, "epoch")]
+    for tick in _ticks(low, high):
+        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" class="grid"/>'
+                     f'<text x="{x0 - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    for tick in _ticks(1, epochs):
+        if float(tick).is_integer():
+            parts.append(f'<text x="{x(tick):.1f}" y="{y0 + 16}" text-anchor="middle">{int(tick)}</text>')
+    for i, (name, values) in enumerate(series):
+        points = " ".join(f"{x(e + 1):.1f},{y(v):.1f}" for e, v in enumerate(values) if v is not None and math.isfinite(v))
+        color = COLORS[i % len(COLORS)]
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"><title>{escape(name)}</title></polyline>')
+        # The legend goes under the plot, one row per series: inside it hid the curves.
+        parts.append(f'<rect x="{x0}" y="{HEIGHT + 1 + LEGEND_ROW * i}" width="12" height="3" fill="{color}"/>'
+                     f'<text x="{x0 + 16}" y="{HEIGHT + 6 + LEGEND_ROW * i}">{escape(name)}</text>')
+    if marker is not None:
+        epoch, value, text = marker
+        parts.append(f'<line x1="{x(epoch):.1f}" x2="{x(epoch):.1f}" y1="{y0}" y2="{y1}" class="best"/>')
+        if value is not None and math.isfinite(value):
+            parts.append(f'<circle cx="{x(epoch):.1f}" cy="{y(value):.1f}" r="4" class="best-dot" data-epoch="{epoch}" '
+                         f'data-value="{value:.6f}"/><text x="{x(epoch) + 6:.1f}" y="{y(value) - 6:.1f}" class="best-text">'
+                         f'{escape(text)}</text>')
+    return _svg(parts, title, HEIGHT + LEGEND_ROW * len(series))
+
+
+def reliability(bins: list[dict], ece: float, title: str) -> str:
+    """Accuracy against confidence per bin, bars with their image counts, and the diagonal."""
+    x0, x1 = MARGIN["left"], WIDTH - MARGIN["right"]
+    y0, y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
+
+    def x(value: float) -> float:
+        return x0 + (x1 - x0) * value
+
+    def y(value: float) -> float:
+        return y0 - (y0 - y1) * value
+
+    parts = [_frame(f"{title} (ECE {ece:.3f})", "accuracy", "confidence of the predicted class")]
+    for tick in (0, 0.25, 0.5, 0.75, 1):
+        parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" class="grid"/>'
+                     f'<text x="{x0 - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>'
+                     f'<text x="{x(tick):.1f}" y="{y0 + 16}" text-anchor="middle">{tick:g}</text>')
+    parts.append(f'<line x1="{x(0)}" y1="{y(0)}" x2="{x(1)}" y2="{y(1)}" class="diagonal"/>')
+    for b in bins:
+        left, width = x(b["low"]), x(b["high"]) - x(b["low"])
+        parts.append(f'<rect x="{left + 1:.1f}" y="{y(b["accuracy"]):.1f}" width="{width - 2:.1f}" '
+                     f'height="{y0 - y(b["accuracy"]):.1f}" class="bar"><title>confidence {b["confidence"]:.3f}, accuracy '
+                     f'{b["accuracy"]:.3f}, {b["count"]} image(s)</title></rect>'
+                     f'<text x="{left + width / 2:.1f}" y="{y(b["accuracy"]) - 3:.1f}" text-anchor="middle" class="small">'
+                     f'{b["count"]}</text>')
+    return _svg(parts, title)
+
+
+def _frame(title: str, y_label: str, x_label: str) -> str:
+    x0, y0 = MARGIN["left"], HEIGHT - MARGIN["bottom"]
+    return (f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" class="title">{escape(title)}</text>'
+            f'<text x="{(x0 + WIDTH) / 2}" y="{HEIGHT - 6}" text-anchor="middle">{escape(x_label)}</text>'
+            f'<text x="12" y="{(MARGIN["top"] + y0) / 2}" text-anchor="middle" '
+            f'transform="rotate(-90 12 {(MARGIN["top"] + y0) / 2})">{escape(y_label)}</text>'
+            f'<line x1="{x0}" y1="{y0}" x2="{WIDTH - MARGIN["right"]}" y2="{y0}" class="axis"/>'
+            f'<line x1="{x0}" y1="{y0}" x2="{x0}" y2="{MARGIN["top"]}" class="axis"/>')
+
+
+def _svg(parts: list[str], label: str, height: int = HEIGHT) -> str:
+    return (f'<svg viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" class="chart" '
+            f'xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
