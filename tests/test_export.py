@@ -8,6 +8,7 @@ import io
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import make_dataset, needs_extra, run_pipeline, write_config
@@ -114,12 +115,16 @@ def test_report_gets_an_exports_section_and_the_artifact_still_verifies(trained,
     from vggtl.training import artifact
 
     assert core_exports[0] == 0  # the first export wrote the section
-    # a second export replaces the section, not appends another; --out relative to the working directory
+    before = json.loads((trained / "exports.json").read_text())
+    # a later export adds its row to the same section; --out relative to the working directory
     monkeypatch.chdir(tmp_path)
     assert export_command.main([str(trained), "--format", "savedmodel", "--out", "rel/out"]) == 0
     assert json.loads((tmp_path / "rel/out/savedmodel/export.json").read_text())["verification"]["verified"]
-    report = (trained / "report.md").read_text()
-    assert report.count("## Exports") == 1 and "| savedmodel | none |" in report
+    rows = json.loads((trained / "exports.json").read_text())
+    assert rows[:-1] == before and rows[-1]["path"] == str(tmp_path / "rel/out/savedmodel")
+    report, page = (trained / "report.md").read_text(), (trained / "report.html").read_text()
+    assert report.count("## Exports") == 1 and all(f"| {r['path']} |" in report for r in rows)
+    assert page.count('<tr class="export-row">') == len(rows) and all(r["path"] in page for r in rows)
     artifact.load(trained)  # checksums still match
 
 
@@ -200,6 +205,36 @@ def test_docs_snippet_classifies_an_image_without_vggtl(request, trained, tmp_pa
     label, probability = done.stdout.split()
     expected = next(iter(predict_paths(artifact.load(trained), [image], top_k=1)))
     assert label == expected["top"][0][0] and 0 < float(probability) <= 1
+
+
+def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained, tmp_path):
+    """The docs' plain-Keras snippet, run in a fresh interpreter on images whose
+    transparent pixels hold another class's colour: the labels ``predict`` gives."""
+    import subprocess
+
+    from PIL import Image
+
+    from conftest import COLORS, REPO
+    from vggtl.predict import predict_paths
+    from vggtl.training import artifact
+
+    section = (REPO / "docs" / "artifacts.md").read_text().split("so it loads where vggtl is not installed:", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    images = []
+    for i, (name, hidden) in enumerate([("red", "blue"), ("green", "red"), ("blue", "green"), ("red", "green")] * 2):
+        rgba = np.zeros((32, 32, 4), np.uint8)
+        rgba[..., :3] = COLORS[hidden]  # what .convert("RGB") alone would show
+        rgba[8:24, 8:24, :3], rgba[8:24, 8:24, 3] = COLORS[name], 255
+        images.append(tmp_path / f"{i}_{name}.png")
+        Image.fromarray(rgba, "RGBA").save(images[-1])
+    code = snippet.replace('"experiments/demo/latest', f'"{trained}').replace('Image.open("photo.png")', "Image.open(path)")
+    # the snippet as written, once per image
+    program = "import sys\ndef run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    program += "for path in sys.argv[1:]:\n    run(path)\n"
+    done = subprocess.run([sys.executable, "-c", program, *map(str, images)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = [r["top"][0][0] for r in predict_paths(artifact.load(trained), images, top_k=1)]
+    assert done.stdout.split() == expected
 
 
 def test_data_gone_says_so_and_marks_the_export_unverified(tmp_path, capsys):
