@@ -177,3 +177,103 @@ def test_unwritable_output_dir_keeps_store_and_earlier_artifacts(pipeline_dir, c
     assert str(run_dir) in err and ("Permission denied" in err or "Operation not permitted" in err or "permission denied" in err)
     assert sha256(store) == before_store
     assert versions_and_digests(run_dir) == before_artifacts  # v1 and latest untouched, no v2, no staging left
+
+
+# --------------------------------------------------------------------------- issue 24, case 11: messages that pointed the wrong way
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """A tiny tree and config in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=4), tmp_path)
+
+
+def test_a_class_folder_that_cannot_be_listed_says_permission_denied(tiny, tmp_path, capsys, monkeypatch):
+    real = os.scandir
+
+    def scandir(path="."):  # as for a mode-000 folder (root reads it anyway, so it is simulated)
+        if Path(path) == tmp_path / "data" / "red":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert extract.main([str(tiny), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot list the folder {tmp_path / 'data' / 'red'}: Permission denied; check its permissions" in err
+    assert "contains no image" not in err and "write" not in err
+
+
+def test_an_image_that_cannot_be_read_gets_advice_about_reading(tiny, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(importlib.import_module("vggtl.data.scan"), "sha256_file", refuse)
+    assert extract.main([str(tiny), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the image file" in err and "must be able to read it" in err and "you can write" not in err
+
+
+def test_data_csv_naming_a_directory_says_so(tiny, capsys):
+    assert extract.main([str(tiny), "--set", "data.csv=/tmp"]) == 2
+    assert "key 'data.csv': '/tmp' is a directory, not a CSV file" in capsys.readouterr().err
+
+
+def test_a_mistyped_set_key_is_blamed_on_set_not_the_file(tiny, capsys):
+    assert train.main([str(tiny), "--set", "head.unit=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set 'head.unit=3' (over ") and "Did you mean 'units'?" in err
+    assert train.main([str(tiny), "--set", "head.units=[4]", "--set", "train.epochs=0"]) == 2
+    assert "--set 'train.epochs=0'" in capsys.readouterr().err
+
+
+def test_a_single_class_folder_as_root_is_recognised(tiny, tmp_path, capsys):
+    assert extract.main([str(tiny), "--set", "data.root=data/red"]) == 2
+    err = capsys.readouterr().err
+    assert "data/red: holds 4 image(s) but 0 class folder(s): it looks like one class's folder" in err
+    assert repr(str(tmp_path / "data")) in err
+
+
+def test_a_dangling_latest_names_the_missing_version(tmp_path, capsys):
+    from vggtl import predict
+
+    run = tmp_path / "experiments" / "tiny"
+    (run / "v1").mkdir(parents=True)
+    (run / "latest").symlink_to("v2")
+    for target in (run, run / "latest"):
+        assert predict.main([str(target), str(tmp_path / "x.png")]) == 2
+        err = capsys.readouterr().err
+        assert "latest points to v2, which does not exist (deleted or moved); versions here: v1" in err
+
+
+def test_hints_and_help_name_commands_the_way_the_user_ran_vggtl(tiny, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/vggtl", "train"])
+    assert train.main([str(tiny)]) == 2
+    assert f"run: vggtl extract {tiny}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        extract.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: vggtl extract") and "vggtl extract CONFIG:" in out and "python -m" not in out
+    monkeypatch.setattr(sys, "argv", ["/x/vggtl/train.py"])  # python -m vggtl.train
+    assert train.main([str(tiny)]) == 2
+    assert f"run: python -m vggtl.extract {tiny}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["folder", "csv", "name"])
+def test_a_line_break_in_a_class_or_run_name_is_refused(tiny, tmp_path, capsys, where):
+    """It broke every line of text and table row naming the class (issue 24 case 14)."""
+    argv = [str(tiny), "--no-progress"]
+    if where == "folder":
+        (tmp_path / "data" / "red").rename(tmp_path / "data" / "re\nd")
+        expected = "class 're\\nd' has a line break or another control character in its name; rename it"
+    elif where == "csv":
+        (tmp_path / "list.csv").write_text('path,label\nred/red_000.png,"re\nd"\ngreen/green_000.png,green\n')
+        argv += ["--set", f"data.csv={tmp_path / 'list.csv'}"]
+        expected = "list.csv (column label): class 're\\nd' has a line break"
+    else:
+        argv += ["--set", 'name="a\\nb"']  # YAML's escape: a real line break
+        expected = "key 'name': got 'a\\nb'; use a plain name without slashes, line breaks or other control characters"
+    assert extract.main(argv) == 2
+    assert expected in capsys.readouterr().err

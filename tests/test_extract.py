@@ -653,7 +653,7 @@ def test_weights_of_another_network_fail_before_anything_is_written(tmp_path, ca
     assert f"error: {wrong}: has no weights for some layers of ResNet50(include_top=False)" in err
     assert "Traceback" not in err
     leftovers = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert all(name.endswith((".lock", ".lock.pid")) for name in leftovers), leftovers  # no store, no parts
+    assert all(name.endswith((".lock", ".lock.pid")) and name.startswith(".") for name in leftovers), leftovers  # no store, no parts
 
 
 def test_inception_store_has_the_tables_shape_and_its_preprocessing(tmp_path, monkeypatch):

@@ -129,7 +129,7 @@ def test_weights_that_do_not_fit_fail_on_the_driver_and_leave_nothing(tmp_path, 
     assert f"error: weights file {wrong}, layer 'block1_conv1': expected one 4-D kernel" in err
     assert "Traceback" not in err
     leftovers = sorted(p.name for p in (tmp_path / "cache").rglob("*")) if (tmp_path / "cache").exists() else []
-    assert all(name.endswith((".lock", ".lock.pid")) for name in leftovers), leftovers
+    assert all(name.endswith((".lock", ".lock.pid")) and name.startswith(".") for name in leftovers), leftovers
 
 
 def test_missing_ray_exits_2_naming_the_extra(tmp_path, monkeypatch, capsys):

@@ -394,6 +394,15 @@ def test_corrupt_store_and_part_are_quarantined(path):
     assert all("was unusable (cannot be read" in note and "moved aside" in note for note in state.notes)
 
 
+def test_only_the_newest_set_aside_copy_of_a_store_is_kept(path):
+    path.parent.mkdir(parents=True)
+    for attempt in range(3):  # the same store found broken three runs in a row
+        path.write_bytes(os.urandom(4096))
+        state = store.load_state(path, fmt())
+    kept = list(path.parent.glob(f"{path.name}.invalid-*"))
+    assert len(kept) == 1 and "removed 1 older set-aside copy" in state.notes[0]
+
+
 def test_store_failing_half_way_is_not_half_used(path):
     """A store readable up to its entries but broken after must contribute nothing."""
     build_store(path)
@@ -458,7 +467,7 @@ def test_lock_names_the_holder_and_dies_with_it(path):
         os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the flock
         assert holder.wait(timeout=30) == -signal.SIGKILL
         with store.locked(path):
-            assert path.with_name(path.name + ".lock.pid").read_text() == str(os.getpid())
+            assert store.lock_files(path)[1].read_text() == str(os.getpid())
     finally:
         if holder.poll() is None:
             holder.kill()

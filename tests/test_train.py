@@ -154,6 +154,22 @@ def test_train_without_store(tmp_path, capsys, monkeypatch):
     assert "run: python -m vggtl.extract" in capsys.readouterr().err
 
 
+def test_train_while_an_extract_writes_the_store_says_so(tmp_path, capsys, monkeypatch):
+    import os
+
+    from vggtl import config
+    from vggtl.features import store
+    from vggtl.plan import resolve
+
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data", per_class=4), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with store.locked(resolve(config.load(cfg)).store.path):  # as a running extract holds it
+        assert train.main([str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"is being written by another extract (pid {os.getpid()}); wait for it to finish, then run train again" in err
+    assert "run: python -m vggtl.extract" not in err
+
+
 def test_class_weights():
     labels = np.array([0, 0, 0, 1])
     assert fit.class_weights(labels, 2, "none") is None

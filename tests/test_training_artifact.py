@@ -187,3 +187,20 @@ def test_labels_that_disagree_with_the_manifest_are_refused(tmp_path):
     (staging / "config.yaml").write_text("name: run\n")
     with pytest.raises(ArtifactError, match="manifest.json names class 'b', which labels.json does not have"):
         artifact.load(artifact.publish(staging))
+
+
+def test_labels_that_disagree_with_the_models_outputs_are_refused(tmp_path, capsys):
+    """labels.json edited and resealed in an artifact without a manifest: model.keras's
+    three outputs give it away when predict loads it (exit 2, no traceback)."""
+    from tiny_artifact import make_artifact
+    from vggtl import predict
+    from conftest import make_image
+
+    art = make_artifact(tmp_path)
+    artifact.write_json(art / "labels.json", ["blue", "green"])
+    artifact.reseal(art, ["labels.json"])
+    image = make_image(tmp_path / "x.png", (200, 40, 40))
+    assert predict.main([str(art), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "model.keras gives 3 outputs but labels.json names 2 classes; the artifact was altered" in err
+    assert "Traceback" not in err

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from vggtl import config
-from vggtl.errors import ConfigError
+from vggtl.errors import ConfigError, invocation
 
 COMMANDS = {
     "extract": "cache frozen-backbone features (VGG16 by default) of a labeled image tree (HDF5 store)",
@@ -41,9 +41,12 @@ def description(doc: str) -> str:
 
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """An ArgumentParser for a command: ``--help`` shows its docstring as plain
-    paragraphs (see :func:`description`)."""
-    return argparse.ArgumentParser(prog=prog, description=description(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
+    """An ArgumentParser for a command (``prog``: ``"vggtl extract"``): ``--help``
+    shows its docstring as plain paragraphs (see :func:`description`), every
+    command in it written as the user invoked this one (:func:`~vggtl.errors.invocation`)."""
+    text = re.sub(r"(?:python -m vggtl\.|vggtl )(%s)\b" % "|".join(COMMANDS), lambda m: invocation(m.group(1)), description(doc))
+    return argparse.ArgumentParser(prog=invocation(prog.split()[-1]), description=text,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 # --------------------------------------------------------------------------- the config on the command line
@@ -85,7 +88,8 @@ def config_from_args(args, log=print) -> config.Config:
     if not LAST_EXTRACT.is_file():
         raise ConfigError(
             "no CONFIG given and no extract has run in this directory "
-            f"({LAST_EXTRACT} not found); pass a config file, e.g. configs/demo.yaml"
+            f"({LAST_EXTRACT} not found); pass a config file"
+            + (", e.g. configs/demo.yaml" if Path("configs/demo.yaml").is_file() else " (a YAML file naming data.root; see the Configuration page of the docs)")
         )
     try:
         last = json.loads(LAST_EXTRACT.read_text())

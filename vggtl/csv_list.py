@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from vggtl.data.dataset import check_class_names
 from vggtl.errors import DataError
 
 SPLIT_VALUES = {"train": None, "": None, "val": "val", "validation": "val", "test": "test"}
@@ -56,6 +57,7 @@ def read(root: Path, csv_path) -> tuple[list[str], list[tuple[Path, int, str | N
             continue
         chosen[relpath] = (number, label, fixed)
     class_names = sorted({label for _, label, _ in chosen.values()})
+    check_class_names(class_names, f"{csv_path} (column label)")
     if len(class_names) < 2:
         raise DataError(f"{csv_path}: found {len(class_names)} usable label(s) ({', '.join(class_names) or 'none'}); need at least 2")
     label_of = {name: i for i, name in enumerate(class_names)}

@@ -8,6 +8,15 @@ import os
 import sys
 
 
+def invocation(command: str) -> str:
+    """How to run ``command`` the way the user ran this one: ``vggtl extract``
+    from the console script, else ``python -m vggtl.extract`` (hints in
+    messages and ``--help`` must work where the user typed them)."""
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "vggtl":
+        return f"vggtl {command}"
+    return f"python -m vggtl.{command}"
+
+
 class VggtlError(Exception):
     """A mistake the user can fix (bad config, bad path, missing weights...).
 
@@ -73,6 +82,9 @@ _ADVICE = {
     errno.ENOTDIR: "a part of this path is a regular file, not a directory; choose another path",
     errno.EISDIR: "this path is a directory, not a file",
 }
+# Denied while reading: writing elsewhere would not help.
+_READ_ADVICE = "check its permissions: the user running vggtl must be able to read it"
+_READ_ACTIONS = ("read", "list", "open", "decode")
 
 
 def describe_os_error(exc: OSError, path=None, action: str = "access") -> str:
@@ -87,6 +99,8 @@ def describe_os_error(exc: OSError, path=None, action: str = "access") -> str:
     reason = exc.strerror or " ".join(str(exc).split())[:300] or type(exc).__name__
     code = exc.errno if exc.errno is not None else _errno_in_text(str(exc))
     advice = _ADVICE.get(code)
+    if code in (errno.EACCES, errno.EPERM) and action.startswith(_READ_ACTIONS):
+        advice = _READ_ADVICE
     where = f" {named}" if named is not None else ""
     return f"cannot {action}{where}: {reason}" + (f"; {advice}" if advice else "")
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from vggtl.backbones import keras_files, vgg16_offline
 from vggtl.backbones.registry import Architecture
-from vggtl.errors import WeightsError
+from vggtl.errors import WeightsError, invocation
 
 
 class OfflineWeights(Protocol):
@@ -118,7 +118,7 @@ def _keras_imagenet(arch: Architecture, allow_download: bool) -> ResolvedWeights
         f"  1. run once with internet access: Keras downloads {arch.notop_file} to {cached}\n"
         f"  2. set backbone.weights: /path/to/{arch.notop_file} in the config (or --set backbone.weights=PATH)\n"
         f"  3. put the file at {cached} (downloaded elsewhere from {arch.notop_url})\n"
-        f"(the offline copy `python -m vggtl.weights fetch` provisions covers vgg16 only)"
+        f"(the offline copy `{invocation('weights')} fetch` provisions covers vgg16 only)"
     )
 
 

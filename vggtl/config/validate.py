@@ -128,8 +128,9 @@ def check(cfg: Config, source: str) -> None:
     Raises:
         ConfigError: naming ``source``, the key, the value and what to do.
     """
-    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", ".."):
-        raise ConfigError(f"{source}: key 'name': got {cfg.name!r}; use a plain name without slashes")
+    if not cfg.name or any(c in cfg.name for c in "/\\") or cfg.name in (".", "..") or not cfg.name.isprintable():
+        raise ConfigError(f"{source}: key 'name': got {cfg.name!r}; use a plain name without slashes, "
+                          "line breaks or other control characters")
     # Rounded because 0.6 + 0.3 == 0.8999999999999999 in binary floating point.
     if round(cfg.data.split.val + cfg.data.split.test, 9) >= 0.9:
         raise ConfigError(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 from vggtl import splits
+from vggtl.errors import DataError
 
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
@@ -97,3 +98,10 @@ class Dataset:
         return table
 
 
+def check_class_names(class_names, where) -> None:
+    """Refuse a class name with a line break or another control character: it
+    would break every line of text and table row that names the class."""
+    bad = [name for name in class_names if not name.isprintable()]
+    if bad:
+        raise DataError(f"{where}: class {bad[0]!r} has a line break or another control character in its name; "
+                        "rename it (its name is the label every prediction, table and report prints)")

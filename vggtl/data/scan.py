@@ -24,7 +24,7 @@ from pathlib import Path
 from vggtl import csv_list
 from vggtl.errors import DataError, path_error
 from vggtl.files import sha256_file
-from vggtl.data.dataset import SPLIT_ALIASES, Dataset, ImageFile
+from vggtl.data.dataset import SPLIT_ALIASES, Dataset, ImageFile, check_class_names
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SMALL_CLASS_WARNING = 20
@@ -46,12 +46,22 @@ def list_images(folder: Path, extensions) -> list[Path]:
     """All image files under ``folder`` (recursive, hidden entries skipped, sorted)."""
     exts = tuple(e.lower() for e in extensions)
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unreadable(exc: OSError):  # os.walk skips a folder it cannot list: it would look empty
+        raise path_error(exc, exc.filename, "list the folder") from None
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
         for name in filenames:
             if _visible(name) and name.lower().endswith(exts):
                 found.append(Path(dirpath) / name)
     return sorted(found)
+
+
+def list_images_here(folder: Path, extensions) -> list[Path]:
+    """The image files directly in ``folder`` (not in its subfolders)."""
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(p for p in folder.iterdir() if _visible(p.name) and p.name.lower().endswith(exts) and p.is_file())
 
 
 def file_sha256(path: Path) -> str:
@@ -165,6 +175,13 @@ def _folder_entries(root: Path, extensions):
     if split_dirs is None:
         split_dirs = {"train": root}
     class_names = visible_subdirs(split_dirs["train"])
+    check_class_names(class_names, split_dirs["train"])
+    if len(class_names) < 2 and (loose := list_images_here(split_dirs["train"], extensions)):
+        raise DataError(
+            f"{split_dirs['train']}: holds {len(loose)} image(s) but {len(class_names)} class folder(s): it looks like "
+            f"one class's folder; point data.root at the folder that holds one folder per class "
+            f"(perhaps {str(split_dirs['train'].resolve().parent)!r})"
+        )
     if len(class_names) < 2:
         raise DataError(
             f"{split_dirs['train']}: found {len(class_names)} class folder(s) "

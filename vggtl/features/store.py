@@ -36,6 +36,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from contextlib import contextmanager
@@ -49,7 +50,7 @@ import numpy as np
 import vggtl
 from vggtl.backbones.spec import Spec
 from vggtl.data import SPLIT_CODES, SPLITS, Dataset
-from vggtl.errors import StoreError, path_error
+from vggtl.errors import StoreError, invocation, path_error
 from vggtl.features import integrity
 
 SCHEMA_VERSION = 2
@@ -165,6 +166,15 @@ def view_index(key: str) -> int:
 # --------------------------------------------------------------------------- locking
 
 
+def lock_files(path: Path) -> tuple[Path, Path]:
+    """The lock file of the store at ``path`` and the side file naming its holder.
+
+    Hidden, empty, one per store: the lock file is not deleted on release
+    (deleting a flock'ed file lets two writers lock two different files).
+    """
+    return path.with_name(f".{path.name}.lock"), path.with_name(f".{path.name}.lock.pid")
+
+
 @contextmanager
 def locked(path: Path):
     """Exclusive lock for writers of ``path``; refuses at once if another holds it.
@@ -173,8 +183,7 @@ def locked(path: Path):
     vanishes with its process, so a killed extraction never leaves a stale
     lock behind. The holder's pid is kept in a side file for the message.
     """
-    lock_path = path.with_name(path.name + ".lock")
-    owner = path.with_name(path.name + ".lock.pid")
+    lock_path, owner = lock_files(path)
     lock = filelock.FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
@@ -193,6 +202,18 @@ def locked(path: Path):
         with contextlib.suppress(OSError):
             owner.unlink()
         lock.release()
+
+
+def being_written(path: Path) -> str | None:
+    """Why the store at ``path`` cannot be read as final now: an extract holds
+    its lock ("being written by another extract (pid N)..."), else None."""
+    if not lock_files(path)[0].exists():
+        return None
+    try:
+        with locked(path):
+            return None
+    except StoreError as exc:
+        return str(exc)
 
 
 def _read_owner(owner: Path) -> str:
@@ -370,12 +391,21 @@ def _drop_damaged_rows(fh, file_path: Path, found: CachedState, state: CachedSta
                            "or the disk is failing); recomputing exactly those")
 
 
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def _quarantine(path: Path, store: Path, why: str, state: CachedState) -> None:
     """Move an unusable store or part beside the store, out of the parts folder
     (which is deleted after a successful run), under a unique name."""
     bad = store.parent / f"{path.name}.invalid-{time.time_ns()}"
+    older = sorted(store.parent.glob(f"{glob_escape(path.name)}.invalid-*"))
     os.replace(path, bad)
-    state.notes.append(f"{path.name} was unusable ({why}); moved aside to {bad} and recomputing")
+    for old in older:  # keep the newest set-aside copy only: each can be gigabytes
+        with contextlib.suppress(OSError):
+            old.unlink()
+    state.notes.append(f"{path.name} was unusable ({why}); moved aside to {bad} and recomputing"
+                       + (f" (removed {len(older)} older set-aside copy/copies)" if older else ""))
 
 
 def load_state(path: Path, fmt: StoreFormat) -> CachedState:
@@ -661,7 +691,7 @@ class FeatureStore:
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise StoreError(f"feature store {self.path} does not exist; run python -m vggtl.extract CONFIG first")
+            raise StoreError(f"feature store {self.path} does not exist; run {invocation('extract')} CONFIG first")
         try:
             self._fh = h5py.File(self.path, "r")
         except integrity.READ_ERRORS as exc:

@@ -266,10 +266,14 @@ def load_keras(path: Path):
 def resolve(path) -> Path:
     """Accept ``.../v3``, ``.../latest`` or the run directory (-> its newest version)."""
     path = Path(path)
+    if (path / "latest").is_symlink() and not (path / "model.keras").exists():
+        path = path / "latest"
+    if path.is_symlink() and not path.exists():
+        found = [p.name for p in sorted(path.parent.glob("v*"), key=lambda p: (len(p.name), p.name)) if _VERSION_DIR.match(p.name)]
+        raise ArtifactError(f"{path} points to {os.readlink(path)}, which does not exist (deleted or moved); "
+                            + (f"versions here: {', '.join(found)}" if found else "train again to publish a version"))
     if not path.exists():
         raise ArtifactError(f"artifact {str(path)!r} does not exist")
-    if (path / "latest").exists() and not (path / "model.keras").exists():
-        path = path / "latest"
     return path.resolve()
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from vggtl import config, data
 from vggtl.backbones import build
 from vggtl.data import SPLITS, iter_probabilities
-from vggtl.errors import ConfigError, StoreError
+from vggtl.errors import ConfigError, StoreError, invocation
+from vggtl.features import store
 from vggtl.features.store import FeatureStore
 from vggtl.files import make_dir
 from vggtl.plan import RunPlan, as_plan
@@ -134,7 +135,9 @@ def open_current_store(plan: RunPlan, config_arg=None) -> tuple[FeatureStore, da
         DataError: a class too small to split once undecodable files are left out.
     """
     cfg, where = plan.cfg, plan.store
-    again = f"python -m vggtl.extract {config_arg or 'CONFIG'}"
+    again = f"{invocation('extract')} {config_arg or 'CONFIG'}"
+    if busy := store.being_written(where.path):  # not "run extract": it is running
+        raise StoreError(busy.replace("then run again", "then run train again"))
     if not where.path.is_file():
         raise StoreError(f"no feature store for this config at {where.path}; run: {again}")
     fs = FeatureStore(where.path)
