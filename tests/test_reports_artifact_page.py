@@ -177,6 +177,8 @@ def test_a_browser_opens_the_page_and_a_cell_shows_exactly_its_images(art):
         assert visible.locator("img").evaluate_all("els => els.every(e => e.complete && e.naturalWidth > 0)")
         page.click('button[data-gallery="g-test-0-0"]')  # another cell of the same matrix replaces it
         assert page.locator(".gallery:visible").get_attribute("id") == "g-test-0-0"
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: wide tables scroll inside their box
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
         browser.close()
     assert errors == []
     assert [url for url in requests if not url.startswith(("file://", "data:"))] == []
