@@ -40,6 +40,9 @@ def isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VGGTL_CACHE_DIR", str(home / "vggtl-cache"))
     monkeypatch.setenv("KERAS_HOME", str(home / "keras"))
     monkeypatch.delenv("VGGTL_VGG16_WEIGHTS", raising=False)
+    # predict runs model.keras as it always did; tests of the converted runtimes
+    # (test_inspect_converted.py) choose theirs.
+    monkeypatch.setenv("VGGTL_PREDICT_RUNTIME", "tensorflow")
 
 
 def make_image(path: Path, color, size=32, seed=0, mode="RGB", fmt=None):

@@ -96,15 +96,26 @@ def converted_model(cfg, weights, runtime: str, log=print, calibration=None) -> 
     key = model_key(cfg.spec, weights.digest, runtime, calibration_digest(calibration))
     precision = "fp32" if calibration is None else "int8"
     folder = Path(cache_dir()) / "runtimes" / f"{runtime}-{precision}-{key}"
+    if cached_conversion(folder, lambda staging: _convert(cfg, weights, runtime, staging / spec.filename, calibration), log):
+        log(f"converted the frozen base to {runtime} {precision} once"
+            + (f" (calibrated on {len(calibration)} training images)" if calibration else "") + f"; cached in {folder}")
+    return folder / spec.filename
+
+
+def cached_conversion(folder: Path, convert, log=print) -> bool:
+    """Make ``folder`` by ``convert(staging)`` unless it already holds a usable
+    conversion (every file matching the sha256 recorded beside it). Written
+    in a temporary directory and renamed: a killed conversion leaves nothing
+    that looks usable. Returns True when it converted."""
     problem = _cache_problem(folder)
     if problem is None:
-        return folder / spec.filename
+        return False
     if folder.exists():
-        log(f"warning: cached {runtime} model {folder}: {problem}; converting again")
+        log(f"warning: cached converted model {folder}: {problem}; converting again")
     staging = folder.with_name(f".{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     try:
-        _convert(cfg, weights, runtime, staging / spec.filename, calibration)
+        convert(staging)
         sums = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         (staging / "sha256.json").write_text(json.dumps(sums, indent=1), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
@@ -112,9 +123,7 @@ def converted_model(cfg, weights, runtime: str, log=print, calibration=None) -> 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"converted the frozen base to {runtime} {precision} once"
-        + (f" (calibrated on {len(calibration)} training images)" if calibration else "") + f"; cached in {folder}")
-    return folder / spec.filename
+    return True
 
 
 def _cache_problem(folder: Path) -> str | None:

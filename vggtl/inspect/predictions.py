@@ -97,18 +97,28 @@ def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None):
 
     An artifact whose features came from OpenVINO or ONNX Runtime
     (``extract.runtime``) runs the converted base it carries and its
-    ``head.keras`` when that runtime is installed; otherwise, and for
-    TensorFlow-trained artifacts, ``model.keras`` (``model`` if given) runs,
-    after one note through ``warn`` (default: stderr) saying why.
+    ``head.keras`` when that runtime is installed; otherwise ``model.keras``
+    (``model`` if given) runs, after one note through ``warn`` (default:
+    stderr) saying why. A TensorFlow-trained artifact runs ``model.keras``
+    converted once to ONNX Runtime or OpenVINO when installed (no TensorFlow
+    import: :mod:`vggtl.inspect.converted`), else ``model.keras``.
     """
+    from vggtl.inspect import converted
     from vggtl.training import features_runtime
 
+    warn = warn or (lambda line: print(line, file=sys.stderr))
     record = art.features_runtime
     if record is not None:
         reason = features_runtime.missing_runtime(record)
         if reason is None:
             return features_runtime.load_predictor(art.path, record, artifact_mod.load_keras)
-        (warn or (lambda line: print(line, file=sys.stderr)))(features_runtime.fallback_note(record, reason))
+        warn(features_runtime.fallback_note(record, reason))
+    elif model is None:  # (a loaded model means Grad-CAM: Keras' gradients are needed anyway)
+        runtime, note = converted.chosen_runtime()
+        if runtime is not None:
+            return converted.predictor(art, runtime, warn)
+        if note and sys.stderr.isatty():  # said at a terminal, not into every log and pipe
+            warn(note)
     model = model or art.load_model()
     return lambda batch: model.predict(batch, verbose=0)
 

@@ -29,7 +29,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vggtl.data import SPLITS
@@ -234,6 +234,7 @@ class Artifact:
     config: dict
     info: dict
     metrics: dict
+    checksums: dict = field(default_factory=dict)  # {file: sha256}, as verified by load()
 
     def load_model(self):
         """The end-to-end ``model.keras``; ArtifactError when its outputs are not one per label."""
@@ -364,7 +365,7 @@ def load(path) -> Artifact:
             raise ArtifactError(f"{path}: manifest.json names class {unknown[0]!r}, which labels.json does not have; "
                                 "the artifact was altered")
     return Artifact(path=path, labels=labels, config=_read(path, "config.yaml", yaml.safe_load, dict), info=info,
-                    metrics=_read(path, "metrics.json", json.loads, dict))
+                    metrics=_read(path, "metrics.json", json.loads, dict), checksums=_read_checksums(path))
 
 
 def _read(path: Path, name: str, parse, kind: type):

@@ -1,0 +1,127 @@
+"""``predict`` without TensorFlow: an artifact's ``model.keras`` converted once
+to a lighter runtime, cached on this machine, verified against the original.
+
+Importing TensorFlow costs ~6 CPU-seconds, nearly all of a one-image
+``predict``. When the runtime :data:`PREFERRED` names is installed (with its
+converter), the first ``predict`` of an artifact converts ``model.keras``
+(frozen SavedModel -> ONNX by tf2onnx, or OpenVINO IR) into
+``$VGGTL_CACHE_DIR/predict/<runtime>-<sha256 of model.keras>/``, checks that
+it gives the same top label and probabilities within :data:`TOLERANCE` on
+probe images, and keeps it; later ``predict`` runs load only that runtime.
+The key is the model's digest, which ``artifact.load`` has just verified, so
+a retrained or altered model never meets a stale conversion. Decoding and
+preprocessing are unchanged: the converted model contains the same
+preprocessing layers and takes the same uint8 RGB images.
+
+``VGGTL_PREDICT_RUNTIME`` forces one: ``tensorflow`` (model.keras as before),
+``onnxruntime`` or ``openvino``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vggtl.errors import VggtlError
+
+# Measured for a one-image predict (scripts/bench_predict.py, docs/benchmarks.md).
+PREFERRED = ("onnxruntime", "openvino")
+NEEDS = {"onnxruntime": (("onnxruntime", "tf2onnx", "onnx"), "onnx"), "openvino": (("openvino",), "openvino")}
+FILENAME = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
+# fp32 in both: the conversion changes the order of float additions only.
+TOLERANCE = 1e-3
+PROBES = 8
+ENV = "VGGTL_PREDICT_RUNTIME"
+
+
+def chosen_runtime() -> tuple[str | None, str | None]:
+    """``(runtime, None)`` for the runtime predict should use, or ``(None, why
+    not)``: forced to TensorFlow, or no converted runtime installed (the note
+    names the extra that would make predict skip TensorFlow)."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced and forced not in ("tensorflow", *PREFERRED):
+        raise VggtlError(f"{ENV}={forced!r}: allowed values are tensorflow, {', '.join(PREFERRED)}")
+    if forced == "tensorflow":
+        return None, None
+    for runtime in (forced,) if forced else PREFERRED:
+        modules, extra = NEEDS[runtime]
+        if all(importlib.util.find_spec(m) is not None for m in modules):
+            return runtime, None
+    modules, extra = NEEDS[forced or PREFERRED[0]]
+    return None, (f"note: predict ran model.keras in TensorFlow (~6 s of imports); pip install 'vggtl[{extra}]' "
+                  f"lets it convert the model once and then predict without importing TensorFlow")
+
+
+def predictor(art, runtime: str, log=None):
+    """uint8 images ``(n, S, S, 3)`` -> probabilities, by the artifact's ``model.keras``
+    converted to ``runtime`` (converting and verifying it the first time)."""
+    folder = cache_folder(art, runtime)
+    from vggtl.features.runtimes import cached_conversion
+
+    say = log or (lambda line: print(line, file=sys.stderr))
+    if cached_conversion(folder, lambda staging: _convert(art, runtime, staging), say):
+        record = json.loads((folder / "verification.json").read_text())
+        say(f"converted {art.path / 'model.keras'} to {runtime} once (max |dp| {record['max_abs_dprob']:.2g} on "
+            f"{record['images']} probe images); cached in {folder}: later predicts skip TensorFlow")
+    return load(folder / FILENAME[runtime], runtime)
+
+
+def cache_folder(art, runtime: str) -> Path:
+    from vggtl.backbones.keras_files import cache_dir
+
+    return Path(cache_dir()) / "predict" / f"{runtime}-{art.checksums['model.keras'][:32]}"
+
+
+def load(path: Path, runtime: str):
+    """The converted model at ``path`` as ``images -> probabilities``."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        return lambda x: np.asarray(compiled(np.asarray(x, np.float32))[0])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.asarray(x, np.float32)})[0]
+
+
+def probe_images(size: int, n: int = PROBES) -> np.ndarray:
+    """Deterministic uint8 probes: smooth gradients and noise, each a different mix."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    smooth = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[::-1][None, :]), axis=-1)
+    noise = rng.integers(0, 256, (n, size, size, 3)).astype(np.float32)
+    weights = np.linspace(0, 1, n, dtype=np.float32)[:, None, None, None]
+    return np.clip(weights * noise + (1 - weights) * smooth, 0, 255).astype(np.uint8)
+
+
+def _convert(art, runtime: str, staging: Path) -> None:
+    """model.keras -> ``runtime`` in ``staging``, verified on probe images (raises when it disagrees)."""
+    from vggtl import tfquiet
+    from vggtl.backbones.savedmodel import float_savedmodel, to_onnx
+
+    tfquiet.load()
+    model = art.load_model()
+    path = staging / FILENAME[runtime]
+    with float_savedmodel(model) as saved:
+        if runtime == "onnxruntime":
+            to_onnx(saved, path)
+        else:
+            import openvino as ov
+
+            ov.save_model(ov.convert_model(saved), str(path), compress_to_fp16=False)
+    x = probe_images(model.input_shape[1])
+    expected, got = model.predict(x, verbose=0), load(path, runtime)(x)
+    gap = float(np.max(np.abs(expected - got)))
+    if not gap <= TOLERANCE or not np.array_equal(expected.argmax(1), got.argmax(1)):
+        raise VggtlError(f"the {runtime} conversion of {art.path / 'model.keras'} differs from it by {gap:.3g} "
+                         f"(> {TOLERANCE}); set {ENV}=tensorflow to predict with model.keras")
+    (staging / "verification.json").write_text(json.dumps(
+        {"model_sha256": art.checksums["model.keras"], "runtime": runtime, "images": len(x), "max_abs_dprob": gap,
+         "tolerance": TOLERANCE}, indent=1), encoding="utf-8")
