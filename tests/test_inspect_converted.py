@@ -38,7 +38,7 @@ def test_converted_once_then_predicts_without_tensorflow(tmp_path, monkeypatch, 
     fast = converted.predictor(art, runtime)  # converts, verifies, caches
     folder = converted.cache_folder(art, runtime)
     record = json.loads((folder / "verification.json").read_text())
-    assert record["model_sha256"] == art.checksums["model.keras"] and record["max_abs_dprob"] <= converted.TOLERANCE
+    assert record["sha256"] == art.checksums["model.keras"] and record["max_abs_dprob"] <= converted.TOLERANCE
     from vggtl.data import decode_image
 
     x = np.stack([decode_image(p, 32) for p in images])

@@ -8,6 +8,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -46,7 +49,7 @@ def predicted(art, root, paths, **kwargs):
 
 @pytest.mark.parametrize("runtime, precision", [pytest.param("openvino", "int8", marks=needs_extra("openvino")),
                                                 pytest.param("onnxruntime", "fp32", marks=needs_extra("onnx"))])
-def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, runtime, precision):
+def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, monkeypatch, runtime, precision):
     art = trained(tmp_path, runtime, precision)
     out = capsys.readouterr().out
     record = art.features_runtime
@@ -64,6 +67,16 @@ def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, runtime
     for path, probs in evaluated.items():
         np.testing.assert_allclose(got[path], probs, atol=5e-3)
     assert "note:" not in capsys.readouterr().err
+    # ... and with head.keras converted to the same runtime, a new process never imports TensorFlow
+    monkeypatch.setenv("VGGTL_PREDICT_RUNTIME", runtime)
+    got = predicted(art, tmp_path / "data", list(evaluated))  # converts head.keras once
+    for path, probs in evaluated.items():
+        np.testing.assert_allclose(got[path], probs, atol=5e-3)
+    code = ("import sys; from vggtl import predict; predict.main(sys.argv[1:])\n"
+            "print('tensorflow imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(art.path), *(str(tmp_path / "data" / p) for p in evaluated)],
+                          capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0 and "tensorflow imported: False False" in done.stdout, done.stderr[-2000:]
 
 
 @needs_extra("openvino")

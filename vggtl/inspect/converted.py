@@ -13,8 +13,12 @@ a retrained or altered model never meets a stale conversion. Decoding and
 preprocessing are unchanged: the converted model contains the same
 preprocessing layers and takes the same uint8 RGB images.
 
-``VGGTL_PREDICT_RUNTIME`` forces one: ``tensorflow`` (model.keras as before),
-``onnxruntime`` or ``openvino``.
+An artifact trained on ``extract.runtime`` features runs the base it
+carries; its ``head.keras`` is converted the same way to that base's
+runtime, so that path skips TensorFlow too.
+
+``VGGTL_PREDICT_RUNTIME`` forces one: ``tensorflow`` (the Keras files as
+before), ``onnxruntime`` or ``openvino``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ PROBES = 8
 ENV = "VGGTL_PREDICT_RUNTIME"
 
 
+def keras_forced() -> bool:
+    """``VGGTL_PREDICT_RUNTIME=tensorflow``: run the Keras files, convert nothing."""
+    return os.environ.get(ENV, "").strip().lower() == "tensorflow"
+
+
 def chosen_runtime() -> tuple[str | None, str | None]:
     """``(runtime, None)`` for the runtime predict should use, or ``(None, why
     not)``: forced to TensorFlow, or no converted runtime installed (the note
@@ -46,35 +55,40 @@ def chosen_runtime() -> tuple[str | None, str | None]:
     forced = os.environ.get(ENV, "").strip().lower()
     if forced and forced not in ("tensorflow", *PREFERRED):
         raise VggtlError(f"{ENV}={forced!r}: allowed values are tensorflow, {', '.join(PREFERRED)}")
-    if forced == "tensorflow":
+    if keras_forced():
         return None, None
     for runtime in (forced,) if forced else PREFERRED:
-        modules, extra = NEEDS[runtime]
-        if all(importlib.util.find_spec(m) is not None for m in modules):
+        if can_convert(runtime):
             return runtime, None
     modules, extra = NEEDS[forced or PREFERRED[0]]
     return None, (f"note: predict ran model.keras in TensorFlow (~6 s of imports); pip install 'vggtl[{extra}]' "
                   f"lets it convert the model once and then predict without importing TensorFlow")
 
 
-def predictor(art, runtime: str, log=None):
-    """uint8 images ``(n, S, S, 3)`` -> probabilities, by the artifact's ``model.keras``
-    converted to ``runtime`` (converting and verifying it the first time)."""
-    folder = cache_folder(art, runtime)
+def predictor(art, runtime: str, log=None, name: str = "model.keras"):
+    """The artifact's Keras file ``name`` (``model.keras``: uint8 images ``(n, S,
+    S, 3)`` -> probabilities; ``head.keras``: features -> probabilities)
+    converted to ``runtime``, converting and verifying it the first time."""
+    folder = cache_folder(art, runtime, name)
     from vggtl.features.runtimes import cached_conversion
 
     say = log or (lambda line: print(line, file=sys.stderr))
-    if cached_conversion(folder, lambda staging: _convert(art, runtime, staging), say):
+    if cached_conversion(folder, lambda staging: _convert(art, name, runtime, staging), say):
         record = json.loads((folder / "verification.json").read_text())
-        say(f"converted {art.path / 'model.keras'} to {runtime} once (max |dp| {record['max_abs_dprob']:.2g} on "
-            f"{record['images']} probe images); cached in {folder}: later predicts skip TensorFlow")
+        say(f"converted {art.path / name} to {runtime} once (max |dp| {record['max_abs_dprob']:.2g} on "
+            f"{record['images']} probe inputs); cached in {folder}: later predicts skip TensorFlow")
     return load(folder / FILENAME[runtime], runtime)
 
 
-def cache_folder(art, runtime: str) -> Path:
+def can_convert(runtime: str) -> bool:
+    """``runtime`` and its converter are installed (checked without importing them)."""
+    return all(importlib.util.find_spec(m) is not None for m in NEEDS[runtime][0])
+
+
+def cache_folder(art, runtime: str, name: str = "model.keras") -> Path:
     from vggtl.backbones.keras_files import cache_dir
 
-    return Path(cache_dir()) / "predict" / f"{runtime}-{art.checksums['model.keras'][:32]}"
+    return Path(cache_dir()) / "predict" / f"{runtime}-{art.checksums[name][:32]}"
 
 
 def load(path: Path, runtime: str):
@@ -101,13 +115,21 @@ def probe_images(size: int, n: int = PROBES) -> np.ndarray:
     return np.clip(weights * noise + (1 - weights) * smooth, 0, 255).astype(np.uint8)
 
 
-def _convert(art, runtime: str, staging: Path) -> None:
-    """model.keras -> ``runtime`` in ``staging``, verified on probe images (raises when it disagrees)."""
+def probe_features(shape, n: int = PROBES) -> np.ndarray:
+    """Deterministic probes for a head: non-negative like the ReLU/pooled maps it reads."""
+    rng = np.random.default_rng(0)
+    return np.abs(rng.normal(0.0, 1.0, (n, *shape))).astype(np.float32) * np.linspace(0.1, 10, n, dtype=np.float32).reshape(
+        (n,) + (1,) * len(shape))
+
+
+def _convert(art, name: str, runtime: str, staging: Path) -> None:
+    """The Keras file ``name`` -> ``runtime`` in ``staging``, verified on probe inputs (raises when it disagrees)."""
     from vggtl import tfquiet
     from vggtl.backbones.savedmodel import float_savedmodel, to_onnx
+    from vggtl.training import artifact as artifact_mod
 
     tfquiet.load()
-    model = art.load_model()
+    model = art.load_model() if name == "model.keras" else artifact_mod.load_keras(art.path / name)
     path = staging / FILENAME[runtime]
     with float_savedmodel(model) as saved:
         if runtime == "onnxruntime":
@@ -116,12 +138,12 @@ def _convert(art, runtime: str, staging: Path) -> None:
             import openvino as ov
 
             ov.save_model(ov.convert_model(saved), str(path), compress_to_fp16=False)
-    x = probe_images(model.input_shape[1])
+    x = probe_images(model.input_shape[1]) if name == "model.keras" else probe_features(model.input_shape[1:])
     expected, got = model.predict(x, verbose=0), load(path, runtime)(x)
     gap = float(np.max(np.abs(expected - got)))
     if not gap <= TOLERANCE or not np.array_equal(expected.argmax(1), got.argmax(1)):
-        raise VggtlError(f"the {runtime} conversion of {art.path / 'model.keras'} differs from it by {gap:.3g} "
-                         f"(> {TOLERANCE}); set {ENV}=tensorflow to predict with model.keras")
+        raise VggtlError(f"the {runtime} conversion of {art.path / name} differs from it by {gap:.3g} "
+                         f"(> {TOLERANCE}); set {ENV}=tensorflow to predict with the Keras files")
     (staging / "verification.json").write_text(json.dumps(
-        {"model_sha256": art.checksums["model.keras"], "runtime": runtime, "images": len(x), "max_abs_dprob": gap,
+        {"file": name, "sha256": art.checksums[name], "runtime": runtime, "images": len(x), "max_abs_dprob": gap,
          "tolerance": TOLERANCE}, indent=1), encoding="utf-8")

@@ -63,14 +63,17 @@ def describe(record: dict) -> str:
     return f"{record['runtime']} {record['precision']}"
 
 
-def load_predictor(path: Path, record: dict, load_keras):
+def load_predictor(path: Path, record: dict, load_keras, head=None):
     """uint8 images -> probabilities through the artifact's converted base and
     ``head.keras`` (``path``: the artifact directory; ``load_keras(file)``
-    loads a Keras file of it)."""
+    loads a Keras file of it), or ``head`` (features -> probabilities: the
+    head converted to the base's runtime, :mod:`vggtl.inspect.converted`)."""
     forward = runtimes.load_forward(path / record["model"], record["runtime"], record["layers"])
-    head = load_keras(path / record["head"])
+    if head is None:
+        model = load_keras(path / record["head"])
+        head = lambda features: model.predict(features, verbose=0)  # noqa: E731
     layer = record["layer"]
-    return lambda images: head.predict(forward(images)[layer], verbose=0)
+    return lambda images: head(forward(images)[layer])
 
 
 def missing_runtime(record: dict) -> str | None:
