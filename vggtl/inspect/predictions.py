@@ -251,6 +251,8 @@ def print_predictions(artifact_path, inputs, args) -> int:
         How many inputs failed (undecodable, or no Grad-CAM).
     """
     grid, overlap = check_view_arguments(args)
+    if getattr(args, "out", None) is not None:
+        return _predict_to_file(artifact_path, inputs, args)
     art = artifact_mod.load(artifact_path)
     if args.class_name is not None:
         resolve_label(args.class_name, art.labels)  # refuse a bad name before loading the model
@@ -261,3 +263,29 @@ def print_predictions(artifact_path, inputs, args) -> int:
     if grid is not None:
         return _run_tiles(art, cfg, predictor, paths, args, grid, overlap)
     return _run_images(art, cfg, predictor, model, paths, args)
+
+
+def _predict_to_file(artifact_path, inputs, args) -> int:
+    """``--out FILE.csv``: every input into one CSV, streamed and resumable (:mod:`vggtl.inspect.batch`)."""
+    from tqdm import tqdm
+
+    from vggtl.inspect import batch
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".csv":
+        raise VggtlError(f"--out {args.out}: only .csv is written (one row per image); name the file *.csv")
+    if args.gradcam is not None or args.tiles is not None or args.json:
+        raise VggtlError("--out writes one CSV row per image; it does not combine with --gradcam, --tiles or --json")
+    if not out.parent.is_dir():
+        raise VggtlError(f"--out {args.out}: folder {str(out.parent)!r} does not exist; create it first")
+    art = artifact_mod.load(artifact_path)
+    cfg = artifact_config(art)
+    paths = sorted(expand_inputs(inputs, cfg.data.extensions), key=str)
+    with tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as bar:
+        result = batch.predict_to_csv(art, paths, out, cfg.spec.decode.decode, artifact_predictor(art), args.overwrite,
+                                      bar.update)
+    kept = result["resumed"]
+    print((f"{out} is already complete: {kept} row(s), nothing computed" if kept == result["rows"] else
+           f"wrote {result['rows']} row(s) to {out}" + (f" ({kept} kept from an interrupted run)" if kept else ""))
+          + (f"; {result['errors']} file(s) could not be decoded (reason in the error column)" if result["errors"] else ""))
+    return 1 if result["errors"] else 0

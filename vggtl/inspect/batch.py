@@ -1,0 +1,149 @@
+"""``predict ARTIFACT DIR --out FILE.csv``: a folder of any size into one CSV,
+streamed, resumable.
+
+Images are read, classified and written batch by batch (memory is bounded by
+one batch), in the sorted order of the inputs, and every batch is flushed
+and fsync'ed before the next one starts. The batches are fixed slices of
+that order, so a run killed at any moment (kill -9 included) and started
+again keeps the complete batches already written, truncates a partly written
+one, and computes every later batch exactly as an uninterrupted run would:
+the finished file is the same, byte for byte. A side file
+``FILE.csv.run.json`` records what the CSV is of (artifact, inputs, batch
+size, top-k); a CSV of another artifact or other inputs is refused unless
+``--overwrite``. Files that cannot be decoded get a row with their reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from vggtl.data import UndecodableImage
+from vggtl.errors import VggtlError, path_error
+
+BATCH = 32
+
+
+def columns(labels) -> list[str]:
+    return ["path", "predicted", "confidence", *(f"p_{label}" for label in labels), "error"]
+
+
+def run_record(art, paths) -> dict:
+    digest = hashlib.sha256("\n".join(map(str, paths)).encode("utf-8")).hexdigest()
+    return {"artifact_model_sha256": art.checksums.get("model.keras"), "labels": list(art.labels),
+            "inputs": len(paths), "inputs_sha256": digest, "batch": BATCH}
+
+
+def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, progress=None) -> dict:
+    """Classify ``paths`` into the CSV ``out``, resuming an interrupted run of the same job.
+
+    Args:
+        art: the loaded artifact (labels, model digest).
+        paths: image files, in the order the rows are written.
+        out: the CSV path; its folder must exist and be writable.
+        decode: ``path -> (S, S, 3) uint8`` as in extraction.
+        predictor: uint8 batch -> probabilities.
+        overwrite: start over even when ``out`` holds another job's rows.
+        progress: callable ``n`` called with the rows kept from an earlier run,
+            then after each batch with its size; or None.
+
+    Returns:
+        ``{"rows", "resumed", "errors"}``: rows in the file, rows kept from an
+        earlier run, and how many files could not be decoded (over the whole file).
+
+    Raises:
+        VggtlError: ``out`` holds another job's rows (without ``overwrite``).
+        PathError: ``out`` cannot be written.
+    """
+    out = Path(out)
+    record = run_record(art, paths)
+    done = _resume_point(out, record, overwrite)
+    header = columns(art.labels)
+    try:
+        _write_side(out, record)
+        with open(out, "r+" if done else "w", newline="", encoding="utf-8") as fh:
+            if done:
+                fh.seek(done["offset"])
+                fh.truncate()
+            else:
+                fh.write(_line(header))
+            if progress and done:
+                progress(done["rows"])
+            for start in range(done["rows"] if done else 0, len(paths), BATCH):
+                rows = _batch_rows(paths[start : start + BATCH], decode, predictor, art.labels)
+                fh.write("".join(_line(row) for row in rows))
+                fh.flush()
+                os.fsync(fh.fileno())
+                if progress:
+                    progress(len(paths[start : start + BATCH]))
+    except OSError as exc:
+        raise path_error(exc, out, "write the predictions file") from None
+    errors = _count_errors(out)
+    return {"rows": len(paths), "resumed": done["rows"] if done else 0, "errors": errors}
+
+
+def _batch_rows(paths, decode, predictor, labels) -> list[list]:
+    """One row per path, in order; a file that cannot be decoded (or vanished) gets its reason."""
+    images, errors = [], {}
+    for i, path in enumerate(paths):
+        try:
+            images.append(decode(path))
+        except (UndecodableImage, OSError) as exc:
+            errors[i] = str(exc) or type(exc).__name__
+    probs = iter(np.asarray(predictor(np.stack(images)), np.float64)) if images else iter(())
+    rows = []
+    for i, path in enumerate(paths):
+        if i in errors:
+            rows.append([str(path), "", "", *([""] * len(labels)), errors[i]])
+            continue
+        p = next(probs)
+        best = int(np.argmax(p))
+        rows.append([str(path), labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p), ""])
+    return rows
+
+
+def _line(row) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(row)
+    return buffer.getvalue()
+
+
+def _resume_point(out: Path, record: dict, overwrite: bool) -> dict | None:
+    """Where to go on in ``out``: ``{"rows": complete batches' rows, "offset": bytes}``, or None to start afresh."""
+    side = _side(out)
+    if overwrite or not out.exists():
+        return None
+    try:
+        previous = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous != record:
+        raise VggtlError(f"{out} already holds predictions of another artifact or other inputs ({side.name} differs or is "
+                         "missing); choose another --out, or pass --overwrite to replace it")
+    lines = out.read_bytes().split(b"\n")[:-1]  # a last line without its newline was cut by the kill
+    rows = max(0, len(lines) - 1)
+    # a partly written batch is computed again, whole (a finished file is kept as it is)
+    kept = rows if rows == record["inputs"] else (rows // BATCH) * BATCH
+    offset = sum(len(line) + 1 for line in lines[: kept + 1]) if lines else 0
+    return {"rows": kept, "offset": offset} if lines else None
+
+
+def _side(out: Path) -> Path:
+    return out.with_name(out.name + ".run.json")
+
+
+def _write_side(out: Path, record: dict) -> None:
+    tmp = out.with_name(f".{out.name}.run.json.tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, _side(out))
+
+
+def _count_errors(out: Path) -> int:
+    with open(out, newline="", encoding="utf-8") as fh:
+        return sum(1 for row in csv.DictReader(fh) if row["error"])
