@@ -77,6 +77,11 @@ def test_int8_tflite_is_smaller_than_float(core_exports):
     sizes = {m: json.loads((out / f"tflite{'' if m == 'none' else '-' + m}" / "export.json").read_text())["verification"]["size_bytes"]
              for m in ("none", "int8")}
     assert sizes["none"] / sizes["int8"] > 3.5
+    # int8: the convolutions and max pooling, the head kept in float, and both say so
+    check = json.loads((out / "tflite-int8" / "export.json").read_text())["verification"]
+    assert "FULLY_CONNECTED" in check["float_ops"] and not {"CONV_2D", "MAX_POOL_2D"} & set(check["float_ops"])
+    assert check["note"].startswith("convolutions and max pooling in int8; in float: ") and "FULLY_CONNECTED x" in check["note"]
+    assert "tflite int8: convolutions and max pooling in int8" in core_exports[1]
 
 
 def test_low_agreement_exits_1_and_keeps_the_files_marked_unverified(trained, tmp_path, capsys):

@@ -58,6 +58,7 @@ class Result:
     max_abs_dprob: float | None = None
     images_per_second: float | None = None
     note: str = ""
+    float_ops: dict | None = None  # tflite int8: {op type: count} of the ops kept in float
     files: dict = field(default_factory=dict)
 
 
@@ -254,6 +255,10 @@ def _publish(context: _Context, job: _Staged, outcome) -> Result:
     art, model, carried, staging = context.art, context.model, context.carried, job.staging
     result = Result(job.fmt.name, job.mode, str(context.out / job.name), reference=carried.name if job.on_base else "model.keras")
     score(result, outcome, job.check, context.min_agreement)
+    if job.fmt.name == "tflite" and job.mode == "int8" and not job.on_base:
+        result.float_ops = formats.float_ops(job.target)
+        in_float = ", ".join(f"{op} x{n}" for op, n in result.float_ops.items()) or "none"
+        result.note = f"convolutions and max pooling in int8; in float: {in_float}" + (f"; {result.note}" if result.note else "")
     result.note = "; ".join(filter(None, [carried.note(job.on_base), result.note]))
     result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                     for p in sorted(staging.rglob("*")) if p.is_file()}
