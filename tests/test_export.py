@@ -193,8 +193,8 @@ def test_docs_have_a_snippet_per_format():
                                          pytest.param("onnx", "onnx", marks=needs_extra("onnx")),
                                          pytest.param("openvino", "openvino", marks=needs_extra("openvino"))])
 def test_docs_snippet_classifies_an_image_without_vggtl(request, trained, tmp_path, fmt, folder):
-    """The docs' snippet, paths swapped for a tiny artifact's export, run in a
-    fresh interpreter: the label it prints is model.keras's top label."""
+    """The docs' snippet, its export path swapped for a tiny artifact's export, run
+    as written in a fresh interpreter on 8 test images: the labels ``vggtl predict`` prints."""
     import subprocess
 
     from vggtl.predict import predict_paths
@@ -202,14 +202,17 @@ def test_docs_snippet_classifies_an_image_without_vggtl(request, trained, tmp_pa
 
     out = exported(request, trained, tmp_path, fmt, "int8" if folder.endswith("int8") else "none")[2]
     assert (out / folder / "export.json").is_file()
-    image = sorted((trained.parents[2] / "data" / "green").glob("*.png"))[0]
-    code = docs_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", "{image}"')
-    assert str(image) in code
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    manifest = json.loads((trained / "manifest.json").read_text())
+    images = [f"{manifest['data_root']}/{f['path']}" for f in manifest["files"] if f["split"] == "test"][:8]
+    code = docs_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", path')
+    assert f'"{out / folder}", path' in code and len(images) == 8
+    program = "import sys\ndef run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    program += "for path in sys.argv[1:]:\n    run(path)\n"
+    done = subprocess.run([sys.executable, "-c", program, *images], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    label, probability = done.stdout.split()
-    expected = next(iter(predict_paths(artifact.load(trained), [image], top_k=1)))
-    assert label == expected["top"][0][0] and 0 < float(probability) <= 1
+    printed = [line.split() for line in done.stdout.splitlines()]
+    expected = [r["top"][0][0] for r in predict_paths(artifact.load(trained), images, top_k=1)]
+    assert [label for label, _ in printed] == expected and all(0 < float(p) <= 1 for _, p in printed)
 
 
 def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained, tmp_path):
