@@ -1,4 +1,4 @@
-"""File helpers every stage shares: one content hash, directories made with a clear error."""
+"""File helpers every stage shares: one content hash, directories made with a clear error, atomic text writes."""
 
 from __future__ import annotations
 
@@ -35,4 +35,14 @@ def make_dir(path, what: str) -> Path:
         raise path_error(exc, path, f"create the {what} directory") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise PathError(f"cannot write to the {what} directory {path}: permission denied; choose a directory you can write")
+    return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a hidden temporary file renamed
+    over it: a reader sees the old file or the new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
     return path

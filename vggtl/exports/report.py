@@ -4,11 +4,11 @@ artifact (``exports.json``) and shown by both of its reports."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from vggtl.files import write_text_atomic
 from vggtl.training import artifact as artifact_mod
 
 BEGIN, END = "<!-- vggtl exports -->", "<!-- /vggtl exports -->"
@@ -47,9 +47,9 @@ def add_to_artifact(artifact_path, results, model=None) -> None:
     path = artifact_mod.resolve(artifact_path)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = _read_rows(path) + [{**{k: asdict(r)[k] for k in ROW_KEYS}, "created_utc": stamp} for r in results]
-    _replace_text(path / EXPORTS, json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(path / EXPORTS, json.dumps(rows, indent=2) + "\n")
     if (path / "report.md").is_file():
-        _replace_text(path / "report.md", _with_section((path / "report.md").read_text(encoding="utf-8"), rows))
+        write_text_atomic(path / "report.md", _with_section((path / "report.md").read_text(encoding="utf-8"), rows))
     if (path / "predictions.csv").is_file():  # artifacts older than report.html have no per-image predictions
         from vggtl.reports import artifact_page
 
@@ -70,8 +70,3 @@ def _with_section(text: str, rows: list[dict]) -> str:
                "one row per export, oldest first.", "", *table_lines(rows), END]
     return text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
 
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

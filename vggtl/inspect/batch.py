@@ -26,6 +26,7 @@ import numpy as np
 
 from vggtl.data import UndecodableImage
 from vggtl.errors import VggtlError, path_error
+from vggtl.files import write_text_atomic
 
 BATCH = 32
 
@@ -139,9 +140,7 @@ def _side(out: Path) -> Path:
 
 
 def _write_side(out: Path, record: dict) -> None:
-    tmp = out.with_name(f".{out.name}.run.json.tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, _side(out))
+    write_text_atomic(_side(out), json.dumps(record, indent=1))
 
 
 def _count_errors(out: Path) -> int:

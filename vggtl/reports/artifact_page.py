@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vggtl.files import write_text_atomic
 from vggtl.reports import svg
 from vggtl.reports.thumbs import Thumbnails, data_uri
 
@@ -80,12 +80,7 @@ def render(artifact_dir, model=None) -> Path:
     page = ReportPage(directory, labels, cfg, predictions, thumbs)
     if model is None and cfg.output.gradcam:
         model = artifact_mod.load_keras(directory / "model.keras")
-    html = page.html(model)
-    target = directory / "report.html"
-    tmp = target.with_name(f".report.html.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(directory / "report.html", page.html(model))
 
 
 def _config(directory: Path) -> dict:

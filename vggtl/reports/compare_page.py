@@ -5,9 +5,9 @@ prediction became right or wrong between them."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from vggtl.files import write_text_atomic
 from vggtl.reports.artifact_page import Prediction, read_predictions
 from vggtl.reports.thumbs import Thumbnails
 
@@ -53,11 +53,7 @@ def render(version_a, version_b, metric_rows, diff, out) -> Path:
     html = templates.render("compare.html.j2", title=f"vggtl runs: {version_a.name} vs {version_b.name}", a=version_a,
                             b=version_b, metrics=metric_rows, diff=diff, changes=changes, same_labels=same_labels,
                             missing=missing)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, html)
 
 
 def _item(x: Prediction, y: Prediction, labels, thumbs) -> dict:

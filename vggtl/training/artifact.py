@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 from vggtl.data import SPLITS
 from vggtl.errors import ArtifactError, path_error
-from vggtl.files import make_dir, sha256_file
+from vggtl.files import make_dir, sha256_file, write_text_atomic
 
 FORMAT = "vggtl-artifact"
 FORMAT_VERSION = 1
@@ -168,9 +168,7 @@ def reseal(path: Path, names) -> None:
     for name in names:
         if (path / name).is_file():
             listed[name] = sha256_file(path / name)
-    tmp = path / f".{CHECKSUMS}.{os.getpid()}.tmp"
-    tmp.write_text("".join(f"{digest}  {rel}\n" for rel, digest in sorted(listed.items())), encoding="utf-8")
-    os.replace(tmp, path / CHECKSUMS)
+    write_text_atomic(path / CHECKSUMS, "".join(f"{digest}  {rel}\n" for rel, digest in sorted(listed.items())))
 
 
 def publish(staging: Path) -> Path:
