@@ -94,7 +94,7 @@ def test_the_curves_best_epoch_value_is_the_tables(art):
 def test_curves_mark_the_averaged_models_accuracy_not_the_heads():
     history = {"loss": [1.0, 0.5, 0.4], "accuracy": [0.5, 0.8, 0.9], "val_cross_entropy": [0.9, 0.6, 0.7],
                "val_accuracy": [0.4, 0.5, 0.5], "val_accuracy_final": [0.5, 0.75, 0.7], "best_epoch": 2, "stopped_early": True}
-    curves = artifact_page.phase_curves("phase1", history, {})
+    curves = artifact_page.phase_curves("phase1", history)
     assert curves["best_val_accuracy"] == 0.75 and curves["has_probe"]
     assert 'data-epoch="2" data-value="0.750000"' in curves["accuracy"]
     assert 'data-epoch="2" data-value="0.600000"' in curves["loss"]  # the watched cross-entropy, not L2's val_loss

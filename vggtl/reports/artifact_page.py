@@ -73,11 +73,8 @@ def render(artifact_dir, model=None) -> Path:
 
     directory = Path(artifact_dir)
     labels = _read_json(directory / "labels.json")
-    manifest = _read_json(directory / "manifest.json")
     cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
-    predictions = read_predictions(directory / "predictions.csv", labels)
-    thumbs = Thumbnails(cfg.spec.decode, Path(manifest["data_root"]))
-    page = ReportPage(directory, labels, cfg, predictions, thumbs)
+    page = ReportPage(directory, labels, cfg, read_predictions(directory / "predictions.csv", labels))
     if model is None and cfg.output.gradcam:
         model = artifact_mod.load_keras(directory / "model.keras")
     return write_text_atomic(directory / "report.html", page.html(model))
@@ -92,12 +89,13 @@ def _config(directory: Path) -> dict:
 class ReportPage:
     """The sections of one artifact's page, each a small method over the artifact's files."""
 
-    def __init__(self, directory: Path, labels, cfg, predictions: list[Prediction], thumbs: Thumbnails):
-        self.dir, self.labels, self.cfg, self.thumbs = directory, labels, cfg, thumbs
+    def __init__(self, directory: Path, labels, cfg, predictions: list[Prediction]):
+        self.dir, self.labels, self.cfg = directory, labels, cfg
         self.metrics = _read_json(directory / "metrics.json")
         self.info = _read_json(directory / "info.json")
         self.history = _read_json(directory / "history.json", {})
         self.manifest = _read_json(directory / "manifest.json")
+        self.thumbs = Thumbnails(cfg.spec.decode, Path(self.manifest["data_root"]))
         self.exports = _read_json(directory / "exports.json", [])
         self.by_split = {s: [p for p in predictions if p.split == s] for s in ("train", "val", "test")}
 
@@ -183,7 +181,7 @@ class ReportPage:
 
     def curves(self) -> list[dict]:
         """Per phase: the loss early stopping watched and the accuracies, the best epoch marked."""
-        return [phase_curves(phase, curves, self.metrics) for phase, curves in self.history.items()
+        return [phase_curves(phase, curves) for phase, curves in self.history.items()
                 if isinstance(curves, dict) and curves.get("loss")]
 
     def leakage(self) -> dict:
@@ -201,7 +199,7 @@ class ReportPage:
                 "artifact": self.dir.name}
 
 
-def phase_curves(phase: str, curves: dict, metrics: dict) -> dict:
+def phase_curves(phase: str, curves: dict) -> dict:
     """Two charts of one phase: loss (train, and the validation cross-entropy
     early stopping watched) and accuracy (train, val of the model trained, val
     of the model the table reports), with the best epoch marked by its values."""
