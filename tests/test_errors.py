@@ -227,6 +227,8 @@ def test_a_mistyped_set_key_is_blamed_on_set_not_the_file(tiny, capsys):
     assert err.startswith("error: --set 'head.unit=3' (over ") and "Did you mean 'units'?" in err
     assert train.main([str(tiny), "--set", "head.units=[4]", "--set", "train.epochs=0"]) == 2
     assert "--set 'train.epochs=0'" in capsys.readouterr().err
+    assert train.main([str(tiny), "--set", "trian.epochs=3"]) == 2  # a mistyped section
+    assert capsys.readouterr().err.startswith("error: --set 'trian.epochs=3' (over ")
 
 
 def test_a_single_class_folder_as_root_is_recognised(tiny, tmp_path, capsys):

@@ -269,7 +269,9 @@ def _blame_override(exc: ConfigError, source: str, overrides) -> ConfigError:
     (``--set head.unit=3`` is the user's typo, not the YAML's)."""
     message = str(exc)
     for where, parts, _ in _override_items(overrides):
-        if f"key '{'.'.join(parts)}'" in message and message.startswith(f"{source}: "):
+        # the error may name the key or a section of it ('trian' for --set trian.epochs=3)
+        named = any(f"key '{'.'.join(parts[:n])}'" in message for n in range(len(parts), 0, -1))
+        if named and message.startswith(f"{source}: "):
             return ConfigError(f"{where} (over {source}): " + message[len(source) + 2:])
     return exc
 
