@@ -4,6 +4,7 @@ lookup, and the marks of tests that need an optional extra."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -161,3 +162,30 @@ def run_pipeline(tmp: Path, cfg: Path, train_argvs) -> Path:
         for argv in train_argvs:
             assert train.main(argv) == 0
     return tmp
+
+
+# --------------------------------------------------------------------------- pages in a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def chromium_page(playwright):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run"])
+    return browser, browser.new_page(viewport={"width": 1280, "height": 900})
+
+
+def browser_or_skip():
+    """Playwright's sync API, or a skip naming what is missing (a failure where
+    CI sets VGGTL_REQUIRE_BROWSER: there the browser test must run)."""
+    missing = None if CHROMIUM.is_file() else "Debian's chromium is not installed (apt-get install chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing, sync_api = "playwright is not installed (pip install 'vggtl[dev]')", None
+    if missing and os.environ.get("VGGTL_REQUIRE_BROWSER"):
+        pytest.fail(f"VGGTL_REQUIRE_BROWSER is set but {missing}")
+    if missing:
+        pytest.skip(f"{missing}: report.html is not opened in a browser")
+    return sync_api

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLORS, make_dataset, make_image, run_pipeline, write_config
+from conftest import COLORS, browser_or_skip, chromium_page, make_dataset, make_image, run_pipeline, write_config
 from vggtl.reports import artifact_page
 from vggtl.training import artifact
 
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -131,28 +130,6 @@ def test_three_exports_give_three_rows_in_both_reports(copy):
     html = (copy / "report.html").read_text()
     assert html.count('<tr class="export-row">') == 3 and all(r["path"] in html for r in rows)
     artifact.load(copy)  # resealed: the changed and added files verify
-
-
-def chromium_page(playwright):
-    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run"])
-    return browser, browser.new_page(viewport={"width": 1280, "height": 900})
-
-
-def browser_or_skip():
-    """Playwright's sync API, or a skip naming what is missing (a failure where
-    CI sets VGGTL_REQUIRE_BROWSER: there the browser test must run)."""
-    missing = None if CHROMIUM.is_file() else "Debian's chromium is not installed (apt-get install chromium)"
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing, sync_api = "playwright is not installed (pip install 'vggtl[dev]')", None
-    if missing and os.environ.get("VGGTL_REQUIRE_BROWSER"):
-        pytest.fail(f"VGGTL_REQUIRE_BROWSER is set but {missing}")
-    if missing:
-        pytest.skip(f"{missing}: report.html is not opened in a browser")
-    return sync_api
 
 
 def test_a_browser_opens_the_page_and_a_cell_shows_exactly_its_images(art):

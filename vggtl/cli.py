@@ -23,6 +23,7 @@ from vggtl.errors import ConfigError, invocation
 COMMANDS = {
     "extract": "cache frozen-backbone features (VGG16 by default) of a labeled image tree (HDF5 store)",
     "train": "train the head on cached features; write artifact + report",
+    "audit": "find mislabeled, duplicate and off-topic images and whether more would help; act on it (--apply)",
     "predict": "top-k labels for image files from an artifact",
     "weights": "provision or verify the offline VGG16 ImageNet weights",
     "classify": "ImageNet labels for photos with the full pretrained VGG16/VGG19",

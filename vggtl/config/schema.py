@@ -228,8 +228,13 @@ class SearchParam:
 class AuditConfig:
     near_duplicate: float = _key(
         0.98, low=0.0, high=1.0,
-        doc="cosine similarity of avg-pooled cached features at or above which two images in different splits are listed as near-duplicates",
+        doc="cosine similarity of avg-pooled cached features at or above which two images are near-duplicates "
+            "(the leakage audit: in different splits; vggtl audit: anywhere)",
     )
+    folds: int = _key(5, low=2, high=50,
+                      doc="vggtl audit: folds of the out-of-fold probabilities label issues are ranked by")
+    learning_curve: bool = _key(True, doc="vggtl audit: also fit a learning curve (would more images help?); "
+                                "off: the audit takes a few seconds instead of tens")
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ def _label(value: float) -> str:
 
 
 def line_chart(title: str, series: list[tuple[str, list[float]]], y_label: str, marker: tuple[int, float, str] | None = None,
-               y_range: tuple[float, float] | None = None) -> str:
-    """Lines over epochs 1..N.
+               y_range: tuple[float, float] | None = None, xs: list[float] | None = None, x_label: str = "epoch") -> str:
+    """Lines over epochs 1..N (or over the values ``xs``).
 
     Args:
         title: shown above the plot.
@@ -41,30 +41,34 @@ def line_chart(title: str, series: list[tuple[str, list[float]]], y_label: str, 
         marker: ``(epoch, value, text)``: a vertical line at ``epoch`` (1-based)
             and a dot at ``value`` labelled ``text`` (the best epoch), or None.
         y_range: fixed ``(low, high)``; by default the data's range.
+        xs: the x value of each point (e.g. images per class), in place of
+            epochs 1..N; ``x_label`` names them.
     """
     finite = [v for _, values in series for v in values if v is not None and math.isfinite(v)]
     epochs = max((len(values) for _, values in series), default=1)
+    xs = list(xs) if xs is not None else list(range(1, epochs + 1))
+    x_low, x_high = (min(xs), max(xs)) if xs else (1, 1)
     low, high = y_range or ((min(finite), max(finite)) if finite else (0.0, 1.0))
     if high - low < 1e-12:
         low, high = low - 0.5, high + 0.5
     x0, x1 = MARGIN["left"], WIDTH - MARGIN["right"]
     y0, y1 = HEIGHT - MARGIN["bottom"], MARGIN["top"]
 
-    def x(epoch: float) -> float:
-        return x0 + (x1 - x0) * ((epoch - 1) / max(epochs - 1, 1))
+    def x(value: float) -> float:
+        return x0 + (x1 - x0) * ((value - x_low) / max(x_high - x_low, 1e-12))
 
     def y(value: float) -> float:
         return y0 - (y0 - y1) * ((value - low) / (high - low))
 
-    parts = [_frame(title, y_label, "epoch")]
+    parts = [_frame(title, y_label, x_label)]
     for tick in _ticks(low, high):
         parts.append(f'<line x1="{x0}" x2="{x1}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" class="grid"/>'
                      f'<text x="{x0 - 4}" y="{y(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
-    for tick in _ticks(1, epochs):
+    for tick in _ticks(x_low, x_high):
         if float(tick).is_integer():
             parts.append(f'<text x="{x(tick):.1f}" y="{y0 + 16}" text-anchor="middle">{int(tick)}</text>')
     for i, (name, values) in enumerate(series):
-        points = " ".join(f"{x(e + 1):.1f},{y(v):.1f}" for e, v in enumerate(values) if v is not None and math.isfinite(v))
+        points = " ".join(f"{x(at):.1f},{y(v):.1f}" for at, v in zip(xs, values) if v is not None and math.isfinite(v))
         color = COLORS[i % len(COLORS)]
         parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"><title>{escape(name)}</title></polyline>')
         # The legend goes under the plot, one row per series: inside it hid the curves.

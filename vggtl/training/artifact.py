@@ -115,7 +115,8 @@ def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap
     (staging / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     write_json(staging / "metrics.json", metrics.to_json())
     write_json(staging / "history.json", history)
-    write_json(staging / "manifest.json", _manifest(dataset, fs))
+    manifest = _manifest(dataset, fs)
+    write_json(staging / "manifest.json", manifest)
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -131,6 +132,7 @@ def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap
         "image_size": cfg.spec.image_size,
         "input": "RGB uint8 (or float 0-255), shape (H, W, 3) = image_size; preprocessing inside the model",
         "end_to_end_check_max_abs_diff": end_to_end_gap,
+        "labels_since_previous": label_changes(staging.parent, manifest),
         **({"features_runtime": features_runtime} if features_runtime else {}),
         "versions": versions(),
         "train_seconds": round(seconds, 1),
@@ -140,7 +142,8 @@ def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap
 
 
 def _manifest(dataset, fs) -> dict:
-    """Where the data came from and which file went to which split."""
+    """Where the data came from and which file (by content) went to which split with which label."""
+    sha_of = {f.relpath: f.sha256 for f in dataset.files}
     return {
         "data_root": str(dataset.root),
         "layout": dataset.layout,
@@ -148,10 +151,49 @@ def _manifest(dataset, fs) -> dict:
         "counts": dataset.counts(skipped=[path for path, _ in fs.skipped]),
         "skipped": [{"path": p, "reason": r} for p, r in fs.skipped],
         "files": [
-            {"path": fs.paths[i], "label": fs.class_names[fs.labels[i]], "split": SPLITS[fs.splits[i]]}
+            {"path": fs.paths[i], "label": fs.class_names[fs.labels[i]], "split": SPLITS[fs.splits[i]],
+             "sha256": sha_of.get(fs.paths[i])}
             for i in range(len(fs.paths))
         ],
     }
+
+
+def label_changes(run_dir: Path, manifest: dict) -> dict | None:
+    """How the labels of ``manifest`` differ from those of the newest published
+    version in ``run_dir``, by image content (a relabelled file moved to another
+    class folder is one image whose label changed): ``{"previous", "changed",
+    "added", "removed"}``; None when there is no earlier version, and
+    ``"changed": None`` when it predates content hashes in manifests."""
+    published = existing_versions(run_dir)
+    if not published:
+        return None
+    previous = f"v{published[-1]}"
+    try:
+        old_files = read_json(run_dir / previous / "manifest.json")["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"previous": previous, "changed": None, "added": None, "removed": None}
+    if any("sha256" not in f for f in old_files):
+        return {"previous": previous, "changed": None, "added": None, "removed": None}
+    old, new = _labels_by_content(old_files), _labels_by_content(manifest["files"])
+    return {"previous": previous, "changed": sum(old[sha] != new[sha] for sha in old.keys() & new.keys()),
+            "added": len(new.keys() - old.keys()), "removed": len(old.keys() - new.keys())}
+
+
+def _labels_by_content(files) -> dict[str, frozenset]:
+    labels = {}
+    for f in files:
+        labels.setdefault(f["sha256"], set()).add(f["label"])
+    return {sha: frozenset(names) for sha, names in labels.items()}
+
+
+def label_change_line(changes: dict | None) -> str | None:
+    """What ``train`` prints about :func:`label_changes`."""
+    if changes is None:
+        return None
+    if changes["changed"] is None:
+        return f"labels since {changes['previous']}: cannot tell (it predates content hashes in manifest.json)"
+    return (f"labels since {changes['previous']}: {changes['changed']} image(s) relabelled, {changes['added']} added, "
+            f"{changes['removed']} removed")
 
 
 def existing_versions(run_dir: Path) -> list[int]:

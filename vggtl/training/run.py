@@ -115,9 +115,12 @@ def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
         target = publish(RunInputs(plan, dataset, fs), trained, metrics, time.perf_counter() - started, log)
     finally:
         fs.close()
+    published = artifact.load(target)
+    if line := artifact.label_change_line(published.info.get("labels_since_previous")):
+        log(line)
     log(f"artifact: {target}")
     log(f"report:   {target / 'report.html'} (open it in a browser; summary: report.md)")
-    return artifact.load(target)
+    return published
 
 
 def open_current_store(plan: RunPlan, config_arg=None) -> tuple[FeatureStore, data.Dataset]:
