@@ -7,7 +7,9 @@
   splits by :mod:`vggtl.splits`, its digests);
 - :mod:`vggtl.data.decode` -- :class:`DecodeSettings` and :func:`decode_image`:
   EXIF, modes, transparency, the ``data.resize`` policies, the pixel guard;
-- :mod:`vggtl.data.batches` -- decode and classify in batches.
+- :mod:`vggtl.data.batches` -- decode and classify in batches;
+- :mod:`vggtl.data.thumbnails` -- thumbnails of the model's input, made by
+  extraction and cached by content, for the pages that show images.
 
 The names below are the package's API; import them from ``vggtl.data``.
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vggtl import config, data
 from vggtl.backbones.resolve import ResolvedWeights
+from vggtl.data import thumbnails
 from vggtl.errors import DataError
 from vggtl.features import augment, runtimes, store
 
@@ -76,6 +77,7 @@ def job_decoder(cfg: config.Config):
         content = read_as_scanned(job.file) if content is None else content
         check_unchanged(job.file, content)
         clean = decode.decode(content)
+        thumbnails.remember(job.file.sha256, decode, clean)  # the pages then never decode this file again
         items = []
         for key in job.keys:
             if key == job.file.sha256:
