@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
     if args.apply:
-        apply(cfg, args.apply)
+        apply(cfg, args.apply, config_arg=args.config)
     else:
         run(cfg, config_arg=args.config)
     return 0

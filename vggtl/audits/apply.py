@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vggtl.errors import ConfigError, DataError
+from vggtl.errors import ConfigError, DataError, invocation
 from vggtl.files import make_dir
 
 EXCLUDED = ".vggtl-excluded"
@@ -43,8 +43,9 @@ class Move:
     what: str
 
 
-def apply(cfg, file, log=print) -> Path | None:
-    """Carry out the actions of ``file`` on the data tree of ``cfg`` (a validated config).
+def apply(cfg, file, config_arg: str | None = None, log=print) -> Path | None:
+    """Carry out the actions of ``file`` on the data tree of ``cfg`` (a validated config);
+    ``config_arg`` is how the user named the config (for the undo command printed).
 
     Returns:
         The undo log written (None when no row asked for a change).
@@ -74,7 +75,7 @@ def apply(cfg, file, log=print) -> Path | None:
             fh.flush()
             os.fsync(fh.fileno())
             log(f"  {move.what}")
-    log(f"changed {len(moves)} image(s); undo: vggtl audit --apply {undo}")
+    log(f"changed {len(moves)} image(s); undo: {invocation('audit')} {config_arg or 'CONFIG'} --apply {undo}")
     log("run extract, then train: the new artifact says how many labels changed since the previous version")
     return undo
 
