@@ -3,6 +3,7 @@ lookup, and the marks of tests that need an optional extra."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -189,3 +190,22 @@ def browser_or_skip():
     if missing:
         pytest.skip(f"{missing}: report.html is not opened in a browser")
     return sync_api
+
+
+@contextlib.contextmanager
+def page_in_chromium(path: Path):
+    """The page ``path`` opened in Debian's chromium (the test skips, or fails
+    under VGGTL_REQUIRE_BROWSER, without it); after the block, asserts the
+    page logged no error and fetched nothing but file: and data: URLs."""
+    sync_api = browser_or_skip()
+    errors, requests = [], []
+    with sync_api.sync_playwright() as playwright:
+        browser, page = chromium_page(playwright)
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        page.goto(Path(path).as_uri())
+        yield page
+        browser.close()
+    assert errors == []
+    assert [url for url in requests if not url.startswith(("file://", "data:"))] == []

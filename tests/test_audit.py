@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLORS, browser_or_skip, chromium_page, make_dataset, make_image, write_config
+from conftest import COLORS, make_dataset, make_image, page_in_chromium, write_config
 from vggtl import audit, extract, train
 
 
@@ -75,15 +75,8 @@ def test_publishes_csv_json_and_page_and_prints_the_top_ten(audited, capsys):
 
 
 def test_a_browser_shows_each_issue_beside_examples_and_fetches_nothing(audited):
-    sync_api = browser_or_skip()
     _, _, _, out = audited
-    with sync_api.sync_playwright() as playwright:
-        browser, page = chromium_page(playwright)
-        errors, requests = [], []
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("request", lambda request: requests.append(request.url))
-        page.goto((out / "audit.html").as_uri())
+    with page_in_chromium(out / "audit.html") as page:
         listed = [r["path"] for r in read_issues(out / "issues.csv")]
         assert page.locator(".issue").evaluate_all("els => els.map(e => e.dataset.path)") == listed
         mislabeled = page.locator('.issue[data-path="green/green_mislabeled.png"]')
@@ -94,9 +87,6 @@ def test_a_browser_shows_each_issue_beside_examples_and_fetches_nothing(audited)
         assert page.locator("#learning-curve svg").count() == 1
         page.set_viewport_size({"width": 390, "height": 844})
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
-        browser.close()
-    assert errors == []
-    assert [url for url in requests if not url.startswith(("file://", "data:"))] == []
 
 
 def test_same_store_and_seed_same_issues(audited, monkeypatch):

@@ -34,8 +34,7 @@ def points(vectors: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, 
         for fit_rows, held in splitter.split(vectors, labels):
             for f, fraction in enumerate(FRACTIONS):
                 subset = _subsample(fit_rows, labels, fraction, rng)
-                probs = 0.5 * label_model.logistic_probabilities(vectors, labels, subset, held, n_classes, seed)
-                probs += 0.5 * label_model.neighbour_vote(unit, labels, subset, held, n_classes)
+                probs = label_model.ensemble_probabilities(vectors, unit, labels, subset, held, n_classes, seed)
                 correct[f, held] += probs.argmax(axis=1) == labels[held]
     correct /= REPEATS
     counts = np.bincount(labels, minlength=n_classes)

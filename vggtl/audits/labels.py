@@ -74,9 +74,16 @@ def out_of_fold(vectors: np.ndarray, labels: np.ndarray, n_classes: int, folds: 
     for repeat in range(REPEATS):
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + repeat)
         for fit_rows, held in splitter.split(vectors, labels):
-            total[held] += 0.5 * logistic_probabilities(vectors, labels, fit_rows, held, n_classes, seed)
-            total[held] += 0.5 * neighbour_vote(unit, labels, fit_rows, held, n_classes)
+            total[held] += ensemble_probabilities(vectors, unit, labels, fit_rows, held, n_classes, seed)
     return total / REPEATS
+
+
+def ensemble_probabilities(vectors, unit, labels, fit_rows, held, n_classes: int, seed: int) -> np.ndarray:
+    """Probabilities of the ``held`` rows from the ensemble trained on ``fit_rows``:
+    the mean of :func:`logistic_probabilities` and :func:`neighbour_vote` (``unit``:
+    the L2-normalised ``vectors``)."""
+    return 0.5 * (logistic_probabilities(vectors, labels, fit_rows, held, n_classes, seed)
+                  + neighbour_vote(unit, labels, fit_rows, held, n_classes))
 
 
 def logistic_probabilities(vectors, labels, fit_rows, held, n_classes: int, seed: int) -> np.ndarray:
@@ -114,8 +121,8 @@ def find(vectors: np.ndarray, labels: np.ndarray, similarity: np.ndarray, folds:
     probs = np.maximum(probs, PROBABILITY_FLOOR)
     probs /= probs.sum(axis=1, keepdims=True)
     rows = np.arange(len(labels))
-    log_ratio = np.log(_best_other(probs, labels)[1]) - np.log(probs[rows, labels])
-    suggested = _best_other(probs, labels)[0]
+    suggested, best_other = _best_other(probs, labels)
+    log_ratio = np.log(best_other) - np.log(probs[rows, labels])
     margin = _best_other(similarity, labels)[1] - similarity[rows, labels]
     score = (rankdata(log_ratio) + rankdata(margin)) / (2 * len(labels))
     likely = np.zeros(len(labels), dtype=bool)

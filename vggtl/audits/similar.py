@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from vggtl.training import leakage
+
 NEIGHBOURS = 5
 MAD_LIMIT = 4.0
-SIMILARITY_CELLS = 1 << 24  # one block of a similarity matrix: at most 64 MB of float32
 
 
 def unit_vectors(vectors: np.ndarray) -> np.ndarray:
@@ -32,7 +33,7 @@ def duplicate_pairs(unit: np.ndarray, entries: np.ndarray, threshold: float) -> 
     """``(i, j, cosine)`` with ``i < j`` for every pair of rows with the same
     content entry (cosine 1.0) or a cosine of at least ``threshold``, in row order."""
     pairs = []
-    block = max(1, SIMILARITY_CELLS // max(1, len(unit)))
+    block = max(1, leakage.SIMILARITY_CELLS // max(1, len(unit)))  # the leakage audit's memory bound
     for start in range(0, len(unit), block):
         sims = unit[start : start + block] @ unit.T
         i, j = np.nonzero((sims >= threshold) | (entries[start : start + block, None] == entries[None, :]))
