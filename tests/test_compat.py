@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,26 @@ def test_old_store_is_reused_without_computing(legacy, capsys):
         for key, value in before[layer].items():
             np.testing.assert_array_equal(after[layer][key], value)
     assert extract.main(["config.yaml", "--no-progress"]) == 0
-    assert "up to date" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "up to date" in out
+    # extracted before unknown detection: reused as it is, and said so
+    assert f"note: using {Path('cache') / 'legacy-e15454df4469.h5'}, extracted before unknown detection" in out
+
+
+def test_an_old_store_gets_unknown_detection_by_extract_add_unknown(legacy, capsys):
+    from vggtl import extract, train
+
+    assert extract.main(["config.yaml", "--no-progress"]) == 0 and train.main(["config.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown detection: unavailable (the feature store was extracted before unknown detection; " \
+           "extract --add-unknown adds it" in out
+    assert extract.main(["config.yaml", "--no-progress", "--add-unknown"]) == 0
+    out = capsys.readouterr().out
+    assert "computed" in out and "note: using" not in out  # the config's own store, every image computed
+    assert train.main(["config.yaml"]) == 0
+    assert "unknown detection (fitted on train, threshold on val)" in capsys.readouterr().out
+    stores = sorted(p.name for p in (legacy / "cache").glob("legacy-*.h5"))
+    assert len(stores) == 2  # the old one untouched beside the new one
 
 
 def test_training_on_an_old_store_asks_for_extract_then_works(legacy, capsys):
@@ -72,7 +92,11 @@ def test_old_artifact_predicts_as_before(legacy, capsys):
     from vggtl import predict
 
     assert predict.main(["experiments/legacy", "data", "--json", "--top-k", "3"]) == 1  # broken.png
-    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    got = [json.loads(line) for line in captured.out.splitlines()]
+    # Trained before unknown detection: it still predicts, and says how to get it.
+    assert "cannot say 'unknown' (it was trained by a vggtl without unknown detection); retrain it" in captured.err
+    assert all(g["unknown"] is None and g["unknown_score"] is None for g in got if "top" in g)
     want = [json.loads(line) for line in (legacy / "expected_predictions.jsonl").read_text().splitlines()]
     assert [g["path"] for g in got] == [w["path"] for w in want]
     for g, w in zip(got, want):

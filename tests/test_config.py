@@ -684,9 +684,10 @@ def test_image_size_below_the_backbones_minimum(root):
 
 def test_finetune_blocks_per_backbone(root):
     cfg = config.from_dict(minimal(root, backbone={"name": "resnet50"}, finetune={"blocks": 2}))
-    assert cfg.spec.stored_layers == ("conv5_block3_out", "conv3_block4_out")
+    assert cfg.spec.stored_layers == ("conv5_block3_out", "conv3_block4_out", "channel_stats")
     assert cfg.spec.boundary_layer == "conv3_block4_out"
-    assert config.from_dict(minimal(root, finetune={"blocks": 1})).spec.stored_layers == ("block5_pool", "block4_pool")
+    assert config.from_dict(minimal(root, finetune={"blocks": 1})).spec.stored_layers == ("block5_pool", "block4_pool",
+                                                                                          "channel_stats")
     assert config.from_dict(minimal(root)).spec.boundary_layer is None
     with pytest.raises(ConfigError, match=r"key 'finetune\.blocks': got 4; mobilenet_v2 allows 0-3"):
         config.from_dict(minimal(root, backbone={"name": "mobilenet_v2"}, finetune={"blocks": 4}))
@@ -698,7 +699,7 @@ def test_joined_backbone_layer(root):
     """'a+b' joins layers (bottom to top); fine-tuning works when every part is at
     or above the boundary and the last is the top."""
     cfg = config.from_dict(minimal(root, backbone={"layer": "block4_pool+block5_pool"}, finetune={"blocks": 1}))
-    assert cfg.spec.stored_layers == ("block4_pool+block5_pool", "block4_pool")
+    assert cfg.spec.stored_layers == ("block4_pool+block5_pool", "block4_pool", "channel_stats")
     assert cfg.spec.feature_shape(cfg.spec.head_layer) == (7, 7, 1024)
     for layer, message in [
         ("block5_pool+block4_pool", r"got 'block5_pool\+block4_pool'; join distinct layers from bottom to top, e\.g\. block4_pool\+block5_pool"),

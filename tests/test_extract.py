@@ -124,7 +124,7 @@ def test_cold_run_computes_all_and_warm_run_nothing(tiny, monkeypatch):
         assert sorted(fs.paths) == sorted(f.relpath for f in cold.dataset.files)
         assert [fs.class_names[label] for label in fs.labels] == [p.split("/")[0] for p in fs.paths]
         assert fs.feature_shape == (1, 1, 512)
-        assert fs.layers == ["block5_pool"] and fs.augment["views"] == 0
+        assert fs.layers == ["block5_pool", "channel_stats"] and fs.augment["views"] == 0
         feats = fs.features(np.arange(N_IMAGES))
     assert sorted(stored_keys(path)) == sorted(f.sha256 for f in cold.dataset.files)  # no views by default
     assert np.isfinite(feats).all()
@@ -304,7 +304,7 @@ def test_changed_image_size_or_layer_uses_a_new_store(tiny):
     with store.FeatureStore(bigger.store_path) as fs:
         assert fs.feature_shape == (2, 2, 512) and fs.settings["image_size"] == 64
     with store.FeatureStore(other_layer.store_path) as fs:
-        assert fs.feature_shape == (2, 2, 512) and fs.settings["layers"] == fs.layers == ["block4_pool"]
+        assert fs.feature_shape == (2, 2, 512) and fs.settings["layers"] == fs.layers == ["block4_pool", "channel_stats"]
 
 
 def test_corrupt_store_is_quarantined_and_rebuilt(tiny):
@@ -373,14 +373,14 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
     n_train = len(shas_of(tuned.dataset, "train"))
     total = N_IMAGES + n_train  # clean features + one view per training image
 
-    assert built == [["block5_pool", "block4_pool"]]  # one model with both outputs...
+    assert built == [["block5_pool", "block4_pool", "channel_stats"]]  # one model with every output...
     assert sum(batches) == total and len(batches) == -(-total // 8)  # ...run once per image/view
     assert len(decoded) == N_IMAGES and len(set(decoded)) == N_IMAGES  # each file decoded once
     assert (tuned.computed, tuned.reused) == (total, 0)
     assert any(line.startswith(f"extract: {total} image(s)/view(s) to compute, 0 cached") for line in logs)
     with store.FeatureStore(tuned.store_path) as fs:
-        assert fs.layers == fs.settings["layers"] == ["block5_pool", "block4_pool"]
-        assert fs.feature_shapes == {"block5_pool": (1, 1, 512), "block4_pool": (2, 2, 512)}
+        assert fs.layers == fs.settings["layers"] == ["block5_pool", "block4_pool", "channel_stats"]
+        assert fs.feature_shapes == {"block5_pool": (1, 1, 512), "block4_pool": (2, 2, 512), "channel_stats": (1, 1, 1920)}
         assert fs.feature_shape == (1, 1, 512)  # the head's input comes first
     got = features_by_key(tuned.store_path)
     assert len(got["block4_pool"]) == total and np.isfinite(np.stack(list(got["block4_pool"].values()))).all()
@@ -392,7 +392,7 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
         alone, _ = tiny.run(f"backbone.layer={layer}", "augment.views=1", "extract.batch_size=8")
         assert alone.store_path != tuned.store_path and alone.computed == total
         want = features_by_key(alone.store_path)
-        assert want.keys() == {layer} and want[layer].keys() == got[layer].keys()
+        assert want.keys() == {layer, "channel_stats"} and want[layer].keys() == got[layer].keys()
         assert_same_entries(got, want, want[layer])
 
 
@@ -669,7 +669,7 @@ def test_inception_store_has_the_tables_shape_and_its_preprocessing(tmp_path, mo
     with store.FeatureStore(result.store_path) as fs:
         assert fs.settings["backbone"] == "inception_v3"
         assert fs.settings["preprocessing"].startswith("keras.applications.inception_v3.preprocess_input (tf:")
-        assert fs.feature_shapes == {"mixed7": (3, 3, 768)}  # 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3
+        assert fs.feature_shapes == {"mixed7": (3, 3, 768), "channel_stats": (1, 1, 2112)}  # 75 -> 37 -> 35 -> 17 -> 15 -> 7 -> 3
         features = fs.features(np.arange(len(fs.paths)))
     assert features.shape == (18, 3, 3, 768) and np.isfinite(features).all() and features.std() > 0
 

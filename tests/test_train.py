@@ -254,6 +254,8 @@ def test_finetune_records_both_phases(ft_dir):
     report = (art.path / "report.md").read_text()
     assert "after phase 1 (head only)" in report and "fine-tuning: top 1 block(s)" in report
     assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
+    # Unknown detection on the fine-tuned features (publishing checked model.keras's score against them).
+    assert art.metrics["unknown"]["available"] and art.unknown["threshold"] == pytest.approx(art.metrics["unknown"]["threshold"], abs=1e-6)
 
 
 def test_phase2_above_the_in_ram_limit_reads_batches_and_matches(ft_dir, feature_reads, monkeypatch):
@@ -339,7 +341,7 @@ def test_other_backbone_end_to_end(resnet_dir):
         "preprocessing": "keras.applications.resnet.preprocess_input (caffe: RGB->BGR, minus ImageNet means)",
     }
     assert art.info["store"]["settings"]["backbone"] == "resnet50"
-    assert art.info["store"]["settings"]["layers"] == ["conv5_block3_out", "conv4_block6_out"]
+    assert art.info["store"]["settings"]["layers"] == ["conv5_block3_out", "conv4_block6_out", "channel_stats"]
     assert art.config["backbone"]["layer"] == "conv5_block3_out" and art.config["data"]["image_size"] == 32
     assert art.metrics["test"]["accuracy"] >= 0.8  # random ResNet features still separate the colors
     # phase 2 kept its fine-tuned conv5 stage (BatchNorm included), so the
@@ -433,9 +435,11 @@ def test_mirror_average_end_to_end(mirror_dir):
     assert art.info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
     assert_predicts_what_was_evaluated(mirror_dir)
     # the model is symmetric: an image and its mirror image get the same probabilities
-    model = keras.saving.load_model(art.path / "model.keras")
+    model = keras.saving.load_model(art.path / "model.keras")  # loads without vggtl: Keras layers and ops
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
-    np.testing.assert_allclose(model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0), atol=1e-6)
+    plain, mirrored = model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(plain["probabilities"], mirrored["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(plain["unknown_score"], mirrored["unknown_score"], rtol=1e-4, atol=1e-3)
 
 
 def test_mirror_average_needs_its_own_store(mirror_dir, capsys):
@@ -456,7 +460,9 @@ def test_gradcam_explains_a_mirror_average_artifact(mirror_dir):
     image = next((mirror_dir / "data" / "red").iterdir())
     assert predict.main([str(latest), str(image), "--gradcam", str(mirror_dir / "gc")]) == 0
     assert (mirror_dir / "gc" / f"{image.stem}_gradcam.jpg").is_file()
-    model = keras.saving.load_model(artifact.load(latest).path / "model.keras")
+    with pytest.raises(ValueError, match=r"explain its probabilities alone: artifact.load\(path\).load_model\(\)"):
+        gradcam.gradcam(keras.saving.load_model(artifact.load(latest).path / "model.keras"), np.zeros((32, 32, 3), np.uint8), 0)
+    model = artifact.load(latest).load_model()  # the probabilities alone, rebuilt as the chain Grad-CAM replays
     layer = gradcam.default_layer(model, "block5_conv3")
     x = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)  # an asymmetric picture
     # random backbone weights: explain a class some region raises
@@ -509,7 +515,7 @@ def test_joined_layer_end_to_end(joined_dir):
     import keras
 
     art = artifact.load(joined_dir / "experiments/tiny/latest")
-    assert art.info["store"]["settings"]["layers"] == ["block4_pool+block5_pool", "block4_pool"]  # head, boundary
+    assert art.info["store"]["settings"]["layers"] == ["block4_pool+block5_pool", "block4_pool", "channel_stats"]
     with h5py.File(art.info["store"]["path"], "r") as fh:
         assert fh["features/block4_pool+block5_pool"].shape[1:] == (2, 2, 1024)
     assert art.info["backbone"]["layer"] == "block4_pool+block5_pool"

@@ -15,6 +15,7 @@ import sys
 from vggtl import cli, data
 from vggtl.errors import cli_entry
 from vggtl.features.pipeline import ExtractResult, run
+from vggtl.plan import resolve
 
 __all__ = ["ExtractResult", "main", "print_summary", "run"]
 
@@ -46,9 +47,12 @@ def main(argv=None) -> int:
     parser = cli.parser("vggtl extract", __doc__)
     cli.add_config_arguments(parser, config_required=True)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--add-unknown", action="store_true",
+                        help="a store extracted before unknown detection is reused as it is; this builds the config's own "
+                             "store with the channel statistics unknown detection reads (every image computed once more)")
     args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
-    print_summary(run(cfg, progress=not args.no_progress))
+    print_summary(run(resolve(cfg, reuse_older_store=not args.add_unknown), progress=not args.no_progress))
     cli.remember_last_extract(cfg, args.config, args.set)
     return 0
 

@@ -16,6 +16,7 @@ the store's record of them) pass it in. The rule itself is
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,14 @@ class RunPlan:
         dataset: the scanned files of ``data.root`` (or ``data.csv``), not
             split: see :meth:`split`.
         store: the feature store's path, format and weights.
+        note: said once by extract and train when the plan chose something
+            the user should know of (a store from before unknown detection).
     """
 
     cfg: config.Config
     dataset: data.Dataset
     store: StoreLocation
+    note: str | None = None
 
     @property
     def weights(self) -> ResolvedWeights:
@@ -70,13 +74,19 @@ class RunPlan:
         return self.dataset.with_split(cfg.split_seed, cfg.data.split.val, cfg.data.split.test, exclude=set(skipped))
 
 
-def resolve(cfg: config.Config, allow_download: bool = True) -> RunPlan:
+def resolve(cfg: config.Config, allow_download: bool = True, reuse_older_store: bool = True) -> RunPlan:
     """Plan a run of ``cfg``: scan the data, resolve the weights, name the store.
 
     Args:
         cfg: a validated config (:func:`vggtl.config.load`).
         allow_download: fetch missing pretrained weights (``False``: a missing
             file is an error naming it).
+        reuse_older_store: when the config's store does not exist but one of
+            the same settings without the unknown detector's channel
+            statistics does (extracted by a vggtl before it), plan on that one
+            (nothing recomputed; no "unknown" from train) and say so.
+            ``extract --add-unknown`` passes False: a new store, every image
+            computed once more.
 
     Raises:
         DataError: the data cannot be scanned or a class is too small to split.
@@ -86,10 +96,23 @@ def resolve(cfg: config.Config, allow_download: bool = True) -> RunPlan:
     weights = resolve_weights(cfg.spec.arch, cfg.backbone.weights, cfg.seed, allow_download=allow_download)
     first_split = RunPlan(cfg, dataset, StoreLocation(Path(), None, weights)).split()  # refuses a too-small class now
     calibration = calibration_files(cfg, first_split) if cfg.extract.precision == "int8" else None
+    where = _location(cfg, weights, calibration)
+    if reuse_older_store and cfg.spec.channel_stats and not where.path.exists():
+        older_cfg = dataclasses.replace(cfg, spec=dataclasses.replace(cfg.spec, channel_stats=False))
+        older = _location(older_cfg, weights, calibration)
+        if older.path.exists():
+            return RunPlan(older_cfg, dataset, older, OLDER_STORE_NOTE.format(path=older.path))
+    return RunPlan(cfg, dataset, where)
+
+
+OLDER_STORE_NOTE = ("note: using {path}, extracted before unknown detection: nothing is recomputed, and train cannot say "
+                    "'unknown'; extract --add-unknown adds it (a new store: every image computed once more)")
+
+
+def _location(cfg: config.Config, weights: ResolvedWeights, calibration) -> StoreLocation:
     fmt = store.store_format(cfg.spec, weights.digest, cfg.cache, augment_attr(cfg),
                              cfg.extract.runtime, cfg.extract.precision, runtimes.calibration_digest(calibration))
-    where = StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights, calibration)
-    return RunPlan(cfg, dataset, where)
+    return StoreLocation(store.store_path(cfg.cache.path, cfg.name, fmt.settings), fmt, weights, calibration)
 
 
 def as_plan(cfg_or_plan) -> RunPlan:

@@ -87,6 +87,8 @@ def tap(base, layer: str):
     Built-in layers, so ``model.keras`` and every export carry it."""
     import keras
 
+    if layer == registry.STATS_LAYER:
+        return channel_stats(base)
     parts = registry.layer_parts(layer)
     if len(parts) == 1:
         return base.get_layer(layer).output
@@ -98,6 +100,26 @@ def tap(base, layer: str):
         name = f"{part}_onto_{parts[-1]}"
         pooled.append(x if window == 1 else keras.layers.MaxPooling2D(window, padding=padding, name=name)(x))
     return keras.layers.Concatenate(name=registry.keras_name(layer))(pooled + maps[-1:])
+
+
+def channel_stats(base):
+    """``log1p`` of the mean and standard deviation over positions of every
+    channel of ``base``'s style layers, as a ``(1, 1, C)`` map
+    (:data:`~vggtl.backbones.registry.STATS_LAYER`). Keras ops, which
+    ``model.keras`` records by name: it loads without vggtl, and every export
+    carries them. log1p: ReLU statistics are heavy-tailed; the unknown
+    detector's Mahalanobis distance wants them closer to Gaussian."""
+    import keras
+    from keras import ops
+
+    stats = []
+    for name in registry.style_layers_of({layer.name for layer in base.layers}):
+        x = base.get_layer(name).output
+        mean = ops.mean(x, axis=(1, 2))
+        var = ops.maximum(ops.mean(ops.square(x), axis=(1, 2)) - ops.square(mean), 0.0)
+        stats += [mean, ops.sqrt(var)]
+    # log(1 + x), not log1p: tf2onnx writes an ONNX Log1p no runtime implements.
+    return keras.layers.Reshape((1, 1, -1), name=registry.STATS_LAYER)(ops.log(ops.concatenate(stats, axis=-1) + 1.0))
 
 
 def mirror(x, name: str):
@@ -136,7 +158,11 @@ def top_model(base, boundary: str, top: str):
     return keras.Model(base.get_layer(boundary).output, tap(base, top), name=f"{base.name}_above_{boundary}")
 
 
-def end_to_end_model(spec: Spec, weights: ResolvedWeights, head, name: str, seed: int, base=None):
+# Output names of a model that also scores how far out of scope an image is.
+PROBABILITIES, UNKNOWN_SCORE = "probabilities", "unknown_score"
+
+
+def end_to_end_model(spec: Spec, weights: ResolvedWeights, head, name: str, seed: int, base=None, unknown=None):
     """raw RGB uint8 images -> probabilities: preprocessing + base + ``head``.
 
     Args:
@@ -145,10 +171,36 @@ def end_to_end_model(spec: Spec, weights: ResolvedWeights, head, name: str, seed
         name: Keras model name (``vggtl_<run name>``).
         base: the base to use (e.g. with fine-tuned top blocks); by default
             a new one with ``weights``.
+        unknown: a fitted :class:`~vggtl.unknown.detector.Detector`: the
+            model then returns ``{"probabilities", "unknown_score"}``, both
+            from the one forward pass.
     """
     import keras
 
-    features = feature_model(spec, weights, spec.head_layer, seed, base=base)
     size = spec.image_size
     inputs = keras.Input((size, size, 3), name="image")
-    return keras.Model(inputs, head(features(inputs)), name=name)
+    if unknown is None:
+        features = feature_model(spec, weights, spec.head_layer, seed, base=base)
+        return keras.Model(inputs, head(features(inputs)), name=name)
+    from vggtl.unknown.detector import keras_score
+
+    features = feature_model(spec, weights, [spec.head_layer, registry.STATS_LAYER], seed, base=base)
+    maps, stats = features(inputs)
+    return keras.Model(inputs, {PROBABILITIES: head(maps), UNKNOWN_SCORE: keras_score(unknown, maps, stats)}, name=name)
+
+
+def probabilities_model(model, spec: Spec):
+    """``model`` itself, or for a model with an unknown score a model of its
+    probabilities alone, rebuilt from the same layers (shared weights) in the
+    shape a model without the score has: a chain Grad-CAM can replay, which
+    tiles and the ImageNet checks run like any other."""
+    import keras
+
+    if not isinstance(model.output, dict):
+        return model
+    features = next(layer for layer in model.layers if isinstance(layer, keras.Model) and len(layer.outputs) == 2)
+    head = model.output[PROBABILITIES]._keras_history.operation
+    both = next(layer for layer in features.layers if isinstance(layer, keras.Model))  # the base, cut at both taps
+    base = keras.Model(both.input, both.outputs[0], name=spec.name)
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    return keras.Model(inputs, head(feature_model(spec, None, spec.head_layer, 0, base=base)(inputs)), name=model.name)

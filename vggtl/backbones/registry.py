@@ -66,6 +66,8 @@ class Architecture:
         finetune_boundaries: frozen boundary for ``finetune.blocks`` = 1, 2, ...
             (the blocks above it are trained).
         gradcam_layer: the layer Grad-CAM explains by default.
+        style_layers: (property) the lower layers whose channel statistics
+            the unknown-image detector reads (:data:`STATS_LAYER`).
         notop_file, notop_md5: Keras' ``include_top=False`` weights file and
             the md5 Keras pins for it (None where Keras pins none). A network
             whose weights also come from elsewhere has a provider in
@@ -84,6 +86,26 @@ class Architecture:
     gradcam_layer: str
     notop_file: str
     notop_md5: str | None
+
+    @property
+    def style_layers(self) -> tuple[str, ...]:
+        """Up to four cacheable layers ending at the first fine-tuning boundary
+        (VGG16: block1_pool..block4_pool; the widest dropped while they hold
+        more than :data:`STYLE_CHANNELS_MAX` channels): below every block fine-tuning can
+        change, so their statistics are the same in every model of this base.
+        They carry what the image looks like (photo texture, flat clip-art
+        colour) more than what it shows; docs/unknown.md has the measurements."""
+        order = list(self.layers)
+        chosen = order[: order.index(self.finetune_boundaries[0]) + 1][-4:]
+        # Wide layers (Inception's 2048-channel mixed9) make the covariance the
+        # Mahalanobis distance inverts too large for tens of images: drop from the top.
+        while len(chosen) > 2 and sum(self.layers[name].channels for name in chosen) > STYLE_CHANNELS_MAX:
+            chosen.pop()
+        return tuple(chosen)
+
+    def stats_channels(self) -> int:
+        """Width of the :data:`STATS_LAYER` vector: mean and std of every style layer's channels."""
+        return 2 * sum(self.layers[name].channels for name in self.style_layers)
 
     @property
     def notop_url(self) -> str:
@@ -112,6 +134,11 @@ class Architecture:
 
 
 JOIN = "+"
+STYLE_CHANNELS_MAX = 2048
+# A stored "layer" that is not one of the network's: per-channel mean and
+# standard deviation (log1p) of each style layer, as a 1 x 1 x C map, computed
+# in the same forward pass as the head's layer (vggtl.backbones.build.tap).
+STATS_LAYER = "channel_stats"
 
 
 def layer_parts(layer: str) -> tuple[str, ...]:
@@ -263,6 +290,15 @@ ARCHITECTURES: dict[str, Architecture] = {
     )
 }
 DEFAULT = "vgg16"
+
+
+def style_layers_of(layer_names) -> tuple[str, ...]:
+    """The style layers of the architecture a built base with these layer names
+    is (VGG16 and VGG19 share theirs)."""
+    for arch in ARCHITECTURES.values():
+        if set(arch.layers) <= set(layer_names):
+            return arch.style_layers
+    raise ValueError(f"not a base of any of {', '.join(ARCHITECTURES)}")
 
 
 def get(name: str) -> Architecture:

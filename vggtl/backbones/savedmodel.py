@@ -29,10 +29,11 @@ def save_module(model, signatures: dict, path) -> None:
 
 
 @contextlib.contextmanager
-def float_savedmodel(model, outputs=lambda y: {"probabilities": y}):
+def float_savedmodel(model, outputs=None):
     """A temporary SavedModel of ``model`` with one ``serving_default``:
     float32 RGB 0-255 images (``image``; for a model on features, its input
-    shape) -> ``outputs(model(image))`` (default: ``{"probabilities": ...}``).
+    shape) -> ``outputs(model(image))`` (default: ``{"probabilities": ...}``,
+    or the model's own named outputs, e.g. ``{"probabilities", "unknown_score"}``).
 
     The converters start from it rather than from a live function: loading a
     SavedModel freezes every variable and captured constant into the graph
@@ -42,6 +43,7 @@ def float_savedmodel(model, outputs=lambda y: {"probabilities": y}):
     """
     import tensorflow as tf
 
+    outputs = outputs or (lambda y: y if isinstance(y, dict) else {"probabilities": y})
     spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")
     with tempfile.TemporaryDirectory() as tmp:
         save_module(model, {"serving_default": (lambda image: outputs(model(image, training=False)), spec)}, tmp)

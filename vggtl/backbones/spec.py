@@ -33,6 +33,8 @@ class Spec:
         mirror_average: features are the average of the image's maps and
             its left-right mirror image's maps, flipped back
             (``backbone.mirror_average``).
+        channel_stats: the store also holds :data:`~vggtl.backbones.registry.STATS_LAYER`,
+            what the unknown-image detector reads (``predict.unknown.keep`` set).
     """
 
     arch: Architecture
@@ -40,6 +42,7 @@ class Spec:
     boundary_layer: str | None
     decode: DecodeSettings
     mirror_average: bool = False
+    channel_stats: bool = False
 
     @property
     def name(self) -> str:
@@ -57,11 +60,15 @@ class Spec:
 
     @property
     def stored_layers(self) -> tuple[str, ...]:
-        """Layers the feature store holds: the head's input first, then the boundary."""
-        return (self.head_layer,) + ((self.boundary_layer,) if self.boundary_layer else ())
+        """Layers the feature store holds: the head's input first, then the
+        boundary, then the channel statistics."""
+        return ((self.head_layer,) + ((self.boundary_layer,) if self.boundary_layer else ())
+                + ((registry.STATS_LAYER,) if self.channel_stats else ()))
 
     def feature_shape(self, layer: str) -> tuple[int, int, int]:
         """Activation shape of ``layer`` at this image size, e.g. (7, 7, 512)."""
+        if layer == registry.STATS_LAYER:
+            return (1, 1, self.arch.stats_channels())
         return self.arch.feature_shape(layer, self.image_size)
 
     @property
@@ -78,7 +85,8 @@ def default_spec(name: str, image_size: int | None = None) -> Spec:
     return Spec(arch, arch.default_layer, None, DecodeSettings(image_size or arch.default_size))
 
 
-def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, mirror_average: bool, source: str) -> Spec:
+def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, mirror_average: bool, source: str,
+            channel_stats: bool = False) -> Spec:
     """The :class:`Spec` of a run's backbone settings, checked against the backbone.
 
     Args:
@@ -90,6 +98,8 @@ def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, m
             (``data.image_size``, the backbone's own when null).
         mirror_average: ``backbone.mirror_average``.
         source: names the config file in errors.
+        channel_stats: store the style layers' channel statistics too
+            (``predict.unknown.keep`` is set).
 
     Raises:
         ConfigError: a layer the backbone lacks, layers joined out of order or
@@ -100,8 +110,8 @@ def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, m
     arch = registry.get(name)
     layer = arch.default_layer if layer is None else layer
     boundary = _check_layers(arch, layer, blocks, source)
-    spec = Spec(arch, layer, boundary, decode, mirror_average)
-    smallest = max(arch.min_size, *(arch.smallest_input(part) for part in spec.stored_layers))
+    spec = Spec(arch, layer, boundary, decode, mirror_average, channel_stats)
+    smallest = max(arch.min_size, *(arch.smallest_input(part) for part in (layer, boundary or layer, *arch.style_layers)))
     if decode.image_size < smallest:
         raise ConfigError(
             f"{source}: key 'data.image_size': got {decode.image_size}; {arch.name} up to {layer} "

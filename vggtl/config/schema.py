@@ -37,21 +37,18 @@ def _key(default=dataclasses.MISSING, *, choices=None, low=None, high=None, doc=
 class SplitConfig:
     val: float = _key(0.15, low=0.0, high=0.9, doc="fraction of each class held out for validation")
     test: float = _key(0.15, low=0.0, high=0.9, doc="fraction of each class held out for test")
-    seed: int | None = _key(
-        None, low=0, high=2**31 - 1, doc="seed of the split; null = the run's seed (vary one with the other fixed)"
-    )
+    seed: int | None = _key(None, low=0, high=2**31 - 1,
+                            doc="seed of the split; null = the run's seed (vary one with the other fixed)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     root: str = _key(doc="class-per-folder image tree, or a tree with train/ val/ test/ subfolders")
-    csv: str | None = _key(
-        None, doc="a CSV file with columns path,label[,split] (paths relative to data.root) instead of class folders"
-    )
+    csv: str | None = _key(None, doc="a CSV file with columns path,label[,split] (paths relative to data.root) instead of "
+                                     "class folders")
     split: SplitConfig = field(default_factory=SplitConfig)
-    image_size: int | None = _key(
-        None, low=32, high=1024, doc="square input side in pixels; null = the backbone's own (224, inception_v3: 299)"
-    )
+    image_size: int | None = _key(None, low=32, high=1024,
+                                  doc="square input side in pixels; null = the backbone's own (224, inception_v3: 299)")
     extensions: list[str] = _key(list(IMAGE_EXTENSIONS), doc="file extensions scanned (case-insensitive)")
     background: Any = _key("white", doc="color alpha is composited over: white|black|gray or [r, g, b]")
     resize: str = _key(
@@ -59,19 +56,13 @@ class DataConfig:
         choices=RESIZE_POLICIES,
         doc="stretch like Keras; center_crop the central square; pad: fit the whole image, aspect kept, padded with the background; trim_pad: crop away background margins first (clipart, product shots)",
     )
-    max_pixels: int = _key(
-        DEFAULT_MAX_PIXELS,
-        low=1,
-        high=DEFAULT_MAX_PIXELS,
-        doc="images with more pixels are skipped as decompression bombs (at most Pillow's own ceiling, the default)",
-    )
+    max_pixels: int = _key(DEFAULT_MAX_PIXELS, low=1, high=DEFAULT_MAX_PIXELS, doc="images with more pixels are skipped "
+                           "as decompression bombs (at most Pillow's own ceiling, the default)")
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = _key(
-        registry.DEFAULT, choices=tuple(registry.ARCHITECTURES), doc="convolutional base (ImageNet-pretrained)"
-    )
+    name: str = _key(registry.DEFAULT, choices=tuple(registry.ARCHITECTURES), doc="convolutional base (ImageNet-pretrained)")
     weights: str | None = _key("imagenet", doc="imagenet | path to a .h5/.weights.h5 file | null (random init)")
     layer: str | None = _key(
         None,
@@ -238,6 +229,17 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class UnknownConfig:
+    keep: float | None = _key(0.95, low=0.0, high=1.0, doc="say 'unknown' for images of none of the classes: the "
+                              "threshold keeps this fraction of val images (above 0, at most 1); null = off")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    unknown: UnknownConfig = field(default_factory=UnknownConfig)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     dir: str = _key("experiments", doc="where versioned artifacts are written")
     gradcam: int = _key(6, low=0, high=100, doc="report.html: the most confident test errors shown with a Grad-CAM "
@@ -259,6 +261,7 @@ class Config:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     # Not a config key: the backbone resolved from the keys above, attached once
     # by config.load / from_dict; every stage reads names, sizes and layer roles from it.

@@ -152,6 +152,9 @@ def check(cfg: Config, source: str) -> None:
             f"{source}: key 'backbone.mirror_average': cannot be combined with finetune.blocks = {cfg.finetune.blocks}; "
             "set one of them off"
         )
+    if cfg.predict.unknown.keep == 0:  # the schema's range is closed; a threshold keeping nothing is not one
+        raise ConfigError(f"{source}: key 'predict.unknown.keep': got 0; allowed: a fraction above 0 and at most 1 "
+                          "(e.g. 0.95), or null to turn unknown detection off")
     if cfg.train.folds == 1:
         raise ConfigError(f"{source}: key 'train.folds': got 1; use 0 (off) or at least 2 folds")
     if any(u < 1 for u in cfg.head.units):

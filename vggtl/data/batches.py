@@ -17,11 +17,12 @@ def iter_probabilities(paths, decode, predict_fn, batch: int = 16):
         decode: callable ``path -> (S, S, 3) uint8`` raising
             :class:`UndecodableImage`.
         predict_fn: callable mapping an ``(n, S, S, 3)`` uint8 batch to
-            ``(n, n_classes)`` probabilities.
+            ``(n, n_classes)`` probabilities, or to ``(probabilities,
+            unknown scores (n,))`` for a model that scores out-of-scope images.
         batch: images per forward pass.
 
     Yields:
-        ``{"path", "image", "probs"}`` per decoded image, ``{"path", "error"}``
+        ``{"path", "image", "probs"}`` (+ ``"unknown_score"``) per decoded image, ``{"path", "error"}``
         per undecodable one, in input order within each batch.
     """
     for start in range(0, len(paths), batch):
@@ -34,9 +35,13 @@ def iter_probabilities(paths, decode, predict_fn, batch: int = 16):
                 yield {"path": str(path), "error": str(exc)}
         if not ok:
             continue
-        probs = np.asarray(predict_fn(np.stack(images)))
-        for path, image, p in zip(ok, images, probs):
-            yield {"path": str(path), "image": image, "probs": p}
+        out = predict_fn(np.stack(images))
+        probs, scores = out if isinstance(out, tuple) else (out, None)
+        for i, (path, image, p) in enumerate(zip(ok, images, np.asarray(probs))):
+            result = {"path": str(path), "image": image, "probs": p}
+            if scores is not None:
+                result["unknown_score"] = float(scores[i])
+            yield result
 
 
 def evenly_spaced(items: list, n: int) -> list:

@@ -17,12 +17,17 @@ from typing import Callable
 from vggtl.backbones.savedmodel import float_savedmodel, save_module, to_onnx
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+# Dynamic-range quantization stores every large weight in int8, the unknown
+# score's distance matrices too (no op can be kept in float): measured, its
+# unknown decisions agreed with model.keras's on none of the test images. Those
+# exports carry the probabilities only (export.json and the table say so).
+WITHOUT_UNKNOWN = ("dynamic",)
 
 
 @dataclass(frozen=True)
 class Format:
     name: str
-    write: Callable  # (model, out_dir, labels, quantize, representative) -> the file/dir the runtime loads
+    write: Callable  # (model, out_dir, labels, quantize, representative, threshold) -> the file/dir the runtime loads
     quantize: tuple[str, ...] = ("none",)
     extra: str | None = None  # pip install 'vggtl[<extra>]'
     modules: tuple[str, ...] = ()  # what the extra provides (checked before any work)
@@ -38,20 +43,26 @@ def input_spec(model) -> tuple[int, int]:
     return tuple(model.input_shape[1:3])
 
 
-def write_savedmodel(model, out: Path, labels, quantize, representative) -> Path:
+def write_savedmodel(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """A SavedModel whose ``serving_default`` takes a batch of uint8 RGB images
-    (``image``) and returns ``probabilities``, ``class_index`` and ``label``;
-    ``serving_float`` takes the same images as float32 0-255. The labels are a
-    constant inside the graph. Servable by TensorFlow Serving as it is."""
+    (``image``) and returns ``probabilities``, ``class_index`` and ``label``
+    (and for a model with unknown detection ``unknown_score`` and ``unknown``:
+    the score above ``threshold``); ``serving_float`` takes the same images as
+    float32 0-255. The labels and the threshold are constants inside the
+    graph. Servable by TensorFlow Serving as it is."""
     import tensorflow as tf
 
     height, width = input_spec(model)
     names = tf.constant(list(labels))
 
     def outputs(x):
-        probs = model(x, training=False)
+        y = model(x, training=False)
+        probs = y["probabilities"] if isinstance(y, dict) else y
         index = tf.argmax(probs, axis=1, output_type=tf.int32)
-        return {"probabilities": probs, "class_index": index, "label": tf.gather(names, index)}
+        found = {"probabilities": probs, "class_index": index, "label": tf.gather(names, index)}
+        if isinstance(y, dict):
+            found |= {"unknown_score": y["unknown_score"], "unknown": y["unknown_score"] > tf.constant(threshold, tf.float32)}
+        return found
 
     uint8 = tf.TensorSpec([None, height, width, 3], tf.uint8, name="image")
     float32 = tf.TensorSpec([None, height, width, 3], tf.float32, name="image")
@@ -62,8 +73,9 @@ def write_savedmodel(model, out: Path, labels, quantize, representative) -> Path
     return path
 
 
-def write_tflite(model, out: Path, labels, quantize, representative) -> Path:
-    """A LiteRT (TFLite) flatbuffer: float32 RGB 0-255 in, probabilities out.
+def write_tflite(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
+    """A LiteRT (TFLite) flatbuffer: float32 RGB 0-255 in, probabilities out
+    (and the unknown score, when the model has it; ``export.json`` holds the threshold).
 
     ``float16`` halves the weights; ``dynamic`` stores int8 weights; ``int8``
     also quantizes activations, calibrated on ``representative`` (training
@@ -71,7 +83,10 @@ def write_tflite(model, out: Path, labels, quantize, representative) -> Path:
     """
     import tensorflow as tf
 
-    with float_savedmodel(model) as saved:
+    outputs = None
+    if quantize in WITHOUT_UNKNOWN:  # the probabilities alone: TensorFlow prunes the score's branch
+        outputs = lambda y: {"probabilities": y["probabilities"] if isinstance(y, dict) else y}  # noqa: E731
+    with float_savedmodel(model, outputs) as saved:
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         path = out / "model.tflite"
         path.write_bytes(_convert(converter, quantize, representative))
@@ -84,8 +99,11 @@ def write_tflite(model, out: Path, labels, quantize, representative) -> Path:
 # 0.49) because the head's and the probe's standardized features span a huge
 # range that one per-tensor int8 scale cannot hold; the convolutions alone in
 # int8 gave 64 of 64 (max |dp| 0.05) at 32.8 vs 36.0 images/s.
+# The unknown score's channel statistics and distances (LOG, SQUARE, ...) too:
+# their values span orders of magnitude.
 INT8_FLOAT_OPS = ("FULLY_CONNECTED", "SOFTMAX", "MEAN", "SUM", "ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQRT",
-                  "RSQRT", "REDUCE_MAX", "CONCATENATION", "AVERAGE_POOL_2D", "TRANSPOSE", "RESHAPE")
+                  "RSQRT", "REDUCE_MAX", "CONCATENATION", "AVERAGE_POOL_2D", "TRANSPOSE", "RESHAPE", "LOG", "SQUARE",
+                  "SQUARED_DIFFERENCE", "STRIDED_SLICE", "PACK", "L2_NORMALIZATION", "BATCH_MATMUL")
 
 
 def _convert(converter, quantize: str, representative) -> bytes:
@@ -131,7 +149,7 @@ def _label_onnx(path: Path, labels) -> None:
     onnx.save(proto, str(path))
 
 
-def write_onnx(model, out: Path, labels, quantize, representative) -> Path:
+def write_onnx(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """ONNX by tf2onnx from the frozen SavedModel; the labels go into
     the model's ``metadata_props`` (``labels``, a JSON list).
 
@@ -167,7 +185,7 @@ def write_onnx_on_base(base: Path, index: int, head, out: Path, labels) -> Path:
     return path
 
 
-def write_openvino(model, out: Path, labels, quantize, representative) -> Path:
+def write_openvino(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """OpenVINO IR (.xml + .bin, fp32 weights) converted from the frozen
     SavedModel; the labels in the model's runtime info (``vggtl/labels``)."""
     import openvino as ov

@@ -14,7 +14,7 @@ from vggtl.training import artifact as artifact_mod
 BEGIN, END = "<!-- vggtl exports -->", "<!-- /vggtl exports -->"
 EXPORTS = "exports.json"
 ROW_KEYS = ("format", "quantize", "size_bytes", "test_accuracy", "reference_test_accuracy", "agreement", "max_abs_dprob",
-            "images_per_second", "verified", "path", "note")
+            "unknown_agreement", "images_per_second", "verified", "path", "note")
 
 
 def _num(value, digits: int = 3) -> str:
@@ -25,11 +25,13 @@ def table_lines(rows) -> list[str]:
     """A markdown table (it reads as plain text too) and the unverified notes;
     ``rows`` are :class:`~vggtl.exports.run.Result` or their ``exports.json`` records."""
     rows = [r if isinstance(r, dict) else asdict(r) for r in rows]
-    lines = ["| format | quantize | size (MB) | test acc | reference acc | top-1 agreement | max abs dp | images/s | verified | path |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| format | quantize | size (MB) | test acc | reference acc | top-1 agreement | max abs dp | unknown agreement "
+             "| images/s | verified | path |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['format']} | {r['quantize']} | {r['size_bytes'] / 1e6:.1f} | {_num(r['test_accuracy'])} | "
                      f"{_num(r['reference_test_accuracy'])} | {_num(r['agreement'])} | {_num(r['max_abs_dprob'], 4)} | "
+                     f"{_num(r.get('unknown_agreement'))} | "
                      f"{_num(r['images_per_second'], 1)} | {'yes' if r['verified'] else 'NO'} | {r['path']} |")
     lines += [f"{r['format']} {r['quantize']}: {r['note']}" for r in rows if r["note"]]
     return lines

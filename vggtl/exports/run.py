@@ -59,6 +59,8 @@ class Result:
     images_per_second: float | None = None
     note: str = ""
     float_ops: dict | None = None  # tflite int8: {op type: count} of the ops kept in float
+    unknown_agreement: float | None = None  # same unknown decision as model.keras (artifacts with unknown detection)
+    max_abs_dscore: float | None = None
     files: dict = field(default_factory=dict)
 
 
@@ -106,12 +108,14 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     make_dir(out, "--out")
     from vggtl.inspect.predictions import artifact_config
 
-    decode = artifact_config(art).spec.decode
-    model = art.load_model()
-    images, labels, note = test_images(art, decode)
-    reference = model.predict(images, verbose=0) if len(images) else None
-    representative = lambda: training_images(art, decode)  # noqa: E731 - decoded only for int8
-    context = _Context(art, model, out, representative, (images, labels, reference, note), min_agreement, CarriedBase(art, images))
+    spec = artifact_config(art).spec
+    model = art.load_model(with_unknown=True)
+    images, labels, note = test_images(art, spec.decode)
+    reference, reference_scores = _outputs(model.predict(images, verbose=0)) if len(images) else (None, None)
+    representative = lambda: training_images(art, spec.decode)  # noqa: E731 - decoded only for int8
+    threshold = art.unknown["threshold"] if art.unknown else None
+    context = _Context(art, model, out, representative, (images, labels, reference, note, reference_scores), min_agreement,
+                       CarriedBase(art, images), threshold)
     staged = []
     try:
         for fmt, mode in jobs:
@@ -123,7 +127,9 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
         for job in staged:  # a published one was renamed away: nothing left to remove
             shutil.rmtree(job.staging, ignore_errors=True)
         raise
-    add_to_artifact(art.path, results, model)
+    from vggtl.backbones.build import probabilities_model
+
+    add_to_artifact(art.path, results, probabilities_model(model, spec))
     if failed:
         raise VggtlError("; ".join(failed) + (f" (published: {', '.join(r.path for r in results)})" if results else ""))
     return results
@@ -138,7 +144,8 @@ class _Staged:
         staging: the hidden directory it was written into.
         target: the file or directory its runtime loads (inside ``staging``).
         on_base: made from the artifact's carried base (see :class:`CarriedBase`).
-        check: ``(test images, labels, the reference's probabilities or None, note)``.
+        check: ``(test images, labels, the reference's probabilities or None, note,
+            the reference's unknown scores or None)``.
     """
 
     fmt: formats.Format
@@ -158,12 +165,13 @@ class _Context:
     """What every export of one ``vggtl export`` run shares.
 
     Attributes:
-        art, model: the artifact and its ``model.keras``.
+        art, model: the artifact and its ``model.keras`` (with the unknown score when it has one).
         out: the directory exports are published in.
         representative: () -> training images, decoded only for int8 calibration.
         check: ``(test images, labels, model.keras's probabilities, note)``.
         min_agreement: the top-1 agreement below which an export is unverified.
         carried: the converted base the artifact carries, if any.
+        threshold: the artifact's unknown threshold, or None.
     """
 
     art: object
@@ -173,6 +181,7 @@ class _Context:
     check: tuple
     min_agreement: float
     carried: CarriedBase
+    threshold: float | None = None
 
 
 class CarriedBase:
@@ -224,13 +233,15 @@ def _stage(context: _Context, fmt, mode: str) -> _Staged:
     try:
         on_base = carried.serves(fmt, mode)
         target = carried.write(fmt, staging) if on_base else fmt.write(context.model, staging, art.labels, mode,
-                                                                        context.representative)
+                                                                        context.representative, context.threshold)
         (staging / "labels.txt").write_text("\n".join(art.labels) + "\n", encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if on_base:
-        check = (check[0], check[1], carried.reference(), check[3])
+        check = (check[0], check[1], carried.reference(), check[3], None)
+    elif mode in formats.WITHOUT_UNKNOWN:
+        check = check[:4] + (None,)
     return _Staged(fmt, mode, staging, target, on_base, check)
 
 
@@ -254,16 +265,20 @@ def _publish(context: _Context, job: _Staged, outcome) -> Result:
     None when there was nothing to verify on), write its export.json, rename it into place."""
     art, model, carried, staging = context.art, context.model, context.carried, job.staging
     result = Result(job.fmt.name, job.mode, str(context.out / job.name), reference=carried.name if job.on_base else "model.keras")
-    score(result, outcome, job.check, context.min_agreement)
+    score(result, outcome, job.check, context.min_agreement, context.threshold)
     if job.fmt.name == "tflite" and job.mode == "int8" and not job.on_base:
         result.float_ops = formats.float_ops(job.target)
         in_float = ", ".join(f"{op} x{n}" for op, n in result.float_ops.items()) or "none"
         result.note = f"convolutions and max pooling in int8; in float: {in_float}" + (f"; {result.note}" if result.note else "")
-    result.note = "; ".join(filter(None, [carried.note(job.on_base), result.note]))
+    carries_unknown = context.threshold is not None and job.mode not in formats.WITHOUT_UNKNOWN and not job.on_base
+    dropped = (f"probabilities only: {job.mode} quantization stores the unknown score's matrices in int8 (use float16 "
+               "or int8 for a LiteRT export that says 'unknown')") if context.threshold is not None and not carries_unknown else ""
+    result.note = "; ".join(filter(None, [carried.note(job.on_base), result.note, dropped]))
     result.files = {p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                     for p in sorted(staging.rglob("*")) if p.is_file()}
     result.size_bytes = sum(f["bytes"] for name, f in result.files.items() if name != "labels.txt")
-    record = export_record(art, model, job.fmt, job.mode, job.target.relative_to(staging), result)
+    record = export_record(art, model, job.fmt, job.mode, job.target.relative_to(staging), result,
+                           context.threshold if carries_unknown else None)
     artifact_mod.write_json(staging / "export.json", record)
     _replace(staging, context.out / job.name)
     return result
@@ -321,14 +336,25 @@ def training_images(art, decode, limit: int = REPRESENTATIVE_MAX):
             continue
 
 
-def score(result: Result, outcome, check, min_agreement: float) -> None:
+def _outputs(predicted):
+    """``(probabilities, unknown scores or None)`` of a ``model.keras`` prediction."""
+    from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
+
+    if isinstance(predicted, dict):
+        return predicted[PROBABILITIES], predicted[UNKNOWN_SCORE]
+    return predicted, None
+
+
+def score(result: Result, outcome, check, min_agreement: float, threshold: float | None = None) -> None:
     """Fill in ``result`` from what its runtime measured (``outcome``:
-    ``(probabilities, seconds)``; None: unverified, ``check``'s note says why)."""
-    images, labels, reference, note = check
+    ``(probabilities, seconds, unknown scores or None)``; None: unverified,
+    ``check``'s note says why). An artifact with unknown detection also needs
+    the export's unknown decisions to agree with ``model.keras``'s."""
+    images, labels, reference, note, reference_scores = check
     if outcome is None:
         result.note = f"unverified: {note}"
         return
-    probs, seconds = outcome
+    probs, seconds, scores = outcome
     result.reference_test_accuracy = round(float(np.mean(reference.argmax(1) == labels)), 6)
     result.test_accuracy = round(float(np.mean(probs.argmax(1) == labels)), 6)
     result.agreement = round(float(np.mean(probs.argmax(1) == reference.argmax(1))), 6)
@@ -337,6 +363,17 @@ def score(result: Result, outcome, check, min_agreement: float) -> None:
     result.verified = result.agreement >= min_agreement
     if not result.verified:
         result.note = f"unverified: top-1 agreement {result.agreement:.3f} < --min-agreement {min_agreement}"
+        return
+    if reference_scores is None:
+        return
+    if scores is None:
+        result.verified, result.note = False, "unverified: the export returns no unknown score"
+        return
+    result.unknown_agreement = round(float(np.mean((scores > threshold) == (reference_scores > threshold))), 6)
+    result.max_abs_dscore = round(float(np.abs(scores - reference_scores).max()), 6)
+    if result.unknown_agreement < min_agreement:
+        result.verified = False
+        result.note = f"unverified: unknown-decision agreement {result.unknown_agreement:.3f} < --min-agreement {min_agreement}"
 
 
 def run_runtimes(jobs: list[tuple[str, Path]], images: np.ndarray) -> list:
@@ -344,7 +381,7 @@ def run_runtimes(jobs: list[tuple[str, Path]], images: np.ndarray) -> list:
     all in one runner subprocess (each runtime imported once).
 
     Returns:
-        Per job, in order: ``(probabilities, inference seconds)``, or the
+        Per job, in order: ``(probabilities, inference seconds, unknown scores or None)``, or the
         runtime's error message (a str) when it could not run that model.
 
     Raises:
@@ -368,11 +405,15 @@ def run_runtimes(jobs: list[tuple[str, Path]], images: np.ndarray) -> list:
 
 def _runner_outcome(out: str):
     timing = json.loads(Path(out + ".json").read_text())
-    return timing["error"] if "error" in timing else (np.load(out), timing["seconds"])
+    if "error" in timing:
+        return timing["error"]
+    scores = Path(out + ".unknown.npy")
+    return np.load(out), timing["seconds"], (np.load(scores) if scores.is_file() else None)
 
 
-def export_record(art, model, fmt, mode: str, relpath: Path, result: Result) -> dict:
-    """``export.json``: what was exported, how to feed it, what verification measured."""
+def export_record(art, model, fmt, mode: str, relpath: Path, result: Result, threshold: float | None = None) -> dict:
+    """``export.json``: what was exported, how to feed it, what verification measured
+    (and for a model with unknown detection: its score output and the threshold)."""
     import tensorflow as tf
 
     import vggtl
@@ -382,7 +423,14 @@ def export_record(art, model, fmt, mode: str, relpath: Path, result: Result) -> 
         "format": fmt.name, "quantize": mode, "model": relpath.as_posix(),
         "input": {"shape": [None, height, width, 3], "dtype": fmt.input_dtype, "channel_order": "RGB",
                   "value_range": [0, 255], "resize": "as vggtl: see the artifact's config (data.resize, data.background)"},
-        "output": {"probabilities": len(art.labels), "labels": "labels.txt (one per line, output order)"},
+        "output": {"probabilities": len(art.labels), "labels": "labels.txt (one per line, output order)",
+                   **({"unknown_score": "one number per image (the one-dimensional output); higher = further from the "
+                                        "training images", "unknown_threshold": threshold,
+                       "unknown": "unknown_score > unknown_threshold: the image is none of the classes"}
+                      if threshold is not None else {})},
+        **({"compile_options": {"INFERENCE_PRECISION_HINT": "f32"},
+            "compile_note": "compile in f32: OpenVINO's default bf16 on CPUs that have it moves the unknown score"}
+           if threshold is not None and fmt.name == "openvino" else {}),
         "artifact": str(art.path), "artifact_model_sha256": sha256_file(art.path / "model.keras"),
         "verification": {k: v for k, v in asdict(result).items() if k not in ("files", "path", "format", "quantize")},
         "files": result.files,

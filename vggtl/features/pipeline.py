@@ -174,6 +174,8 @@ def run(plan, progress: bool = True, log=print) -> ExtractResult:
     cfg, where = plan.cfg, plan.store
     for note in plan.dataset.warnings:
         log(f"warning: {note}")
+    if plan.note:
+        log(plan.note)
     make_dir(where.path.parent, "cache.path")
     with store.locked(where.path):
         store.remove_stale_temporaries(where.path)

@@ -31,8 +31,10 @@ from vggtl.files import write_text_atomic
 BATCH = 32
 
 
-def columns(labels) -> list[str]:
-    return ["path", "predicted", "confidence", *(f"p_{label}" for label in labels), "error"]
+def columns(labels, threshold: float | None = None) -> list[str]:
+    """The CSV header; with an unknown ``threshold``: ``unknown`` and ``unknown_score`` too."""
+    scored = ["unknown", "unknown_score"] if threshold is not None else []
+    return ["path", "predicted", "confidence", *(f"p_{label}" for label in labels), *scored, "error"]
 
 
 def run_record(art, paths) -> dict:
@@ -49,7 +51,9 @@ def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, 
         paths: image files, in the order the rows are written.
         out: the CSV path; its folder must exist and be writable.
         decode: ``path -> (S, S, 3) uint8`` as in extraction.
-        predictor: uint8 batch -> probabilities.
+        predictor: uint8 batch -> probabilities, or for an artifact with
+            unknown detection ``(probabilities, unknown scores)``: each row
+            then says ``unknown`` true/false and the score.
         overwrite: start over even when ``out`` holds another job's rows.
         progress: callable ``n`` called with the rows kept from an earlier run,
             then after each batch with its size; or None.
@@ -65,7 +69,8 @@ def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, 
     out = Path(out)
     record = run_record(art, paths)
     done = _resume_point(out, record, overwrite)
-    header = columns(art.labels)
+    threshold = art.unknown["threshold"] if art.unknown else None
+    header = columns(art.labels, threshold)
     try:
         _write_side(out, record)
         with open(out, "r+" if done else "w", newline="", encoding="utf-8") as fh:
@@ -77,7 +82,7 @@ def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, 
             if progress and done:
                 progress(done["rows"])
             for start in range(done["rows"] if done else 0, len(paths), BATCH):
-                rows = _batch_rows(paths[start : start + BATCH], decode, predictor, art.labels)
+                rows = _batch_rows(paths[start : start + BATCH], decode, predictor, art.labels, threshold)
                 fh.write("".join(_line(row) for row in rows))
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -89,7 +94,7 @@ def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, 
     return {"rows": len(paths), "resumed": done["rows"] if done else 0, "errors": errors}
 
 
-def _batch_rows(paths, decode, predictor, labels) -> list[list]:
+def _batch_rows(paths, decode, predictor, labels, threshold: float | None = None) -> list[list]:
     """One row per path, in order; a file that cannot be decoded (or vanished) gets its reason."""
     images, errors = [], {}
     for i, path in enumerate(paths):
@@ -97,15 +102,22 @@ def _batch_rows(paths, decode, predictor, labels) -> list[list]:
             images.append(decode(path))
         except (UndecodableImage, OSError) as exc:
             errors[i] = str(exc) or type(exc).__name__
-    probs = iter(np.asarray(predictor(np.stack(images)), np.float64)) if images else iter(())
+    out = predictor(np.stack(images)) if images else (np.zeros((0, len(labels))), np.zeros(0))
+    probs, scores = out if isinstance(out, tuple) else (out, None)
+    probs, scores = iter(np.asarray(probs, np.float64)), iter(scores if scores is not None else ())
+    blank = [""] * (2 if threshold is not None else 0)
     rows = []
     for i, path in enumerate(paths):
         if i in errors:
-            rows.append([str(path), "", "", *([""] * len(labels)), errors[i]])
+            rows.append([str(path), "", "", *([""] * len(labels)), *blank, errors[i]])
             continue
         p = next(probs)
         best = int(np.argmax(p))
-        rows.append([str(path), labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p), ""])
+        scored = []
+        if threshold is not None:
+            score = float(next(scores))
+            scored = ["true" if score > threshold else "false", f"{score:.6f}"]
+        rows.append([str(path), labels[best], f"{p[best]:.6f}", *(f"{v:.6f}" for v in p), *scored, ""])
     return rows
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
 from vggtl.errors import VggtlError
 
 # Measured for a one-image predict (scripts/bench_predict.py, docs/benchmarks.md).
@@ -39,6 +40,9 @@ NEEDS = {"onnxruntime": (("onnxruntime", "tf2onnx", "onnx"), "onnx"), "openvino"
 FILENAME = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 # fp32 in both: the conversion changes the order of float additions only.
 TOLERANCE = 1e-3
+# Relative to max(1, |score|): the score is in units of the validation spread,
+# and probe images score far out of scope (hundreds), where float32 sums differ more.
+SCORE_TOLERANCE = 1e-2
 PROBES = 8
 ENV = "VGGTL_PREDICT_RUNTIME"
 
@@ -92,17 +96,24 @@ def cache_folder(art, runtime: str, name: str = "model.keras") -> Path:
 
 
 def load(path: Path, runtime: str):
-    """The converted model at ``path`` as ``images -> probabilities``."""
+    """The converted model at ``path`` as ``images -> probabilities``, or for a
+    model with an unknown score ``images -> (probabilities, scores)``."""
     if runtime == "openvino":
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-        return lambda x: np.asarray(compiled(np.asarray(x, np.float32))[0])
-    import onnxruntime as ort
+        names = [next(iter(sorted(o.get_names())), "") for o in compiled.outputs]
+        run = lambda x: [np.asarray(y) for y in compiled(np.asarray(x, np.float32)).values()]  # noqa: E731
+    else:
+        import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.asarray(x, np.float32)})[0]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name, names = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
+        run = lambda x: session.run(None, {name: np.asarray(x, np.float32)})  # noqa: E731
+    if len(names) == 1:
+        return lambda x: run(x)[0]
+    score = next(i for i, n in enumerate(names) if UNKNOWN_SCORE in n)
+    return lambda x: (lambda ys: (ys[1 - score], ys[score]))(run(x))
 
 
 def probe_images(size: int, n: int = PROBES) -> np.ndarray:
@@ -129,7 +140,7 @@ def _convert(art, name: str, runtime: str, staging: Path) -> None:
     from vggtl.training import artifact as artifact_mod
 
     tfquiet.load()
-    model = art.load_model() if name == "model.keras" else artifact_mod.load_keras(art.path / name)
+    model = art.load_model(with_unknown=True) if name == "model.keras" else artifact_mod.load_keras(art.path / name)
     path = staging / FILENAME[runtime]
     with float_savedmodel(model) as saved:
         if runtime == "onnxruntime":
@@ -140,6 +151,13 @@ def _convert(art, name: str, runtime: str, staging: Path) -> None:
             ov.save_model(ov.convert_model(saved), str(path), compress_to_fp16=False)
     x = probe_images(model.input_shape[1]) if name == "model.keras" else probe_features(model.input_shape[1:])
     expected, got = model.predict(x, verbose=0), load(path, runtime)(x)
+    if isinstance(expected, dict):  # probabilities and the unknown score: both must agree
+        expected, got = expected[PROBABILITIES], got[0]
+        reference = model.predict(x, verbose=0)[UNKNOWN_SCORE]
+        score_gap = float(np.max(np.abs(reference - load(path, runtime)(x)[1]) / np.maximum(1.0, np.abs(reference))))
+        if not score_gap <= SCORE_TOLERANCE:
+            raise VggtlError(f"the {runtime} conversion of {art.path / name} gives another unknown score (by {score_gap:.3g} "
+                             f"> {SCORE_TOLERANCE}); set {ENV}=tensorflow to predict with the Keras files")
     gap = float(np.max(np.abs(expected - got)))
     if not gap <= TOLERANCE or not np.array_equal(expected.argmax(1), got.argmax(1)):
         raise VggtlError(f"the {runtime} conversion of {art.path / name} differs from it by {gap:.3g} "

@@ -271,6 +271,9 @@ def gradcam(model, image_uint8, class_index: int, conv_layer: str = DEFAULT_CONV
     from vggtl import tfquiet
 
     tf = tfquiet.load()
+    if isinstance(model.output, dict):  # probabilities and the unknown score
+        raise ValueError(f"model {model.name!r} returns {sorted(model.output)}; explain its probabilities alone: "
+                         "artifact.load(path).load_model() gives that model")
     image = _check_image(model, image_uint8)
     if conv_layer not in {layer.name for layer in leaf_layers(model)}:
         raise ValueError(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import config, data
+from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
 from vggtl.data import iter_probabilities
 from vggtl.errors import VggtlError
 from vggtl.training import artifact as artifact_mod
@@ -72,6 +73,8 @@ def print_image_predictions(paths, decode, predict_fn, top, print_result, as_jso
                 print(json.dumps(result))
             continue
         out = {"path": result["path"], "top": top(result["probs"])}
+        if "unknown_score" in result:  # judged against the threshold by print_result
+            out["unknown_score"] = result["unknown_score"]
         if explain is not None:
             try:
                 out["gradcam"] = explain(result)
@@ -92,8 +95,10 @@ def top_labels(probs, labels, k: int) -> list[tuple[str, float]]:
     return [(labels[i], round(float(probs[i]), 6)) for i in np.argsort(-probs, kind="stable")[:k]]
 
 
-def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None):
-    """uint8 images ``(n, S, S, 3)`` -> probabilities, as the artifact was evaluated.
+def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None, with_unknown: bool = False):
+    """uint8 images ``(n, S, S, 3)`` -> probabilities, as the artifact was evaluated
+    (with ``with_unknown`` and an artifact that has unknown detection:
+    ``(probabilities, unknown scores)`` from the same pass).
 
     An artifact whose features came from OpenVINO or ONNX Runtime
     (``extract.runtime``) runs the converted base it carries and its
@@ -107,6 +112,7 @@ def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None):
     from vggtl.training import features_runtime
 
     warn = warn or (lambda line: print(line, file=sys.stderr))
+    scored = with_unknown and art.unknown is not None
     record = art.features_runtime
     if record is not None:
         reason = features_runtime.missing_runtime(record)
@@ -119,11 +125,35 @@ def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None):
     elif model is None:  # (a loaded model means Grad-CAM: Keras' gradients are needed anyway)
         runtime, note = converted.chosen_runtime()
         if runtime is not None:
-            return converted.predictor(art, runtime, warn)
+            run = converted.predictor(art, runtime, warn)
+            return run if scored or art.unknown is None else (lambda batch: run(batch)[0])
         if note and sys.stderr.isatty():  # said at a terminal, not into every log and pipe
             warn(note)
+    if scored:
+        full = art.load_model(with_unknown=True)
+        return lambda batch: (lambda out: (out[PROBABILITIES], out[UNKNOWN_SCORE]))(full.predict(batch, verbose=0))
     model = model or art.load_model()
     return lambda batch: model.predict(batch, verbose=0)
+
+
+def unknown_fields(result: dict, threshold: float | None) -> dict:
+    """``{"unknown": bool, "unknown_score": float}`` of one predicted image
+    (None and None when the artifact has no unknown detection)."""
+    if threshold is None or "unknown_score" not in result:
+        return {"unknown": None, "unknown_score": None}
+    score = result["unknown_score"]
+    return {"unknown": bool(score > threshold), "unknown_score": round(float(score), 6)}
+
+
+def unknown_threshold(art: artifact_mod.Artifact, warn=None) -> float | None:
+    """The artifact's unknown threshold; for one without, None after one note saying why and what to do."""
+    record = art.unknown
+    if record is not None:
+        return float(record["threshold"])
+    why = (art.metrics.get("unknown") or {}).get("reason") or "it was trained by a vggtl without unknown detection"
+    (warn or (lambda line: print(line, file=sys.stderr)))(
+        f"note: {art.path} cannot say 'unknown' ({why}); retrain it with this vggtl (predict.unknown.keep set) to get it")
+    return None
 
 
 def predict_paths(art, paths, top_k: int = 3, model=None):
@@ -140,18 +170,23 @@ def predict_paths(art, paths, top_k: int = 3, model=None):
             runtime is not installed; see :func:`artifact_predictor`).
 
     Yields:
-        ``{"path", "top": [(label, probability), ...]}`` or ``{"path", "error"}``
-        for a file that cannot be decoded (with the reason).
+        ``{"path", "top": [(label, probability), ...], "unknown", "unknown_score"}``
+        (``unknown``: True when the image looks like none of the classes; the
+        score is higher the further out of scope; both None for an artifact
+        without unknown detection) or ``{"path", "error"}`` for a file that
+        cannot be decoded (with the reason).
     """
     if not isinstance(art, artifact_mod.Artifact):
         art = artifact_mod.load(art)
     decode = artifact_config(art).spec.decode.decode
     k = min(top_k, len(art.labels))
-    for result in iter_probabilities(list(paths), decode, artifact_predictor(art, model)):
+    threshold = unknown_threshold(art)
+    for result in iter_probabilities(list(paths), decode, artifact_predictor(art, model, with_unknown=True)):
         if "error" in result:
             yield result
         else:
-            yield {"path": result["path"], "top": top_labels(result["probs"], art.labels, k)}
+            yield {"path": result["path"], "top": top_labels(result["probs"], art.labels, k),
+                   **unknown_fields(result, threshold)}
 
 
 # --------------------------------------------------------------------------- options shared with classify
@@ -192,14 +227,23 @@ def resolve_label(name: str, labels) -> int:
 # --------------------------------------------------------------------------- the predict command's work
 
 
+def _result_printer(threshold: float | None):
+    """``print_result`` of ``predict``: each line with ``unknown`` judged against the artifact's ``threshold``."""
+    return lambda result, as_json: _print_result({**result, **unknown_fields(result, threshold)}, as_json)
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
-        record = {"path": result["path"], "top": [{"label": l, "probability": p} for l, p in result["top"]]}
+        record = {"path": result["path"], "top": [{"label": l, "probability": p} for l, p in result["top"]],
+                  "unknown": result.get("unknown"), "unknown_score": result.get("unknown_score")}
         if "gradcam" in result:
             record["gradcam"] = result["gradcam"]
         print(json.dumps(record))
         return
     top = "  ".join(f"{label} {p:.3f}" for label, p in result["top"])
+    if result.get("unknown"):
+        label, p = result["top"][0]
+        top = f"unknown (closest: {label} {p:.2f}; score {result['unknown_score']:.2f})"
     print(f"{result['path']}\t{top}")
     if "gradcam" in result:
         g = result["gradcam"]
@@ -226,7 +270,8 @@ def _run_images(art, cfg, predictor, model, paths, args) -> int:
     k = min(args.top_k, len(art.labels))
     explain = _explainer(art, cfg, model, args) if args.gradcam is not None else None
     return print_image_predictions(
-        paths, cfg.spec.decode.decode, predictor, lambda p: top_labels(p, art.labels, k), _print_result, args.json, explain,
+        paths, cfg.spec.decode.decode, predictor, lambda p: top_labels(p, art.labels, k),
+        _result_printer(unknown_threshold(art)), args.json, explain,
     )
 
 
@@ -259,7 +304,7 @@ def print_predictions(artifact_path, inputs, args) -> int:
     cfg = artifact_config(art)
     paths = expand_inputs(inputs, cfg.data.extensions)
     model = art.load_model() if args.gradcam is not None else None  # Grad-CAM needs Keras' gradients
-    predictor = artifact_predictor(art, model)
+    predictor = artifact_predictor(art, model, with_unknown=grid is None)
     if grid is not None:
         return _run_tiles(art, cfg, predictor, paths, args, grid, overlap)
     return _run_images(art, cfg, predictor, model, paths, args)
@@ -282,8 +327,9 @@ def _predict_to_file(artifact_path, inputs, args) -> int:
     cfg = artifact_config(art)
     paths = sorted(expand_inputs(inputs, cfg.data.extensions), key=str)
     with tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as bar:
-        result = batch.predict_to_csv(art, paths, out, cfg.spec.decode.decode, artifact_predictor(art), args.overwrite,
-                                      bar.update)
+        unknown_threshold(art)  # the note, for an artifact without detection
+        result = batch.predict_to_csv(art, paths, out, cfg.spec.decode.decode, artifact_predictor(art, with_unknown=True),
+                                      args.overwrite, bar.update)
     kept = result["resumed"]
     print((f"{out} is already complete: {kept} row(s), nothing computed" if kept == result["rows"] else
            f"wrote {result['rows']} row(s) to {out}" + (f" ({kept} kept from an interrupted run)" if kept else ""))

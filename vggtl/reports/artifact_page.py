@@ -36,6 +36,7 @@ class Prediction:
     true: int
     predicted: int
     probs: tuple[float, ...]
+    unknown_score: float | None = None
 
     @property
     def confidence(self) -> float:
@@ -51,7 +52,8 @@ def read_predictions(path: Path, labels: list[str]) -> list[Prediction]:
     index = {name: i for i, name in enumerate(labels)}
     with open(path, newline="", encoding="utf-8") as fh:
         return [Prediction(row["path"], row["split"], index[row["true"]], index[row["predicted"]],
-                           tuple(float(row[f"p_{name}"]) for name in labels)) for row in csv.DictReader(fh)]
+                           tuple(float(row[f"p_{name}"]) for name in labels),
+                           float(row["unknown_score"]) if row.get("unknown_score") else None) for row in csv.DictReader(fh)]
 
 
 def _read_json(path: Path, default=None):
@@ -76,7 +78,9 @@ def render(artifact_dir, model=None) -> Path:
     cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
     page = ReportPage(directory, labels, cfg, read_predictions(directory / "predictions.csv", labels))
     if model is None and cfg.output.gradcam:
-        model = artifact_mod.load_keras(directory / "model.keras")
+        from vggtl.backbones.build import probabilities_model
+
+        model = probabilities_model(artifact_mod.load_keras(directory / "model.keras"), cfg.spec)
     return write_text_atomic(directory / "report.html", page.html(model))
 
 
@@ -107,6 +111,7 @@ class ReportPage:
             "per_class": self.per_class(),
             "worst": self.worst(model),
             "calibration": self.calibration(),
+            "unknown": self.unknown(),
             "curves": self.curves(),
             "leakage": self.leakage(),
         }
@@ -171,6 +176,29 @@ class ReportPage:
         layer = gradcam.default_layer(model, self.cfg.spec.arch.gradcam_layer)
         heat = gradcam.gradcam(model, image, p.predicted, conv_layer=layer)
         return data_uri(gradcam.overlay(image, heat))
+
+    def unknown(self) -> dict:
+        """The operating point, the share of in-scope val/test images each
+        threshold keeps (the chosen one marked), and the test images it calls
+        unknown -- what saying "unknown" costs, image by image."""
+        record = self.metrics.get("unknown") or {"available": False, "reason": "trained by a vggtl without it"}
+        if not record.get("available"):
+            return {"record": record}
+        threshold = record["threshold"]
+        scores = {s: sorted(p.unknown_score for p in self.by_split[s] if p.unknown_score is not None) for s in ("val", "test")}
+        every = sorted(v for values in scores.values() for v in values)
+        xs = list(np.linspace(every[0], every[-1], 60)) if every else []
+        xs = sorted(set(xs) | {threshold}) if every and every[0] <= threshold <= every[-1] else xs
+        series = [(f"{s} (n={len(v)})", [float(np.searchsorted(v, x, side="right")) / len(v) for x in xs])
+                  for s, v in scores.items() if v]
+        marker = (threshold, series[0][1][xs.index(threshold)], f"threshold {threshold:.2f}") \
+            if threshold in xs and series else None
+        chart = svg.line_chart("share of in-scope images kept, by threshold", series, "kept", marker, (0.0, 1.0), xs,
+                               "unknown score threshold") if series else None
+        flagged = sorted((p for p in self.by_split["test"] if p.unknown_score is not None and p.unknown_score > threshold),
+                         key=lambda p: -p.unknown_score)
+        items = [dict(self.item(p), caption=f"score {p.unknown_score:.2f}; true") for p in flagged]
+        return {"record": record, "chart": chart, "items": items}
 
     def calibration(self) -> dict:
         charts = {s: svg.reliability(self.metrics[s]["calibration"]["bins"], self.metrics[s]["calibration"]["ece"],

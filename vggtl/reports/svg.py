@@ -38,8 +38,9 @@ def line_chart(title: str, series: list[tuple[str, list[float]]], y_label: str, 
         title: shown above the plot.
         series: ``(name, values per epoch)``; NaN values are left out.
         y_label: the quantity on the vertical axis.
-        marker: ``(epoch, value, text)``: a vertical line at ``epoch`` (1-based)
-            and a dot at ``value`` labelled ``text`` (the best epoch), or None.
+        marker: ``(epoch, value, text)``: a vertical line at ``epoch`` (1-based;
+            with ``xs``, an x value) and a dot at ``value`` labelled ``text``
+            (the best epoch, a threshold), or None.
         y_range: fixed ``(low, high)``; by default the data's range.
         xs: the x value of each point (e.g. images per class), in place of
             epochs 1..N; ``x_label`` names them.

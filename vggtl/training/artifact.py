@@ -276,14 +276,34 @@ class Artifact:
     metrics: dict
     checksums: dict = field(default_factory=dict)  # {file: sha256}, as verified by load()
 
-    def load_model(self):
-        """The end-to-end ``model.keras``; ArtifactError when its outputs are not one per label."""
-        model = load_keras(self.path / "model.keras")
+    def load_model(self, with_unknown: bool = False):
+        """The end-to-end ``model.keras``: images -> probabilities, or with
+        ``with_unknown`` (and an artifact that has it) -> ``{"probabilities",
+        "unknown_score"}`` from the same pass. ArtifactError when its outputs
+        are not one per label."""
+        from vggtl.backbones.build import probabilities_model
+
+        from vggtl.config import from_dict
+
+        full = load_keras(self.path / "model.keras")
+        model = probabilities_model(full, from_dict(self.config, f"{self.path}/config.yaml").spec) if isinstance(
+            full.output, dict) else full
         width = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+        if isinstance(full.output, dict) and with_unknown and width == len(self.labels):
+            return full
         if width != len(self.labels):
             raise ArtifactError(f"{self.path}: model.keras gives {width} outputs but labels.json names {len(self.labels)} "
                                 "classes; the artifact was altered")
         return model
+
+    @property
+    def unknown(self) -> dict | None:
+        """``unknown.json``: the out-of-scope threshold and how it was set, or
+        None for an artifact without unknown detection."""
+        from vggtl.unknown.detector import RECORD
+
+        path = self.path / RECORD
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     @property
     def features_runtime(self) -> dict | None:

@@ -173,7 +173,7 @@ def _leakage_section(cfg, dataset, leakage: dict, out_dir: Path) -> list[str]:
     return lines
 
 
-def write(out_dir: Path, run, metrics, history, probs, model=None) -> Path:
+def write(out_dir: Path, run, metrics, history, probs, model=None, unknown_scores: dict | None = None) -> Path:
     """Write ``report.md`` and its figures, then ``report.html`` (from the files
     written so far, :mod:`vggtl.reports.artifact_page`), into ``out_dir``;
     returns the path of ``report.md``.
@@ -189,6 +189,8 @@ def write(out_dir: Path, run, metrics, history, probs, model=None) -> Path:
             misclassified come from them.
         model: the artifact's end-to-end model (report.html's Grad-CAM
             overlays); None loads ``model.keras`` from ``out_dir``.
+        unknown_scores: ``{split: unknown scores}`` (val, test) when the run
+            has unknown detection: a column of ``predictions.csv``.
     """
     cfg, dataset, fs = run.cfg, run.dataset, run.fs
     lines = _header(cfg, fs, metrics, run.weights)
@@ -204,9 +206,10 @@ def write(out_dir: Path, run, metrics, history, probs, model=None) -> Path:
     lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
     lines += _calibration_section(metrics, out_dir)
     lines += _leakage_section(cfg, dataset, metrics.leakage, out_dir)
-    write_predictions_csv(out_dir / "predictions.csv", fs, probs)
+    lines += _unknown_section(metrics.unknown)
+    write_predictions_csv(out_dir / "predictions.csv", fs, probs, unknown_scores)
     lines += ["## Every prediction", "", "`predictions.csv`: one row per image of every split (path, split, true and "
-              "predicted class, confidence, the probability of each class).", ""]
+              "predicted class, confidence, the probability of each class; val and test: the unknown score).", ""]
     test_rows = fs.split_rows("test")
     lines += _worst_section(cfg, dataset, fs, test_rows, probs["test"], out_dir)
     lines += ["", "The same report with every image behind its numbers (click a confusion-matrix cell): `report.html`.", ""]
@@ -369,19 +372,38 @@ def plot_reliability(calibration: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_predictions_csv(path: Path, fs, probs: dict) -> None:
+def _unknown_section(unknown: dict | None) -> list[str]:
+    """``## Unknown images``: the operating point and what it costs in-scope images (or why there is none)."""
+    lines = ["## Unknown images", ""]
+    if not unknown or not unknown.get("available"):
+        why = (unknown or {}).get("reason", "not recorded")
+        return lines + [f"Unavailable: {why}.", ""]
+    lines += [f"Score > {unknown['threshold']:.4f} = `unknown` (threshold: the {unknown['keep']:g} quantile of the "
+              f"validation scores; {unknown['method']}). In-scope images it calls unknown are the price "
+              "(docs/unknown.md):", ""]
+    rows = [[s, unknown[s]["n"], f"{100 * unknown[s]['kept']:.1f}%" if unknown[s]["n"] else "-", unknown[s].get("unknown", 0),
+             ", ".join(f"{q:.2f}" for q in unknown[s].get("quantiles", []))] for s in ("val", "test")]
+    return lines + _table(["split", "images", "kept", "called unknown", "score min / 5% / 25% / 50% / 75% / 95% / max"],
+                          rows) + [""]
+
+
+def write_predictions_csv(path: Path, fs, probs: dict, unknown_scores: dict | None = None) -> None:
     """One row per image of every split: path, split, true, predicted, confidence, p(class)..."""
     import csv
 
     names = fs.class_names
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "split", "true", "predicted", "confidence", *(f"p_{name}" for name in names)])
+        writer.writerow(["path", "split", "true", "predicted", "confidence", *(f"p_{name}" for name in names)]
+                        + (["unknown_score"] if unknown_scores else []))
         for split in SPLITS:
-            for row, p in zip(fs.split_rows(split), probs[split]):
+            # Training images are the detector's own references (distance 0 to themselves): no score.
+            scores = (unknown_scores or {}).get(split)
+            for i, (row, p) in enumerate(zip(fs.split_rows(split), probs[split])):
                 best = int(np.argmax(p))
                 writer.writerow([fs.paths[row], split, names[fs.labels[row]], names[best], f"{p[best]:.6f}",
-                                 *(f"{v:.6f}" for v in p)])
+                                 *(f"{v:.6f}" for v in p)]
+                                + ([f"{scores[i]:.6f}" if scores is not None else ""] if unknown_scores else []))
 
 
 def _dataset_section(dataset, fs) -> list[str]:

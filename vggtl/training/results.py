@@ -77,6 +77,8 @@ class RunMetrics:
         temperature: temperature scaling (``train.temperature``), else None.
         tensorflow_fp32: the test split through ``model.keras`` when the
             features came from another runtime, else None.
+        unknown: out-of-scope detection: the operating point and the val/test
+            score summaries, or why it is unavailable (None: an older vggtl).
     """
 
     train: dict
@@ -90,6 +92,7 @@ class RunMetrics:
     phase2: FinetunePhase | None = None
     temperature: dict | None = None
     tensorflow_fp32: dict | None = None
+    unknown: dict | None = None
 
     def of(self, split: str) -> dict:
         """The metrics of ``split`` (``'train'``, ``'val'`` or ``'test'``)."""
@@ -104,7 +107,7 @@ class RunMetrics:
             doc["cv"] = self.cv
         doc["leakage"] = self.leakage
         optional = {"phase2": self.phase2.to_json() if self.phase2 else None, "temperature": self.temperature,
-                    "tensorflow_fp32": self.tensorflow_fp32}
+                    "tensorflow_fp32": self.tensorflow_fp32, "unknown": self.unknown}
         return {**doc, **{key: value for key, value in optional.items() if value is not None}}
 
     @classmethod
@@ -118,4 +121,5 @@ class RunMetrics:
             phase1=HeadPhase.from_json(doc.get("phase1", doc)), leakage=doc.get("leakage", {}), cv=doc.get("cv"),
             phase2=FinetunePhase.from_json(doc["phase2"]) if "phase2" in doc else None,
             temperature=doc.get("temperature"), tensorflow_fp32=doc.get("tensorflow_fp32"),
+            unknown=doc.get("unknown"),
         )

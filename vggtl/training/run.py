@@ -30,6 +30,8 @@ from vggtl.training.fit import Split
 from vggtl.training.inputs import RunInputs
 from vggtl.training.results import FinetunePhase, HeadPhase, RunMetrics
 from vggtl.training.metrics import accuracy, best_epoch, calibration, split_metrics
+from vggtl.unknown import detector as unknown_detector, fitting as unknown_fitting
+from vggtl.unknown.fitting import RunUnknown
 
 # float16 features shift probabilities by ~1e-3; more means the artifact is wrong.
 E2E_TOLERANCE = 0.02
@@ -54,6 +56,7 @@ class Trained:
             layer it reads (None: the head's); ``final_splits`` that layer's splits.
         probs: split -> probabilities of the final model (clean features).
         temperature: the fitted temperature scaling, or None.
+        unknown: the out-of-scope detector and its val/test scores (or why there is none).
     """
 
     base: object
@@ -66,6 +69,7 @@ class Trained:
     probs: dict
     phase2: FinetunePhase | None = None
     temperature: dict | None = None
+    unknown: RunUnknown | None = None
 
     def with_final(self, model, layer: str | None, splits: dict, **changes) -> "Trained":
         """A copy whose final model is ``model`` (on ``layer``'s features), every split predicted with it."""
@@ -100,6 +104,8 @@ def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
     cfg, where = plan.cfg, plan.store
     make_dir(Path(cfg.output.dir) / cfg.name, "output.dir")  # before minutes of training, not after
     fs, dataset = open_current_store(plan, config_arg)
+    if plan.note:
+        log(plan.note)
     log(f"split: seed {cfg.split_seed}, digest {dataset.split_digest()[:12]}, "
         + ", ".join(f"{s} {len(fs.split_rows(s))}" for s in SPLITS))
     try:
@@ -242,7 +248,32 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
         trained = _finetune(cfg, fs, trained, log)
     if cfg.train.temperature:
         trained = _scale_temperature(trained, log)
-    return trained
+    return dataclasses.replace(trained, unknown=_fit_unknown(cfg, fs, trained, log))
+
+
+def _fit_unknown(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> RunUnknown:
+    """The out-of-scope detector on the final model's features (fine-tuned blocks included)."""
+    if features_runtime.is_converted(cfg):
+        found = unknown_fitting.unavailable(f"not yet with extract.runtime {cfg.extract.runtime} (the converted base "
+                                            "computes no channel statistics); use extract.runtime tensorflow")
+    else:
+        boundary = trained.final_layer
+        top = (boundary, build.top_model(trained.base, boundary, cfg.spec.head_layer)) if boundary else None
+        found = unknown_fitting.fit_for_run(cfg, fs, top, fit.PREDICT_BATCH)
+    log(unknown_line(found))
+    return found
+
+
+def unknown_line(found: RunUnknown) -> str:
+    """``unknown detection: ...`` -- the operating point and what it costs on test, or why there is none."""
+    if found.detector is None:
+        return f"unknown detection: unavailable ({found.reason})"
+    d, test = found.detector, found.metrics()["test"]
+    line = (f"unknown detection (fitted on train, threshold on val): score > {d.threshold:.3f} = unknown; keeps "
+            f"{100 * d.record['val_kept']:.1f}% of val (asked {100 * d.keep:g}%)")
+    if test["n"]:
+        line += f", {100 * test['kept']:.1f}% of test ({test['unknown']} of {test['n']} in-scope test images called unknown)"
+    return line
 
 
 def _scale_temperature(trained: Trained, log) -> Trained:
@@ -314,7 +345,8 @@ def evaluate(cfg: config.Config, fs: FeatureStore, dataset, trained: Trained, lo
         baseline["scratch"] = baselines.train_scratch(cfg, fs, dataset.root)
         log(f"from-scratch CNN baseline: test {baseline['scratch']['test_accuracy']:.4f}")
     metrics = RunMetrics(**per_split, baseline=baseline, split=split_record(cfg, fs, dataset), phase1=trained.phase1,
-                         leakage=findings, cv=cross_validation, phase2=trained.phase2, temperature=trained.temperature)
+                         leakage=findings, cv=cross_validation, phase2=trained.phase2, temperature=trained.temperature,
+                         unknown=trained.unknown.metrics() if trained.unknown is not None else None)
     log(_accuracy_line(metrics, trained.phase1 if trained.phase2 is not None else None))
     return metrics
 
@@ -365,8 +397,11 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
     artifact.clean_stale_staging(cfg.output.dir, cfg.name)
     staging = artifact.begin(cfg.output.dir, cfg.name)
     try:
-        model = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed, base=trained.base)
-        model.save(staging / "model.keras")
+        detector = trained.unknown.detector if trained.unknown is not None else None
+        full = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed,
+                                      base=trained.base, unknown=detector)
+        full.save(staging / "model.keras")
+        model = build.probabilities_model(full, cfg.spec)
         predictor, record = lambda images: model.predict(images, verbose=0), None
         if features_runtime.is_converted(cfg):
             record = features_runtime.write(staging, cfg, where, trained.final, trained.final_layer, log)
@@ -375,12 +410,16 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
         gap = check_end_to_end(predictor, lambda rows: trained.evaluate_cached(fs, rows), test_images)
         if gap > E2E_TOLERANCE:
             raise RuntimeError(f"internal: the artifact's model differs from the evaluated model on cached features by {gap:.4f}")
+        if detector is not None:
+            _check_unknown_end_to_end(full, trained.unknown, fs, test_images)
+            unknown_detector.save(detector, staging)
         if record is not None and len(test_images.rows):
             metrics = dataclasses.replace(metrics, tensorflow_fp32=_through_tensorflow(model, trained, test_images, record, log))
         artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record)
         logs.write_history_csv(staging / "history.csv", trained.history)
         logs.write_tensorboard(staging / "tensorboard", trained.history)
-        report.write(staging, run, metrics, trained.history, trained.probs, model)
+        report.write(staging, run, metrics, trained.history, trained.probs, model,
+                     trained.unknown.scores if detector is not None else None)
         return artifact.publish(staging)
     except BaseException:
         artifact.abandon(staging)
@@ -417,6 +456,24 @@ def check_end_to_end(predictor, evaluate_cached, test_images: SplitImages, n: in
     if not len(kept):
         return 0.0
     return float(np.max(np.abs(direct - evaluate_cached(kept))))
+
+
+# The score is in units of the validation spread; float16 features move it by ~1e-3.
+UNKNOWN_E2E_TOLERANCE = 0.05
+
+
+def _check_unknown_end_to_end(full, found: RunUnknown, fs: FeatureStore, test_images: SplitImages, n: int = 8) -> None:
+    """The score ``model.keras`` computes from images equals the one the metrics
+    were computed from (cached features) on a few held-out images."""
+    rows = test_images.check_rows[:n]
+    direct, kept = test_images.predict(lambda images: full.predict(images, verbose=0)[build.UNKNOWN_SCORE][:, None], rows)
+    if not len(kept):
+        return
+    by_row = {int(row): score for split in ("val", "test") for row, score in zip(fs.split_rows(split), found.scores[split])}
+    cached = np.array([by_row[int(row)] for row in kept])
+    gap = float(np.max(np.abs(direct[:, 0] - cached)))
+    if gap > UNKNOWN_E2E_TOLERANCE:
+        raise RuntimeError(f"internal: model.keras's unknown score differs from the cached features' by {gap:.4f}")
 
 
 def _through_tensorflow(model, trained: Trained, test_images: SplitImages, record: dict, log) -> dict:
