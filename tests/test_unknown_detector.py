@@ -33,6 +33,19 @@ def test_keep_one_keeps_every_validation_image():
     assert np.all(fitted.scores(*val) <= fitted.threshold)
 
 
+@pytest.mark.parametrize("n, d", [(12, 40), (60, 20)])  # fewer images than statistics, and more
+def test_the_style_distance_is_the_ledoit_wolf_mahalanobis_distance(n, d):
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, (n, d)) * rng.uniform(0.5, 3, d) + rng.normal(0, 2, d)
+    probe = rng.normal(0, 2, (5, d))
+    center, kernel = detector._mahalanobis_kernel(x)
+    scale = x.std(axis=0)
+    want = LedoitWolf().fit(x / scale).mahalanobis(probe / scale)
+    np.testing.assert_allclose(np.square((probe - center) @ kernel).sum(axis=1), want, rtol=1e-6)
+
+
 def test_too_few_images_are_refused():
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="at least 3 training and 2 validation"):

@@ -143,3 +143,16 @@ def test_both_reports_show_the_operating_point_and_the_images_it_rejects(runs):
     assert "## Unknown images" in report and f"Score > {unknown['threshold']:.4f}" in report
     off = (runs / "experiments" / "off" / "latest" / "report.html").read_text()
     assert "Unavailable: predict.unknown.keep is null (off)." in off
+
+
+def test_publishing_refuses_a_model_whose_score_is_not_the_evaluated_one(runs, monkeypatch):
+    """The end-to-end check compares model.keras's score with the cached features' (here: any difference)."""
+    from vggtl import train
+    from vggtl.training import run as training_run
+
+    monkeypatch.setattr(training_run, "UNKNOWN_E2E_TOLERANCE", -1.0)
+    monkeypatch.chdir(runs)
+    before = sorted(p.name for p in (runs / "experiments" / "on").iterdir())
+    with pytest.raises(RuntimeError, match="unknown score differs from the cached features'"):
+        train.run(config.load(runs / "on.yaml"))
+    assert sorted(p.name for p in (runs / "experiments" / "on").iterdir()) == before  # nothing published

@@ -402,16 +402,15 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
                                       base=trained.base, unknown=detector)
         full.save(staging / "model.keras")
         model = build.probabilities_model(full, cfg.spec)
-        predictor, record = lambda images: model.predict(images, verbose=0), None
+        predictor, record = lambda images: _outputs(full.predict(images, verbose=0)), None
         if features_runtime.is_converted(cfg):
             record = features_runtime.write(staging, cfg, where, trained.final, trained.final_layer, log)
             predictor = features_runtime.load_predictor(staging, record, artifact.load_keras)
         test_images = SplitImages(fs, cfg.spec.decode, dataset.root)
-        gap = check_end_to_end(predictor, lambda rows: trained.evaluate_cached(fs, rows), test_images)
+        gap = check_end_to_end(predictor, lambda rows: trained.evaluate_cached(fs, rows), test_images, trained.unknown)
         if gap > E2E_TOLERANCE:
             raise RuntimeError(f"internal: the artifact's model differs from the evaluated model on cached features by {gap:.4f}")
         if detector is not None:
-            _check_unknown_end_to_end(full, trained.unknown, fs, test_images)
             unknown_detector.save(detector, staging)
         if record is not None and len(test_images.rows):
             metrics = dataclasses.replace(metrics, tensorflow_fp32=_through_tensorflow(model, trained, test_images, record, log))
@@ -439,47 +438,49 @@ class SplitImages:
         self.check_rows = next((rows for rows in map(fs.split_rows, ("test", "val", "train")) if len(rows)), self.rows)
 
     def predict(self, predictor, rows):
-        """``(probabilities, rows)`` of ``predictor`` on ``rows`` (a file no longer
-        decodable is left out), decoded in batches."""
+        """``(probabilities, rows, unknown scores or None)`` of ``predictor`` on
+        ``rows`` (a file no longer decodable is left out), decoded in batches."""
         row_of = {str(self.root / self.fs.paths[row]): row for row in rows}
         done = [r for r in iter_probabilities(list(row_of), self.decode.decode, predictor) if "error" not in r]
         probs = np.stack([r["probs"] for r in done]) if done else np.zeros((0, len(self.fs.class_names)))
-        return probs, np.asarray([row_of[r["path"]] for r in done], int)
+        scores = np.array([r["unknown_score"] for r in done]) if done and "unknown_score" in done[0] else None
+        return probs, np.asarray([row_of[r["path"]] for r in done], int), scores
 
 
-def check_end_to_end(predictor, evaluate_cached, test_images: SplitImages, n: int = 8) -> float:
-    """Max |p_artifact - p_cached| on a few test images, where ``predictor`` runs
-    the artifact on images and ``evaluate_cached(rows)`` gives the probabilities
-    the metrics were computed from. Proves the artifact computes what was
-    trained and evaluated (the fp16 cache gives ~1e-3)."""
-    direct, kept = test_images.predict(predictor, test_images.check_rows[:n])
-    if not len(kept):
-        return 0.0
-    return float(np.max(np.abs(direct - evaluate_cached(kept))))
+def _outputs(predicted):
+    """A model's prediction as ``iter_probabilities`` takes it: probabilities,
+    or ``(probabilities, unknown scores)`` for a model with the score."""
+    return (predicted[build.PROBABILITIES], predicted[build.UNKNOWN_SCORE]) if isinstance(predicted, dict) else predicted
 
 
 # The score is in units of the validation spread; float16 features move it by ~1e-3.
 UNKNOWN_E2E_TOLERANCE = 0.05
 
 
-def _check_unknown_end_to_end(full, found: RunUnknown, fs: FeatureStore, test_images: SplitImages, n: int = 8) -> None:
-    """The score ``model.keras`` computes from images equals the one the metrics
-    were computed from (cached features) on a few held-out images."""
-    rows = test_images.check_rows[:n]
-    direct, kept = test_images.predict(lambda images: full.predict(images, verbose=0)[build.UNKNOWN_SCORE][:, None], rows)
+def check_end_to_end(predictor, evaluate_cached, test_images: SplitImages, unknown: RunUnknown | None = None,
+                     n: int = 8) -> float:
+    """Max |p_artifact - p_cached| on a few test images, where ``predictor`` runs
+    the artifact on images and ``evaluate_cached(rows)`` gives the probabilities
+    the metrics were computed from. Proves the artifact computes what was
+    trained and evaluated (the fp16 cache gives ~1e-3). With ``unknown``, the
+    same pass also checks model.keras's unknown score against the one the
+    metrics were computed from (raises when it differs)."""
+    direct, kept, scores = test_images.predict(predictor, test_images.check_rows[:n])
     if not len(kept):
-        return
-    by_row = {int(row): score for split in ("val", "test") for row, score in zip(fs.split_rows(split), found.scores[split])}
-    cached = np.array([by_row[int(row)] for row in kept])
-    gap = float(np.max(np.abs(direct[:, 0] - cached)))
-    if gap > UNKNOWN_E2E_TOLERANCE:
-        raise RuntimeError(f"internal: model.keras's unknown score differs from the cached features' by {gap:.4f}")
+        return 0.0
+    if scores is not None and unknown is not None and unknown.detector is not None:
+        fs = test_images.fs
+        by_row = {int(row): s for split in ("val", "test") for row, s in zip(fs.split_rows(split), unknown.scores[split])}
+        score_gap = float(np.max(np.abs(scores - np.array([by_row[int(row)] for row in kept]))))
+        if score_gap > UNKNOWN_E2E_TOLERANCE:
+            raise RuntimeError(f"internal: model.keras's unknown score differs from the cached features' by {score_gap:.4f}")
+    return float(np.max(np.abs(direct - evaluate_cached(kept))))
 
 
 def _through_tensorflow(model, trained: Trained, test_images: SplitImages, record: dict, log) -> dict:
     """Every test image through ``model.keras`` (TensorFlow fp32 base) beside the
     recorded runtime's cached-feature probabilities."""
-    probs, kept = test_images.predict(lambda images: model.predict(images, verbose=0), test_images.rows)
+    probs, kept, _ = test_images.predict(lambda images: model.predict(images, verbose=0), test_images.rows)
     position = {row: i for i, row in enumerate(test_images.rows)}
     runtime_probs = trained.probs["test"][[position[row] for row in kept]]
     result = features_runtime.compare_with_tensorflow(probs, runtime_probs, test_images.fs.labels[kept])
