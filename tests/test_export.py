@@ -279,6 +279,10 @@ def test_an_int8_feature_artifact_exports_the_base_it_was_evaluated_with(tmp_pat
     assert check["reference"] == f"{runtime} int8 base + head.keras" and check["verified"]
     assert check["agreement"] == 1.0 and check["max_abs_dprob"] < 0.01
     assert "made from the artifact's" in check["note"]
+    # ... with the unknown score of the same pass, same decisions as the evaluated model
+    exported = json.loads((out / fmt / "export.json").read_text())
+    assert check["unknown_agreement"] == 1.0 and check["max_abs_dscore"] < 0.05
+    assert exported["output"]["unknown_threshold"] == json.loads((art / "unknown.json").read_text())["threshold"]
     if fmt == "openvino":
         assert quantized_op in (out / fmt / "model.xml").read_text()
     else:

@@ -19,7 +19,7 @@ from conftest import make_dataset, needs_extra, run_pipeline, write_config
 from vggtl import predict
 from vggtl.errors import ArtifactError
 from vggtl.inspect import predictions
-from vggtl.training import artifact
+from vggtl.training import artifact, features_runtime
 
 
 
@@ -31,20 +31,36 @@ def trained(tmp_path, runtime, precision, **sections):
     return artifact.load(tmp_path / "experiments" / "tiny")
 
 
+def evaluated_test_rows(art) -> dict:
+    """path -> the test row of predictions.csv (what the metrics were computed from)."""
+    with open(art.path / "predictions.csv", newline="") as f:
+        return {r["path"]: r for r in csv.DictReader(f) if r["split"] == "test"}
+
+
 def evaluated_test_probabilities(art) -> dict:
     """path -> the probabilities the metrics were computed from (predictions.csv)."""
-    with open(art.path / "predictions.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
-    return {r["path"]: np.array([float(r[f"p_{label}"]) for label in art.labels]) for r in rows}
+    return {path: np.array([float(r[f"p_{label}"]) for label in art.labels]) for path, r in evaluated_test_rows(art).items()}
 
 
-def predicted(art, root, paths, **kwargs):
+def predicted(art, root, paths, scores=None, **kwargs):
+    """path -> predicted probabilities (and the unknown scores into ``scores``, when given)."""
     results = predict.predict_paths(art, [root / p for p in paths], top_k=len(art.labels), **kwargs)
     out = {}
     for path, result in zip(paths, results):
         by_label = dict(result["top"])
         out[path] = np.array([by_label[label] for label in art.labels])
+        if scores is not None:
+            scores[path] = result["unknown_score"]
     return out
+
+
+def assert_predicts_as_evaluated(art, root):
+    """Probabilities (fp16 cache: ~1e-3) and unknown scores as in predictions.csv, through the carried base."""
+    rows, scores = evaluated_test_rows(art), {}
+    got = predicted(art, root, list(rows), scores)
+    for path, probs in evaluated_test_probabilities(art).items():
+        np.testing.assert_allclose(got[path], probs, atol=5e-3)
+        assert scores[path] == pytest.approx(float(rows[path]["unknown_score"]), abs=0.05)
 
 
 @pytest.mark.parametrize("runtime, precision", [pytest.param("openvino", "int8", marks=needs_extra("openvino")),
@@ -61,19 +77,16 @@ def test_artifact_carries_the_base_and_predict_runs_it(tmp_path, capsys, monkeyp
     assert tf32["n"] == art.metrics["test"]["n"] and 0 <= tf32["top1_agreement"] <= 1
     assert "test accuracy through TensorFlow fp32 (model.keras)" in out
     assert "base through TensorFlow fp32" in (art.path / "report.md").read_text()
-    # predict reproduces the evaluated probabilities (fp16 cache: ~1e-3), through the carried base
+    # unknown detection on the converted base's own channel statistics, inside head.keras
+    assert art.metrics["unknown"]["available"] and record["inputs"] == ["block5_pool", "channel_stats"]
+    # predict reproduces the evaluated probabilities and unknown scores, through the carried base
     evaluated = evaluated_test_probabilities(art)
-    got = predicted(art, tmp_path / "data", list(evaluated))
-    for path, probs in evaluated.items():
-        np.testing.assert_allclose(got[path], probs, atol=5e-3)
-    err = capsys.readouterr().err  # the converted base ran: no fallback note; unknown detection: not yet on its features
-    notes = [line for line in err.splitlines() if line.startswith("note:")]
-    assert all("cannot say 'unknown' (not yet with extract.runtime" in line for line in notes)
-    # ... and with head.keras converted to the same runtime, a new process never imports TensorFlow
+    assert_predicts_as_evaluated(art, tmp_path / "data")
+    err = capsys.readouterr().err  # the converted base ran: no fallback note, no "cannot say unknown"
+    assert not [line for line in err.splitlines() if line.startswith("note:")], err
+    # ... and with head.keras converted to the same runtime (both outputs), a new process never imports TensorFlow
     monkeypatch.setenv("VGGTL_PREDICT_RUNTIME", runtime)
-    got = predicted(art, tmp_path / "data", list(evaluated))  # converts head.keras once
-    for path, probs in evaluated.items():
-        np.testing.assert_allclose(got[path], probs, atol=5e-3)
+    assert_predicts_as_evaluated(art, tmp_path / "data")  # converts head.keras once
     code = ("import sys; from vggtl import predict; predict.main(sys.argv[1:])\n"
             "print('tensorflow imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, str(art.path), *(str(tmp_path / "data" / p) for p in evaluated)],
@@ -124,7 +137,12 @@ def test_fine_tuned_head_on_runtime_features_predicts_as_evaluated(tmp_path):
     assert record["layer"] == ("block4_pool" if art.metrics["phase2"]["kept"] else "block5_pool")
     info = json.loads((art.path / "info.json").read_text())
     assert info["features_runtime"] == record
-    evaluated = evaluated_test_probabilities(art)
-    got = predicted(art, tmp_path / "data", list(evaluated))
-    for path, probs in evaluated.items():
-        np.testing.assert_allclose(got[path], probs, atol=5e-3)
+    assert record["inputs"] == [record["layer"], "channel_stats"]
+    assert_predicts_as_evaluated(art, tmp_path / "data")
+
+
+def test_an_artifact_from_before_the_unknown_score_feeds_its_head_one_input():
+    old = {"layer": "block5_pool", "layers": ["block5_pool"]}
+    assert features_runtime.head_inputs(old) == {"features": "block5_pool"}
+    new = {"layer": "block4_pool", "inputs": ["block4_pool", "channel_stats"]}
+    assert features_runtime.head_inputs(new) == {"features": "block4_pool", "channel_stats": "channel_stats"}

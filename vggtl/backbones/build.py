@@ -189,6 +189,37 @@ def end_to_end_model(spec: Spec, weights: ResolvedWeights, head, name: str, seed
     return keras.Model(inputs, {PROBABILITIES: head(maps), UNKNOWN_SCORE: keras_score(unknown, maps, stats)}, name=name)
 
 
+def split_outputs(predicted):
+    """A model's prediction as the predict loops take it: the probabilities, or
+    for a model with the unknown score ``(probabilities, unknown scores)``."""
+    return (predicted[PROBABILITIES], predicted[UNKNOWN_SCORE]) if isinstance(predicted, dict) else predicted
+
+
+# Input names of a model on stored features that also scores how far out of scope an image is.
+FEATURES_INPUT = "features"
+
+
+def scored_head(spec: Spec, base, head, layer: str, unknown, name: str = "scored_head"):
+    """The final model on stored features with the unknown score beside it:
+    ``[layer's activations, channel statistics]`` -> ``{"probabilities",
+    "unknown_score"}`` (inputs named ``features`` and ``channel_stats``).
+
+    What an artifact trained on a converted base's features
+    (``extract.runtime``) carries as ``head.keras``: that base outputs both
+    inputs in one pass. With fine-tuning (``layer`` below ``spec.head_layer``)
+    the tuned top blocks of ``base`` run once and feed the head and the score.
+    """
+    import keras
+
+    from vggtl.unknown.detector import keras_score
+
+    features = keras.Input(spec.feature_shape(layer), name=FEATURES_INPUT)
+    stats = keras.Input(spec.feature_shape(registry.STATS_LAYER), name=registry.STATS_LAYER)
+    maps = features if layer == spec.head_layer else top_model(base, layer, spec.head_layer)(features)
+    return keras.Model([features, stats], {PROBABILITIES: head(maps), UNKNOWN_SCORE: keras_score(unknown, maps, stats)},
+                       name=name)
+
+
 def probabilities_model(model, spec: Spec):
     """``model`` itself, or for a model with an unknown score a model of its
     probabilities alone, rebuilt from the same layers (shared weights) in the

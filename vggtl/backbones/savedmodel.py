@@ -13,7 +13,7 @@ ONNX_OPSET = 17
 
 def save_module(model, signatures: dict, path) -> None:
     """``tf.saved_model.save`` of a module holding the model's variables once and
-    one tf.function per ``{name: (fn, input spec)}``.
+    one tf.function per ``{name: (fn, input spec or list of specs)}``.
 
     Keras' ExportArchive wrote every weight twice here (a 115 MB SavedModel of
     a 60 MB model); listing the underlying tf.Variables once does not.
@@ -22,7 +22,8 @@ def save_module(model, signatures: dict, path) -> None:
 
     module = tf.Module()
     module.weights = [v.value for v in model.variables]
-    functions = {name: tf.function(fn, input_signature=[spec], autograph=False) for name, (fn, spec) in signatures.items()}
+    functions = {name: tf.function(fn, input_signature=spec if isinstance(spec, list) else [spec], autograph=False)
+                 for name, (fn, spec) in signatures.items()}
     for name, fn in functions.items():
         setattr(module, name, fn)
     tf.saved_model.save(module, str(path), signatures=functions)
@@ -32,7 +33,8 @@ def save_module(model, signatures: dict, path) -> None:
 def float_savedmodel(model, outputs=None):
     """A temporary SavedModel of ``model`` with one ``serving_default``:
     float32 RGB 0-255 images (``image``; for a model on features, its input
-    shape) -> ``outputs(model(image))`` (default: ``{"probabilities": ...}``,
+    shape; for a model of several inputs, one argument per input, named as
+    it) -> ``outputs(model(image))`` (default: ``{"probabilities": ...}``,
     or the model's own named outputs, e.g. ``{"probabilities", "unknown_score"}``).
 
     The converters start from it rather than from a live function: loading a
@@ -44,9 +46,14 @@ def float_savedmodel(model, outputs=None):
     import tensorflow as tf
 
     outputs = outputs or (lambda y: y if isinstance(y, dict) else {"probabilities": y})
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")
+    if len(model.inputs) == 1:
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="image")
+        serve = lambda image: outputs(model(image, training=False))  # noqa: E731
+    else:
+        spec = [tf.TensorSpec([None, *t.shape[1:]], tf.float32, name=t.name) for t in model.inputs]
+        serve = lambda *inputs: outputs(model(list(inputs), training=False))  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
-        save_module(model, {"serving_default": (lambda image: outputs(model(image, training=False)), spec)}, tmp)
+        save_module(model, {"serving_default": (serve, spec)}, tmp)
         yield tmp
 
 

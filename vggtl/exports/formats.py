@@ -35,7 +35,7 @@ class Format:
     # The extraction runtime whose converted base this format can carry, and the
     # writer composing it with the model on its features (see write_*_on_base).
     base_runtime: str | None = None
-    write_on_base: Callable | None = None  # (base file, base output index, head, out_dir, labels) -> the file
+    write_on_base: Callable | None = None  # (base file, {head input: base output index}, head, out_dir, labels) -> the file
 
 
 def input_spec(model) -> tuple[int, int]:
@@ -163,10 +163,11 @@ def write_onnx(model, out: Path, labels, quantize, representative, threshold=Non
     return path
 
 
-def write_onnx_on_base(base: Path, index: int, head, out: Path, labels) -> Path:
+def write_onnx_on_base(base: Path, feeds: dict[str, int], head, out: Path, labels) -> Path:
     """ONNX of the artifact's carried ONNX Runtime base (fp32 or int8 QDQ, as
-    extraction ran it) with ``head`` (``head.keras``) on its output ``out<index>``:
-    the model the metrics were computed with, as one file."""
+    extraction ran it) with ``head`` (``head.keras``) on its outputs: ``feeds``
+    maps each of the head's input names to the base output ``out<index>`` it
+    reads. The model the metrics were computed with, as one file."""
     import onnx
     from onnx import compose
 
@@ -177,12 +178,24 @@ def write_onnx_on_base(base: Path, index: int, head, out: Path, labels) -> Path:
     (out / "head.onnx").unlink()
     bottom = onnx.load(str(base))
     bottom.ir_version = top.ir_version = max(bottom.ir_version, top.ir_version)
-    feature = next(o.name for o in bottom.graph.output if o.name.startswith(f"out{index}"))
-    merged = compose.merge_models(bottom, top, io_map=[(feature, top.graph.input[0].name)],
-                                  outputs=[o.name for o in top.graph.output])
+    io_map = [(_base_output([o.name for o in bottom.graph.output], feeds[key]), name)
+              for name, key in _head_inputs([i.name for i in top.graph.input], feeds)]
+    merged = compose.merge_models(bottom, top, io_map=io_map, outputs=[o.name for o in top.graph.output])
     onnx.save(merged, str(path))
     _label_onnx(path, labels)
     return path
+
+
+def _head_inputs(names: list[str], feeds: dict[str, int]) -> list[tuple[str, str]]:
+    """``(converted input name, Keras input name)`` of a converted head's inputs:
+    the Keras name each contains (longest first: ``features`` is not in ``channel_stats``)."""
+    keys = sorted(feeds, key=len, reverse=True)
+    return [(name, next(k for k in keys if k in name)) for name in names]
+
+
+def _base_output(names: list[str], index: int) -> str:
+    """The carried base's output ``out<index>`` among ``names``."""
+    return next(n for n in names if n == f"out{index}" or n.startswith(f"out{index}:"))
 
 
 def write_openvino(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
@@ -203,19 +216,21 @@ def _save_openvino(ir, out: Path, labels) -> Path:
     return path
 
 
-def write_openvino_on_base(base: Path, index: int, head, out: Path, labels) -> Path:
+def write_openvino_on_base(base: Path, feeds: dict[str, int], head, out: Path, labels) -> Path:
     """OpenVINO IR of the artifact's carried OpenVINO base (fp32 or NNCF int8, as
-    extraction ran it) with ``head`` (``head.keras``) on its output ``out<index>``:
-    the model the metrics were computed with, as one IR."""
+    extraction ran it) with ``head`` (``head.keras``) on its outputs (``feeds``:
+    as for :func:`write_onnx_on_base`): the model the metrics were computed with, as one IR."""
     import openvino as ov
 
     bottom = ov.Core().read_model(str(base))
-    result = next(r for r in bottom.get_results() if f"out{index}" in r.input_value(0).get_names())
     with float_savedmodel(head) as saved:
         top = ov.convert_model(saved)
-    (features,) = top.get_parameters()
-    for consumer in features.output(0).get_target_inputs():
-        consumer.replace_source_output(result.input_value(0))
+    parameters = top.get_parameters()
+    names = [" ".join([p.get_friendly_name(), *p.output(0).get_names()]) for p in parameters]
+    for parameter, (_, key) in zip(parameters, _head_inputs(names, feeds)):
+        source = next(r for r in bottom.get_results() if f"out{feeds[key]}" in r.input_value(0).get_names())
+        for consumer in parameter.output(0).get_target_inputs():
+            consumer.replace_source_output(source.input_value(0))
     return _save_openvino(ov.Model(top.get_results(), bottom.get_parameters(), "vggtl"), out, labels)
 
 

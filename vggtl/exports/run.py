@@ -200,18 +200,25 @@ class CarriedBase:
     def name(self) -> str:
         return f"{features_runtime.describe(self.record)} base + head.keras"
 
+    @property
+    def scored(self) -> bool:
+        """Its ``head.keras`` returns the unknown score too."""
+        return self.record is not None and len(features_runtime.head_inputs(self.record)) > 1
+
     def reference(self):
-        """The evaluated model's probabilities of the test images (computed once)."""
+        """The evaluated model's ``(probabilities, unknown scores or None)`` of the test images (computed once)."""
         if self._reference is None and len(self.images):
-            predictor = features_runtime.load_predictor(self.art.path, self.record, artifact_mod.load_keras)
-            self._reference = np.concatenate([predictor(self.images[i : i + 16]) for i in range(0, len(self.images), 16)])
-        return self._reference
+            predictor = features_runtime.load_predictor(self.art.path, self.record, artifact_mod.load_keras, with_unknown=True)
+            batches = [_pair(predictor(self.images[i : i + 16])) for i in range(0, len(self.images), 16)]
+            self._reference = (np.concatenate([p for p, _ in batches]),
+                               np.concatenate([s for _, s in batches]) if self.scored else None)
+        return self._reference or (None, None)
 
     def write(self, fmt, staging: Path) -> Path:
         record = self.record
         head = artifact_mod.load_keras(self.art.path / record["head"])
-        index = record["layers"].index(record["layer"])
-        return fmt.write_on_base(self.art.path / record["model"], index, head, staging, self.art.labels)
+        feeds = {name: record["layers"].index(layer) for name, layer in features_runtime.head_inputs(record).items()}
+        return fmt.write_on_base(self.art.path / record["model"], feeds, head, staging, self.art.labels)
 
     def note(self, on_base: bool) -> str:
         """What an export of a carried-base artifact was made from ("" for other artifacts)."""
@@ -239,7 +246,8 @@ def _stage(context: _Context, fmt, mode: str) -> _Staged:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if on_base:
-        check = (check[0], check[1], carried.reference(), check[3], None)
+        probs, scores = carried.reference()
+        check = (check[0], check[1], probs, check[3], scores)
     elif mode in formats.WITHOUT_UNKNOWN:
         check = check[:4] + (None,)
     return _Staged(fmt, mode, staging, target, on_base, check)
@@ -270,7 +278,8 @@ def _publish(context: _Context, job: _Staged, outcome) -> Result:
         result.float_ops = formats.float_ops(job.target)
         in_float = ", ".join(f"{op} x{n}" for op, n in result.float_ops.items()) or "none"
         result.note = f"convolutions and max pooling in int8; in float: {in_float}" + (f"; {result.note}" if result.note else "")
-    carries_unknown = context.threshold is not None and job.mode not in formats.WITHOUT_UNKNOWN and not job.on_base
+    carries_unknown = (context.threshold is not None and job.mode not in formats.WITHOUT_UNKNOWN
+                       and (carried.scored or not job.on_base))
     dropped = (f"probabilities only: {job.mode} quantization stores the unknown score's matrices in int8 (use float16 "
                "or int8 for a LiteRT export that says 'unknown')") if context.threshold is not None and not carries_unknown else ""
     result.note = "; ".join(filter(None, [carried.note(job.on_base), result.note, dropped]))
@@ -338,11 +347,14 @@ def training_images(art, decode, limit: int = REPRESENTATIVE_MAX):
 
 def _outputs(predicted):
     """``(probabilities, unknown scores or None)`` of a ``model.keras`` prediction."""
-    from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
+    from vggtl.backbones.build import split_outputs
 
-    if isinstance(predicted, dict):
-        return predicted[PROBABILITIES], predicted[UNKNOWN_SCORE]
-    return predicted, None
+    return _pair(split_outputs(predicted))
+
+
+def _pair(predicted):
+    """``(probabilities, unknown scores or None)`` of a predictor's output."""
+    return predicted if isinstance(predicted, tuple) else (predicted, None)
 
 
 def score(result: Result, outcome, check, min_agreement: float, threshold: float | None = None) -> None:

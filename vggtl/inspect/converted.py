@@ -96,24 +96,35 @@ def cache_folder(art, runtime: str, name: str = "model.keras") -> Path:
 
 
 def load(path: Path, runtime: str):
-    """The converted model at ``path`` as ``images -> probabilities``, or for a
-    model with an unknown score ``images -> (probabilities, scores)``."""
+    """The converted model at ``path`` as ``inputs -> probabilities``, or for a
+    model with an unknown score ``inputs -> (probabilities, scores)``. Inputs:
+    an array, or for a model of several inputs ``{Keras input name: array}``."""
     if runtime == "openvino":
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        inputs = [" ".join(sorted(i.get_names())) for i in compiled.inputs]
         names = [next(iter(sorted(o.get_names())), "") for o in compiled.outputs]
-        run = lambda x: [np.asarray(y) for y in compiled(np.asarray(x, np.float32)).values()]  # noqa: E731
+        run = lambda x: [np.asarray(y) for y in compiled(_feeds(inputs, x)).values()]  # noqa: E731
     else:
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name, names = session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
-        run = lambda x: session.run(None, {name: np.asarray(x, np.float32)})  # noqa: E731
+        inputs, names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+        run = lambda x: session.run(None, dict(zip(inputs, _feeds(inputs, x))))  # noqa: E731
     if len(names) == 1:
         return lambda x: run(x)[0]
     score = next(i for i, n in enumerate(names) if UNKNOWN_SCORE in n)
     return lambda x: (lambda ys: (ys[1 - score], ys[score]))(run(x))
+
+
+def _feeds(runtime_inputs: list[str], x) -> list[np.ndarray]:
+    """``x`` in the order of the converted model's inputs: a dict's arrays by
+    the Keras input name each runtime input's name contains (longest first)."""
+    if not isinstance(x, dict):
+        return [np.asarray(x, np.float32)]
+    keys = sorted(x, key=len, reverse=True)
+    return [np.asarray(x[next(k for k in keys if k in name)], np.float32) for name in runtime_inputs]
 
 
 def probe_images(size: int, n: int = PROBES) -> np.ndarray:
@@ -149,7 +160,12 @@ def _convert(art, name: str, runtime: str, staging: Path) -> None:
             import openvino as ov
 
             ov.save_model(ov.convert_model(saved), str(path), compress_to_fp16=False)
-    x = probe_images(model.input_shape[1]) if name == "model.keras" else probe_features(model.input_shape[1:])
+    if name == "model.keras":
+        x = probe_images(model.input_shape[1])
+    elif len(model.inputs) == 1:
+        x = probe_features(model.input_shape[1:])
+    else:  # head.keras with the unknown score: features and channel statistics
+        x = {t.name: probe_features(t.shape[1:]) for t in model.inputs}
     expected, got = model.predict(x, verbose=0), load(path, runtime)(x)
     if isinstance(expected, dict):  # probabilities and the unknown score: both must agree
         expected, got = expected[PROBABILITIES], got[0]
@@ -163,5 +179,5 @@ def _convert(art, name: str, runtime: str, staging: Path) -> None:
         raise VggtlError(f"the {runtime} conversion of {art.path / name} differs from it by {gap:.3g} "
                          f"(> {TOLERANCE}); set {ENV}=tensorflow to predict with the Keras files")
     (staging / "verification.json").write_text(json.dumps(
-        {"file": name, "sha256": art.checksums[name], "runtime": runtime, "images": len(x), "max_abs_dprob": gap,
+        {"file": name, "sha256": art.checksums[name], "runtime": runtime, "images": PROBES, "max_abs_dprob": gap,
          "tolerance": TOLERANCE}, indent=1), encoding="utf-8")

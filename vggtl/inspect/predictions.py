@@ -120,7 +120,7 @@ def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None, with_u
             head = None  # head.keras through Keras, unless its base's runtime can run it too
             if converted.can_convert(record["runtime"]) and not converted.keras_forced():
                 head = converted.predictor(art, record["runtime"], warn, record["head"])
-            return features_runtime.load_predictor(art.path, record, artifact_mod.load_keras, head)
+            return features_runtime.load_predictor(art.path, record, artifact_mod.load_keras, head, with_unknown=scored)
         warn(features_runtime.fallback_note(record, reason))
     elif model is None:  # (a loaded model means Grad-CAM: Keras' gradients are needed anyway)
         runtime, note = converted.chosen_runtime()

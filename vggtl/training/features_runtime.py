@@ -9,7 +9,10 @@ features again. So such an artifact carries, beside the end-to-end
                  copied from the runtime cache (outputs out0, out1, ... =
                  the stored layers)
     head.keras   the final model on that base's features: the head (with
-                 fine-tuning: the tuned top blocks and the head)
+                 fine-tuning: the tuned top blocks and the head); with unknown
+                 detection it also takes the base's channel statistics and
+                 returns the unknown score beside the probabilities
+                 (:func:`vggtl.backbones.build.scored_head`)
 
 ``info.json["features_runtime"]`` records both. ``predict`` runs them when
 the runtime is installed, and ``model.keras`` otherwise, saying so once; the
@@ -35,10 +38,11 @@ def is_converted(cfg) -> bool:
     return cfg.extract.runtime != "tensorflow"
 
 
-def write(staging: Path, cfg, where, final_model, final_layer: str | None, log=print) -> dict:
+def write(staging: Path, cfg, where, head_model, inputs: list[str], log=print) -> dict:
     """Copy the converted base of ``cfg`` into ``staging/base/`` and save
-    ``final_model`` (on ``final_layer``'s features; None: the head's) as
-    ``head.keras``. Returns the ``features_runtime`` record for info.json."""
+    ``head_model`` as ``head.keras``: the final model on the stored layers
+    ``inputs`` (the final layer's features, then with unknown detection the
+    channel statistics). Returns the ``features_runtime`` record for info.json."""
     runtime = cfg.extract.runtime
     source = runtimes.converted_model(cfg, where.weights, runtime, log, where.calibration)
     target = staging / BASE_DIR
@@ -46,16 +50,26 @@ def write(staging: Path, cfg, where, final_model, final_layer: str | None, log=p
     for path in sorted(source.parent.iterdir()):
         if path.name != "sha256.json":  # the artifact's checksums cover the copies
             shutil.copy2(path, target / path.name)
-    final_model.save(staging / HEAD_FILE)
+    head_model.save(staging / HEAD_FILE)
     return {
         "runtime": runtime,
         "precision": cfg.extract.precision,
         "calibration": where.format.settings.get("calibration"),
         "model": f"{BASE_DIR}/{source.name}",
         "layers": list(cfg.spec.stored_layers),
-        "layer": final_layer or cfg.spec.head_layer,
+        "layer": inputs[0],
+        "inputs": list(inputs),
         "head": HEAD_FILE,
     }
+
+
+def head_inputs(record: dict) -> dict[str, str]:
+    """``{head.keras input name: stored layer}``; one input (the features) for
+    a head without the unknown score (and for artifacts older than it)."""
+    from vggtl.backbones.build import FEATURES_INPUT
+
+    layers = record.get("inputs", [record["layer"]])
+    return dict(zip((FEATURES_INPUT, *layers[1:]), layers))
 
 
 def describe(record: dict) -> str:
@@ -63,17 +77,30 @@ def describe(record: dict) -> str:
     return f"{record['runtime']} {record['precision']}"
 
 
-def load_predictor(path: Path, record: dict, load_keras, head=None):
+def load_predictor(path: Path, record: dict, load_keras, head=None, with_unknown: bool = False):
     """uint8 images -> probabilities through the artifact's converted base and
     ``head.keras`` (``path``: the artifact directory; ``load_keras(file)``
-    loads a Keras file of it), or ``head`` (features -> probabilities: the
-    head converted to the base's runtime, :mod:`vggtl.inspect.converted`)."""
+    loads a Keras file of it), or ``head`` (its inputs -> its outputs: the head
+    converted to the base's runtime, :mod:`vggtl.inspect.converted`).
+
+    With ``with_unknown`` and a head that scores out-of-scope images:
+    ``images -> (probabilities, unknown scores)``, from the same pass.
+    """
+    from vggtl.backbones.build import split_outputs
+
     forward = runtimes.load_forward(path / record["model"], record["runtime"], record["layers"])
+    inputs = head_inputs(record)
     if head is None:
         model = load_keras(path / record["head"])
-        head = lambda features: model.predict(features, verbose=0)  # noqa: E731
-    layer = record["layer"]
-    return lambda images: head(forward(images)[layer])
+        head = lambda feeds: split_outputs(model.predict(feeds, verbose=0))  # noqa: E731
+
+    def run(images):
+        outs = forward(images)
+        feeds = {name: outs[layer] for name, layer in inputs.items()}
+        result = head(feeds if len(feeds) > 1 else next(iter(feeds.values())))
+        return result if with_unknown or not isinstance(result, tuple) else result[0]
+
+    return run
 
 
 def missing_runtime(record: dict) -> str | None:

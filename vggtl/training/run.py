@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import config, data
-from vggtl.backbones import build
+from vggtl.backbones import build, registry
 from vggtl.data import SPLITS, iter_probabilities
 from vggtl.errors import ConfigError, StoreError, invocation
 from vggtl.features import store
@@ -253,13 +253,9 @@ def train_phases(cfg: config.Config, fs: FeatureStore, weights, log=print) -> Tr
 
 def _fit_unknown(cfg: config.Config, fs: FeatureStore, trained: Trained, log) -> RunUnknown:
     """The out-of-scope detector on the final model's features (fine-tuned blocks included)."""
-    if features_runtime.is_converted(cfg):
-        found = unknown_fitting.unavailable(f"not yet with extract.runtime {cfg.extract.runtime} (the converted base "
-                                            "computes no channel statistics); use extract.runtime tensorflow")
-    else:
-        boundary = trained.final_layer
-        top = (boundary, build.top_model(trained.base, boundary, cfg.spec.head_layer)) if boundary else None
-        found = unknown_fitting.fit_for_run(cfg, fs, top, fit.PREDICT_BATCH)
+    boundary = trained.final_layer
+    top = (boundary, build.top_model(trained.base, boundary, cfg.spec.head_layer)) if boundary else None
+    found = unknown_fitting.fit_for_run(cfg, fs, top, fit.PREDICT_BATCH)
     log(unknown_line(found))
     return found
 
@@ -402,10 +398,10 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
                                       base=trained.base, unknown=detector)
         full.save(staging / "model.keras")
         model = build.probabilities_model(full, cfg.spec)
-        predictor, record = lambda images: _outputs(full.predict(images, verbose=0)), None
+        predictor, record = lambda images: build.split_outputs(full.predict(images, verbose=0)), None
         if features_runtime.is_converted(cfg):
-            record = features_runtime.write(staging, cfg, where, trained.final, trained.final_layer, log)
-            predictor = features_runtime.load_predictor(staging, record, artifact.load_keras)
+            record = _write_carried_base(staging, run, trained, detector, log)
+            predictor = features_runtime.load_predictor(staging, record, artifact.load_keras, with_unknown=True)
         test_images = SplitImages(fs, cfg.spec.decode, dataset.root)
         gap = check_end_to_end(predictor, lambda rows: trained.evaluate_cached(fs, rows), test_images, trained.unknown)
         if gap > E2E_TOLERANCE:
@@ -423,6 +419,16 @@ def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: floa
     except BaseException:
         artifact.abandon(staging)
         raise
+
+
+def _write_carried_base(staging, run: RunInputs, trained: Trained, detector, log) -> dict:
+    """The converted base extraction ran and ``head.keras`` on its outputs (with
+    the unknown score when there is a detector): what predict runs."""
+    layer = trained.final_layer or run.cfg.spec.head_layer
+    if detector is None:
+        return features_runtime.write(staging, run.cfg, run.where, trained.final, [layer], log)
+    head = build.scored_head(run.cfg.spec, trained.base, trained.head, layer, detector)
+    return features_runtime.write(staging, run.cfg, run.where, head, [layer, registry.STATS_LAYER], log)
 
 
 class SplitImages:
@@ -445,12 +451,6 @@ class SplitImages:
         probs = np.stack([r["probs"] for r in done]) if done else np.zeros((0, len(self.fs.class_names)))
         scores = np.array([r["unknown_score"] for r in done]) if done and "unknown_score" in done[0] else None
         return probs, np.asarray([row_of[r["path"]] for r in done], int), scores
-
-
-def _outputs(predicted):
-    """A model's prediction as ``iter_probabilities`` takes it: probabilities,
-    or ``(probabilities, unknown scores)`` for a model with the score."""
-    return (predicted[build.PROBABILITIES], predicted[build.UNKNOWN_SCORE]) if isinstance(predicted, dict) else predicted
 
 
 # The score is in units of the validation spread; float16 features move it by ~1e-3.
