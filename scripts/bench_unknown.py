@@ -1,6 +1,7 @@
 """Measure unknown detection on real out-of-scope images, through the shipped path.
 
     VGGTL_CACHE_DIR=... python scripts/bench_unknown.py --sets SETS --work DIR [--seeds 0 1 2]
+        [--runtime openvino --precision int8]
 
 ``SETS`` is what ``scripts/make_unknown_sets.py`` assembled (tuxphoto/,
 photos/, symbols/); clipart8 comes from ``../shared/datasets/clipart8``.
@@ -12,7 +13,9 @@ prints -- and the table gives, per (model, out-of-scope set): AUROC of the
 shipped score and of the maximum softmax probability (the usual baseline),
 the fraction of in-scope test images kept and of out-of-scope images called
 unknown at the operating point. Several ``--seeds`` re-split (one
-extraction per data set) and report mean and range.
+extraction per data set) and report mean and range. ``--runtime`` /
+``--precision`` set ``extract.runtime`` / ``extract.precision``: the
+artifact then scores with its carried (e.g. int8) base, as predict runs it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ def models(sets: Path) -> dict:
     }
 
 
-def write_config(work: Path, name: str, root: Path, seed: int) -> Path:
+def write_config(work: Path, name: str, root: Path, seed: int, extract: dict | None = None) -> Path:
     cfg = {"name": name, "seed": 42, "data": {"root": str(root), "background": "white", "split": {"seed": seed}},
            "backbone": {"name": "vgg16", "weights": "imagenet"}, "cache": {"path": str(work / "cache")},
-           "output": {"dir": str(work / "exp"), "gradcam": 0}}
+           "output": {"dir": str(work / "exp"), "gradcam": 0}, **({"extract": extract} if extract else {})}
     path = work / f"{name}-s{seed}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return path
@@ -90,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--models", nargs="+", default=["clipart8", "tuxphoto"])
+    parser.add_argument("--runtime", default="tensorflow", help="extract.runtime (default: tensorflow)")
+    parser.add_argument("--precision", default="fp32", help="extract.precision (default: fp32)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from vggtl import config as config_mod, extract, train
@@ -99,7 +104,8 @@ def main(argv=None) -> int:
     for name in args.models:
         root, oos = models(args.sets)[name]
         for seed in args.seeds:
-            cfg = config_mod.load(write_config(args.work, name, root, seed))
+            extract_section = {"runtime": args.runtime, "precision": args.precision} if args.runtime != "tensorflow" else None
+            cfg = config_mod.load(write_config(args.work, name, root, seed, extract_section))
             if seed == args.seeds[0]:
                 extract.run(cfg)
             artifact = train.run(cfg).path

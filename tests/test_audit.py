@@ -71,6 +71,9 @@ def test_publishes_csv_json_and_page_and_prints_the_top_ten(audited, capsys):
     assert "tensorflow" not in summary["versions"]
     html = (out / "audit.html").read_text()
     assert "green/green_mislabeled.png" in html and "data:image/jpeg;base64," in html
+    # how to act on it names the config the audit ran with
+    assert summary["apply_command"].endswith(f"vggtl.audit {cfg} --apply EDITED.csv")
+    assert f"{cfg} --apply YOUR-COPY.csv" in html
     assert (out / "checksums.sha256").is_file()
 
 

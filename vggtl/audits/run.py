@@ -20,11 +20,12 @@ import numpy as np
 
 from vggtl.audits import curve as curves, labels as label_issues, similar
 from vggtl.data import SPLITS
-from vggtl.errors import ConfigError
+from vggtl.errors import ConfigError, invocation
 from vggtl.features.store import FeatureStore
 from vggtl.plan import as_plan
 from vggtl.training import artifact
 from vggtl.training.fit import pooled_features
+from vggtl.training.cv import too_small_classes
 
 COLUMNS = ("rank", "path", "kind", "given", "suggested", "score", "likely", "split", "other", "detail", "action")
 TOP = 10  # rows in the console summary
@@ -63,22 +64,28 @@ def run(plan, config_arg: str | None = None, log=print) -> Audit:
         _check_folds(fs, cfg.audit.folds)
         findings = find_all(cfg, fs, log)
         rows = issue_rows(fs, findings)
-        summary = summarize(cfg, fs, dataset, findings, rows, time.perf_counter() - started)
+        summary = {**summarize(cfg, fs, dataset, findings, rows, time.perf_counter() - started),
+                   "apply_command": apply_command(config_arg)}
         target = publish(cfg, fs, rows, summary, findings)
     finally:
         fs.close()
     for line in summary_lines(rows, summary):
         log(line)
-    log(f"audit: {target}  (issues.csv, audit.html; act on it: vggtl audit --apply EDITED.csv)")
+    log(f"audit: {target}  (issues.csv, audit.html; act on it: {summary['apply_command']})")
     return Audit(target, rows, summary)
 
 
+def apply_command(config_arg: str | None) -> str:
+    """The command that acts on an edited copy of issues.csv, with the config the audit ran with."""
+    return f"{invocation('audit')} {config_arg + ' ' if config_arg else ''}--apply EDITED.csv"
+
+
 def _check_folds(fs: FeatureStore, folds: int) -> None:
-    counts = np.bincount(fs.labels, minlength=len(fs.class_names))
-    small = [f"{name} ({n})" for name, n in zip(fs.class_names, counts) if n < folds]
+    small = too_small_classes(fs.labels, fs.class_names, folds)
     if small:
+        fewest = int(np.bincount(fs.labels, minlength=len(fs.class_names)).min())
         raise ConfigError(f"key 'audit.folds': {folds} folds need at least {folds} images of every class; too few: "
-                          f"{', '.join(small)}; lower audit.folds (e.g. --set audit.folds={max(2, int(counts.min()))}) "
+                          f"{', '.join(small)}; lower audit.folds (e.g. --set audit.folds={max(2, fewest)}) "
                           "or add images")
 
 

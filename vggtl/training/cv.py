@@ -115,6 +115,13 @@ def cross_validate(cfg: config.Config, fs: FeatureStore, folds: int) -> dict:
     return {"folds": folds, "images": int(len(data.labels)), **summary, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def too_small_classes(labels: np.ndarray, class_names, folds: int) -> list[str]:
+    """``"name (count)"`` of every class with fewer than ``folds`` of ``labels``:
+    stratified folds need one image of each class per fold."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    return [f"{name} ({n})" for name, n in zip(class_names, counts) if n < folds]
+
+
 def check_folds(fs: FeatureStore, folds: int) -> np.ndarray:
     """The index rows cross-validation uses (train + val), after checking every
     class has at least ``folds`` of them.
@@ -123,8 +130,7 @@ def check_folds(fs: FeatureStore, folds: int) -> np.ndarray:
         ConfigError: naming the classes that are too small.
     """
     rows = np.concatenate([fs.split_rows("train"), fs.split_rows("val")])
-    counts = np.bincount(fs.labels[rows], minlength=len(fs.class_names))
-    small = [f"{name} ({n})" for name, n in zip(fs.class_names, counts) if n < folds]
+    small = too_small_classes(fs.labels[rows], fs.class_names, folds)
     if small:
         raise ConfigError(
             f"key 'train.folds': {folds} folds need at least {folds} images of every class in train + val; "
