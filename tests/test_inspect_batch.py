@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import COLORS, make_image
+from conftest import COLORS, make_image, needs_extra
 from tiny_artifact import make_artifact
 from vggtl import predict
 from vggtl.inspect import batch
@@ -40,7 +40,12 @@ def job(tmp_path_factory):
         make_image(tmp / "photos" / f"{i % 7}" / f"img_{i:03d}.png", COLORS[names[i % 3]], seed=i)
     (tmp / "photos" / "3" / "broken.png").write_bytes(b"not an image")
     reference = tmp / "reference.csv"
-    assert predict.main([str(art), str(tmp / "photos"), "--out", str(reference)]) == 1  # one broken file
+    with pytest.MonkeyPatch.context() as mp:
+        # As every test here predicts (conftest's isolated_caches is per test, so
+        # not yet in force): else an installed ONNX Runtime would write the
+        # reference and TensorFlow the files compared with it (1e-6 apart).
+        mp.setenv("VGGTL_PREDICT_RUNTIME", "tensorflow")
+        assert predict.main([str(art), str(tmp / "photos"), "--out", str(reference)]) == 1  # one broken file
     return tmp, art, reference
 
 
@@ -104,7 +109,7 @@ def test_a_file_of_another_job_is_refused_unless_overwrite(job, capsys):
 def test_bad_outputs_and_inputs_are_clear_errors(job, tmp_path, capsys):
     tmp, art, _ = job
     for argv, message in [(["--out", str(tmp_path / "missing" / "p.csv")], "does not exist; create it first"),
-                          (["--out", str(tmp_path / "p.parquet")], "only .csv is written"),
+                          (["--out", str(tmp_path / "p.txt")], ".csv or .parquet is written"),
                           (["--out", str(tmp_path / "p.csv"), "--json"], "does not combine with")]:
         assert predict.main([str(art), str(tmp / "photos"), *argv]) == 2
         assert message in capsys.readouterr().err
@@ -124,3 +129,53 @@ def test_an_image_that_vanished_gets_its_reason(job, tmp_path):
     result = batch.predict_to_csv(art, paths, tmp_path / "v.csv", artifact_config(art).spec.decode.decode, artifact_predictor(art))
     assert result["errors"] == 1
     assert "gone.png" in (tmp_path / "v.csv").read_text().splitlines()[2]
+
+
+@needs_extra("parquet")
+def test_parquet_holds_the_csv_rows_typed_and_resumes_to_the_same_bytes(job, capsys):
+    import csv
+
+    import pyarrow.parquet as pq
+
+    tmp, art, reference = job
+    out = tmp / "p.parquet"
+    assert predict.main([str(art), str(tmp / "photos"), "--out", str(out)]) == 1  # the broken file, as in the CSV
+    table = pq.read_table(out).to_pylist()
+    with open(reference, newline="") as fh:
+        expected = list(csv.DictReader(fh))
+    assert [list(r) for r in table[:1]] == [list(expected[0])] and len(table) == len(expected)
+    for got, want in zip(table, expected):
+        for name, value in want.items():
+            if value == "":
+                assert got[name] is None, name
+            elif name in ("path", "predicted", "error"):
+                assert got[name] == value
+            elif name == "unknown":
+                assert got[name] is (value == "true")
+            else:
+                assert got[name] == float(value), name
+    assert not (tmp / "p.parquet.partial.csv").exists()
+    # killed with a batch half written into the journal: the rerun gives the same bytes
+    resumed = tmp / "r.parquet"
+    lines = reference.read_bytes().split(b"\n")
+    (tmp / "r.parquet.partial.csv").write_bytes(b"\n".join(lines[: 1 + batch.BATCH + 5]) + b"\n" + lines[1 + batch.BATCH + 5][:10])
+    (tmp / "r.parquet.partial.csv.run.json").write_bytes((tmp / "reference.csv.run.json").read_bytes())
+    capsys.readouterr()
+    assert predict.main([str(art), str(tmp / "photos"), "--out", str(resumed)]) == 1
+    assert f"({batch.BATCH} kept from an interrupted run)" in capsys.readouterr().out
+    assert resumed.read_bytes() == out.read_bytes() and not (tmp / "r.parquet.partial.csv").exists()
+    assert predict.main([str(art), str(tmp / "photos"), "--out", str(resumed)]) == 1
+    assert "is already complete" in capsys.readouterr().out
+    # another job's file is refused, nothing lost
+    assert predict.main([str(art), str(tmp / "photos" / "1"), "--out", str(resumed)]) == 2
+    assert "already holds predictions of another artifact or other inputs" in capsys.readouterr().err
+    assert resumed.read_bytes() == out.read_bytes()
+
+
+def test_parquet_without_pyarrow_names_the_extra(job, tmp_path, capsys, monkeypatch):
+    tmp, art, _ = job
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    assert predict.main([str(art), str(tmp / "photos"), "--out", str(tmp_path / "p.parquet")]) == 2
+    assert "pip install 'vggtl[parquet]'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

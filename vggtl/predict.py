@@ -36,9 +36,10 @@ def main(argv=None) -> int:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories")
     parser.add_argument("--top-k", type=int, default=3, help="labels to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image (JSON lines)")
-    parser.add_argument("--out", metavar="FILE.csv", help="write one row per image (every class's probability) to this CSV, "
-                        "streamed batch by batch; a rerun after an interruption resumes it")
-    parser.add_argument("--overwrite", action="store_true", help="with --out: replace a CSV of another artifact or other inputs")
+    parser.add_argument("--out", metavar="FILE.csv|FILE.parquet", help="write one row per image (every class's probability) "
+                        "to this CSV or Parquet file (Parquet: pip install 'vggtl[parquet]'), streamed batch by batch; "
+                        "a rerun after an interruption resumes it")
+    parser.add_argument("--overwrite", action="store_true", help="with --out: replace a file of another artifact or other inputs")
     add_view_arguments(parser, "with --gradcam: explain this class (one of the artifact's labels) instead of the predicted one")
     args = parser.parse_args(argv)
     failures = print_predictions(args.artifact, args.inputs, args)

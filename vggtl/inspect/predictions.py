@@ -18,7 +18,7 @@ import numpy as np
 from vggtl import config, data
 from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
 from vggtl.data import iter_probabilities
-from vggtl.errors import VggtlError
+from vggtl.errors import VggtlError, require_extra
 from vggtl.training import artifact as artifact_mod
 
 
@@ -311,16 +311,19 @@ def print_predictions(artifact_path, inputs, args) -> int:
 
 
 def _predict_to_file(artifact_path, inputs, args) -> int:
-    """``--out FILE.csv``: every input into one CSV, streamed and resumable (:mod:`vggtl.inspect.batch`)."""
+    """``--out FILE.csv|FILE.parquet``: every input into one file, streamed and resumable (:mod:`vggtl.inspect.batch`)."""
     from tqdm import tqdm
 
     from vggtl.inspect import batch
 
     out = Path(args.out)
-    if out.suffix.lower() != ".csv":
-        raise VggtlError(f"--out {args.out}: only .csv is written (one row per image); name the file *.csv")
+    writers = {".csv": batch.predict_to_csv, ".parquet": batch.predict_to_parquet}
+    if out.suffix.lower() not in writers:
+        raise VggtlError(f"--out {args.out}: .csv or .parquet is written (one row per image); name the file *.csv or *.parquet")
     if args.gradcam is not None or args.tiles is not None or args.json:
-        raise VggtlError("--out writes one CSV row per image; it does not combine with --gradcam, --tiles or --json")
+        raise VggtlError("--out writes one row per image; it does not combine with --gradcam, --tiles or --json")
+    if out.suffix.lower() == ".parquet":
+        require_extra("pyarrow.parquet", batch.PARQUET_EXTRA, "--out FILE.parquet")
     if not out.parent.is_dir():
         raise VggtlError(f"--out {args.out}: folder {str(out.parent)!r} does not exist; create it first")
     art = artifact_mod.load(artifact_path)
@@ -328,8 +331,8 @@ def _predict_to_file(artifact_path, inputs, args) -> int:
     paths = sorted(expand_inputs(inputs, cfg.data.extensions), key=str)
     with tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as bar:
         unknown_threshold(art)  # the note, for an artifact without detection
-        result = batch.predict_to_csv(art, paths, out, cfg.spec.decode.decode, artifact_predictor(art, with_unknown=True),
-                                      args.overwrite, bar.update)
+        result = writers[out.suffix.lower()](art, paths, out, cfg.spec.decode.decode,
+                                             artifact_predictor(art, with_unknown=True), args.overwrite, bar.update)
     kept = result["resumed"]
     print((f"{out} is already complete: {kept} row(s), nothing computed" if kept == result["rows"] else
            f"wrote {result['rows']} row(s) to {out}" + (f" ({kept} kept from an interrupted run)" if kept else ""))
