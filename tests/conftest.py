@@ -61,6 +61,16 @@ def make_image(path: Path, color, size=32, seed=0, mode="RGB", fmt=None):
     return path
 
 
+def make_unlabeled_folder(folder: Path, n: int, subfolders: int) -> Path:
+    """``n`` images of the three colours spread over ``subfolders`` subfolders,
+    plus ``<folder>/<subfolders - 1>/broken.png`` that is not an image (a folder to predict)."""
+    names = list(COLORS)
+    for i in range(n):
+        make_image(folder / f"{i % subfolders}" / f"img_{i:03d}.png", COLORS[names[i % 3]], seed=i)
+    (folder / f"{subfolders - 1}" / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
 def make_dataset(root: Path, per_class: int = 12, classes=("red", "green", "blue"), size=32, start=0):
     for name in classes:
         for i in range(start, start + per_class):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import COLORS, make_image, needs_extra
+from conftest import COLORS, make_image, make_unlabeled_folder, needs_extra
 from tiny_artifact import make_artifact
 from vggtl import predict
 from vggtl.inspect import batch
@@ -21,11 +21,11 @@ N_IMAGES = 150  # five batches of 32 (the last one short)
 SLOW_PREDICT = """
 import sys, time
 from vggtl.inspect import batch
-rows = batch._batch_rows
+rows = batch.batch_rows
 def slow(*args):
     time.sleep(0.4)  # a window to kill it in, between and during batches
     return rows(*args)
-batch._batch_rows = slow
+batch.batch_rows = slow
 from vggtl import predict
 predict.main(sys.argv[1:])
 """
@@ -35,10 +35,7 @@ predict.main(sys.argv[1:])
 def job(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("batch")
     art = make_artifact(tmp)
-    names = list(COLORS)
-    for i in range(N_IMAGES):
-        make_image(tmp / "photos" / f"{i % 7}" / f"img_{i:03d}.png", COLORS[names[i % 3]], seed=i)
-    (tmp / "photos" / "3" / "broken.png").write_bytes(b"not an image")
+    make_unlabeled_folder(tmp / "photos", N_IMAGES, 7)
     reference = tmp / "reference.csv"
     with pytest.MonkeyPatch.context() as mp:
         # As every test here predicts (conftest's isolated_caches is per test, so
@@ -119,14 +116,14 @@ def test_bad_outputs_and_inputs_are_clear_errors(job, tmp_path, capsys):
 
 
 def test_an_image_that_vanished_gets_its_reason(job, tmp_path):
-    from vggtl.inspect.predictions import artifact_config, artifact_predictor
+    from vggtl.inspect.predictions import batch_rows_of
     from vggtl.training import artifact
 
     tmp, art_dir, _ = job
     art = artifact.load(art_dir)
     gone = tmp_path / "gone.png"
     paths = [make_image(tmp_path / "a.png", COLORS["red"]), gone]
-    result = batch.predict_to_csv(art, paths, tmp_path / "v.csv", artifact_config(art).spec.decode.decode, artifact_predictor(art))
+    result = batch.predict_to_csv(art, paths, tmp_path / "v.csv", batch.in_process(batch_rows_of(art)))
     assert result["errors"] == 1
     assert "gone.png" in (tmp_path / "v.csv").read_text().splitlines()[2]
 

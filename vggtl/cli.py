@@ -55,6 +55,17 @@ def parser(prog: str, doc: str) -> argparse.ArgumentParser:
 LAST_EXTRACT = Path(".vggtl") / "last-extract.json"
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag and the value when it is not)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def add_config_arguments(parser, config_required: bool) -> None:
     """The CONFIG positional and repeatable ``--set KEY=VALUE`` shared by commands."""
     parser.add_argument(

@@ -40,6 +40,14 @@ def main(argv=None) -> int:
                         "to this CSV or Parquet file (Parquet: pip install 'vggtl[parquet]'), streamed batch by batch; "
                         "a rerun after an interruption resumes it")
     parser.add_argument("--overwrite", action="store_true", help="with --out: replace a file of another artifact or other inputs")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="with --out: compute the batches in this process (local) or on Ray actors (ray: "
+                        "pip install 'vggtl[ray]'); the same file either way")
+    parser.add_argument("--workers", type=cli.positive_int, default=2, metavar="N",
+                        help="with --engine ray: actors, one CPU each (default 2; capped at the cluster's CPUs)")
+    parser.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                        help="with --engine ray: the cluster (e.g. auto, HOST:6379, ray://HOST:10001); default a "
+                        "local instance. Every node must see the artifact and the images at the same paths")
     add_view_arguments(parser, "with --gradcam: explain this class (one of the artifact's labels) instead of the predicted one")
     args = parser.parse_args(argv)
     failures = print_predictions(args.artifact, args.inputs, args)

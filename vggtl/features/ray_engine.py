@@ -30,6 +30,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -154,30 +155,43 @@ def _with_bytes(batch) -> list:
     return out
 
 
+class RayPurpose(NamedTuple):
+    """What a Ray session is for, as messages name it."""
+
+    command: str  # prefixes the log line
+    feature: str  # what needs the extra
+    setting: str  # where the cluster address is set
+    local: str  # how to ask for a local instance instead
+
+
+EXTRACT = RayPurpose("extract", "extract.engine: ray", "key 'extract.ray_address'", "set extract.ray_address: null")
+
+
 @contextlib.contextmanager
-def _connected(address: str | None, log):
+def connected(address: str | None, log, purpose: RayPurpose = EXTRACT):
     """Ray, initialised: a new local instance for ``address`` None, else the
     cluster at ``address``; a session the caller opened is reused as is."""
-    ray = require_extra("ray", "ray", "extract.engine: ray")
+    ray = require_extra("ray", "ray", purpose.feature)
     if ray.is_initialized():
         yield ray
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats prompt or upload
-    _check_reachable(address)
+    _check_reachable(address, purpose)
     try:
         ray.init(address="local" if address is None else address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise _unreachable(address, exc) from None
+        raise _unreachable(address, exc, purpose) from None
     try:
-        log(f"extract: Ray {ray.__version__} {'local instance' if address is None else 'cluster ' + address}, "
+        log(f"{purpose.command}: Ray {ray.__version__} "
+            f"{'local instance' if address is None else 'cluster ' + address}, "
             f"{int(ray.cluster_resources().get('CPU', 0))} CPU(s) on {len(ray.nodes())} node(s)")
         yield ray
     finally:
         ray.shutdown()
 
 
-def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+def _check_reachable(address: str | None, purpose: RayPurpose, timeout: float = 5.0) -> None:
     """Fail in seconds on a ``HOST:PORT`` nobody listens on (``ray.init`` would
     retry for minutes); ``auto`` and a local instance are left to Ray."""
     host_port = address[len("ray://"):] if address and address.startswith("ray://") else address
@@ -187,13 +201,13 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as exc:
-        raise _unreachable(address, exc) from None
+        raise _unreachable(address, exc, purpose) from None
 
 
-def _unreachable(address: str | None, reason) -> ConfigError:
+def _unreachable(address: str | None, reason, purpose: RayPurpose) -> ConfigError:
     return ConfigError(
-        f"key 'extract.ray_address': cannot reach a Ray cluster at {address!r}: {reason}; start one with "
-        "`ray start --head` or set extract.ray_address: null for a local instance"
+        f"{purpose.setting}: cannot reach a Ray cluster at {address!r}: {reason}; start one with "
+        f"`ray start --head` or {purpose.local} for a local instance"
     )
 
 
@@ -221,7 +235,7 @@ def _start_actors(ray, cfg: config.Config, weights: ResolvedWeights, weights_ref
 def engine(cfg: config.Config, weights: ResolvedWeights, fmt: store.StoreFormat, log=print):
     """Yield ``compute(jobs, writer, progress)`` running on Ray actors; the
     actors (and a local Ray instance started here) go away on exit."""
-    with _connected(cfg.extract.ray_address, log) as ray:
+    with connected(cfg.extract.ray_address, log) as ray:
         # Put in the object store once, wrapped in a list so that Ray passes
         # the reference (an actor fetches the bytes once) rather than the
         # bytes with every call; held here for the whole run.

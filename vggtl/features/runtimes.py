@@ -212,6 +212,35 @@ def make_forward(cfg, weights, runtime: str, log=print, calibration=None):
     return load_forward(path, runtime, list(cfg.spec.stored_layers))
 
 
+# Threads an ONNX Runtime session or OpenVINO model may use; set by an engine
+# that runs several on one machine (Ray actors: one per CPU). Unset: every core.
+THREADS_ENV = "VGGTL_RUNTIME_THREADS"
+
+
+def runtime_threads() -> int | None:
+    value = os.environ.get(THREADS_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def openvino_config() -> dict:
+    """How vggtl compiles an OpenVINO model: LATENCY (on a 2-core laptop the
+    THROUGHPUT hint was measured 1.7x slower), f32 (bf16 CPUs stay at fp32)."""
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads := runtime_threads():
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+def onnx_session(path):
+    """An ONNX Runtime CPU session of ``path`` (threads capped by :data:`THREADS_ENV`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads := runtime_threads():
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def load_forward(path, runtime: str, layers):
     """The converted model at ``path`` (outputs ``out0``, ``out1``, ... in the
     order of ``layers``) as a function: images ``(N, S, S, 3)`` -> ``{layer: float32 features}``.
@@ -220,9 +249,7 @@ def load_forward(path, runtime: str, layers):
     if runtime == "openvino":
         import openvino as ov
 
-        # LATENCY: on a 2-core laptop the THROUGHPUT hint was measured 1.7x slower
-        # (issue notes); INFERENCE_PRECISION_HINT f32 keeps bf16 CPUs at fp32.
-        compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(str(path), "CPU", openvino_config())
         order = [next(o for o in compiled.outputs if f"out{i}" in o.get_names()) for i in range(len(layers))]
 
         def forward(x):
@@ -230,9 +257,7 @@ def load_forward(path, runtime: str, layers):
             return {layer: result[o] for layer, o in zip(layers, order)}
 
         return forward
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     wanted = [next(n for n in names if n.startswith(f"out{i}")) for i in range(len(layers))]

@@ -50,17 +50,22 @@ def run_record(art, paths) -> dict:
             "inputs": len(paths), "inputs_sha256": digest, "batch": BATCH}
 
 
-def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, progress=None) -> dict:
+def in_process(rows_of):
+    """The local engine: ``slices -> each slice's rows, in order``, computed here by
+    ``rows_of(paths) -> rows`` (:func:`batch_rows` with the artifact's predictor)."""
+    return lambda slices: (rows_of(paths) for paths in slices)
+
+
+def predict_to_csv(art, paths, out, compute, overwrite: bool = False, progress=None) -> dict:
     """Classify ``paths`` into the CSV ``out``, resuming an interrupted run of the same job.
 
     Args:
         art: the loaded artifact (labels, model digest).
         paths: image files, in the order the rows are written.
         out: the CSV path; its folder must exist and be writable.
-        decode: ``path -> (S, S, 3) uint8`` as in extraction.
-        predictor: uint8 batch -> probabilities, or for an artifact with
-            unknown detection ``(probabilities, unknown scores)``: each row
-            then says ``unknown`` true/false and the score.
+        compute: ``slices -> rows of each slice, in order``: the engine
+            (:func:`in_process`, or Ray actors: :mod:`vggtl.inspect.ray_batch`),
+            each slice's rows made by :func:`batch_rows`.
         overwrite: start over even when ``out`` holds another job's rows.
         progress: callable ``n`` called with the rows kept from an earlier run,
             then after each batch with its size; or None.
@@ -88,21 +93,26 @@ def predict_to_csv(art, paths, out, decode, predictor, overwrite: bool = False, 
                 fh.write(_line(header))
             if progress and done:
                 progress(done["rows"])
-            for start in range(done["rows"] if done else 0, len(paths), BATCH):
-                rows = _batch_rows(paths[start : start + BATCH], decode, predictor, art.labels, threshold)
+            slices = [paths[start : start + BATCH] for start in range(done["rows"] if done else 0, len(paths), BATCH)]
+            for rows in compute(slices):
                 fh.write("".join(_line(row) for row in rows))
                 fh.flush()
                 os.fsync(fh.fileno())
                 if progress:
-                    progress(len(paths[start : start + BATCH]))
+                    progress(len(rows))
     except OSError as exc:
         raise path_error(exc, out, "write the predictions file") from None
     errors = _count_errors(out)
     return {"rows": len(paths), "resumed": done["rows"] if done else 0, "errors": errors}
 
 
-def _batch_rows(paths, decode, predictor, labels, threshold: float | None = None) -> list[list]:
-    """One row per path, in order; a file that cannot be decoded (or vanished) gets its reason."""
+def batch_rows(paths, decode, predictor, labels, threshold: float | None = None) -> list[list]:
+    """One row per path, in order; a file that cannot be decoded (or vanished) gets its reason.
+
+    ``decode``: ``path -> (S, S, 3) uint8`` as in extraction; ``predictor``:
+    uint8 batch -> probabilities, or with an unknown ``threshold``
+    ``(probabilities, unknown scores)``: each row then says ``unknown``
+    true/false and the score."""
     images, errors = [], {}
     for i, path in enumerate(paths):
         try:
@@ -170,7 +180,7 @@ def _count_errors(out: Path) -> int:
 PARQUET_EXTRA = "parquet"
 
 
-def predict_to_parquet(art, paths, out, decode, predictor, overwrite: bool = False, progress=None) -> dict:
+def predict_to_parquet(art, paths, out, compute, overwrite: bool = False, progress=None) -> dict:
     """:func:`predict_to_csv` into a Parquet file ``out``: the rows stream into a
     resumable CSV journal beside it, converted atomically when complete.
 
@@ -191,7 +201,7 @@ def predict_to_parquet(art, paths, out, decode, predictor, overwrite: bool = Fal
         if progress:
             progress(len(paths))
         return {"rows": len(paths), "resumed": len(paths), "errors": _count_errors_parquet(out)}
-    result = predict_to_csv(art, paths, journal, decode, predictor, overwrite, progress)
+    result = predict_to_csv(art, paths, journal, compute, overwrite, progress)
     try:
         _csv_to_parquet(journal, out, art.labels)
         _write_side(out, record)

@@ -99,17 +99,17 @@ def load(path: Path, runtime: str):
     """The converted model at ``path`` as ``inputs -> probabilities``, or for a
     model with an unknown score ``inputs -> (probabilities, scores)``. Inputs:
     an array, or for a model of several inputs ``{Keras input name: array}``."""
+    from vggtl.features import runtimes
+
     if runtime == "openvino":
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = ov.Core().compile_model(str(path), "CPU", runtimes.openvino_config())
         inputs = [" ".join(sorted(i.get_names())) for i in compiled.inputs]
         names = [next(iter(sorted(o.get_names())), "") for o in compiled.outputs]
         run = lambda x: [np.asarray(y) for y in compiled(_feeds(inputs, x)).values()]  # noqa: E731
     else:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = runtimes.onnx_session(path)
         inputs, names = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
         run = lambda x: session.run(None, dict(zip(inputs, _feeds(inputs, x))))  # noqa: E731
     if len(names) == 1:

@@ -298,6 +298,8 @@ def print_predictions(artifact_path, inputs, args) -> int:
     grid, overlap = check_view_arguments(args)
     if getattr(args, "out", None) is not None:
         return _predict_to_file(artifact_path, inputs, args)
+    if getattr(args, "engine", "local") != "local":
+        raise VggtlError(f"--engine {args.engine} computes the batches of --out FILE.csv|FILE.parquet; add --out")
     art = artifact_mod.load(artifact_path)
     if args.class_name is not None:
         resolve_label(args.class_name, art.labels)  # refuse a bad name before loading the model
@@ -308,6 +310,35 @@ def print_predictions(artifact_path, inputs, args) -> int:
     if grid is not None:
         return _run_tiles(art, cfg, predictor, paths, args, grid, overlap)
     return _run_images(art, cfg, predictor, model, paths, args)
+
+
+def batch_rows_of(art, warn=None):
+    """``paths -> rows`` of ``--out`` for ``art``: decoded as in extraction,
+    predicted as ``predict`` predicts (what every engine runs per slice)."""
+    from vggtl.inspect import batch
+
+    decode = artifact_config(art).spec.decode.decode
+    predictor = artifact_predictor(art, with_unknown=True, warn=warn)
+    threshold = art.unknown["threshold"] if art.unknown else None
+    return lambda paths: batch.batch_rows(paths, decode, predictor, art.labels, threshold)
+
+
+def _batch_engine(art, args):
+    """``--engine``: the ``slices -> rows`` of this process or of Ray actors (a context manager)."""
+    import contextlib
+
+    from vggtl.inspect import batch
+
+    if args.engine == "local":
+        if args.ray_address is not None:
+            raise VggtlError("--ray-address needs --engine ray")
+        return contextlib.nullcontext(batch.in_process(batch_rows_of(art)))
+    from vggtl.inspect import ray_batch
+
+    require_extra("ray", "ray", "predict --engine ray")
+    # The actors find batch_rows_of by name (a module function): ray_batch imports nothing of predict's.
+    return ray_batch.engine(art.path, batch_rows_of, args.workers, args.ray_address,
+                            log=lambda line: print(line, file=sys.stderr))
 
 
 def _predict_to_file(artifact_path, inputs, args) -> int:
@@ -329,10 +360,9 @@ def _predict_to_file(artifact_path, inputs, args) -> int:
     art = artifact_mod.load(artifact_path)
     cfg = artifact_config(art)
     paths = sorted(expand_inputs(inputs, cfg.data.extensions), key=str)
-    with tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as bar:
-        unknown_threshold(art)  # the note, for an artifact without detection
-        result = writers[out.suffix.lower()](art, paths, out, cfg.spec.decode.decode,
-                                             artifact_predictor(art, with_unknown=True), args.overwrite, bar.update)
+    unknown_threshold(art)  # the note, for an artifact without detection
+    with _batch_engine(art, args) as compute, tqdm(total=len(paths), unit="image", disable=None, file=sys.stderr) as bar:
+        result = writers[out.suffix.lower()](art, paths, out, compute, args.overwrite, bar.update)
     kept = result["resumed"]
     print((f"{out} is already complete: {kept} row(s), nothing computed" if kept == result["rows"] else
            f"wrote {result['rows']} row(s) to {out}" + (f" ({kept} kept from an interrupted run)" if kept else ""))
