@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import COLORS, make_dataset, make_image, page_in_chromium, write_config
@@ -191,3 +192,28 @@ def test_a_class_smaller_than_the_folds_is_named(tmp_path, monkeypatch, capsys):
     assert audit.main([str(cfg), "--set", "audit.folds=7"]) == 2
     err = capsys.readouterr().err
     assert "key 'audit.folds': 7 folds need at least 7 images of every class" in err and "blue (6)" in err
+
+
+def test_a_fine_tuning_store_gives_the_label_model_its_lower_layer_too(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "data", per_class=8)
+    cfg = write_config(tmp_path / "c.yaml", root, tmp_path, audit={**AUDIT, "learning_curve": False}, finetune={"blocks": 1})
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VGGTL_CACHE_DIR", str(tmp_path / "vggtl-cache"))
+    assert extract.main([str(cfg), "--no-progress"]) == 0
+    assert audit.main([str(cfg)]) == 0
+    summary = json.loads((tmp_path / "experiments" / "tiny" / "audit" / "latest" / "audit.json").read_text())
+    assert summary["store"]["label_model_layers"] == ["block5_pool", "block4_pool"]
+    # each layer's vectors scaled to unit length, side by side
+    from vggtl.audits import labels
+    from vggtl.features.store import FeatureStore
+    from vggtl.training.fit import pooled_features
+
+    fs = FeatureStore(next((tmp_path / "cache").glob("*.h5")))
+    try:
+        rows = list(range(len(fs.labels)))
+        joined = labels.with_lower_layer(pooled_features(fs, rows, "avgmax"), fs, rows)
+    finally:
+        fs.close()
+    assert joined.shape == (24, 2 * 512 + 2 * 512)
+    np.testing.assert_allclose(np.linalg.norm(joined[:, :1024], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(joined[:, 1024:], axis=1), 1.0, rtol=1e-5)

@@ -61,6 +61,29 @@ class LabelFindings:
         return float(np.mean(self.predicted == self.given)) if len(self.given) else 0.0
 
 
+def with_lower_layer(vectors: np.ndarray, fs, rows) -> np.ndarray:
+    """The label model's vectors: the head layer's avg+max pooled ``vectors``,
+    and when the store also holds a lower layer (a fine-tuning config's
+    boundary, e.g. block4_pool) its avg+max pooled vectors beside them, each
+    scaled to unit length so neither dominates. Measured on clipart8 with 5%
+    / 10% of labels flipped (seeds 0-4, docs/audit.md): the first k label rows
+    held 75.2% / 70.2% of the flips instead of 70.5% / 67.0%."""
+    from vggtl.training.fit import pooled_features
+
+    lower = lower_layer(fs)
+    if lower is None:
+        return vectors
+    parts = [vectors, pooled_features(fs, rows, "avgmax", lower)]
+    return np.hstack([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts])
+
+
+def lower_layer(fs) -> str | None:
+    """The store's image layer below the head's (a fine-tuning boundary), if it holds one."""
+    from vggtl.backbones import registry
+
+    return next((layer for layer in fs.layers[1:] if layer != registry.STATS_LAYER), None)
+
+
 def signed_sqrt(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.sqrt(np.abs(x))
 

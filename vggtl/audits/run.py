@@ -107,6 +107,7 @@ def find_all(cfg, fs: FeatureStore, log=print) -> Findings:
     rows = np.arange(len(fs.labels))
     vectors = pooled_features(fs, rows, "avgmax")  # [avg | max]: the store is read once
     unit = similar.unit_vectors(vectors[:, : vectors.shape[1] // 2])  # avg-pooled: the leakage audit's measure
+    vectors = label_issues.with_lower_layer(vectors, fs, rows)
     timings["read"] = time.perf_counter() - clock
     clock = time.perf_counter()
     n_classes = len(fs.class_names)
@@ -227,7 +228,8 @@ def summarize(cfg, fs: FeatureStore, dataset, findings: Findings, rows: list[dic
         "classes": list(fs.class_names),
         "data_root": str(dataset.root),
         "data_digest": dataset.digest(),
-        "store": {"path": str(fs.path), "content_digest": fs.content_digest, "layer": fs.layers[0]},
+        "store": {"path": str(fs.path), "content_digest": fs.content_digest, "layer": fs.layers[0],
+                  "label_model_layers": [fs.layers[0], *filter(None, [label_issues.lower_layer(fs)])]},
         "settings": {"folds": cfg.audit.folds, "seed": cfg.seed, "near_duplicate": cfg.audit.near_duplicate,
                      "label_repeats": label_issues.REPEATS, "neighbours": label_issues.NEIGHBOURS,
                      "logistic_c": label_issues.LOGISTIC_C, "outlier_mad_limit": similar.MAD_LIMIT},
