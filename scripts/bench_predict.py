@@ -13,6 +13,14 @@ Usage (from the repository root; an artifact trained on real weights, e.g.
 configs/clipart8-fast.yaml):
 
     python scripts/bench_predict.py ARTIFACT [--repeats 5]
+    python scripts/bench_predict.py ARTIFACT --folder DIR [--int8 INT8_ARTIFACT] [--ray]
+
+``--folder``: instead, the throughput of ``predict ARTIFACT DIR --out
+FILE.csv`` (whole command, one run each) for every installed runtime, for
+``INT8_ARTIFACT`` (trained on ``extract.runtime`` int8 features: its
+carried int8 base) and with ``--ray`` the fastest of them again with
+``--engine ray --workers 2``; images per second and the ratio to
+TensorFlow fp32, and whether every output file has the same labels.
 
 Compare times as ratios within one run: CPUs differ between machines.
 Everything is printed; nothing is asserted.
@@ -58,8 +66,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("artifact")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--folder", type=Path, help="time predict DIR --out FILE.csv instead")
+    parser.add_argument("--int8", type=Path, help="with --folder: also this artifact trained on int8 features")
+    parser.add_argument("--ray", action="store_true", help="with --folder: also the fastest case on 2 Ray actors")
     args = parser.parse_args(argv)
     art_dir = Path(args.artifact).resolve()
+    if args.folder is not None:
+        return folder_throughput(art_dir, args.folder.resolve(), args.int8, args.ray)
     images = test_images(art_dir)
     runtimes = [r for r in RUNTIMES if installed(r)]
     predict = [sys.executable, "-m", "vggtl.predict", str(art_dir), "--json", "--top-k", "1"]
@@ -87,6 +100,44 @@ def main(argv=None) -> int:
     print(f"\n| whole command ({args.repeats} rounds) | median s | vs importing TensorFlow + Keras |\n|---|---|---|")
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.2f} | {statistics.median(values) / base:.2f}x |")
+    return 0
+
+
+def folder_throughput(art_dir: Path, folder: Path, int8: Path | None, ray: bool) -> int:
+    """Whole ``predict DIR --out`` commands, one run each, after a warm-up run that converts."""
+    import csv
+    import tempfile
+
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    count = len(images)
+    cases = {f"{runtime} (fp32 artifact)": (art_dir, runtime, []) for runtime in RUNTIMES if installed(runtime)}
+    if int8 is not None:  # its carried base's runtime runs it (and its converted head) whatever else is installed
+        cases["int8 artifact (its carried int8 base)"] = (Path(int8).resolve(), "openvino", [])
+    rows, labels = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def run(name, artifact, runtime, extra):
+            out = Path(tmp) / f"{len(labels)}.csv"
+            env = {**os.environ, "VGGTL_PREDICT_RUNTIME": runtime}
+            command = [sys.executable, "-m", "vggtl.predict", str(artifact), str(folder), "--out", str(out), *extra]
+            timed([sys.executable, "-m", "vggtl.predict", str(artifact), str(images[0])], env)  # converts once, if it must
+            seconds, _ = timed(command, env)
+            with open(out, newline="") as fh:
+                labels[name] = [r["predicted"] for r in csv.DictReader(fh)]
+            rows.append((name, seconds))
+            print(f"{name}: {seconds:.1f} s", flush=True)
+
+        for name, case in cases.items():
+            run(name, *case)
+        if ray:
+            fastest = min(rows, key=lambda r: r[1])[0]
+            run(f"{fastest}, --engine ray --workers 2", *cases[fastest][:2], ["--engine", "ray", "--workers", "2"])
+    base = next(seconds for name, seconds in rows if name.startswith("tensorflow"))
+    print(f"\n| predict {count} images --out FILE.csv (whole command) | s | images/s | vs TensorFlow fp32 |\n|---|---|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.1f} | {count / seconds:.1f} | {base / seconds:.2f}x |")
+    reference = labels[rows[0][0]]
+    for name, got in labels.items():
+        print(f"{name}: same label as {rows[0][0]} on {sum(a == b for a, b in zip(got, reference))} of {len(reference)}")
     return 0
 
 

@@ -115,6 +115,21 @@ def test_bad_outputs_and_inputs_are_clear_errors(job, tmp_path, capsys):
     assert "contains no image" in capsys.readouterr().err
 
 
+def test_an_unwritable_output_folder_fails_before_any_work(job, capsys):
+    """/sys refuses new files even to root (chmod does not stop root)."""
+    tmp, art, _ = job
+    probe = "/sys/.vggtl-test-probe"
+    try:
+        open(probe, "w").close()
+        os.unlink(probe)
+        pytest.skip("/sys is writable here: no unwritable folder to test with")
+    except OSError:
+        pass
+    assert predict.main([str(art), str(tmp / "photos"), "--out", "/sys/p.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into the --out folder /sys" in err and "Traceback" not in err
+
+
 def test_an_image_that_vanished_gets_its_reason(job, tmp_path):
     from vggtl.inspect.predictions import batch_rows_of
     from vggtl.training import artifact

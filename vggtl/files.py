@@ -38,6 +38,24 @@ def make_dir(path, what: str) -> Path:
     return path
 
 
+def check_writable(folder, what: str) -> Path:
+    """Create and remove a probe file in ``folder``, so a folder that cannot be
+    written (permissions, a read-only or pseudo file system: ``os.access``
+    says yes to root there) fails before any work, naming ``what``.
+
+    Raises:
+        PathError: naming the folder, the reason and what to do.
+    """
+    folder = Path(folder)
+    probe = folder / f".vggtl-write-probe-{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise path_error(exc, folder, f"write into the {what} folder") from None
+    return folder
+
+
 def write_text_atomic(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a hidden temporary file renamed
     over it: a reader sees the old file or the new one, never half of it."""

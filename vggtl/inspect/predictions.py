@@ -19,6 +19,7 @@ from vggtl import config, data
 from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
 from vggtl.data import iter_probabilities
 from vggtl.errors import VggtlError, require_extra
+from vggtl.files import check_writable
 from vggtl.training import artifact as artifact_mod
 
 
@@ -357,6 +358,7 @@ def _predict_to_file(artifact_path, inputs, args) -> int:
         require_extra("pyarrow.parquet", batch.PARQUET_EXTRA, "--out FILE.parquet")
     if not out.parent.is_dir():
         raise VggtlError(f"--out {args.out}: folder {str(out.parent)!r} does not exist; create it first")
+    check_writable(out.parent, "--out")  # before the model is loaded, not after
     art = artifact_mod.load(artifact_path)
     cfg = artifact_config(art)
     paths = sorted(expand_inputs(inputs, cfg.data.extensions), key=str)
