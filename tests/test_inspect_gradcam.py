@@ -89,6 +89,22 @@ def test_heatmap_points_at_the_red_square(models, kind, quadrant):
     assert (peak[0] < SIZE // 8) == quadrant.startswith("top") and (peak[1] < SIZE // 8) == quadrant.endswith("left")
 
 
+@pytest.mark.parametrize("kind", ["flat", "nested", "dag"])
+def test_a_batch_gives_each_image_its_own_map(models, kind):
+    """One pass for several images, each with its own class: the maps of one call per image."""
+    model = models[kind]
+    images = [red_square_image(q) for q in ("top_left", "bottom_right", "top_left")]
+    classes = [0, 0, 1]
+    together = gradcam.gradcams(model, images, classes, conv_layer="last_conv")
+    for image, c, heat in zip(images, classes, together):
+        np.testing.assert_allclose(heat, gradcam.gradcam(model, image, c, conv_layer="last_conv"), atol=1e-5)
+    assert quadrant_mass(together[1])["bottom_right"] > 0.99 and not together[2].any()
+    with pytest.raises(ValueError, match="need one class index per image"):
+        gradcam.gradcams(model, images, [0], conv_layer="last_conv")
+    with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\), got 5"):
+        gradcam.gradcams(model, images, [0, 5, 1], conv_layer="last_conv")
+
+
 def test_class_without_positive_evidence_gives_zeros(models):
     # class 1's logit falls as red rises: no region raises it
     heat = gradcam.gradcam(models["nested"], red_square_image(), 1, conv_layer="last_conv")
