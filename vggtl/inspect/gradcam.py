@@ -144,25 +144,48 @@ def _is_softmax_dense(layer) -> bool:
 
 
 def _probe(network, conv_layer: str):
-    """``network`` with two outputs: ``conv_layer``'s activations and its own output."""
+    """``(lower, upper, both)`` models of ``network`` around ``conv_layer``:
+    input -> its activations, and those activations -> the network's output;
+    when the output also depends on paths around the layer (upper cannot be
+    cut), ``upper`` is None and ``both`` gives the two outputs from the input."""
     import keras
 
     probes = _PROBES.setdefault(network, {})
     if conv_layer not in probes:
+        activations = network.get_layer(conv_layer).output
         # A model built with a one-element output list returns a list: unwrap it
         # (the next layer expects a tensor; Keras warns about the structure otherwise).
-        probes[conv_layer] = keras.Model(network.inputs, [network.get_layer(conv_layer).output, _single(network.outputs)])
+        output = _single(network.outputs)
+        try:
+            probes[conv_layer] = (keras.Model(network.inputs, activations), keras.Model(activations, output), None)
+        except Exception:  # noqa: BLE001 - Keras says "disconnected" in several ways
+            probes[conv_layer] = (None, None, keras.Model(network.inputs, [activations, output]))
     return probes[conv_layer]
+
+
+def _run_probe(network, conv_layer: str, x, watch):
+    """``(activations, output)`` of ``network`` on ``x``. The caller's tape records
+    from the activations up only (``watch``), so the backward pass stops there
+    instead of running through every layer below; when the network cannot be
+    cut there, from ``x`` up."""
+    lower, upper, both = _probe(network, conv_layer)
+    if upper is None:
+        watch(x)
+        return both(x, training=False)
+    activations = lower(x, training=False)
+    watch(activations)
+    return activations, upper(activations, training=False)
 
 
 _PROBES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _replay(units, x, conv_layer: str):
+def _replay(units, x, conv_layer: str, watch):
     """Run ``units`` on ``x``; return (calls, class scores, model output), where
     ``calls`` lists ``(activations, mirrored)`` for every call of ``conv_layer``
     (one, except in a mirror-averaged model: see :func:`_replay_graph`).
-    The caller's tape must watch ``x``, so every operation is recorded."""
+    ``watch`` is the caller's tape's: every call's activations are watched, so
+    the operations from them to the scores are recorded (and nothing below)."""
     import keras
     import tensorflow as tf
 
@@ -175,20 +198,21 @@ def _replay(units, x, conv_layer: str):
                 scores = scores + unit.bias
             return calls, scores, tf.nn.softmax(scores, axis=-1)
         if isinstance(unit, keras.Model) and conv_layer in {layer.name for layer in unit.layers}:
-            activations, x = _probe(unit, conv_layer)(x, training=False)
+            activations, x = _run_probe(unit, conv_layer, x, watch)
             calls.append((activations, False))
             continue
         if isinstance(unit, keras.Model) and conv_layer in {layer.name for layer in leaf_layers(unit)}:
-            unit_calls, x = _replay_graph(unit, x, conv_layer)
+            unit_calls, x = _replay_graph(unit, x, conv_layer, watch)
             calls += unit_calls
             continue
         x = unit(x, training=False)
         if unit.name == conv_layer:
+            watch(x)
             calls.append((x, False))
     return calls, x, x
 
 
-def _replay_graph(network, x, conv_layer: str):
+def _replay_graph(network, x, conv_layer: str, watch):
     """Run ``network`` (not a chain, e.g. vggtl's mirror-averaged feature model,
     which calls its base on the image and on the mirror image) through its own
     graph, the nested model holding ``conv_layer`` replaced by its two-output
@@ -203,7 +227,7 @@ def _replay_graph(network, x, conv_layer: str):
 
     def call(op, *args, **kwargs):
         if isinstance(op, keras.Model) and conv_layer in {layer.name for layer in op.layers}:
-            activations, out = _probe(op, conv_layer)(args[0], training=False)
+            activations, out = _run_probe(op, conv_layer, args[0], watch)
             calls.append((activations, id(args[0]) in flipped))
             return out
         out = op(*args, **kwargs)
@@ -295,10 +319,9 @@ def gradcams(model, images, class_indices, conv_layer: str = DEFAULT_CONV_LAYER,
         )
     x = tf.convert_to_tensor(batch if preprocess is None else preprocess(batch), dtype=tf.float32)
     with tf.GradientTape() as tape:
-        # The backbone's weights are frozen (not watched by default): watch
-        # the input so every operation after it is recorded.
-        tape.watch(x)
-        calls, scores, output = _class_scores(model, x, conv_layer, class_indices)
+        # The backbone's weights are frozen (not watched by default): the replay
+        # watches the Grad-CAM layer's activations, so what is above them is recorded.
+        calls, scores, output = _class_scores(model, x, conv_layer, class_indices, tape.watch)
         score = tf.reduce_sum(scores)
     _check_replay(model, x, output, conv_layer)
     grads = tape.gradient(score, [activations for activations, _ in calls])
@@ -307,14 +330,14 @@ def gradcams(model, images, class_indices, conv_layer: str = DEFAULT_CONV_LAYER,
     return [_weighted_maps(tf, calls, grads, i) for i in range(len(batch))]
 
 
-def _class_scores(model, x, conv_layer: str, class_indices):
+def _class_scores(model, x, conv_layer: str, class_indices, watch):
     """Replay ``model`` on ``x`` under the caller's tape: the calls of
     ``conv_layer`` (activations, mirrored), each image's score of its class, the output."""
     import tensorflow as tf
 
     try:
         units = replay_units(model) if is_chain(model) else [model]
-        calls, scores, output = _replay(units, x, conv_layer)
+        calls, scores, output = _replay(units, x, conv_layer, watch)
     except Exception as exc:  # noqa: BLE001 - a layer fed the wrong tensors raises anything
         # Keras' messages embed whole tensors: keep the first line.
         first = (str(exc).strip().splitlines() or [""])[0][:200]
