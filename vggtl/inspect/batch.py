@@ -146,22 +146,26 @@ def _line(row) -> str:
 
 def _resume_point(out: Path, record: dict, overwrite: bool) -> dict | None:
     """Where to go on in ``out``: ``{"rows": complete batches' rows, "offset": bytes}``, or None to start afresh."""
-    side = _side(out)
     if overwrite or not out.exists():
         return None
-    try:
-        previous = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        previous = None
-    if previous != record:
-        raise VggtlError(f"{out} already holds predictions of another artifact or other inputs ({side.name} differs or is "
-                         "missing); choose another --out, or pass --overwrite to replace it")
+    _refuse_other_job(out, record)
     lines = out.read_bytes().split(b"\n")[:-1]  # a last line without its newline was cut by the kill
     rows = max(0, len(lines) - 1)
     # a partly written batch is computed again, whole (a finished file is kept as it is)
     kept = rows if rows == record["inputs"] else (rows // BATCH) * BATCH
     offset = sum(len(line) + 1 for line in lines[: kept + 1]) if lines else 0
     return {"rows": kept, "offset": offset} if lines else None
+
+
+def _refuse_other_job(out: Path, record: dict) -> None:
+    """Raise unless ``out``'s side file says it holds this job's rows (``record``)."""
+    try:
+        previous = json.loads(_side(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if previous != record:
+        raise VggtlError(f"{out} already holds predictions of another artifact or other inputs ({_side(out).name} differs "
+                         "or is missing); choose another --out, or pass --overwrite to replace it")
 
 
 def _side(out: Path) -> Path:
@@ -195,9 +199,7 @@ def predict_to_parquet(art, paths, out, compute, overwrite: bool = False, progre
     record = run_record(art, paths)
     journal = out.with_name(out.name + ".partial.csv")
     if out.exists() and not overwrite and not journal.exists():
-        if _previous(out) != record:
-            raise VggtlError(f"{out} already holds predictions of another artifact or other inputs ({_side(out).name} "
-                             "differs or is missing); choose another --out, or pass --overwrite to replace it")
+        _refuse_other_job(out, record)
         if progress:
             progress(len(paths))
         return {"rows": len(paths), "resumed": len(paths), "errors": _count_errors_parquet(out)}
@@ -210,13 +212,6 @@ def predict_to_parquet(art, paths, out, compute, overwrite: bool = False, progre
     journal.unlink()
     _side(journal).unlink(missing_ok=True)
     return result
-
-
-def _previous(out: Path) -> dict | None:
-    try:
-        return json.loads(_side(out).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _csv_to_parquet(journal: Path, out: Path, labels) -> None:
