@@ -105,6 +105,23 @@ def test_a_batch_gives_each_image_its_own_map(models, kind):
         gradcam.gradcams(model, images, [0, 5, 1], conv_layer="last_conv")
 
 
+def test_a_head_explained_at_its_input_gives_the_maps_of_the_whole_model(models):
+    """What the report does with cached features: the head alone, on the stored
+    maps of the layer below it, gives the whole model's Grad-CAM at that layer."""
+    model = models["nested"]
+    images = [red_square_image(q) for q in ("top_left", "bottom_right", "top_left")]
+    classes = [0, 0, 1]
+    maps = np.asarray(model.get_layer("features")(np.stack(images).astype("float32")))
+    at_input = gradcam.gradcams_at_input(model.get_layer("head"), maps, classes)
+    for heat, expected in zip(at_input, gradcam.gradcams(model, images, classes, conv_layer="last_conv")):
+        np.testing.assert_allclose(heat, expected, atol=1e-5)
+    assert quadrant_mass(at_input[1])["bottom_right"] > 0.99 and not at_input[2].any()
+    with pytest.raises(ValueError, match=r"need \(n, 8, 8, 1\) maps and one class index per map, got maps of shape \(3, 8, 8, 1\) and 2"):
+        gradcam.gradcams_at_input(model.get_layer("head"), maps, [0, 1])
+    with pytest.raises(ValueError, match=r"class_index must be in \[0, 2\), got 2"):
+        gradcam.gradcams_at_input(model.get_layer("head"), maps, [0, 1, 2])
+
+
 def test_class_without_positive_evidence_gives_zeros(models):
     # class 1's logit falls as red rises: no region raises it
     heat = gradcam.gradcam(models["nested"], red_square_image(), 1, conv_layer="last_conv")
@@ -320,3 +337,12 @@ def test_file_explainer_with_trim_pad_overlays_the_content_box_only(models, tmp_
     assert overlay.shape == (3 * SIZE, 3 * SIZE, 3)
     assert overlay[: SIZE - 2].min() > 235 and overlay[:, 2 * SIZE + 2 :].min() > 235  # margins untouched
     assert overlay[SIZE : 2 * SIZE, SIZE : 2 * SIZE].min() < 200
+
+
+def test_the_overlay_colours_are_matplotlibs_jet_without_importing_it():
+    import matplotlib
+
+    values = np.concatenate([np.linspace(0, 1, 1001), [0.35, 0.66, 0.89, 0.125, 0.375, 0.64, 0.91, 0.11, 0.34, 0.65]])
+    heat = values[None, :].astype(np.float32)
+    expected = (matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(gradcam.colorize(heat, (heat.shape[1], 1)), expected)

@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import COLORS, make_dataset, make_image, page_in_chromium, run_pipeline, write_config
@@ -77,6 +78,31 @@ def test_worst_errors_have_grad_cam_overlays(art):
     assert len(shown) == min(len(rows), 6)  # output.gradcam's default
     assert section.count('alt="Grad-CAM of') == len(shown)
     assert "at most 6 are shown" in section
+
+
+def test_the_worst_errors_are_explained_from_the_cached_features_and_rendered_again_without_the_model(art, copy):
+    from vggtl.features.store import FeatureStore
+    from vggtl.inspect import gradcam
+
+    shown = artifact_page.read_gradcams(art)
+    assert "the head's input: 1x1, from the cached features" in shown[1]  # 32 px images: block5_pool is 1x1
+    chosen, _ = artifact_page.worst_errors(artifact_page.read_predictions(art / "predictions.csv", ["blue", "green", "red"]), 6)
+    assert sorted(shown[0]) == sorted((p.path, p.predicted) for p in chosen)
+    # the saved maps are the head's Grad-CAM on the stored maps of those images
+    model = artifact.load(art)
+    head = artifact.load_keras(art / "model.keras").get_layer("head")
+    store = FeatureStore(next((art.parents[2] / "cache").glob("*.h5")))
+    rows = [list(store.paths).index(p.path) for p in chosen]
+    expected = gradcam.gradcams_at_input(head, store.features(rows), [p.predicted for p in chosen])
+    for p, heat in zip(chosen, expected):
+        np.testing.assert_allclose(shown[0][(p.path, p.predicted)], heat, atol=1e-3)
+    store.close()
+    assert model.checksums["gradcam.npz"]  # sealed like every file
+    # rendered again (as vggtl export does) without model.keras: the saved maps, no model run
+    (copy / "model.keras").unlink()
+    html = artifact_page.render(copy).read_text(encoding="utf-8")
+    section = html[html.index('<section id="worst">'):html.index('<section id="calibration">')]
+    assert section.count('alt="Grad-CAM of') == len(chosen) and "from the cached features" in section
 
 
 def test_the_curves_best_epoch_value_is_the_tables(art):

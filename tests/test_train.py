@@ -72,7 +72,7 @@ def test_artifact_contents_and_checksums(run_dir):
 def test_report_flags_random_weights(run_dir):
     report = (run_dir / "experiments/tiny/latest/report.md").read_text()
     assert "**WARNING: the backbone has RANDOM weights" in report
-    assert "confusion_matrix.png" in report and "learning_curves.png" in report
+    assert "| true \\ predicted | blue | green | red | images |" in report and "![learning curves](learning_curves.svg)" in report
     assert "linear probe" in report
 
 
@@ -83,7 +83,13 @@ def test_report_has_the_honest_numbers(run_dir):
     low, high = metrics["test"]["accuracy_ci95"]
     assert low <= metrics["test"]["accuracy"] <= high and f"({100 * low:.1f}%-{100 * high:.1f}%)" in report
     assert "train accuracy" in report and "95% Wilson" in report
-    assert "## Calibration" in report and (art / "reliability.png").is_file() and 0 <= metrics["test"]["calibration"]["ece"] <= 1
+    assert "## Calibration" in report and (art / "reliability.svg").is_file() and 0 <= metrics["test"]["calibration"]["ece"] <= 1
+    # the confusion table's counts are the metrics' matrix, each row's share of its true class beside them
+    matrix = metrics["test"]["confusion_matrix"]
+    for name, row in zip(("blue", "green", "red"), matrix):
+        cells = [f"{c} ({100 * c / sum(row):.0f}%)" if c else "0" for c in row]
+        cells[("blue", "green", "red").index(name)] = f"**{cells[('blue', 'green', 'red').index(name)]}**"
+        assert f"| **{name}** | {' | '.join(cells)} | {sum(row)} |" in report
     rows = (art / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("path,split,true,predicted,confidence,p_blue")
     assert len(rows) - 1 == sum(metrics["split"]["sizes"].values())

@@ -22,13 +22,29 @@ def test_table():
     assert lines == ["| a | b |", "|---|---|", "| 1 | 2 |"]
 
 
+def standalone_svg(path):
+    """The file parsed as XML: one SVG document holding its charts and their style."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(path.read_text(encoding="utf-8"))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg" and root.find(f"{ns}style").text.count(".chart") >= 5
+    return root, root.findall(f"{ns}svg")
+
+
 def test_figures(tmp_path):
-    report.plot_confusion([[3, 1], [0, 4]], ["x", "y"], tmp_path / "cm.png")
+    assert report.confusion_table([[3, 1], [0, 4]], ["x", "y"]) == [
+        "| true \\ predicted | x | y | images |", "|---|---|---|---|",
+        "| **x** | **3 (75%)** | 1 (25%) | 4 |", "| **y** | 0 | **4 (100%)** | 4 |"]
     curves = {"loss": [1, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8], "val_accuracy": [0.4, 0.7]}
     watched = {**curves, "val_cross_entropy": [1.0, 0.6], "val_accuracy_final": [0.5, 0.75], "best_epoch": 2}
-    report.plot_curves({"phase1": watched, "phase2": curves}, tmp_path / "c.png")  # and an older artifact's curves
-    for name in ("cm.png", "c.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.write_curves({"phase1": watched, "phase2": curves}, tmp_path / "c.svg")  # and an older artifact's curves
+    root, charts = standalone_svg(tmp_path / "c.svg")
+    assert len(charts) == 4  # loss and accuracy of each phase, two per row
+    assert [(c.get("x"), c.get("y")) for c in charts][:3] == [("0", "0"), ("492", "0"), ("0", str(int(root.get("height")) - int(charts[2].get("height"))))]
+    text = (tmp_path / "c.svg").read_text()
+    assert "phase 1 (head on cached features): loss" in text and "phase 2 (fine-tuning): accuracy" in text
+    assert 'data-epoch="2" data-value="0.750000"' in text  # the best epoch's value of the table's model
 
 
 def test_calibration_bins_and_ece():
@@ -52,5 +68,6 @@ def test_reliability_plot(tmp_path):
 
     import numpy as np
 
-    report.plot_reliability(calibration(np.array([0, 1, 1]), np.array([[0.7, 0.3], [0.4, 0.6], [0.1, 0.9]])), tmp_path / "r.png")
-    assert (tmp_path / "r.png").stat().st_size > 1000
+    report.write_reliability(calibration(np.array([0, 1, 1]), np.array([[0.7, 0.3], [0.4, 0.6], [0.1, 0.9]])), tmp_path / "r.svg")
+    _, charts = standalone_svg(tmp_path / "r.svg")
+    assert len(charts) == 1 and "test reliability (ECE" in (tmp_path / "r.svg").read_text()

@@ -243,7 +243,7 @@ class PredictConfig:
 class OutputConfig:
     dir: str = _key("experiments", doc="where versioned artifacts are written")
     gradcam: int = _key(6, low=0, high=100, doc="report.html: the most confident test errors shown with a Grad-CAM "
-                        "overlay (each runs the base once more: ~1-2 s at 224 px on 2 CPU cores); 0 = none")
+                        "overlay (at the head's input, from the cached features: no pass of the base); 0 = none")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import numpy as np
 
 from vggtl.data.decode import UndecodableImage

@@ -30,6 +30,10 @@ PHASE_TITLES = {"phase1": "phase 1 (head on cached features)", "phase2": "phase 
 # Grad-CAM images per forward/backward pass: one pass instead of one per image, memory
 # bounded (a VGG16 pass at 224 px keeps ~60 MB of activations per image for the gradients).
 GRADCAM_BATCH = 8
+# The worst errors' Grad-CAM maps, made by ``vggtl train`` from the cached
+# features (:func:`write_gradcams`): the page is rendered again (``vggtl
+# export``) without running the model.
+GRADCAM_FILE = "gradcam.npz"
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,9 @@ def render(artifact_dir, model=None) -> Path:
         artifact_dir: a published artifact or a staging directory holding its
             files (``report.md`` and ``predictions.csv`` already written).
         model: the artifact's ``model.keras``, loaded, for the Grad-CAM
-            overlays of the worst errors (``output.gradcam``); None loads it
-            from the directory when they are asked for.
+            overlays of the worst errors (``output.gradcam``) of an artifact
+            without :data:`GRADCAM_FILE`; None loads it from the directory
+            when they are needed.
     """
     from vggtl import config
     from vggtl.training import artifact as artifact_mod
@@ -82,11 +87,58 @@ def render(artifact_dir, model=None) -> Path:
     labels = _read_json(directory / "labels.json")
     cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
     page = ReportPage(directory, labels, cfg, read_predictions(directory / "predictions.csv", labels))
-    if model is None and cfg.output.gradcam:
+    chosen, _ = worst_errors(page.by_split["test"], cfg.output.gradcam)
+    if model is None and chosen and not (directory / GRADCAM_FILE).is_file():
         from vggtl.backbones.build import probabilities_model
 
         model = probabilities_model(artifact_mod.load_keras(directory / "model.keras"), cfg.spec)
     return write_text_atomic(directory / "report.html", page.html(model))
+
+
+def worst_errors(predictions: list[Prediction], limit: int) -> tuple[list[Prediction], int]:
+    """The ``limit`` most confident wrong test predictions, most confident first,
+    and how many there are in all."""
+    wrong = sorted((p for p in predictions if p.split == "test" and p.predicted != p.true), key=lambda p: -p.confidence)
+    return wrong[:limit], len(wrong)
+
+
+def write_gradcams(artifact_dir, explain, layer: str) -> Path | None:
+    """Save the Grad-CAM maps of the page's worst errors as :data:`GRADCAM_FILE`.
+
+    Args:
+        artifact_dir: a staging directory with ``predictions.csv``,
+            ``labels.json`` and ``config.yaml`` written.
+        explain: ``(paths, class indices) -> [(h, w) map in [0, 1], ...]``,
+            e.g. Grad-CAM of the head on the cached features of those images.
+        layer: the layer the maps explain, shown under them.
+
+    Returns:
+        The file written, or None when there is nothing to explain
+        (``output.gradcam: 0`` or no test errors).
+    """
+    from vggtl import config
+
+    directory = Path(artifact_dir)
+    labels = _read_json(directory / "labels.json")
+    cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
+    chosen, _ = worst_errors(read_predictions(directory / "predictions.csv", labels), cfg.output.gradcam)
+    if not chosen:
+        return None
+    maps = explain([p.path for p in chosen], [p.predicted for p in chosen])
+    path = directory / GRADCAM_FILE
+    np.savez(path, paths=np.array([p.path for p in chosen]), classes=np.array([p.predicted for p in chosen]),
+             maps=np.stack(maps).astype(np.float32), layer=np.array(layer))
+    return path
+
+
+def read_gradcams(artifact_dir) -> tuple[dict, str | None]:
+    """``({(path, class index): map}, layer)`` from :data:`GRADCAM_FILE`; empty without it."""
+    path = Path(artifact_dir) / GRADCAM_FILE
+    if not path.is_file():
+        return {}, None
+    with np.load(path) as saved:
+        keys = zip(saved["paths"].tolist(), saved["classes"].tolist())
+        return dict(zip(keys, saved["maps"])), str(saved["layer"])
 
 
 def _config(directory: Path) -> dict:
@@ -164,16 +216,18 @@ class ReportPage:
     def worst(self, model) -> dict:
         """The most confident test errors (``output.gradcam`` of them), each with a
         Grad-CAM overlay of the predicted class."""
-        wrong = sorted((p for p in self.by_split["test"] if p.predicted != p.true), key=lambda p: -p.confidence)
         limit = self.cfg.output.gradcam
-        chosen = wrong[:limit]
-        overlays = self._gradcams(model, chosen)
-        return {"items": [dict(self.item(p), gradcam=o) for p, o in zip(chosen, overlays)], "total": len(wrong), "max": limit}
+        chosen, total = worst_errors(self.by_split["test"], limit)
+        overlays, layer = self._gradcams(model, chosen)
+        return {"items": [dict(self.item(p), gradcam=o) for p, o in zip(chosen, overlays)], "total": total, "max": limit,
+                "layer": layer}
 
-    def _gradcams(self, model, chosen: list[Prediction]) -> list[str | None]:
-        """Overlay data URIs of ``chosen``'s predicted classes, GRADCAM_BATCH
-        images per pass; None for an image no longer decodable (its thumbnail's
-        "missing" note names it)."""
+    def _gradcams(self, model, chosen: list[Prediction]) -> tuple[list[str | None], str | None]:
+        """Overlay data URIs of ``chosen``'s predicted classes (None for an image
+        no longer decodable: its thumbnail's "missing" note names it) and the
+        layer explained. The maps ``vggtl train`` saved (:data:`GRADCAM_FILE`),
+        else (an artifact from before them) Grad-CAM of ``model``,
+        GRADCAM_BATCH images per pass."""
         from vggtl.data import UndecodableImage
         from vggtl.inspect import gradcam
 
@@ -184,16 +238,18 @@ class ReportPage:
                 decoded[i] = self.cfg.spec.decode.decode(root / p.path)
             except (UndecodableImage, OSError):
                 continue
-        if not decoded:
-            return [None] * len(chosen)
-        layer = gradcam.default_layer(model, self.cfg.spec.arch.gradcam_layer)
-        order = list(decoded)
-        overlays = {}
-        for start in range(0, len(order), GRADCAM_BATCH):
-            part = order[start : start + GRADCAM_BATCH]
-            heats = gradcam.gradcams(model, [decoded[i] for i in part], [chosen[i].predicted for i in part], conv_layer=layer)
-            overlays.update({i: data_uri(gradcam.overlay(decoded[i], heat)) for i, heat in zip(part, heats)})
-        return [overlays.get(i) for i in range(len(chosen))]
+        saved, layer = read_gradcams(self.dir)
+        heats = {i: saved[(chosen[i].path, chosen[i].predicted)] for i in decoded if (chosen[i].path, chosen[i].predicted) in saved}
+        # Without a model (the saved maps were expected) an image left out has no overlay.
+        todo = [i for i in decoded if i not in heats] if model is not None else []
+        if todo:
+            layer = gradcam.default_layer(model, self.cfg.spec.arch.gradcam_layer)
+        for start in range(0, len(todo), GRADCAM_BATCH):
+            part = todo[start : start + GRADCAM_BATCH]
+            maps = gradcam.gradcams(model, [decoded[i] for i in part], [chosen[i].predicted for i in part], conv_layer=layer)
+            heats.update(zip(part, maps))
+        overlays = {i: data_uri(gradcam.overlay(decoded[i], heat)) for i, heat in heats.items()}
+        return [overlays.get(i) for i in range(len(chosen))], layer
 
     def unknown(self) -> dict:
         """The operating point, the share of in-scope val/test images each

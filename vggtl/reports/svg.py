@@ -7,7 +7,15 @@ Each function returns the markup of one ``<svg>`` element, sized by its
 from __future__ import annotations
 
 import math
+import re
 from html import escape
+
+# How the charts' parts look: the pages' style sheet and every standalone file share it.
+CHART_STYLE = """\
+.chart text { font-size: 11px; fill: #333; } .chart .title { font-size: 13px; font-weight: 600; } .chart .small { font-size: 9px; }
+.chart .grid { stroke: #eee; } .chart .axis { stroke: #888; } .chart .best { stroke: #d62728; stroke-dasharray: 4 3; }
+.chart .best-dot { fill: #d62728; } .chart .best-text { fill: #d62728; font-weight: 600; }
+.chart .diagonal { stroke: #999; stroke-dasharray: 4 3; } .chart .bar { fill: #1f77b4; fill-opacity: .55; }"""
 
 WIDTH, HEIGHT = 480, 260
 MARGIN = {"left": 52, "right": 14, "top": 30, "bottom": 40}
@@ -125,3 +133,21 @@ def _frame(title: str, y_label: str, x_label: str) -> str:
 def _svg(parts: list[str], label: str, height: int = HEIGHT) -> str:
     return (f'<svg viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" class="chart" '
             f'xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def document(charts: list[str], columns: int = 2, gap: int = 12) -> str:
+    """A standalone SVG file of ``charts`` (from this module) in a grid of
+    ``columns``, with their style and a white background: what ``report.md``
+    shows (a Markdown viewer cannot style inline markup)."""
+    sizes = [tuple(int(v) for v in re.search(r'viewBox="0 0 (\d+) (\d+)"', chart).groups()) for chart in charts]
+    rows = [sizes[i : i + columns] for i in range(0, len(sizes), columns)]
+    heights = [max(h for _, h in row) for row in rows]
+    width = min(columns, len(charts)) * (WIDTH + gap) - gap if charts else 0
+    height = sum(heights) + gap * (len(rows) - 1)
+    placed = []
+    for i, (chart, (w, h)) in enumerate(zip(charts, sizes)):
+        x, y = (i % columns) * (WIDTH + gap), sum(heights[: i // columns]) + gap * (i // columns)
+        placed.append(chart.replace("<svg ", f'<svg x="{x}" y="{y}" width="{w}" height="{h}" ', 1))
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'font-family="sans-serif"><style>{CHART_STYLE}</style><rect width="100%" height="100%" fill="white"/>'
+            f'{"".join(placed)}</svg>\n')

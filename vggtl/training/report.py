@@ -1,4 +1,4 @@
-"""The evaluation report: ``report.md`` plus PNG figures inside the artifact."""
+"""The evaluation report: ``report.md`` with its figures (SVG charts, PNG thumbnails) inside the artifact."""
 
 from __future__ import annotations
 
@@ -26,60 +26,27 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
-def plot_confusion(matrix, class_names, path: Path) -> None:
-    """The test confusion matrix twice, side by side: counts, and normalised
-    per true class (recall on the diagonal), with scikit-learn's display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
+def confusion_table(matrix, class_names) -> list[str]:
+    """The test confusion matrix as a Markdown table: counts, each with its share
+    of the true class (the diagonal's is the class's recall, in bold)."""
     matrix = np.asarray(matrix)
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    n = len(class_names)
-    # Wide enough for its titles at any class count (they were clipped with 3 classes).
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.4 + 1.2 * n), max(3.6, 1.2 + 0.6 * n)))
-    for ax, values, title, fmt in ((axes[0], matrix, "test: counts", "d"), (axes[1], normalised, "test: share of each true class", ".2f")):
-        ConfusionMatrixDisplay(values, display_labels=class_names).plot(
-            ax=ax, cmap="Blues", colorbar=False, values_format=fmt, xticks_rotation=45
-        )
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    rows = []
+    for i, name in enumerate(class_names):
+        total = int(matrix[i].sum())
+        cells = [f"{int(c)} ({100 * c / total:.0f}%)" if total and c else "0" for c in matrix[i]]
+        cells[i] = f"**{cells[i]}**"
+        rows.append([f"**{name}**", *cells, total])
+    return _table(["true \\ predicted", *class_names, "images"], rows)
 
 
-def plot_curves(history: dict, path: Path) -> None:
-    """Loss and accuracy per epoch; one row per phase (``{"phase1": {...}, "phase2": {...}}``)."""
-    import matplotlib
+def write_curves(history: dict, path: Path) -> None:
+    """``learning_curves.svg``: per phase, the loss early stopping watched and
+    the accuracies, the best epoch marked (the charts report.html shows)."""
+    from vggtl.reports import artifact_page, svg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    phases = list(history)
-    fig, axes = plt.subplots(len(phases), 2, figsize=(10, 3.8 * len(phases)), squeeze=False)
-    for row, phase in zip(axes, phases):
-        curves, best = history[phase], history[phase].get("best_epoch")
-        final = curves.get("val_accuracy_final")
-        for ax, key, label in ((row[0], "loss", "train loss (as optimised)"),
-                               (row[0], "val_cross_entropy", "val cross-entropy (early stopping watched it)"),
-                               (row[1], "accuracy", "train accuracy"),
-                               (row[1], "val_accuracy", "val accuracy: model being trained"),
-                               (row[1], "val_accuracy_final" if final != curves.get("val_accuracy") else None,
-                                "val accuracy: head + probe (the table's model)")):
-            if curves.get(key):
-                ax.plot(range(1, len(curves[key]) + 1), curves[key], label=label)
-        for ax, key in zip(row, ("loss", "accuracy")):
-            if best:
-                ax.axvline(best, color="C3", linestyle="--", label=f"best epoch {best}")
-            ax.set_xlabel("epoch")
-            ax.set_title(f"{PHASE_TITLES.get(phase, phase)}: {key}", fontsize=10)
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    charts = [artifact_page.phase_curves(phase, curves) for phase, curves in history.items()
+              if isinstance(curves, dict) and curves.get("loss")]
+    path.write_text(svg.document([c[key] for c in charts for key in ("loss", "accuracy")]), encoding="utf-8")
 
 
 def worst_misclassified(test_rows, probs, labels) -> list[tuple[int, float, int]]:
@@ -173,7 +140,7 @@ def _leakage_section(cfg, dataset, leakage: dict, out_dir: Path) -> list[str]:
     return lines
 
 
-def write(out_dir: Path, run, metrics, history, probs, model=None, unknown_scores: dict | None = None) -> Path:
+def write(out_dir: Path, run, metrics, history, probs, explain=None, unknown_scores: dict | None = None) -> Path:
     """Write ``report.md`` and its figures, then ``report.html`` (from the files
     written so far, :mod:`vggtl.reports.artifact_page`), into ``out_dir``;
     returns the path of ``report.md``.
@@ -187,8 +154,10 @@ def write(out_dir: Path, run, metrics, history, probs, model=None, unknown_score
         probs: ``{split: probabilities}`` of the final model on each split's
             rows (``fs.split_rows``): the predictions CSV and the worst
             misclassified come from them.
-        model: the artifact's end-to-end model (report.html's Grad-CAM
-            overlays); None loads ``model.keras`` from ``out_dir``.
+        explain: report.html's Grad-CAM of the worst errors, ``(paths,
+            class indices) -> maps`` with a ``layer`` attribute naming what
+            it explains (:class:`vggtl.training.run.CachedGradcam`), saved in
+            the artifact; None: the page runs ``model.keras`` for them.
         unknown_scores: ``{split: unknown scores}`` (val, test) when the run
             has unknown detection: a column of ``predictions.csv``.
     """
@@ -198,12 +167,11 @@ def write(out_dir: Path, run, metrics, history, probs, model=None, unknown_score
     lines += _cv_section(metrics)
     lines += _dataset_section(dataset, fs)
     lines += _per_class(metrics.test)
-    if metrics.test["n"]:
-        plot_confusion(metrics.test["confusion_matrix"], fs.class_names, out_dir / "confusion_matrix.png")
-    plot_curves(history, out_dir / "learning_curves.png")
-    lines += ["", "## Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)" if metrics.test["n"]
-              else "No test split (`data.split.test: 0`).", ""]
-    lines += ["## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    write_curves(history, out_dir / "learning_curves.svg")
+    lines += ["", "## Confusion matrix (test)", ""]
+    lines += confusion_table(metrics.test["confusion_matrix"], fs.class_names) if metrics.test["n"] else [
+        "No test split (`data.split.test: 0`)."]
+    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.svg)", ""]
     lines += _calibration_section(metrics, out_dir)
     lines += _leakage_section(cfg, dataset, metrics.leakage, out_dir)
     lines += _unknown_section(metrics.unknown)
@@ -217,7 +185,9 @@ def write(out_dir: Path, run, metrics, history, probs, model=None, unknown_score
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     from vggtl.reports import artifact_page
 
-    artifact_page.render(out_dir, model)
+    if explain is not None:
+        artifact_page.write_gradcams(out_dir, explain, explain.layer)
+    artifact_page.render(out_dir)
     return path
 
 
@@ -328,13 +298,13 @@ def _calibration_section(metrics, out_dir: Path) -> list[str]:
     """ECE of val and test and the test reliability diagram."""
     if not metrics.test["n"]:
         return ["## Calibration", "", "No test split (`data.split.test: 0`): calibration is not measured.", ""]
-    plot_reliability(metrics.test["calibration"], out_dir / "reliability.png")
+    write_reliability(metrics.test["calibration"], out_dir / "reliability.svg")
     ece = {s: metrics.of(s)["calibration"]["ece"] for s in ("val", "test")}
     return ["## Calibration", "",
             f"Expected calibration error (top-1 confidence, {len(metrics.test['calibration']['bins'])} non-empty bins of 10): "
             f"val {_num(ece['val'])}, test {_num(ece['test'])}. 0 means \"80% sure\" is right 80% of the time; "
             "with a few dozen held-out images each bin holds only a handful of them.", "",
-            *_temperature_lines(metrics), "![reliability diagram](reliability.png)", ""]
+            *_temperature_lines(metrics), "![reliability diagram](reliability.svg)", ""]
 
 
 def _temperature_lines(metrics) -> list[str]:
@@ -347,29 +317,13 @@ def _temperature_lines(metrics) -> list[str]:
             f"val cross-entropy {t['val_loss_before']:.3f} -> {t['val_loss_after']:.3f}. The diagram is after scaling.", ""]
 
 
-def plot_reliability(calibration: dict, path: Path) -> None:
-    """Accuracy against mean confidence per confidence bin, with the diagonal of a calibrated model."""
-    import matplotlib
+def write_reliability(calibration: dict, path: Path) -> None:
+    """``reliability.svg``: accuracy against confidence per bin, with the
+    diagonal of a calibrated model (the chart report.html shows)."""
+    from vggtl.reports import svg
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
-    bins = calibration["bins"]
-    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.09, alpha=0.6, label="accuracy")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C1", label="per bin")
-    for b in bins:
-        ax.annotate(str(b["count"]), ((b["low"] + b["high"]) / 2, b["accuracy"]), ha="center", va="bottom", fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("confidence of the predicted class")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"test reliability (ECE {calibration['ece']:.3f})")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    path.write_text(svg.document([svg.reliability(calibration["bins"], calibration["ece"], "test reliability")], columns=1),
+                    encoding="utf-8")
 
 
 def _unknown_section(unknown: dict | None) -> list[str]:

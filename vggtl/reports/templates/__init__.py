@@ -27,6 +27,9 @@ def environment():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=_pct, num=_num, safe_svg=Markup)
+    from vggtl.reports.svg import CHART_STYLE
+
+    env.globals["chart_style"] = Markup(CHART_STYLE)
     return env
 
 
