@@ -10,6 +10,9 @@ FILE is a copy of ``issues.csv`` (or any CSV) with a ``path`` column (as
 * ``restore``: move an excluded image back (what an undo log says);
 * empty or ``keep``: nothing.
 
+Data listed by ``data.csv`` is changed in that file instead (its rows
+relabelled or removed; no image moves): :mod:`vggtl.audits.apply_csv`.
+
 Every row is checked before anything moves (a path that is not an image of
 the data, a label that is not a class, a target that exists: exit 2, nothing
 changed). Each move is recorded in the undo log as it happens (flushed to
@@ -25,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from vggtl.audits.apply_csv import apply_to_csv
 from vggtl.errors import ConfigError, DataError, invocation
 from vggtl.files import make_dir
 
@@ -52,20 +56,20 @@ def apply(cfg, file, config_arg: str | None = None, log=print) -> Path | None:
 
     Raises:
         ConfigError: ``file`` cannot be read or a row is invalid (nothing changed).
-        DataError: the dataset is a CSV listing (edit that file instead).
+        DataError: an image appeared where one was to be moved (the undo log lists what moved).
     """
     from vggtl.plan import scan
 
     dataset = scan(cfg)
-    if dataset.layout == "csv":
-        raise DataError(f"--apply moves files between class folders; this data is listed by data.csv "
-                        f"({cfg.data.csv}): change the label column of those rows there instead")
-    moves = plan_moves(dataset, read_actions(file))
-    if not moves:
-        log(f"{file}: no row asks for a change (action column: relabel, exclude or restore)")
-        return None
+    actions = read_actions(file)
     undo_dir = make_dir(Path(cfg.output.dir) / cfg.name / "audit" / "undo", "output.dir")
     undo = undo_dir / f"undo-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.csv"
+    if dataset.layout == "csv":
+        changed = apply_to_csv(dataset, cfg.data.csv, actions, undo, log)
+        return _done(file, changed, undo, config_arg, log)
+    moves = plan_moves(dataset, actions)
+    if not moves:
+        return _done(file, 0, undo, config_arg, log)
     with open(undo, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, UNDO_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -75,7 +79,15 @@ def apply(cfg, file, config_arg: str | None = None, log=print) -> Path | None:
             fh.flush()
             os.fsync(fh.fileno())
             log(f"  {move.what}")
-    log(f"changed {len(moves)} image(s); undo: {invocation('audit')} {config_arg or 'CONFIG'} --apply {undo}")
+    return _done(file, len(moves), undo, config_arg, log)
+
+
+def _done(file, changed: int, undo: Path, config_arg, log) -> Path | None:
+    """Say what was changed and how to undo it; the undo log, or None when nothing changed."""
+    if not changed:
+        log(f"{file}: no row asks for a change (action column: relabel, exclude or restore)")
+        return None
+    log(f"changed {changed} image(s); undo: {invocation('audit')} {config_arg or 'CONFIG'} --apply {undo}")
     log("run extract, then train: the new artifact says how many labels changed since the previous version")
     return undo
 
@@ -104,7 +116,7 @@ def read_actions(file) -> list[dict]:
             continue
         label = (row.get("label") or "").strip() or (row.get("suggested") or "").strip()
         actions.append({"line": line, "file": str(file), "path": (row.get("path") or "").strip(), "action": action,
-                        "label": label})
+                        "label": label, "csv_line": (row.get("csv_line") or "").strip(), "csv_text": row.get("csv_text") or ""})
     return actions
 
 

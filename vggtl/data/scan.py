@@ -152,7 +152,7 @@ def scan(root, extensions, workers: int = 4, csv=None) -> Dataset:
     with ThreadPoolExecutor(max(1, workers)) as pool:
         digests = list(pool.map(file_sha256, (p for p, _, _ in entries)))
     files = [
-        ImageFile(path.resolve(), _relpath(path, root), label, None, sha, None if fixed == "train" else fixed)
+        ImageFile(path.resolve(), relative_path(path, root), label, None, sha, None if fixed == "train" else fixed)
         for (path, label, fixed), sha in zip(entries, digests)
     ]
     dataset = Dataset(root.resolve(), class_names, files, layout, notes, carve)
@@ -160,7 +160,7 @@ def scan(root, extensions, workers: int = 4, csv=None) -> Dataset:
     return dataset
 
 
-def _relpath(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
     """What reports show: the path relative to ``data.root`` (a CSV may list files elsewhere)."""
     try:
         return path.relative_to(root).as_posix()
