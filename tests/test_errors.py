@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,13 +54,21 @@ def test_cli_entry_turns_os_errors_into_exit_2(capsys):
     assert issubclass(PathError, VggtlError)
 
 
+@pytest.fixture(scope="module")
+def pipeline_template(tmp_path_factory):
+    """Extract + train once on a tiny tree, for the module's tests to copy."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    cfg = write_config(tmp / "c.yaml", make_dataset(tmp / "data"), tmp)
+    return run_pipeline(tmp, cfg, [[str(cfg)]])
+
+
 @pytest.fixture
-def pipeline_dir(tmp_path):
-    """Extract + train once on a tiny tree; returns the directory (cwd for commands)."""
-    root = make_dataset(tmp_path / "data")
-    cfg = write_config(tmp_path / "c.yaml", root, tmp_path)
-    run_pipeline(tmp_path, cfg, [[str(cfg)]])
-    return tmp_path
+def pipeline_dir(pipeline_template, tmp_path):
+    """A copy of :func:`pipeline_template` of this test's own (its config pointing
+    at the copy): the directory, cwd for commands. Each test may break it."""
+    copy = Path(shutil.copytree(pipeline_template, tmp_path / "pipeline", symlinks=True))
+    (copy / "c.yaml").write_text((copy / "c.yaml").read_text().replace(str(pipeline_template), str(copy)))
+    return copy
 
 
 def the_store(tmp: Path) -> Path:
