@@ -13,7 +13,7 @@ from vggtl.data import IMAGE_EXTENSIONS, scan
 # Quoted cells, a split column and Windows line endings: what an annotation tool may write.
 LISTING = ('path,label,split\r\n"imgs/red0.png",red,train\r\nimgs/red1.png,red,\r\nimgs/red2.png,"red",test\r\n'
            + "".join(f"imgs/{name}{i}.png,{name},\r\n" for name in ("red", "green") for i in range(3, 8))
-           + 'imgs/green0.png,green,\r\nimgs/green1.png,green,val\r\nimgs/green2.png,green,\r\n')
+           + 'imgs/green0.png,green,\r\nimgs/green1.png,green,val\r\nimgs/green2.png,green,\r\nimgs/red1.png\r\n\r\n')
 
 
 @pytest.fixture

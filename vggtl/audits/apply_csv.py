@@ -66,7 +66,8 @@ def apply_to_csv(dataset, csv_path, actions: list[dict], undo_path: Path, log) -
         if rel not in listed:
             raise ConfigError(f"{where}: {rel!r} is not an image {path} lists; paths are relative to data.root, as "
                               "issues.csv gives them")
-        rows = [line for line in lines[1:] if line.record and relative_path(root / line.record[at_path].strip(), root) == rel]
+        rows = [line for line in lines[1:]  # a row too short for its label was skipped by the scan: not this image's
+                if len(line.record) > max(at_path, at_label) and relative_path(root / line.record[at_path].strip(), root) == rel]
         if act["action"] == "relabel" and act.get("csv_text"):  # an undo log: the line's own bytes back
             line = rows[min(undone.setdefault(rel, 0), len(rows) - 1)]
             undone[rel] += 1
