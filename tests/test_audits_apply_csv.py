@@ -62,3 +62,4 @@ def test_a_bad_row_changes_nothing(listed, tmp_path, capsys, content, message):
     assert audit.main([str(cfg), "--apply", str(bad)]) == 2
     assert message in capsys.readouterr().err
     assert listing.read_bytes() == LISTING.encode()
+    assert not (tmp_path / "experiments").exists()  # no undo log, not even its folder

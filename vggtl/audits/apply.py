@@ -62,14 +62,13 @@ def apply(cfg, file, config_arg: str | None = None, log=print) -> Path | None:
 
     dataset = scan(cfg)
     actions = read_actions(file)
-    undo_dir = make_dir(Path(cfg.output.dir) / cfg.name / "audit" / "undo", "output.dir")
-    undo = undo_dir / f"undo-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.csv"
     if dataset.layout == "csv":
-        changed = apply_to_csv(dataset, cfg.data.csv, actions, undo, log)
+        changed, undo = apply_to_csv(dataset, cfg.data.csv, actions, lambda: new_undo_log(cfg), log)
         return _done(file, changed, undo, config_arg, log)
     moves = plan_moves(dataset, actions)
     if not moves:
-        return _done(file, 0, undo, config_arg, log)
+        return _done(file, 0, None, config_arg, log)
+    undo = new_undo_log(cfg)
     with open(undo, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, UNDO_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -82,7 +81,14 @@ def apply(cfg, file, config_arg: str | None = None, log=print) -> Path | None:
     return _done(file, len(moves), undo, config_arg, log)
 
 
-def _done(file, changed: int, undo: Path, config_arg, log) -> Path | None:
+def new_undo_log(cfg) -> Path:
+    """A new undo log's path under ``output.dir``, its folder made: called once
+    there is something to undo (a refused or empty --apply makes no folder)."""
+    folder = make_dir(Path(cfg.output.dir) / cfg.name / "audit" / "undo", "output.dir")
+    return folder / f"undo-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.csv"
+
+
+def _done(file, changed: int, undo: Path | None, config_arg, log) -> Path | None:
     """Say what was changed and how to undo it; the undo log, or None when nothing changed."""
     if not changed:
         log(f"{file}: no row asks for a change (action column: relabel, exclude or restore)")

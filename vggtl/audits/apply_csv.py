@@ -35,23 +35,49 @@ class Line:
     record: list[str]
 
 
-def apply_to_csv(dataset, csv_path, actions: list[dict], undo_path: Path, log) -> int:
+def apply_to_csv(dataset, csv_path, actions: list[dict], new_undo_log, log) -> tuple[int, Path | None]:
     """Edit ``csv_path`` (``data.csv``) as ``actions`` ask; write the undo log first.
 
+    Args:
+        new_undo_log: ``() -> path`` of the undo log to write, called only
+            when some row asks for a change.
+
     Returns:
-        The number of images changed (0: nothing asked for a change).
+        ``(images changed, the undo log)``; ``(0, None)`` when no row asked for a change.
 
     Raises:
         ConfigError: naming the file, line and what is wrong; nothing is changed.
     """
     path = Path(csv_path)
     lines = _lines(path)
+    edits, inserts, undo = _plan_edits(dataset, path, lines, actions)
+    if not undo:
+        return 0, None
+    undo_path = new_undo_log()
+    _write_undo(undo_path, undo)  # first: an interrupted apply leaves the list unchanged, or changed and undoable
+    _replace(path, _edited(lines, edits, inserts))
+    for row in undo:
+        log(f"  {_said(row)} {row['path']} in {path.name}")
+    return len({row["path"] for row in undo}), undo_path
+
+
+def _plan_edits(dataset, path: Path, lines: list[Line], actions: list[dict]) -> tuple[dict, list, list[dict]]:
+    """Check every action against the CSV and plan it: ``(edits, inserts,
+    undo rows)``; edits map a line index to its new text ("" removes the
+    line), inserts are ``(original index, text)`` of restored lines.
+
+    Raises:
+        ConfigError: naming the file, line and what is wrong.
+    """
     columns = [name.strip().lower() for name in lines[0].record]
     at_path, at_label = columns.index("path"), columns.index("label")
     root = Path(dataset.root)
     listed = {f.relpath for f in dataset.files}
-    edits, undo, seen = {}, [], set()  # edits: line index -> new text ("" removes the line)
-    inserts = []  # (original index, text) of restored lines
+    lines_of: dict[str, list[Line]] = {}  # each image's lines, as the scan names it (once, not per action)
+    for line in lines[1:]:
+        if len(line.record) > max(at_path, at_label):  # a row too short for its label: the scan skipped it
+            lines_of.setdefault(relative_path(root / line.record[at_path].strip(), root), []).append(line)
+    edits, inserts, undo, seen = {}, [], [], set()
     undone = {}  # path -> lines of it an undo log's relabel rows have put back so far
     for act in actions:
         where, rel = f"--apply {act['file']}, line {act['line']}", act["path"]
@@ -66,34 +92,30 @@ def apply_to_csv(dataset, csv_path, actions: list[dict], undo_path: Path, log) -
         if rel not in listed:
             raise ConfigError(f"{where}: {rel!r} is not an image {path} lists; paths are relative to data.root, as "
                               "issues.csv gives them")
-        rows = [line for line in lines[1:]  # a row too short for its label was skipped by the scan: not this image's
-                if len(line.record) > max(at_path, at_label) and relative_path(root / line.record[at_path].strip(), root) == rel]
+        rows = lines_of.get(rel, [])
         if act["action"] == "relabel" and act.get("csv_text"):  # an undo log: the line's own bytes back
             line = rows[min(undone.setdefault(rel, 0), len(rows) - 1)]
             undone[rel] += 1
             edits[line.index] = act["csv_text"]
-            undo.append({"path": rel, "action": "relabel", "label": line.record[at_label].strip(), "csv_line": line.index,
-                         "csv_text": line.text})
+            undo.append(_undo_row(rel, "relabel", line, line.record[at_label].strip()))
             continue
         for line in rows:
             if act["action"] == "exclude":
                 edits[line.index] = ""
-                undo.append({"path": rel, "action": "restore", "label": "", "csv_line": line.index, "csv_text": line.text})
+                undo.append(_undo_row(rel, "restore", line))
                 continue
             if act["label"] not in dataset.class_names:
                 raise ConfigError(f"{where}: label {act['label']!r} is not a class; classes: {', '.join(dataset.class_names)}")
             if line.record[at_label].strip() == act["label"]:
                 continue
             edits[line.index] = _with_cell(line, at_label, act["label"])
-            undo.append({"path": rel, "action": "relabel", "label": line.record[at_label].strip(), "csv_line": line.index,
-                         "csv_text": line.text})
-    if not undo:
-        return 0
-    _write_undo(undo_path, undo)  # first: an interrupted apply leaves the list unchanged, or changed and undoable
-    _replace(path, _edited(lines, edits, inserts))
-    for row in undo:
-        log(f"  {_said(row)} {row['path']} in {path.name}")
-    return len({row["path"] for row in undo})
+            undo.append(_undo_row(rel, "relabel", line, line.record[at_label].strip()))
+    return edits, inserts, undo
+
+
+def _undo_row(rel: str, action: str, line: Line, label: str = "") -> dict:
+    """The undo log's row that puts ``line`` back as it is now (its text and position)."""
+    return {"path": rel, "action": action, "label": label, "csv_line": line.index, "csv_text": line.text}
 
 
 def _lines(path: Path) -> list[Line]:
