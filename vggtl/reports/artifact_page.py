@@ -80,19 +80,15 @@ def render(artifact_dir, model=None) -> Path:
             without :data:`GRADCAM_FILE`; None loads it from the directory
             when they are needed.
     """
-    from vggtl import config
     from vggtl.training import artifact as artifact_mod
 
-    directory = Path(artifact_dir)
-    labels = _read_json(directory / "labels.json")
-    cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
-    page = ReportPage(directory, labels, cfg, read_predictions(directory / "predictions.csv", labels))
-    chosen, _ = worst_errors(page.by_split["test"], cfg.output.gradcam)
-    if model is None and chosen and not (directory / GRADCAM_FILE).is_file():
+    page = ReportPage.of(artifact_dir)
+    chosen, _ = worst_errors(page.by_split["test"], page.cfg.output.gradcam)
+    if model is None and chosen and not (page.dir / GRADCAM_FILE).is_file():
         from vggtl.backbones.build import probabilities_model
 
-        model = probabilities_model(artifact_mod.load_keras(directory / "model.keras"), cfg.spec)
-    return write_text_atomic(directory / "report.html", page.html(model))
+        model = probabilities_model(artifact_mod.load_keras(page.dir / "model.keras"), page.cfg.spec)
+    return write_text_atomic(page.dir / "report.html", page.html(model))
 
 
 def worst_errors(predictions: list[Prediction], limit: int) -> tuple[list[Prediction], int]:
@@ -116,16 +112,12 @@ def write_gradcams(artifact_dir, explain, layer: str) -> Path | None:
         The file written, or None when there is nothing to explain
         (``output.gradcam: 0`` or no test errors).
     """
-    from vggtl import config
-
-    directory = Path(artifact_dir)
-    labels = _read_json(directory / "labels.json")
-    cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
-    chosen, _ = worst_errors(read_predictions(directory / "predictions.csv", labels), cfg.output.gradcam)
+    page = ReportPage.of(artifact_dir)
+    chosen, _ = worst_errors(page.by_split["test"], page.cfg.output.gradcam)
     if not chosen:
         return None
     maps = explain([p.path for p in chosen], [p.predicted for p in chosen])
-    path = directory / GRADCAM_FILE
+    path = page.dir / GRADCAM_FILE
     np.savez(path, paths=np.array([p.path for p in chosen]), classes=np.array([p.predicted for p in chosen]),
              maps=np.stack(maps).astype(np.float32), layer=np.array(layer))
     return path
@@ -149,6 +141,16 @@ def _config(directory: Path) -> dict:
 
 class ReportPage:
     """The sections of one artifact's page, each a small method over the artifact's files."""
+
+    @classmethod
+    def of(cls, artifact_dir) -> "ReportPage":
+        """The page of an artifact (or staging) directory, from its files."""
+        from vggtl import config
+
+        directory = Path(artifact_dir)
+        labels = _read_json(directory / "labels.json")
+        cfg = config.from_dict(_config(directory), f"{directory}/config.yaml")
+        return cls(directory, labels, cfg, read_predictions(directory / "predictions.csv", labels))
 
     def __init__(self, directory: Path, labels, cfg, predictions: list[Prediction]):
         self.dir, self.labels, self.cfg = directory, labels, cfg
