@@ -81,7 +81,7 @@ STAGES = [
     ("vggtl.training.run", "evaluate", "metrics, baselines, leakage audit"),
     ("vggtl.backbones.build", "end_to_end_model", "end-to-end model built"),
     ("keras", "Model.save", "model.keras written"),
-    ("vggtl.training.run", "check_end_to_end", "end-to-end check"),
+    ("vggtl.training.run", "SplitImages.predict", "end-to-end check (a thread, beside the files)"),
     ("vggtl.training.artifact", "write_metadata", "metadata"),
     ("vggtl.training.report", "write", "report.md, its figures, report.html"),
     ("vggtl.training.artifact", "publish", "checksums, published"),

@@ -513,7 +513,47 @@ def test_iter_batches_streams_the_requested_rows(path, feature_reads, monkeypatc
     assert [r.tolist() for r, _ in got] == [[7, 1, 3], [3, 9, 0], [5]]
     for chunk_rows, chunk_feats in got:
         np.testing.assert_array_equal(chunk_feats, feats[LAYER][chunk_rows])
-    assert max(feature_reads) <= 4  # never more than one block in memory
+    assert max(feature_reads) <= 4  # never more than one block read at once
+    assert len(feature_reads) == 3  # blocks 0 and 1 again for the second batch: from RAM
+
+
+def test_blocks_are_read_once_verified_and_kept_within_the_budget(path, feature_reads, monkeypatch):
+    """verify() reads every block once and keeps it: the readers after it never
+    touch the file again. A budget below the store keeps the most recently used
+    blocks, never more bytes than the budget, and still reads the right rows."""
+    monkeypatch.setattr(store, "READ_BLOCK", 4)
+    monkeypatch.setattr(integrity, "VERIFY_BLOCK", 4)
+    _, feats = build_store(path, n=10)
+    with store.FeatureStore(path) as fs:
+        feature_reads.clear()
+        fs.verify()
+        verified = len(feature_reads)
+        assert verified == 2 * 3  # both layers, blocks of rows 0-3, 4-7, 8-9
+        for _ in range(2):
+            assert_layers_equal(fs, [9, 0, 5, 5], take(feats, [9, 0, 5, 5]))
+        assert len(feature_reads) == verified  # every read after verify() from RAM
+    block_bytes = 4 * int(np.prod(SHAPE)) * 4  # 4 float32 rows of the head layer
+    monkeypatch.setattr(store, "BLOCK_CACHE_BYTES", block_bytes)
+    with store.FeatureStore(path) as fs:
+        feature_reads.clear()
+        rows = [9, 0, 5, 1, 9]
+        for _ in range(2):
+            np.testing.assert_array_equal(fs.features(rows), feats[LAYER][rows])
+            assert fs._cache.size <= block_bytes
+        assert len(feature_reads) == 6  # one block kept at a time: each read again
+        np.testing.assert_array_equal(fs.features([9, 8]), feats[LAYER][[9, 8]])
+        assert len(feature_reads) == 6  # rows 8-9, the block read last, kept
+
+
+def test_a_kept_block_cannot_be_changed(path):
+    _, feats = build_store(path, n=3)
+    with store.FeatureStore(path) as fs:
+        first = fs.features([0, 1])
+        first[:] = 0  # a reader's copy: the store's block is untouched
+        np.testing.assert_array_equal(fs.features([0, 1]), feats[LAYER][[0, 1]])
+        kept = fs._cache.get((LAYER, 0))
+        with pytest.raises(ValueError):
+            kept[0] = 0
 
 
 def test_copying_sparse_sources_reads_bounded_blocks(path, feature_reads, monkeypatch):

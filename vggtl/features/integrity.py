@@ -92,9 +92,12 @@ def write_row_digests(fh: h5py.File, layer: str, digests: np.ndarray) -> None:
     fh.create_dataset(f"checksums/{layer}", data=np.asarray(digests, dtype=np.uint64))
 
 
-def damaged_rows(fh: h5py.File, layer: str) -> list[int]:
+def damaged_rows(fh: h5py.File, layer: str, on_sound_block=None) -> list[int]:
     """Rows of ``features/<layer>`` that differ from their digest, fail their
-    chunk's checksum or cannot be read, reading ``VERIFY_BLOCK`` rows at a time."""
+    chunk's checksum or cannot be read, reading ``VERIFY_BLOCK`` rows at a time.
+
+    ``on_sound_block(start, block)``, when given, receives each block whose
+    every row matched its digest (a reader keeps them: the file is read once)."""
     dataset = fh[f"features/{layer}"]
     expected = fh[f"checksums/{layer}"][:] if f"checksums/{layer}" in fh else np.zeros(0, np.uint64)
     if len(expected) != dataset.shape[0]:
@@ -107,7 +110,10 @@ def damaged_rows(fh: h5py.File, layer: str) -> list[int]:
         except READ_ERRORS:
             bad += [row for row in range(start, stop) if not _row_ok(dataset, row, expected[row])]
             continue
-        bad += (start + np.flatnonzero(row_digests(block) != expected[start:stop])).tolist()
+        failing = np.flatnonzero(row_digests(block) != expected[start:stop])
+        if on_sound_block is not None and not len(failing):
+            on_sound_block(start, block)
+        bad += (start + failing).tolist()
     return bad
 
 

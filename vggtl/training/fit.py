@@ -37,8 +37,10 @@ class Split:
         """``model``'s probabilities for every row, in order."""
         if self.x is not None:
             return model.predict(self.x, verbose=0)
+        # Called eagerly: a few batches of a small head cost less than tracing
+        # the function predict_on_batch builds for every model and batch shape.
         batches = self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)
-        probs = [np.asarray(model.predict_on_batch(maps)) for _, maps in batches]
+        probs = [np.asarray(model(maps, training=False)) for _, maps in batches]
         return np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
