@@ -178,6 +178,9 @@ def test_a_layer_inside_a_nested_network_that_is_not_a_chain_is_explained():
     import keras
     import tensorflow as tf
 
+    # Seeded: with some random kernels the class-1 map is negative everywhere
+    # and Grad-CAM is all zeros (nothing left to compare; it failed so once).
+    keras.utils.set_random_seed(0)
     base_in = keras.Input((8, 8, 3))
     inner = keras.Model(base_in, keras.layers.Conv2D(3, 3, padding="same", name="deep")(base_in), name="inner")
     x = keras.layers.Add()([inner(base_in), base_in])

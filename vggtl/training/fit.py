@@ -36,12 +36,18 @@ class Split:
     def predict(self, model) -> np.ndarray:
         """``model``'s probabilities for every row, in order."""
         if self.x is not None:
-            return model.predict(self.x, verbose=0)
-        # Called eagerly: a few batches of a small head cost less than tracing
-        # the function predict_on_batch builds for every model and batch shape.
-        batches = self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)
-        probs = [np.asarray(model(maps, training=False)) for _, maps in batches]
-        return np.concatenate(probs) if probs else np.zeros((0, model.output_shape[-1]), np.float32)
+            return predict_eagerly(model, self.x)
+        return predict_eagerly(model, (maps for _, maps in self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)))
+
+
+def predict_eagerly(model, x) -> np.ndarray:
+    """``model``'s outputs for an array ``x`` (``PREDICT_BATCH`` rows at a time)
+    or for each array of an iterable of batches, the model called eagerly: a
+    few batches cost less than tracing the function Keras' ``predict`` builds
+    for every model (seconds per model under a distribution strategy)."""
+    batches = (x[i : i + PREDICT_BATCH] for i in range(0, len(x), PREDICT_BATCH)) if isinstance(x, np.ndarray) else x
+    out = [np.asarray(model(batch, training=False)) for batch in batches]
+    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 
 def load_split(fs: FeatureStore, split: str, layer: str | None = None):
@@ -562,6 +568,7 @@ def _finetune_model(cfg: config.Config, base, head, input_shape, compiled: bool)
 
 
 def val_scores(model, x_val, y_val) -> tuple[float, float]:
-    """(cross-entropy, accuracy) of ``model`` on the validation split."""
-    probs = model.predict(x_val, verbose=0)
+    """(cross-entropy, accuracy) of ``model`` on the validation split (``x_val``
+    in RAM, or a :func:`store_batches` dataset)."""
+    probs = predict_eagerly(model, x_val) if isinstance(x_val, np.ndarray) else model.predict(x_val, verbose=0)
     return cross_entropy(y_val, probs), accuracy(y_val, probs)
