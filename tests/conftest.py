@@ -32,6 +32,20 @@ def find_real_weights(shared_dir: Path) -> Path:
 
 
 REAL_WEIGHTS = find_real_weights(SHARED)
+
+
+def pytest_configure(config):
+    """Each process that runs tests imports TensorFlow and Keras first, as
+    vggtl's commands do (:func:`vggtl.tfquiet.load`: no garbage collection
+    during the import, its objects then frozen out of the collector's way, so
+    no later full collection walks them). Not in xdist's controller, which
+    runs no test."""
+    controller = config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None) \
+        and not hasattr(config, "workerinput")
+    if not controller:
+        from vggtl import tfquiet
+
+        tfquiet.load()
 COLORS = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
 
 

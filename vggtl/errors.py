@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
+import gc
 import os
 import sys
 
@@ -118,6 +120,17 @@ def path_error(exc: OSError, path=None, action: str = "access") -> PathError:
     return PathError(describe_os_error(exc, path, action))
 
 
+@functools.cache
+def _exit_without_final_collections() -> None:
+    """Once per process that runs a command: at exit, move every object to
+    the permanent generation before Python's final garbage collections, which
+    otherwise walk every object TensorFlow made -- about 1.2 s of each
+    command's exit on 2 cores, after its last line. Atexit handlers still run
+    and refcounting still frees what it frees; only cyclic garbage is left to
+    the operating system (vggtl closes every file it writes)."""
+    atexit.register(gc.freeze)
+
+
 def cli_entry(main):
     """Wrap a ``main(argv)`` so user errors exit 2 with a one-paragraph message.
 
@@ -128,6 +141,7 @@ def cli_entry(main):
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        _exit_without_final_collections()
         try:
             return main(argv)
         except VggtlError as exc:

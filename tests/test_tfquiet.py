@@ -1,0 +1,39 @@
+"""vggtl.tfquiet: TensorFlow imported once, quietly, out of the garbage collector's way.
+(Its stderr filtering is tested through the commands, in test_cli.py.)"""
+
+from __future__ import annotations
+
+import gc
+
+from vggtl import tfquiet
+
+
+def test_collections_paused_freezes_what_it_made_and_gives_the_collector_back():
+    before = gc.get_freeze_count()
+    with tfquiet.collections_paused():
+        assert not gc.isenabled()
+        made = [[] for _ in range(1000)]  # long-lived objects, as an import makes
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= before + len(made)  # later collections skip them
+    cycle = []
+    cycle.append(cycle)
+    del cycle
+    assert gc.collect() >= 1  # what is made afterwards is collected as before
+
+
+def test_a_disabled_collector_stays_disabled():
+    gc.disable()
+    try:
+        with tfquiet.collections_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_load_imports_both_frameworks_once():
+    import sys
+
+    tf = tfquiet.load()
+    assert tf is sys.modules["tensorflow"] and "keras" in sys.modules
+    assert tfquiet.load() is tf
