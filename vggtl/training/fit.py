@@ -570,5 +570,6 @@ def _finetune_model(cfg: config.Config, base, head, input_shape, compiled: bool)
 def val_scores(model, x_val, y_val) -> tuple[float, float]:
     """(cross-entropy, accuracy) of ``model`` on the validation split (``x_val``
     in RAM, or a :func:`store_batches` dataset)."""
-    probs = predict_eagerly(model, x_val) if isinstance(x_val, np.ndarray) else model.predict(x_val, verbose=0)
+    batches = x_val if isinstance(x_val, np.ndarray) else (x_val[i][0] for i in range(len(x_val)))
+    probs = predict_eagerly(model, batches)
     return cross_entropy(y_val, probs), accuracy(y_val, probs)
