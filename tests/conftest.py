@@ -33,6 +33,8 @@ def find_real_weights(shared_dir: Path) -> Path:
 
 REAL_WEIGHTS = find_real_weights(SHARED)
 
+COLORS = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
+
 
 def pytest_configure(config):
     """Each process that runs tests imports TensorFlow and Keras first, as
@@ -46,7 +48,6 @@ def pytest_configure(config):
         from vggtl import tfquiet
 
         tfquiet.load()
-COLORS = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
 
 
 @pytest.fixture(autouse=True)

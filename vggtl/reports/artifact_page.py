@@ -80,9 +80,14 @@ def render(artifact_dir, model=None) -> Path:
             without :data:`GRADCAM_FILE`; None loads it from the directory
             when they are needed.
     """
+    return write_page(ReportPage.of(artifact_dir), model)
+
+
+def write_page(page: ReportPage, model=None) -> Path:
+    """:func:`render` of a page already read from its directory (``train``
+    reads it once for :func:`write_gradcams` and the page)."""
     from vggtl.training import artifact as artifact_mod
 
-    page = ReportPage.of(artifact_dir)
     chosen, _ = worst_errors(page.by_split["test"], page.cfg.output.gradcam)
     if model is None and chosen and not (page.dir / GRADCAM_FILE).is_file():
         from vggtl.backbones.build import probabilities_model
@@ -98,12 +103,12 @@ def worst_errors(predictions: list[Prediction], limit: int) -> tuple[list[Predic
     return wrong[:limit], len(wrong)
 
 
-def write_gradcams(artifact_dir, explain, layer: str) -> Path | None:
+def write_gradcams(page: ReportPage, explain, layer: str) -> Path | None:
     """Save the Grad-CAM maps of the page's worst errors as :data:`GRADCAM_FILE`.
 
     Args:
-        artifact_dir: a staging directory with ``predictions.csv``,
-            ``labels.json`` and ``config.yaml`` written.
+        page: the page of a staging directory with ``predictions.csv``,
+            ``labels.json`` and ``config.yaml`` written (:meth:`ReportPage.of`).
         explain: ``(paths, class indices) -> [(h, w) map in [0, 1], ...]``,
             e.g. Grad-CAM of the head on the cached features of those images.
         layer: the layer the maps explain, shown under them.
@@ -112,7 +117,6 @@ def write_gradcams(artifact_dir, explain, layer: str) -> Path | None:
         The file written, or None when there is nothing to explain
         (``output.gradcam: 0`` or no test errors).
     """
-    page = ReportPage.of(artifact_dir)
     chosen, _ = worst_errors(page.by_split["test"], page.cfg.output.gradcam)
     if not chosen:
         return None

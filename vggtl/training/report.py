@@ -185,9 +185,10 @@ def write(out_dir: Path, run, metrics, history, probs, explain=None, unknown_sco
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     from vggtl.reports import artifact_page
 
+    page = artifact_page.ReportPage.of(out_dir)  # read once: the saved maps are read lazily, when rendered
     if explain is not None:
-        artifact_page.write_gradcams(out_dir, explain, explain.layer)
-    artifact_page.render(out_dir)
+        artifact_page.write_gradcams(page, explain, explain.layer)
+    artifact_page.write_page(page)
     return path
 
 

@@ -80,7 +80,7 @@ class Trained:
     def evaluate_cached(self, fs: FeatureStore, rows):
         """Probabilities of the final model from the cached features of ``rows``
         (the few the artifact is checked on: called eagerly, nothing traced)."""
-        return np.asarray(self.final(fs.features(rows, self.final_layer), training=False))
+        return fit.predict_eagerly(self.final, fs.features(rows, self.final_layer))
 
 
 def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
