@@ -105,6 +105,13 @@ def test_the_worst_errors_are_explained_from_the_cached_features_and_rendered_ag
     assert section.count('alt="Grad-CAM of') == len(chosen) and "from the cached features" in section
 
 
+def test_the_headline_sentences_are_apart(art):
+    html = (art / "report.html").read_text(encoding="utf-8")
+    split = html[html.index("<p>Split: seed"):]
+    split = split[: split.index("</p>")]
+    assert "skipped" in split and not re.search(r"\.(No|<b>)", split)  # "No file skipped. No phase hit ..."
+
+
 def test_the_curves_best_epoch_value_is_the_tables(art):
     metrics = json.loads((art / "metrics.json").read_text())
     html = (art / "report.html").read_text(encoding="utf-8")
