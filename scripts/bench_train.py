@@ -80,9 +80,9 @@ def rounds(config: str, repeats: int, out: Path) -> list[dict]:
     return results
 
 
-# The end-to-end check runs in a thread while model.keras is written: timed,
-# but not added to the others.
-OVERLAPPED = "end-to-end check (in a thread, while model.keras is written)"
+# The end-to-end check runs in a thread beside the metrics and model.keras's
+# writing: timed, but not added to the others (the wait for it is).
+OVERLAPPED = "end-to-end check (in a thread, beside the metrics and model.keras)"
 # (module, function) of vggtl.training.run's stages, in the order they run.
 STAGES = [
     ("vggtl.training.run", "open_current_store", "store opened and verified"),
@@ -91,10 +91,11 @@ STAGES = [
     ("vggtl.backbones.build", "build_base", "the base built, weights loaded"),
     ("vggtl.training.run", "_finetune", "phase 2 (fine-tuning)"),
     ("vggtl.training.run", "_fit_unknown", "unknown detector fitted"),
-    ("vggtl.training.run", "evaluate", "metrics, baselines, leakage audit"),
     ("vggtl.backbones.build", "end_to_end_model", "end-to-end model built"),
+    ("vggtl.training.run", "evaluate", "metrics, baselines, leakage audit"),
     ("keras", "Model.save", "model.keras written"),
     ("vggtl.training.run", "SplitImages.predict", OVERLAPPED),
+    ("concurrent.futures", "Future.result", "waiting for the end-to-end check"),
     ("vggtl.training.artifact", "write_metadata", "metadata"),
     ("vggtl.training.report", "write", "report.md, its figures, report.html"),
     ("vggtl.training.artifact", "publish", "checksums, published"),

@@ -37,3 +37,26 @@ def test_load_imports_both_frameworks_once():
     tf = tfquiet.load()
     assert tf is sys.modules["tensorflow"] and "keras" in sys.modules
     assert tfquiet.load() is tf
+
+
+def test_a_command_defers_pyplot_until_it_is_used():
+    """In a command's process Keras' import of matplotlib.pyplot (~0.5 s) gets a
+    stand-in; the first use imports the real module, for every way of importing it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vggtl import errors\n"
+        "errors.cli_entry(lambda argv: 0)()\n"
+        "import matplotlib.pyplot as plt\n"  # as keras.src.visualization does
+        "print('imported:', 'matplotlib.figure' in sys.modules)\n"
+        "from matplotlib import pyplot\n"
+        "figure = plt.figure(figsize=(1, 1))\n"
+        "print('used:', type(figure).__name__, 'subplots' in dir(pyplot), sys.modules['matplotlib.pyplot'].__file__.endswith('pyplot.py'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "imported: False" in done.stdout
+    assert "used: Figure True True" in done.stdout
+

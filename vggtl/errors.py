@@ -9,6 +9,8 @@ import gc
 import os
 import sys
 
+from vggtl import tfquiet
+
 
 def invocation(command: str) -> str:
     """How to run ``command`` the way the user ran this one: ``vggtl extract``
@@ -142,6 +144,7 @@ def cli_entry(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         _exit_without_final_collections()
+        tfquiet.defer_unused_imports()
         try:
             return main(argv)
         except VggtlError as exc:

@@ -2,7 +2,7 @@
 
 :class:`RunMetrics` is ``metrics.json``: built once by
 :func:`vggtl.training.run.evaluate` (plus, for a converted base, the
-TensorFlow fp32 check :func:`~vggtl.training.run.publish` makes), written
+TensorFlow fp32 check :meth:`~vggtl.training.run.Publication.publish` makes), written
 by :meth:`RunMetrics.to_json` and read back by :meth:`RunMetrics.from_json`
 (the report and ``vggtl runs`` read it, older artifacts included). Nothing
 changes it after it is built: a later measurement makes a new one

@@ -119,11 +119,12 @@ def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
             for path, reason in fs.skipped:
                 log(f"  {path}: {reason}")
         trained = train_phases(cfg, fs, where.weights, log)
-        metrics = evaluate(cfg, fs, dataset, trained, log)
-        target = publish(RunInputs(plan, dataset, fs), trained, metrics, time.perf_counter() - started, log)
+        with Publication(RunInputs(plan, dataset, fs), trained, log) as publication:
+            metrics = evaluate(cfg, fs, dataset, trained, log)  # beside the artifact's end-to-end check
+            target = publication.publish(metrics, time.perf_counter() - started)
     finally:
         fs.close()
-    published = artifact.load(target)
+    published = artifact.load(target, verify_checksums=False)  # publish() checksummed it just now
     if line := artifact.label_change_line(published.info.get("labels_since_previous")):
         log(line)
     log(f"artifact: {target}")
@@ -385,44 +386,76 @@ def split_record(cfg: config.Config, fs: FeatureStore, dataset) -> dict:
     }
 
 
-def publish(run: RunInputs, trained: Trained, metrics: RunMetrics, seconds: float, log=print):
-    """Build the end-to-end model, check it, write every file and publish the version.
+class Publication:
+    """One artifact version being written, from the moment the run's models are final.
 
-    A run killed or failing in here leaves no directory that looks like an
-    artifact (the staging directory is removed, earlier versions untouched).
+    Entering makes the staging folder, builds the end-to-end model (what
+    ``model.keras`` holds) and starts its end-to-end check in a thread: the
+    check's convolutions release the GIL, so they run while this thread computes
+    the metrics and writes ``model.keras`` (~60 MB). :meth:`publish` joins the
+    check, writes every other file and publishes the version. Leaving without
+    publishing (an error, a failed check, Ctrl-C) removes the staging folder:
+    nothing that looks like an artifact is left, earlier versions untouched.
     """
-    cfg, dataset, fs, where = run.cfg, run.dataset, run.fs, run.where
-    artifact.clean_stale_staging(cfg.output.dir, cfg.name)
-    staging = artifact.begin(cfg.output.dir, cfg.name)
-    try:
-        detector = trained.unknown.detector if trained.unknown is not None else None
-        full = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed,
-                                      base=trained.base, unknown=detector)
-        predictor, record = called_eagerly(full), None
-        if features_runtime.is_converted(cfg):
-            record = _write_carried_base(staging, run, trained, detector, log)
-            predictor = features_runtime.load_predictor(staging, record, artifact.load_keras, with_unknown=True)
-        test_images = SplitImages(fs, cfg.spec.decode, dataset.root)
-        with futures.ThreadPoolExecutor(1, thread_name_prefix="vggtl-e2e-check") as pool:
-            # The check's convolutions release the GIL: they run on the image
-            # while this thread writes model.keras (~60 MB) and the curves.
-            checked = pool.submit(test_images.predict, predictor, test_images.check_rows[:E2E_CHECK_IMAGES])
-            full.save(staging / "model.keras")
-            if detector is not None:
-                unknown_detector.save(detector, staging)
-            if record is not None and len(test_images.rows):
-                model = build.probabilities_model(full, cfg.spec)
-                metrics = dataclasses.replace(metrics, tensorflow_fp32=_through_tensorflow(model, trained, test_images, record, log))
-            logs.write_history_csv(staging / "history.csv", trained.history)
-            logs.write_tensorboard(staging / "tensorboard", trained.history)
-            gap = end_to_end_gap(checked.result(), lambda rows: trained.evaluate_cached(fs, rows), fs, trained.unknown)
-        artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds, features_runtime=record)
-        report.write(staging, run, metrics, trained.history, trained.probs, CachedGradcam(cfg, fs, trained),
-                     trained.unknown.scores if detector is not None else None)
-        return artifact.publish(staging)
-    except BaseException:
-        artifact.abandon(staging)
-        raise
+
+    def __init__(self, run: RunInputs, trained: Trained, log=print):
+        self.run, self.trained, self.log = run, trained, log
+        self.published: Path | None = None
+
+    def __enter__(self) -> "Publication":
+        cfg, where = self.run.cfg, self.run.where
+        artifact.clean_stale_staging(cfg.output.dir, cfg.name)
+        self.staging = artifact.begin(cfg.output.dir, cfg.name)
+        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="vggtl-e2e-check")
+        try:
+            trained = self.trained
+            self.detector = trained.unknown.detector if trained.unknown is not None else None
+            self.full = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed,
+                                               base=trained.base, unknown=self.detector)
+            predictor, self.record = called_eagerly(self.full), None
+            if features_runtime.is_converted(cfg):
+                self.record = _write_carried_base(self.staging, self.run, trained, self.detector, self.log)
+                predictor = features_runtime.load_predictor(self.staging, self.record, artifact.load_keras, with_unknown=True)
+            self.test_images = SplitImages(self.run.fs, cfg.spec.decode, self.run.dataset.root)
+            self._checked = self._pool.submit(self.test_images.predict, predictor,
+                                              self.test_images.check_rows[:E2E_CHECK_IMAGES])
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._pool.shutdown(wait=True)  # the check is one image: waiting for it is ~1 s at most
+        if self.published is None:
+            artifact.abandon(self.staging)
+
+    def publish(self, metrics: RunMetrics, seconds: float) -> Path:
+        """Write every file of the artifact, check it end to end and publish the next version.
+
+        Raises:
+            RuntimeError: the artifact's model does not compute what was evaluated
+                (:func:`end_to_end_gap`); nothing is published.
+        """
+        run, trained, staging, fs = self.run, self.trained, self.staging, self.run.fs
+        self.full.save(staging / "model.keras")
+        if self.detector is not None:
+            unknown_detector.save(self.detector, staging)
+        if self.record is not None and len(self.test_images.rows):
+            model = build.probabilities_model(self.full, run.cfg.spec)
+            fp32 = _through_tensorflow(model, trained, self.test_images, self.record, self.log)
+            metrics = dataclasses.replace(metrics, tensorflow_fp32=fp32)
+        logs.write_history_csv(staging / "history.csv", trained.history)
+        logs.write_tensorboard(staging / "tensorboard", trained.history)
+        gap = end_to_end_gap(self._checked.result(), lambda rows: trained.evaluate_cached(fs, rows), fs, trained.unknown)
+        artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds,
+                                features_runtime=self.record)
+        report.write(staging, run, metrics, trained.history, trained.probs, CachedGradcam(run.cfg, fs, trained),
+                     trained.unknown.scores if self.detector is not None else None)
+        self.published = artifact.publish(staging)
+        return self.published
 
 
 def _write_carried_base(staging, run: RunInputs, trained: Trained, detector, log) -> dict:
