@@ -11,7 +11,8 @@ One run, printed as a table (nothing asserted):
    phase 1's ``seconds``, and phase 2's when fine-tuning ran). The
    **ceremony** is whole command minus (import alone + head): everything else
    a user waits for; printed also beside vggtl's own import (what is left when
-   the import and exit gains are not counted). Medians printed.
+   the import and exit gains are not counted). Medians printed, with a 95%
+   interval of the ceremony's median (order statistics) from 6 rounds on.
 2. Every round's ``metrics.json`` compared (the same config, data and seed
    must give identical bytes).
 3. Where the rest goes: one more ``train`` in this process, with the stages
@@ -33,6 +34,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -60,6 +62,19 @@ def head_seconds(artifact: Path) -> float:
     """The head's own training time: phase 1, plus phase 2 when it ran."""
     history = json.loads((artifact / "history.json").read_text())
     return sum(history[phase].get("seconds", 0.0) for phase in ("phase1", "phase2") if phase in history)
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of what ``values`` sample:
+    order statistics ``(x_(k), x_(n-k+1))`` with ``P(Binomial(n, 1/2) < k)``
+    at most ``(1 - confidence) / 2`` on each side. None below 6 values (no
+    such interval at 95%). The rounds of this machine spread by seconds: an
+    interval says whether a median is under a target or only happened to be."""
+    ordered, n = sorted(values), len(values)
+    tail = (1 - confidence) / 2
+    below = [sum(math.comb(n, i) for i in range(k)) / 2**n for k in range(n + 1)]
+    k = max((k for k in range(1, n // 2 + 1) if below[k] <= tail), default=None)
+    return None if k is None else (ordered[k - 1], ordered[n - k])
 
 
 def rounds(config: str, repeats: int, out: Path) -> list[dict]:
@@ -159,6 +174,11 @@ def main(argv=None) -> int:
         print(f"\nmedians of {args.repeats}: whole command {median['whole']:.2f} s, import tensorflow+keras alone "
               f"{median['import']:.2f} s, head {median['head']:.2f} s; ceremony {median['ceremony']:.2f} s "
               f"(target <= 1.5 s)")
+        if interval := median_interval([r["ceremony"] for r in results]):
+            print(f"95% interval of the ceremony's median (order statistics over {args.repeats} rounds): "
+                  f"{interval[0]:.2f}-{interval[1]:.2f} s")
+        else:
+            print("(6 rounds or more give a 95% interval of the median)")
         print(f"beside the same import made as vggtl makes it ({median['import_as_vggtl']:.2f} s: no collections during "
               f"it or at exit): ceremony {median['ceremony_vs_vggtl_import']:.2f} s")
         same = len({r["metrics"] for r in results}) == 1
