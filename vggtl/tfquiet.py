@@ -128,9 +128,14 @@ def defer_unused_imports() -> None:
     the real module on first use. Not done for the Python API: a notebook's
     own ``import matplotlib.pyplot`` gets the real module, untouched."""
     for name in DEFERRABLE:
-        top = name.partition(".")[0]
-        if name not in sys.modules and importlib.util.find_spec(top) is not None:
-            sys.modules[name] = _Deferred(name)
+        if name in sys.modules or importlib.util.find_spec(name.partition(".")[0]) is None:
+            continue
+        stub = _Deferred(name)
+        # The real spec (finding it imports only the parent package, which
+        # Keras' import statement imports anyway): importlib.util.find_spec(name)
+        # answers as without the stand-in.
+        stub.__spec__ = importlib.util.find_spec(name)
+        sys.modules[name] = stub
 
 
 def load():
