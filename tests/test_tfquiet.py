@@ -41,23 +41,27 @@ def test_load_imports_both_frameworks_once():
 
 def test_a_command_defers_pyplot_until_it_is_used():
     """In a command's process Keras' import of matplotlib.pyplot (~0.5 s) gets a
-    stand-in; the first use imports the real module, for every way of importing it."""
+    stand-in; the first use imports the real module, for every way of importing
+    it. A command that never imports TensorFlow does not even look for matplotlib."""
     import subprocess
     import sys
 
     code = (
-        "import sys\n"
-        "from vggtl import errors\n"
+        "import sys, importlib.util\n"
+        "from vggtl import errors, tfquiet\n"
         "errors.cli_entry(lambda argv: 0)()\n"
-        "import matplotlib.pyplot as plt\n"  # as keras.src.visualization does
-        "import importlib.util\n"
-        "print('imported:', 'matplotlib.figure' in sys.modules, importlib.util.find_spec('matplotlib.pyplot').name)\n"
+        "print('without TensorFlow:', 'matplotlib' in sys.modules)\n"
+        "errors.cli_entry(lambda argv: tfquiet.load() and 0)()\n"
+        "from keras.src.visualization import plot_image_gallery\n"  # imports matplotlib.pyplot as plt
+        "print('after Keras:', 'matplotlib.figure' in sys.modules, importlib.util.find_spec('matplotlib.pyplot').name)\n"
+        "import matplotlib.pyplot as plt\n"
         "from matplotlib import pyplot\n"
         "figure = plt.figure(figsize=(1, 1))\n"
-        "print('used:', type(figure).__name__, 'subplots' in dir(pyplot), sys.modules['matplotlib.pyplot'].__file__.endswith('pyplot.py'))\n"
+        "print('used:', type(figure).__name__, 'subplots' in dir(pyplot), sys.modules['matplotlib.pyplot'].__file__.endswith('pyplot.py'),"
+        " plot_image_gallery.plt.subplots is sys.modules['matplotlib.pyplot'].subplots)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "imported: False matplotlib.pyplot" in done.stdout
-    assert "used: Figure True True" in done.stdout
-
+    assert "without TensorFlow: False" in done.stdout
+    assert "after Keras: False matplotlib.pyplot" in done.stdout
+    assert "used: Figure True True True" in done.stdout

@@ -27,6 +27,8 @@ NOISE = re.compile(
     r"fully_quantize: \d+, inference_type"
 )
 _loaded = False
+# Set in a command's process (defer_unused_imports): load() defers DEFERRABLE.
+_defer_in_load = False
 # The real stderr while filtered_stderr captures fd 2 (progress bars write here).
 _terminal_fd: int | None = None
 
@@ -121,12 +123,19 @@ def _real_module(stub: _Deferred):
 
 
 def defer_unused_imports() -> None:
-    """In a command's process (:func:`vggtl.errors.cli_entry`), put a
-    :class:`_Deferred` stand-in in ``sys.modules`` for each of
-    :data:`DEFERRABLE` that is installed and not imported yet: the import of
-    Keras then skips them, and vggtl code that does use one (a plot) still gets
-    the real module on first use. Not done for the Python API: a notebook's
-    own ``import matplotlib.pyplot`` gets the real module, untouched."""
+    """Called in a command's process (:func:`vggtl.errors.cli_entry`): when
+    :func:`load` imports Keras there, it first puts a :class:`_Deferred`
+    stand-in in ``sys.modules`` for each of :data:`DEFERRABLE` that is
+    installed and not imported yet, so Keras' import skips them and vggtl code
+    that does use one (a plot) still gets the real module on first use. Nothing
+    happens here: a command that never imports TensorFlow (predict through
+    ONNX Runtime, ``runs``) looks for nothing. Not done for the Python API: a
+    notebook's own ``import matplotlib.pyplot`` gets the real module, untouched."""
+    global _defer_in_load
+    _defer_in_load = True
+
+
+def _stand_in_for_deferrable() -> None:
     for name in DEFERRABLE:
         if name in sys.modules or importlib.util.find_spec(name.partition(".")[0]) is None:
             continue
@@ -143,6 +152,8 @@ def load():
     (:func:`collections_paused`); returns the ``tensorflow`` module."""
     global _loaded
     if not _loaded:
+        if _defer_in_load:
+            _stand_in_for_deferrable()
         with filtered_stderr(), collections_paused():
             import keras  # noqa: F401 - every caller uses it next; imported here, uncollected
             import tensorflow as tf
