@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_dataset, make_image, needs_ray, write_config
+from conftest import COLORS, make_dataset, make_image, needs_ray, write_config
 
 from vggtl import config, data, extract, plan
 from vggtl.backbones import build, resolve
@@ -351,6 +351,9 @@ def assert_same_entries(got: dict, want: dict, keys) -> None:
 
 
 def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
+    from vggtl.features import forward
+
+    forward.forget_forwards()  # an earlier test's kept function would leave nothing to count
     built, batches = [], []
     real_model, real_forward = build.feature_model, pipeline.make_forward
 
@@ -700,3 +703,35 @@ def test_an_image_edited_during_extract_is_not_stored_under_its_old_hash(tmp_pat
         row = list(fs.paths).index("red/red_002.png")
         assert fs.clean_keys([row]) == [hashlib.sha256(edited.read_bytes()).hexdigest()]
         assert old_sha not in set(fs._entry_keys)
+
+
+def test_the_forward_function_is_kept_for_the_next_extract_of_the_same_base(tiny, monkeypatch):
+    """A second extract of the same base in one process (a notebook adding
+    images) builds and traces nothing; another base, layer or seed does; only
+    FORWARDS_KEPT bases are kept; and the features are the same either way."""
+    from vggtl.features import forward
+
+    forward.forget_forwards()
+    built = []
+    real = build.feature_model
+    monkeypatch.setattr(build, "feature_model", lambda *a, **k: built.append(a[2]) or real(*a, **k))
+    first, _ = tiny.run()
+    make_image(tiny.root / "red" / "red_new.png", COLORS["red"], seed=99)  # one more image: one more to compute
+    again, _ = tiny.run()
+    assert (again.computed, again.reused) == (1, N_IMAGES) and len(built) == 1
+    for overrides in (["seed=8"], ["backbone.layer=block4_pool"], ["seed=8"]):
+        tiny.run(*overrides)
+    assert len(built) == 3  # seed 8's base was still kept the second time
+    make_image(tiny.root / "blue" / "blue_new.png", COLORS["blue"], seed=98)
+    tiny.run()  # the first base was dropped to keep two
+    assert len(built) == 4 and len(forward._FORWARDS) == forward.FORWARDS_KEPT
+    # a kept function gives what a fresh build gives
+    cfg = tiny.cfg()
+    weights = resolve.resolve_weights(cfg.spec.arch, None, cfg.seed)
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    kept = forward.make_forward(cfg, weights)(x)
+    forward.forget_forwards()
+    fresh = forward.make_forward(cfg, weights)(x)
+    assert len(built) == 5
+    for layer in kept:
+        np.testing.assert_array_equal(np.asarray(kept[layer]), np.asarray(fresh[layer]))

@@ -4,6 +4,7 @@ and each Ray actor (``ray``, :mod:`ray_engine`)."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +25,46 @@ class Job:
     keys: tuple[str, ...]
 
 
+# The TensorFlow forward functions of the last few bases this process
+# extracted with: extracting again with the same base (a notebook re-running
+# extract after adding images, tune after extract, the test suite) skips
+# building the network and tracing its function (~0.7 s for VGG16 at 32 px;
+# the function never changes the model, which nothing else holds).
+_FORWARDS: collections.OrderedDict = collections.OrderedDict()
+FORWARDS_KEPT = 2
+
+
+def forward_key(cfg: config.Config, weights: ResolvedWeights) -> tuple:
+    """What a TensorFlow forward function depends on: the resolved backbone
+    (architecture, layers, size, mirror averaging...), the weights' digest
+    (content, or random initialisation and its seed) and the seed."""
+    return repr(cfg.spec), weights.kind, weights.digest, cfg.seed
+
+
+def forget_forwards() -> None:
+    """Drop the kept forward functions (and the models they hold)."""
+    _FORWARDS.clear()
+
+
 def make_forward(cfg: config.Config, weights: ResolvedWeights, log=print, calibration=None):
     """A compiled function: uint8 images -> {layer: features} for every stored layer
     (one pass through the base, however many layers are kept), run by
-    ``extract.runtime``. Imports TensorFlow (and the runtime)."""
-    from vggtl import tfquiet
-
+    ``extract.runtime``. Imports TensorFlow (and the runtime). TensorFlow's
+    is kept for the process (:data:`FORWARDS_KEPT` bases, the last used)."""
     if cfg.extract.runtime != "tensorflow":
         return runtimes.make_forward(cfg, weights, cfg.extract.runtime, log, calibration)
+    key = forward_key(cfg, weights)
+    if key not in _FORWARDS:
+        _FORWARDS[key] = tensorflow_forward(cfg, weights)
+        while len(_FORWARDS) > FORWARDS_KEPT:
+            _FORWARDS.popitem(last=False)
+    _FORWARDS.move_to_end(key)
+    return _FORWARDS[key]
+
+
+def tensorflow_forward(cfg: config.Config, weights: ResolvedWeights):
+    """:func:`make_forward` on TensorFlow: the feature model of ``cfg.spec``, traced once."""
+    from vggtl import tfquiet
     from vggtl.backbones import build
 
     tf = tfquiet.load()
