@@ -122,6 +122,9 @@ def main() -> None:
         data = args.work / f"data-{args.rate:g}-{seed}"
         truth = noisy_copy(root, data, args.rate, seed)
         rows, extracted, seconds = audited(args.config, data, args.work, "bench-audit")
+        if not truth:  # --rate 0 (e.g. with --plant alone): nothing to score
+            print(f"rate {args.rate:g} seed {seed}: no label flipped (audit {seconds:.1f} s)", flush=True)
+            continue
         top_k, top_2k = score(rows, truth)
         results.append((top_k, top_2k))
         print(f"rate {args.rate:g} seed {seed}: {len(truth)} flipped; first k label rows hold {top_k:.1%}, first 2k "

@@ -48,9 +48,39 @@ def test_same_input_same_result():
     x, y = clustered(seed=3)
     a, b = find(x, y, 4, 5, 1), find(x, y, 4, 5, 1)
     assert np.array_equal(a.probabilities, b.probabilities) and np.array_equal(a.likely, b.likely)
+    assert np.array_equal(a.svm_margin, b.svm_margin) and np.array_equal(a.score, b.score)
 
 
 def test_clean_separable_data_has_no_likely_issue():
     x, y = clustered(seed=5)
     found = find(x, y, 4)
     assert found.accuracy == 1.0 and not found.likely.any() and not found.disputed.any()
+
+
+def test_each_signal_sees_the_flip_and_the_score_ranks_all_three():
+    """The ensemble's log-ratio, the neighbour margin and the SVM's margin each
+    put a flipped row above every correctly labeled one of well-separated
+    classes; the score is the mean of their percentile ranks."""
+    from scipy.stats import rankdata
+
+    x, y = clustered(seed=2)
+    noisy = y.copy()
+    noisy[[5, 70]] = [1, 3]
+    found = find(x, noisy, 4)
+    clean = np.setdiff1d(np.arange(len(y)), [5, 70])
+    for signal in (found.log_ratio, found.neighbour_margin, found.svm_margin):
+        assert signal[[5, 70]].min() > signal[clean].max()
+    ranks = sum(rankdata(s) for s in (found.log_ratio, found.neighbour_margin, found.svm_margin))
+    np.testing.assert_allclose(found.score, ranks / (3 * len(y)))
+
+
+def test_two_classes_get_both_svm_decisions():
+    """A linear SVM of two classes gives one value per row: both columns are filled."""
+    x, y = clustered(classes=2, seed=4)
+    decisions = labels.svm_decisions(x, y, np.arange(0, 60, 2), np.arange(1, 60, 2), 2, seed=0)
+    assert decisions.shape == (30, 2) and np.array_equal(decisions[:, 0], -decisions[:, 1])
+    assert (decisions.argmax(axis=1) == y[1::2]).all()
+    noisy = y.copy()
+    noisy[3] = 1 - noisy[3]
+    found = find(x, noisy, 2)
+    assert np.argsort(-found.score, kind="stable")[0] == 3 and found.suggested[3] == y[3]

@@ -232,10 +232,12 @@ def summarize(cfg, fs: FeatureStore, dataset, findings: Findings, rows: list[dic
                   "label_model_layers": [fs.layers[0], *filter(None, [label_issues.lower_layer(fs)])]},
         "settings": {"folds": cfg.audit.folds, "seed": cfg.seed, "near_duplicate": cfg.audit.near_duplicate,
                      "label_repeats": label_issues.REPEATS, "neighbours": label_issues.NEIGHBOURS,
-                     "logistic_c": label_issues.LOGISTIC_C, "outlier_mad_limit": similar.MAD_LIMIT},
-        "method": "out-of-fold ensemble (standardized logistic regression + cosine kNN on signed-sqrt avg+max pooled "
-                  "features): log p(best other) - log p(given), ranked together with the nearest-neighbour similarity "
-                  "margin; cleanlab's confident-learning estimate of the number of issues sets how many are 'likely'",
+                     "logistic_c": label_issues.LOGISTIC_C, "lda_dims": label_issues.LDA_DIMS,
+                     "svm_c": label_issues.SVM_C, "outlier_mad_limit": similar.MAD_LIMIT},
+        "method": "out-of-fold ensemble (standardized logistic regression + cosine kNN + shrinkage LDA on a PCA, on "
+                  "signed-sqrt avg+max pooled features): log p(best other) - log p(given), ranked together with the "
+                  "nearest-neighbour similarity margin and a linear SVM's out-of-fold margin; cleanlab's "
+                  "confident-learning estimate of the number of issues sets how many are 'likely'",
         "oof_accuracy": round(found.accuracy, 4),
         "likely_label_issues": int(found.likely.sum()),
         "counts": kinds,
