@@ -60,6 +60,9 @@ def test_the_planted_problems_come_first(audited):
     # Both red images outside red/ (the mislabeled one and the copy) are label issues, suggested red.
     assert {r["path"] for r in label_rows[:2]} == {"green/green_mislabeled.png", "blue/copy_of_red_003.png"}
     assert all(r["suggested"] == "red" and r["likely"] == "yes" for r in label_rows[:2])
+    # the detail gives the three measures the score ranks
+    detail = label_rows[0]["detail"]
+    assert "p(given) " in detail and "closer to another class" in detail and "SVM margin +" in detail
 
 
 def test_publishes_csv_json_and_page_and_prints_the_top_ten(audited, capsys):

@@ -175,7 +175,8 @@ def _label_rows(fs: FeatureStore, found: label_issues.LabelFindings) -> list[dic
                          given=names[given], suggested=names[suggested], score=float(found.score[i]), split=splits[i],
                          likely="yes" if found.likely[i] else "",
                          detail=f"p(given) {found.probabilities[i, given]:.3f}, p(suggested) {found.probabilities[i, suggested]:.3f}, "
-                                f"neighbours: {found.neighbour_margin[i]:+.3f} closer to another class"))
+                                f"neighbours: {found.neighbour_margin[i]:+.3f} closer to another class, "
+                                f"SVM margin {found.svm_margin[i]:+.2f}"))
     return rows
 
 
