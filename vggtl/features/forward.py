@@ -36,9 +36,10 @@ FORWARDS_KEPT = 2
 
 def forward_key(cfg: config.Config, weights: ResolvedWeights) -> tuple:
     """What a TensorFlow forward function depends on: the resolved backbone
-    (architecture, layers, size, mirror averaging...), the weights' digest
-    (content, or random initialisation and its seed) and the seed."""
-    return repr(cfg.spec), weights.kind, weights.digest, cfg.seed
+    (architecture, layers, size, mirror averaging...) and the weights' digest
+    (of the file's tensors, or ``random-init:seed=<seed>``: the seed matters
+    only to random weights, and is in their digest)."""
+    return repr(cfg.spec), weights.digest
 
 
 def forget_forwards() -> None:
