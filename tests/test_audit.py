@@ -217,6 +217,6 @@ def test_a_fine_tuning_store_gives_the_label_model_its_lower_layer_too(tmp_path,
         joined = labels.with_lower_layer(pooled_features(fs, rows, "avgmax"), fs, rows)
     finally:
         fs.close()
-    assert joined.shape == (24, 2 * 512 + 2 * 512)
-    np.testing.assert_allclose(np.linalg.norm(joined[:, :1024], axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(joined[:, 1024:], axis=1), 1.0, rtol=1e-5)
+    assert joined.shape == (24, 2 * 64 + 2 * 64)  # avg + max of block5 and block4: 64 channels each at width 1/8
+    np.testing.assert_allclose(np.linalg.norm(joined[:, :128], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(joined[:, 128:], axis=1), 1.0, rtol=1e-5)

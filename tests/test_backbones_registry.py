@@ -37,6 +37,27 @@ def test_feature_shapes_match_the_real_networks(built, name):
             assert arch.feature_shape(layer, size) == want, (name, layer, size)
 
 
+@pytest.mark.parametrize("name", registry.NARROWABLE)
+def test_a_narrowed_vgg_is_the_real_network_with_fewer_channels(built, name):
+    """backbone.width: the same layers (names, kinds, kernels, grids) as Keras'
+    network, every width times the channels, and the narrowed table's shapes."""
+    from vggtl.backbones import build
+
+    full, arch = registry.get(name), registry.get(name).narrowed(0.125)
+    for size in (full.min_size, 97):
+        real, narrow = built[name, size], build.narrow_vgg(arch, size)
+        assert [(type(a), a.name) for a in real.layers[1:]] == [(type(b), b.name) for b in narrow.layers[1:]]
+        for a, b in zip(real.layers[1:], narrow.layers[1:]):
+            assert a.output.shape[1:3] == b.output.shape[1:3] and a.output.shape[-1] == 8 * b.output.shape[-1], a.name
+            if hasattr(a, "kernel_size"):
+                assert (a.kernel_size, a.padding, a.activation) == (b.kernel_size, b.padding, b.activation)
+        for layer in arch.layers:
+            assert arch.feature_shape(layer, size) == tuple(narrow.get_layer(layer).output.shape[1:]), (name, layer)
+    assert arch.narrowed(1.0) == arch and full.narrowed(1.0) is full and arch.style_layers == full.style_layers
+    with pytest.raises(ValueError, match="resnet50 cannot be narrowed"):
+        registry.get("resnet50").narrowed(0.5)
+
+
 def test_feature_shapes_at_the_default_sizes():
     # the classic bottlenecks
     assert registry.get("vgg16").feature_shape("block5_pool", 224) == (7, 7, 512)

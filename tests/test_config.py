@@ -234,6 +234,12 @@ def test_range_bounds_are_inclusive(root):
         ({"train": {"optimizer": "Adam"}}, r"key 'train\.optimizer': got 'Adam'; allowed values: adam, sgd"),
         ({"backbone": {"name": "resnet18"}}, r"key 'backbone\.name': got 'resnet18'; allowed values: vgg16, vgg19, resnet50, inception_v3, mobilenet_v2"),
         ({"backbone": {"layer": "block6_pool"}}, r"key 'backbone\.layer': got 'block6_pool'; allowed for vgg16: block1_pool"),
+        ({"backbone": {"width": 0.5}}, r"key 'backbone\.width': got 0\.5 with backbone\.weights 'imagenet'; pretrained "
+                                       r"weights exist for width 1\.0 only"),
+        ({"backbone": {"width": 0.5, "weights": None, "name": "resnet50"}},
+         r"key 'backbone\.width': got 0\.5; only vgg16, vgg19 can be narrowed \(resnet50: 1\.0\)"),
+        ({"backbone": {"width": 0, "weights": None}}, r"key 'backbone\.width': got 0\.0; must be between 0\.01 and 1\.0"),
+        ({"backbone": {"width": 2, "weights": None}}, r"key 'backbone\.width': got 2\.0; must be between 0\.01 and 1\.0"),
     ],
 )
 def test_values_outside_choices_are_refused(root, sections, pattern):
@@ -451,7 +457,8 @@ def test_set_overrides(tmp_path, root, override, getter, expected):
 
 def test_dict_overrides_for_the_python_api(tmp_path, root):
     path = write_config(tmp_path / "c.yaml", root, tmp_path)
-    cfg = config.load(path, {"train.epochs": 5, "head.units": [64], "backbone.name": "resnet50", "augment": {"views": 2}})
+    cfg = config.load(path, {"train.epochs": 5, "head.units": [64], "backbone.name": "resnet50", "backbone.width": 1,
+                             "augment": {"views": 2}})
     assert (cfg.train.epochs, cfg.head.units, cfg.augment.views) == (5, [64], 2)
     # the spec follows: the new backbone's own layer, resolved once
     assert cfg.spec.name == "resnet50" and cfg.spec.head_layer == "conv5_block3_out"

@@ -123,7 +123,8 @@ def test_cold_run_computes_all_and_warm_run_nothing(tiny, monkeypatch):
     with store.FeatureStore(path) as fs:
         assert sorted(fs.paths) == sorted(f.relpath for f in cold.dataset.files)
         assert [fs.class_names[label] for label in fs.labels] == [p.split("/")[0] for p in fs.paths]
-        assert fs.feature_shape == (1, 1, 512)
+        assert fs.feature_shape == (1, 1, 64)  # block5's 512 channels at backbone.width 1/8
+        assert fs.settings["width"] == 0.125  # a store of another width is another store
         assert fs.layers == ["block5_pool", "channel_stats"] and fs.augment["views"] == 0
         feats = fs.features(np.arange(N_IMAGES))
     assert sorted(stored_keys(path)) == sorted(f.sha256 for f in cold.dataset.files)  # no views by default
@@ -302,9 +303,9 @@ def test_changed_image_size_or_layer_uses_a_new_store(tiny):
     assert bigger.computed == other_layer.computed == N_IMAGES  # nothing reused across settings
     assert base.store_path.stat().st_mtime_ns == base_mtime
     with store.FeatureStore(bigger.store_path) as fs:
-        assert fs.feature_shape == (2, 2, 512) and fs.settings["image_size"] == 64
+        assert fs.feature_shape == (2, 2, 64) and fs.settings["image_size"] == 64
     with store.FeatureStore(other_layer.store_path) as fs:
-        assert fs.feature_shape == (2, 2, 512) and fs.settings["layers"] == fs.layers == ["block4_pool", "channel_stats"]
+        assert fs.feature_shape == (2, 2, 64) and fs.settings["layers"] == fs.layers == ["block4_pool", "channel_stats"]
 
 
 def test_corrupt_store_is_quarantined_and_rebuilt(tiny):
@@ -383,8 +384,9 @@ def test_finetune_stores_both_layers_from_one_pass(tiny, decoded, monkeypatch):
     assert any(line.startswith(f"extract: {total} image(s)/view(s) to compute, 0 cached") for line in logs)
     with store.FeatureStore(tuned.store_path) as fs:
         assert fs.layers == fs.settings["layers"] == ["block5_pool", "block4_pool", "channel_stats"]
-        assert fs.feature_shapes == {"block5_pool": (1, 1, 512), "block4_pool": (2, 2, 512), "channel_stats": (1, 1, 1920)}
-        assert fs.feature_shape == (1, 1, 512)  # the head's input comes first
+        # 1/8 of VGG16's channels; the statistics: mean and std of blocks 1-4's 8 + 16 + 32 + 64
+        assert fs.feature_shapes == {"block5_pool": (1, 1, 64), "block4_pool": (2, 2, 64), "channel_stats": (1, 1, 240)}
+        assert fs.feature_shape == (1, 1, 64)  # the head's input comes first
     got = features_by_key(tuned.store_path)
     assert len(got["block4_pool"]) == total and np.isfinite(np.stack(list(got["block4_pool"].values()))).all()
 

@@ -68,7 +68,7 @@ def test_config_summary_without_data_root_and_presplit(tmp_path, capsys):
 
 
 def test_artifact_summary(tmp_path, capsys):
-    art = make_artifact(tmp_path)
+    art = make_artifact(tmp_path, width=1.0)  # the real VGG16's parameter count
     code, out, err = run(capsys, art.parent)  # the run directory means its latest version
     assert code == 0, err
     assert out.startswith("model vggtl_tiny: artifact ") and "(3 classes: blue, green, red)" in out

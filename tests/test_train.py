@@ -72,6 +72,7 @@ def test_artifact_contents_and_checksums(run_dir):
 def test_report_flags_random_weights(run_dir):
     report = (run_dir / "experiments/tiny/latest/report.md").read_text()
     assert "**WARNING: the backbone has RANDOM weights" in report
+    assert "weights: random initialisation (backbone.weights: null), 0.125 of its channels (`backbone.width`)" in report
     assert "| true \\ predicted | blue | green | red | images |" in report and "![learning curves](learning_curves.svg)" in report
     assert "linear probe" in report
 
@@ -516,14 +517,15 @@ def joined_dir(tmp_path_factory):
 
 def test_joined_layer_end_to_end(joined_dir):
     """Stored maps are block4_pool max-pooled onto block5_pool's grid, next to
-    block5_pool: the head reads 1024 channels, the artifact taps both layers,
+    block5_pool: the head reads both layers' channels (64 + 64 at backbone.width
+    1/8; 1024 at full width), the artifact taps both layers,
     and predictions from the artifact alone equal the evaluation."""
     import keras
 
     art = artifact.load(joined_dir / "experiments/tiny/latest")
     assert art.info["store"]["settings"]["layers"] == ["block4_pool+block5_pool", "block4_pool", "channel_stats"]
     with h5py.File(art.info["store"]["path"], "r") as fh:
-        assert fh["features/block4_pool+block5_pool"].shape[1:] == (2, 2, 1024)
+        assert fh["features/block4_pool+block5_pool"].shape[1:] == (2, 2, 128)
     assert art.info["backbone"]["layer"] == "block4_pool+block5_pool"
     assert art.metrics["phase2"]["blocks"] == 1
     assert "up to `block4_pool+block5_pool`" in (art.path / "report.md").read_text()
@@ -544,7 +546,7 @@ def test_joined_layer_maps_are_the_parts_concatenated(joined_dir):
     model = build.feature_model(cfg.spec, weights, ["block4_pool+block5_pool", "block4_pool", "block5_pool"], cfg.seed)
     x = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3)).astype(np.uint8)
     joined, b4, b5 = (np.asarray(m) for m in model.predict_on_batch(x))
-    pooled = b4.reshape(3, 2, 2, 2, 2, 512).max(axis=(2, 4))
+    pooled = b4.reshape(3, 2, 2, 2, 2, b4.shape[-1]).max(axis=(2, 4))
     np.testing.assert_array_equal(joined, np.concatenate([pooled, b5], axis=-1))
 
 

@@ -12,13 +12,16 @@ LABELS = ("blue", "green", "red")
 
 
 def make_artifact(
-    root: Path, favourite: str = "red", image_size: int = 32, resize: str = "stretch", seed: int = 7, backbone_name: str = "vgg16"
+    root: Path, favourite: str = "red", image_size: int = 32, resize: str = "stretch", seed: int = 7, backbone_name: str = "vgg16",
+    width: float | None = None,
 ) -> Path:
     """Publish ``<root>/experiments/tiny/v<N>`` and return its path.
 
     The head's bias makes ``favourite`` the top label of every image (by a
-    wide margin), so tests can assert on labels without training.
+    wide margin), so tests can assert on labels without training. ``width``:
+    ``backbone.width`` (None: the tests' narrow VGG, where it applies).
     """
+    from conftest import tiny_backbone
     from vggtl import config
     from vggtl.backbones import build
     from vggtl.backbones.resolve import random_weights
@@ -29,7 +32,7 @@ def make_artifact(
             "name": "tiny",
             "seed": seed,
             "data": {"root": str(root / "data"), "image_size": image_size, "resize": resize},
-            "backbone": {"name": backbone_name, "weights": None},
+            "backbone": tiny_backbone({"name": backbone_name, "weights": None, **({"width": width} if width else {})}),
             "head": {"units": [8]},
         },
         "tiny_artifact",

@@ -35,10 +35,27 @@ def build_base(spec: Spec, weights: ResolvedWeights, seed: int):
 
     size = spec.image_size
     keras.utils.set_random_seed(seed)
+    if spec.arch.width != 1.0:
+        return narrow_vgg(spec.arch, size)  # random weights only (config checked)
     application = getattr(keras.applications, spec.arch.application)
     base = application(include_top=False, weights=None, input_shape=(size, size, 3))
     load_weights(base, spec.arch, weights)
     return base
+
+
+def narrow_vgg(arch, size: int):
+    """``keras.applications``' VGG stack of ``arch.block_convs`` (same layer
+    names, kernels, padding and pooling) with ``arch``'s narrowed channel
+    counts (:meth:`~vggtl.backbones.registry.Architecture.narrowed`)."""
+    import keras
+
+    x = inputs = keras.Input((size, size, 3))
+    for block, convs in enumerate(arch.block_convs, 1):
+        channels = arch.layers[f"block{block}_pool"].channels
+        for conv in range(1, convs + 1):
+            x = keras.layers.Conv2D(channels, 3, activation="relu", padding="same", name=f"block{block}_conv{conv}")(x)
+        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name=arch.name)
 
 
 def feature_model(spec: Spec, weights: ResolvedWeights, layers, seed: int, base=None):

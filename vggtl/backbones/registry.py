@@ -14,6 +14,7 @@ listed layer against the real models at several sizes), because the naive
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 # Downsampling steps, as functions of the input side:
@@ -72,6 +73,11 @@ class Architecture:
             the md5 Keras pins for it (None where Keras pins none). A network
             whose weights also come from elsewhere has a provider in
             :data:`vggtl.backbones.resolve.OFFLINE_WEIGHTS`.
+        block_convs: convolutions per block of a plain VGG stack (VGG16: 2,
+            2, 3, 3, 3), which vggtl can build at another width; empty for
+            the others.
+        width: fraction of the channels of every convolution (1.0: the
+            network itself; see :meth:`narrowed`).
     """
 
     name: str
@@ -86,6 +92,23 @@ class Architecture:
     gradcam_layer: str
     notop_file: str
     notop_md5: str | None
+    block_convs: tuple[int, ...] = ()
+    width: float = 1.0
+
+    def narrowed(self, width: float) -> "Architecture":
+        """This network with ``width`` of the channels of every layer (at least
+        one each): same layers, names and grid sizes, so every stage runs on
+        it as on the full network. Only random weights exist for it (``backbone.width``):
+        the tests' tiny runs use 1/8 of VGG16, 64 times fewer weights to draw,
+        save, hash and convert. Only a plain VGG stack (``block_convs``) can
+        be narrowed: vggtl builds it layer by layer (:func:`vggtl.backbones.build.build_base`).
+        """
+        if width == 1.0:
+            return self
+        if not self.block_convs:
+            raise ValueError(f"{self.name} cannot be narrowed; only {', '.join(NARROWABLE)} can")
+        layers = {name: Layer(layer.steps, max(1, round(layer.channels * width))) for name, layer in self.layers.items()}
+        return dataclasses.replace(self, layers=layers, width=width)
 
     @property
     def style_layers(self) -> tuple[str, ...]:
@@ -181,6 +204,10 @@ def pool_onto(side: int, target: int) -> tuple[int, str] | None:
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
+VGG16_BLOCKS = (2, 2, 3, 3, 3)
+VGG19_BLOCKS = (2, 2, 4, 4, 4)
+
+
 def _vgg_layers(convs_in_block5: int) -> dict[str, Layer]:
     layers = {f"block{b}_pool": Layer(("floor2",) * b, min(64 * 2 ** (b - 1), 512)) for b in range(1, 5)}
     layers[f"block5_conv{convs_in_block5}"] = Layer(("floor2",) * 4, 512)
@@ -202,12 +229,13 @@ ARCHITECTURES: dict[str, Architecture] = {
             preprocessing="caffe",
             default_size=224,
             min_size=32,
-            layers=_vgg_layers(3),
+            layers=_vgg_layers(VGG16_BLOCKS[-1]),
             default_layer="block5_pool",
             finetune_boundaries=("block4_pool", "block3_pool", "block2_pool", "block1_pool"),
             gradcam_layer="block5_conv3",
             notop_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             notop_md5="6d6bbae143d832006294945121d1f1fc",
+            block_convs=VGG16_BLOCKS,
         ),
         Architecture(
             name="vgg19",
@@ -216,12 +244,13 @@ ARCHITECTURES: dict[str, Architecture] = {
             preprocessing="caffe",
             default_size=224,
             min_size=32,
-            layers=_vgg_layers(4),
+            layers=_vgg_layers(VGG19_BLOCKS[-1]),
             default_layer="block5_pool",
             finetune_boundaries=("block4_pool", "block3_pool", "block2_pool", "block1_pool"),
             gradcam_layer="block5_conv4",
             notop_file="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
             notop_md5="253f8cb515780f3b799900260a226db6",
+            block_convs=VGG19_BLOCKS,
         ),
         Architecture(
             name="resnet50",
@@ -290,6 +319,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     )
 }
 DEFAULT = "vgg16"
+NARROWABLE = tuple(name for name, arch in ARCHITECTURES.items() if arch.block_convs)
 
 
 def style_layers_of(layer_names) -> tuple[str, ...]:

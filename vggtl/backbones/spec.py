@@ -85,18 +85,16 @@ def default_spec(name: str, image_size: int | None = None) -> Spec:
     return Spec(arch, arch.default_layer, None, DecodeSettings(image_size or arch.default_size))
 
 
-def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, mirror_average: bool, source: str,
-            channel_stats: bool = False) -> Spec:
+def resolve(backbone, blocks: int, decode: DecodeSettings, source: str, channel_stats: bool = False) -> Spec:
     """The :class:`Spec` of a run's backbone settings, checked against the backbone.
 
     Args:
-        name: ``backbone.name``, a key of the registry.
-        layer: ``backbone.layer`` (None: the backbone's top); several layers
-            joined bottom to top with '+'.
+        backbone: the ``backbone`` config section: ``name`` (a key of the
+            registry), ``layer`` (None: the backbone's top; several layers
+            joined bottom to top with '+'), ``weights``, ``mirror_average``, ``width``.
         blocks: ``finetune.blocks``.
         decode: the image decoding, its size already resolved
             (``data.image_size``, the backbone's own when null).
-        mirror_average: ``backbone.mirror_average``.
         source: names the config file in errors.
         channel_stats: store the style layers' channel statistics too
             (``predict.unknown.keep`` is set).
@@ -104,13 +102,14 @@ def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, m
     Raises:
         ConfigError: a layer the backbone lacks, layers joined out of order or
             onto a grid they do not pool evenly onto, too many fine-tuned
-            blocks, a layer below the fine-tuning boundary, or an image size
-            too small for the layer, each naming the key and what is allowed.
+            blocks, a layer below the fine-tuning boundary, an image size
+            too small for the layer, or a width the backbone or its weights
+            do not have, each naming the key and what is allowed.
     """
-    arch = registry.get(name)
-    layer = arch.default_layer if layer is None else layer
+    arch = _narrowed(registry.get(backbone.name), backbone.width, backbone.weights, source)
+    layer = arch.default_layer if backbone.layer is None else backbone.layer
     boundary = _check_layers(arch, layer, blocks, source)
-    spec = Spec(arch, layer, boundary, decode, mirror_average, channel_stats)
+    spec = Spec(arch, layer, boundary, decode, backbone.mirror_average, channel_stats)
     smallest = max(arch.min_size, *(arch.smallest_input(part) for part in (layer, boundary or layer, *arch.style_layers)))
     if decode.image_size < smallest:
         raise ConfigError(
@@ -119,6 +118,21 @@ def resolve(name: str, layer: str | None, blocks: int, decode: DecodeSettings, m
         )
     _check_joined_grid(spec, source)
     return spec
+
+
+def _narrowed(arch: Architecture, width: float, weights, source: str) -> Architecture:
+    """``arch`` at ``backbone.width``: a narrower network exists only as a plain
+    VGG stack with random weights (pretrained weights are for the full width)."""
+    if width == 1.0:
+        return arch
+    if arch.name not in registry.NARROWABLE:
+        raise ConfigError(f"{source}: key 'backbone.width': got {width:g}; only {', '.join(registry.NARROWABLE)} can "
+                          f"be narrowed ({arch.name}: 1.0)")
+    if weights is not None:
+        raise ConfigError(f"{source}: key 'backbone.width': got {width:g} with backbone.weights {weights!r}; pretrained "
+                          "weights exist for width 1.0 only: set backbone.width: 1.0, or backbone.weights: null for a "
+                          "narrow random network (smoke tests)")
+    return arch.narrowed(width)
 
 
 def _check_layers(arch: Architecture, layer: str, blocks: int, source: str) -> str | None:

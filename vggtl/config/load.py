@@ -43,8 +43,7 @@ def from_dict(mapping: dict, source: str = "config") -> Config:
     cfg = _with_defaults_filled(validate.build(Config, mapping, "", source))
     validate.check(cfg, source)
     decode = DecodeSettings(cfg.data.image_size, cfg.data.resize, validate.parse_background(cfg.data.background), cfg.data.max_pixels)
-    spec = backbone_spec.resolve(cfg.backbone.name, cfg.backbone.layer, cfg.finetune.blocks, decode, cfg.backbone.mirror_average,
-                                 source, channel_stats=cfg.predict.unknown.keep is not None)
+    spec = backbone_spec.resolve(cfg.backbone, cfg.finetune.blocks, decode, source, channel_stats=cfg.predict.unknown.keep is not None)
     return dataclasses.replace(cfg, spec=spec)
 
 

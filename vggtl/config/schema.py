@@ -72,6 +72,8 @@ class BackboneConfig:
         False,
         doc="features = the average of the image's and its left-right mirror image's maps (twice the extraction and prediction time; see docs/accuracy.md)",
     )
+    width: float = _key(1.0, low=0.01, high=1.0, doc="fraction of every convolution's channels; below 1 (vgg16/vgg19, weights: "
+                        "null only): a narrow random network for smoke tests of a pipeline (the test suite's: 0.125)")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,8 @@ def store_format(spec: Spec, weights_digest: str, cache, augment: dict, runtime:
     }
     if spec.mirror_average:  # only when on, so that other stores keep their digest
         settings["mirror_average"] = True
+    if spec.arch.width != 1.0:  # likewise
+        settings["width"] = spec.arch.width
     if runtime != "tensorflow":
         settings["runtime"] = f"{runtime}-{precision}"
     if precision == "int8":

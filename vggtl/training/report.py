@@ -206,6 +206,7 @@ def _header(cfg, fs, metrics, weights) -> list[str]:
                       "the model may be under-trained; raise the epochs or check the learning rate.**", ""]
     return lines + [
         f"- backbone: {cfg.spec.name} up to `{cfg.spec.head_layer}`, weights: {weights.source}"
+        + (f", {cfg.spec.arch.width:g} of its channels (`backbone.width`)" if cfg.spec.arch.width != 1.0 else "")
         + (", maps averaged with the mirror image's (`backbone.mirror_average`)" if cfg.spec.mirror_average else ""),
         f"- features computed by: {_runtime_text(fs.settings)}",
         f"- head: pooling `{cfg.head.pooling}`, units {cfg.head.units}, dropout {cfg.head.dropout}, l2 {cfg.head.l2}",
