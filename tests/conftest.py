@@ -177,11 +177,11 @@ def require_extra(*extras: str) -> None:
 
 
 # The slowest modules (their tests' durations summed, measured on 2 cores),
-# slowest first. xdist (--dist loadfile) hands modules to the workers in
-# collection order: starting with these, one worker does not meet a 20-s
-# module at the end while the other is done (measured: the workers finished
-# 19 s apart in alphabetical order). Order only: a module not listed runs
-# after these, in the order collected; a stale entry costs nothing.
+# slowest first. xdist (--dist loadfile --no-loadscope-reorder, pyproject.toml)
+# hands modules to the workers in collection order: starting with these, one
+# worker does not meet a 20-s module at the end while the other is done.
+# Order only: a module not listed runs after these, in the order collected;
+# a stale entry costs nothing.
 SLOWEST_MODULES = (
     "test_train.py", "test_export.py", "test_training_leakage.py", "test_extract.py", "test_training_devices.py",
     "test_backbones_resolve.py", "test_real_weights.py", "test_training_heads.py", "test_training_baselines.py",
