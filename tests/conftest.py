@@ -102,7 +102,9 @@ TEST_WIDTH = 0.125
 def tiny_backbone(backbone: dict) -> dict:
     """``backbone`` with :data:`TEST_WIDTH` filled in where it can apply: a
     random VGG whose width the test did not set."""
-    if backbone.get("weights", "imagenet") is None and backbone.get("name", "vgg16") in ("vgg16", "vgg19"):
+    from vggtl.backbones import registry
+
+    if backbone.get("weights", "imagenet") is None and backbone.get("name", registry.DEFAULT) in registry.NARROWABLE:
         return {"width": TEST_WIDTH, **backbone}
     return backbone
 
