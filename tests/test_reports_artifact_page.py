@@ -105,6 +105,20 @@ def test_the_worst_errors_are_explained_from_the_cached_features_and_rendered_ag
     assert section.count('alt="Grad-CAM of') == len(chosen) and "from the cached features" in section
 
 
+def test_the_page_decodes_no_image_file_again(art, copy, monkeypatch):
+    """Every picture on the page, the worst errors' Grad-CAM overlays included,
+    is drawn from the thumbnails extraction cached: a giant file costs seconds
+    to decode, once."""
+    from vggtl.data import DecodeSettings
+
+    monkeypatch.setenv("VGGTL_CACHE_DIR", str(art.parents[2] / "vggtl-cache"))  # the cache extraction wrote
+    monkeypatch.setattr(DecodeSettings, "decode", lambda self, path: pytest.fail(f"decoded {path} again"))
+    html = artifact_page.render(copy).read_text(encoding="utf-8")
+    section = html[html.index('<section id="worst">'):html.index('<section id="calibration">')]
+    shown = re.findall(r'<figure [^>]*data-path="([^"]+)"', section)
+    assert shown and section.count('alt="Grad-CAM of') == len(shown) and 'id="missing-images"' not in html
+
+
 def test_the_headline_sentences_are_apart(art):
     html = (art / "report.html").read_text(encoding="utf-8")
     split = html[html.index("<p>Split: seed"):]

@@ -71,3 +71,32 @@ def test_reliability_plot(tmp_path):
     report.write_reliability(calibration(np.array([0, 1, 1]), np.array([[0.7, 0.3], [0.4, 0.6], [0.1, 0.9]])), tmp_path / "r.svg")
     _, charts = standalone_svg(tmp_path / "r.svg")
     assert len(charts) == 1 and "test reliability (ECE" in (tmp_path / "r.svg").read_text()
+
+
+def test_the_image_grids_show_extractions_thumbnails_and_decode_nothing_again(tmp_path, monkeypatch):
+    """worst_misclassified.png and leakage.png paste the thumbnails extraction
+    cached (report.html's too): a giant file is never decoded a second time."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from conftest import make_image
+    from vggtl.data import DecodeSettings, thumbnails
+    from vggtl.files import sha256_file
+
+    monkeypatch.setenv("VGGTL_CACHE_DIR", str(tmp_path / "cache"))
+    decode = DecodeSettings(image_size=64)
+    red = make_image(tmp_path / "data" / "red.png", (200, 40, 40), size=64)
+    # the cache holds a blue picture for the red file's content: what the grid shows comes from the cache
+    thumbnails.remember(sha256_file(red), decode, np.full((64, 64, 3), (40, 40, 200), np.uint8))
+    monkeypatch.setattr(DecodeSettings, "decode", lambda self, path: pytest.fail(f"decoded {path} again"))
+    cfg = SimpleNamespace(spec=SimpleNamespace(decode=decode))
+    report.plot_thumbnails([("red.png", "red\ntitle"), ("deleted.png", "deleted since")], 4, cfg, tmp_path / "data", tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as grid:
+        pixels = np.asarray(grid.convert("RGB"), np.int16)
+    title_h, pad = 2 * (report.TITLE_FONT + 4), 8
+    cell = pixels[pad + title_h : pad + title_h + 64, pad : pad + 64]
+    assert np.abs(cell - (40, 40, 200)).max() < 12  # the cached (JPEG) thumbnail
+    second = pixels[pad + title_h : pad + title_h + 64, pad + report.THUMBNAIL + 40 :][:, :64]
+    # a file gone since extraction: "(cannot be decoded)" in grey in its place, not a crash
+    assert (np.ptp(second, axis=2) < 10).all() and (second < 200).any()

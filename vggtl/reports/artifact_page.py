@@ -230,32 +230,38 @@ class ReportPage:
 
     def _gradcams(self, model, chosen: list[Prediction]) -> tuple[list[str | None], str | None]:
         """Overlay data URIs of ``chosen``'s predicted classes (None for an image
-        no longer decodable: its thumbnail's "missing" note names it) and the
-        layer explained. The maps ``vggtl train`` saved (:data:`GRADCAM_FILE`),
-        else (an artifact from before them) Grad-CAM of ``model``,
-        GRADCAM_BATCH images per pass."""
-        from vggtl.data import UndecodableImage
+        no longer readable: its thumbnail's "missing" note names it) and the
+        layer explained. The maps ``vggtl train`` saved (:data:`GRADCAM_FILE`)
+        are drawn over the cached thumbnails, so no file is decoded again (a
+        giant one takes seconds); for an artifact from before them, Grad-CAM of
+        ``model`` on the decoded images, GRADCAM_BATCH images per pass."""
         from vggtl.inspect import gradcam
 
-        root = Path(self.manifest["data_root"])
-        decoded = {}
-        for i, p in enumerate(chosen):
-            try:
-                decoded[i] = self.cfg.spec.decode.decode(root / p.path)
-            except (UndecodableImage, OSError):
-                continue
         saved, layer = read_gradcams(self.dir)
-        heats = {i: saved[(chosen[i].path, chosen[i].predicted)] for i in decoded if (chosen[i].path, chosen[i].predicted) in saved}
+        heats = {i: saved[(p.path, p.predicted)] for i, p in enumerate(chosen) if (p.path, p.predicted) in saved}
+        pictures = {i: self.thumbs.picture(chosen[i].path) for i in heats}
         # Without a model (the saved maps were expected) an image left out has no overlay.
-        todo = [i for i in decoded if i not in heats] if model is not None else []
-        if todo:
+        todo = [i for i in range(len(chosen)) if i not in heats] if model is not None else []
+        decoded = {i: rgb for i in todo if (rgb := self._decoded(chosen[i].path)) is not None}
+        if decoded:
             layer = gradcam.default_layer(model, self.cfg.spec.arch.gradcam_layer)
-        for start in range(0, len(todo), GRADCAM_BATCH):
-            part = todo[start : start + GRADCAM_BATCH]
+        part_of = list(decoded)
+        for start in range(0, len(part_of), GRADCAM_BATCH):
+            part = part_of[start : start + GRADCAM_BATCH]
             maps = gradcam.gradcams(model, [decoded[i] for i in part], [chosen[i].predicted for i in part], conv_layer=layer)
             heats.update(zip(part, maps))
-        overlays = {i: data_uri(gradcam.overlay(decoded[i], heat)) for i, heat in heats.items()}
+        pictures.update(decoded)
+        overlays = {i: data_uri(gradcam.overlay(pictures[i], heat)) for i, heat in heats.items() if pictures.get(i) is not None}
         return [overlays.get(i) for i in range(len(chosen))], layer
+
+    def _decoded(self, relpath: str) -> np.ndarray | None:
+        """The model's input for ``relpath``, or None when it cannot be read any more."""
+        from vggtl.data import UndecodableImage
+
+        try:
+            return self.cfg.spec.decode.decode(Path(self.manifest["data_root"]) / relpath)
+        except (UndecodableImage, OSError):
+            return None
 
     def unknown(self) -> dict:
         """The operating point, the share of in-scope val/test images each

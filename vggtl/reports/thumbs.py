@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class Thumbnails:
     def __init__(self, decode, root: Path):
         self.decode, self.root = decode, Path(root)
         self.missing: dict[str, str] = {}
-        self._uris: dict[str, str | None] = {}
+        self._jpegs: dict[str, bytes | None] = {}
 
     def prefetch(self, relpaths, workers: int = 0) -> None:
         """Decode ``relpaths`` ahead, on ``workers`` threads (0: one per CPU core):
@@ -38,21 +39,37 @@ class Thumbnails:
         takes a fraction of the time."""
         from concurrent.futures import ThreadPoolExecutor
 
-        todo = sorted(set(relpaths) - self._uris.keys())
+        todo = sorted(set(relpaths) - self._jpegs.keys())
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            for relpath, uri in zip(todo, pool.map(self._read, todo)):
-                self._uris[relpath] = uri
+            for relpath, jpeg in zip(todo, pool.map(self._read, todo)):
+                self._jpegs[relpath] = jpeg
 
     def __call__(self, relpath: str) -> str | None:
-        if relpath not in self._uris:
-            self._uris[relpath] = self._read(relpath)
-        return self._uris[relpath]
+        """The thumbnail as a ``data:`` URI."""
+        jpeg = self.jpeg(relpath)
+        return None if jpeg is None else _uri(jpeg)
 
-    def _read(self, relpath: str) -> str | None:
+    def picture(self, relpath: str) -> np.ndarray | None:
+        """The thumbnail as an ``(h, w, 3)`` uint8 array: what an overlay is drawn on."""
+        from PIL import Image
+
+        jpeg = self.jpeg(relpath)
+        if jpeg is None:
+            return None
+        with Image.open(io.BytesIO(jpeg)) as image:
+            return np.asarray(image.convert("RGB"))
+
+    def jpeg(self, relpath: str) -> bytes | None:
+        """The thumbnail's JPEG bytes, read once per page."""
+        if relpath not in self._jpegs:
+            self._jpegs[relpath] = self._read(relpath)
+        return self._jpegs[relpath]
+
+    def _read(self, relpath: str) -> bytes | None:
         from vggtl.data import UndecodableImage
 
         try:
-            return _uri(thumbnails.thumbnail(self.root / relpath, self.decode))
+            return thumbnails.thumbnail(self.root / relpath, self.decode)
         except (UndecodableImage, OSError) as error:
             self.missing[relpath] = str(error) or type(error).__name__
             return None

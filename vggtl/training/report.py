@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
-from vggtl.data import SPLITS
+from vggtl.data import SPLITS, thumbnails
 
 WORST_N = 12
 PHASE_TITLES = {"phase1": "phase 1 (head on cached features)", "phase2": "phase 2 (fine-tuning)"}
@@ -57,21 +58,23 @@ def worst_misclassified(test_rows, probs, labels) -> list[tuple[int, float, int]
     return [(int(test_rows[i]), float(probs[i, preds[i]]), int(preds[i])) for i in order[:WORST_N]]
 
 
-THUMBNAIL = 160  # pixels, the longer side
+THUMBNAIL = thumbnails.SIDE  # pixels, the longer side
 TITLE_FONT = 13  # pixels
 
 
 def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
-    """A grid of ``(relative path, title)`` images decoded as in extraction, each
+    """A grid of ``(relative path, title)`` images as the model sees them, each
     under its title (one or two lines, shortened with "..." to fit, never clipped).
 
-    Drawn with Pillow: a matplotlib figure of 16 images took ~3 s per run.
+    The images are the thumbnails extraction cached (:mod:`vggtl.data.thumbnails`,
+    also report.html's): decoding the files again cost up to ~8 s per giant
+    image in every train. Drawn with Pillow: a matplotlib figure of 16 images
+    took ~3 s per run.
     """
     from PIL import Image, ImageDraw
 
     from vggtl.data import UndecodableImage
 
-    thumbnail = cfg.spec.decode.at_size(THUMBNAIL)
     font = _font(TITLE_FONT)
     cell_w, title_h, pad = THUMBNAIL + 40, 2 * (TITLE_FONT + 4), 8
     cols = min(cols, len(cells))
@@ -83,11 +86,10 @@ def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
         lines = [_fit(draw, line, font, cell_w - pad) for line in title.splitlines()[:2]]
         draw.multiline_text((x, y), "\n".join(lines), fill="black", font=font, spacing=4)
         try:
-            image = Image.fromarray(thumbnail.decode(root / relpath))
-        except UndecodableImage:
+            image = Image.open(io.BytesIO(thumbnails.thumbnail(root / relpath, cfg.spec.decode)))
+        except (UndecodableImage, OSError):
             draw.text((x, y + title_h), "(cannot be decoded)", fill="gray", font=font)
             continue
-        image.thumbnail((THUMBNAIL, THUMBNAIL))
         grid.paste(image, (x, y + title_h))
     grid.save(path)
 
