@@ -73,28 +73,3 @@ def test_builtin_layers_only(mode):
     model = preprocessing_model(mode)
     assert all(type(layer).__module__.startswith("keras.") for layer in model.layers)
     assert not model.trainable_weights  # the RGB->BGR kernel is frozen
-
-
-def test_a_vggtl_model_loads_where_vggtl_is_not_installed(tmp_path):
-    """model.keras of an artifact, loaded by plain Keras with vggtl unimportable."""
-    import json
-    import subprocess
-    import sys
-
-    from tiny_artifact import make_artifact
-
-    art = make_artifact(tmp_path)
-    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
-    np.save(tmp_path / "x.npy", x)
-    code = (
-        "import sys; sys.modules['vggtl'] = None\n"  # any import of vggtl now fails
-        "import json, keras, numpy as np\n"
-        f"m = keras.saving.load_model({str(art / 'model.keras')!r})\n"
-        f"print(json.dumps(m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0).tolist()))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    plain = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
-    from vggtl.training import artifact
-
-    np.testing.assert_allclose(plain, artifact.load(art).load_model().predict(x, verbose=0), atol=1e-6)

@@ -222,8 +222,10 @@ def test_docs_snippet_classifies_an_image_without_vggtl(request, trained, tmp_pa
 
 
 def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained, tmp_path):
-    """The docs' plain-Keras snippet, run in a fresh interpreter on images whose
-    transparent pixels hold another class's colour: the labels ``predict`` gives."""
+    """The docs' plain-Keras snippet, run in a fresh interpreter where vggtl
+    cannot be imported, on images whose transparent pixels hold another
+    class's colour: the labels ``predict`` gives; and plain Keras' model.keras
+    gives vggtl's probabilities (the artifact holds built-in layers only)."""
     import subprocess
 
     from PIL import Image
@@ -242,13 +244,23 @@ def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained
         images.append(tmp_path / f"{i}_{name}.png")
         Image.fromarray(rgba, "RGBA").save(images[-1])
     code = snippet.replace('"experiments/demo/latest', f'"{trained}').replace('Image.open("photo.png")', "Image.open(path)")
-    # the snippet as written, once per image
-    program = "import sys\ndef run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
-    program += "for path in sys.argv[1:]:\n    run(path)\n"
-    done = subprocess.run([sys.executable, "-c", program, *map(str, images)], capture_output=True, text=True, cwd=tmp_path)
+    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    # the snippet as written, once per image; then the probabilities of x, one JSON line
+    program = "import sys\nsys.modules['vggtl'] = None  # any import of vggtl now fails\n"
+    program += "def run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
+    program += "for path in sys.argv[2:]:\n    run(path)\n"
+    program += (f"out = keras.saving.load_model({str(trained / 'model.keras')!r}).predict(np.load(sys.argv[1]), verbose=0)\n"
+                "print(json.dumps(out['probabilities'].tolist()))\n")
+    program = program.replace("def run(path):", "import json, keras, numpy as np\ndef run(path):", 1)
+    done = subprocess.run([sys.executable, "-c", program, str(tmp_path / "x.npy"), *map(str, images)],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+    *labels, probabilities = done.stdout.strip().splitlines()
     expected = [r["top"][0][0] for r in predict_paths(artifact.load(trained), images, top_k=1)]
-    assert done.stdout.split() == expected
+    assert labels == expected
+    np.testing.assert_allclose(np.array(json.loads(probabilities)), artifact.load(trained).load_model().predict(x, verbose=0),
+                               atol=1e-6)
 
 
 def test_data_gone_says_so_and_marks_the_export_unverified(tmp_path, capsys):
