@@ -36,17 +36,43 @@ def core_exports(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("core-exports") / "out"
     modes = [a for mode in CORE_MODES for a in ("--quantize", mode)]
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), counted_savedmodels() as written:
         code = export_command.main([str(trained), "--format", "savedmodel", "--format", "tflite", *modes,
                                     "--out", str(out), "--min-agreement", "0.9"])
-    return code, printed.getvalue(), out
+    return code, printed.getvalue(), out, written
+
+
+@contextlib.contextmanager
+def counted_savedmodels():
+    """A list that receives the directory of every SavedModel written meanwhile."""
+    import tensorflow as tf
+
+    written, save = [], tf.saved_model.save
+
+    def counting(obj, export_dir, *args, **kwargs):
+        written.append(str(export_dir))
+        return save(obj, export_dir, *args, **kwargs)
+
+    tf.saved_model.save = counting
+    try:
+        yield written
+    finally:
+        tf.saved_model.save = save
+
+
+def test_one_command_writes_each_savedmodel_once(core_exports):
+    """The savedmodel export, and one float SavedModel for LiteRT none, float16
+    and int8 (dynamic, probabilities only, needs its own): 3, not 5."""
+    written = core_exports[3]
+    assert len(written) == 3 and len(set(written)) == 3
+    assert sum(w.endswith("savedmodel") for w in written) == 1
 
 
 def exported(request, trained, tmp_path, fmt: str, mode: str):
     """``(exit status, printed, out)`` of ``fmt`` in ``mode``: from :func:`core_exports`
     for a core format, else exported here (an optional extra's format)."""
     if fmt in ("savedmodel", "tflite"):
-        return request.getfixturevalue("core_exports")
+        return request.getfixturevalue("core_exports")[:3]
     out = tmp_path / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -101,9 +127,9 @@ def test_an_export_its_runtime_cannot_run_is_removed_and_the_others_are_publishe
 
     tflite = formats.FORMATS["tflite"]
 
-    def write(model, out, labels, quantize, representative, threshold=None):
+    def write(sources, out, labels, quantize, representative, threshold=None):
         if quantize != "float16":
-            return tflite.write(model, out, labels, quantize, representative, threshold)
+            return tflite.write(sources, out, labels, quantize, representative, threshold)
         (out / "model.tflite").write_bytes(b"not a flatbuffer")
         return out / "model.tflite"
 

@@ -57,6 +57,40 @@ def float_savedmodel(model, outputs=None):
         yield tmp
 
 
+class FloatSavedModels:
+    """The float SavedModels (:func:`float_savedmodel`) of one model, each
+    written once and kept until :meth:`close`: every converter of one command
+    (LiteRT in each quantization, tf2onnx, OpenVINO) starts from the same
+    directory instead of writing its own (a 60 MB VGG16's takes seconds).
+
+    Attributes:
+        model: the Keras model they are made of.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._stack = contextlib.ExitStack()
+        self._paths: dict[str, str] = {}
+
+    def path(self, name: str = "outputs", outputs=None) -> str:
+        """The SavedModel whose ``serving_default`` returns ``outputs(model(image))``
+        (default: the model's own outputs); ``name`` names that choice, made once."""
+        if name not in self._paths:
+            self._paths[name] = self._stack.enter_context(float_savedmodel(self.model, outputs))
+        return self._paths[name]
+
+    def close(self) -> None:
+        """Remove every SavedModel written."""
+        self._stack.close()
+        self._paths.clear()
+
+    def __enter__(self) -> "FloatSavedModels":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def to_onnx(saved_model_dir, path) -> None:
     """Convert the ``serving_default`` of a SavedModel to ONNX (opset
     :data:`ONNX_OPSET`) with tf2onnx's own command line, in a subprocess

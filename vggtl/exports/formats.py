@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from typing import Callable
 
-from vggtl.backbones.savedmodel import float_savedmodel, save_module, to_onnx
+from vggtl.backbones.savedmodel import FloatSavedModels, float_savedmodel, save_module, to_onnx
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 # Dynamic-range quantization stores every large weight in int8, the unknown
@@ -27,7 +27,9 @@ WITHOUT_UNKNOWN = ("dynamic",)
 @dataclass(frozen=True)
 class Format:
     name: str
-    write: Callable  # (model, out_dir, labels, quantize, representative, threshold) -> the file/dir the runtime loads
+    # (sources: the model's FloatSavedModels, out_dir, labels, quantize, representative, threshold)
+    # -> the file/dir the runtime loads
+    write: Callable
     quantize: tuple[str, ...] = ("none",)
     extra: str | None = None  # pip install 'vggtl[<extra>]'
     modules: tuple[str, ...] = ()  # what the extra provides (checked before any work)
@@ -43,7 +45,7 @@ def input_spec(model) -> tuple[int, int]:
     return tuple(model.input_shape[1:3])
 
 
-def write_savedmodel(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
+def write_savedmodel(sources: FloatSavedModels, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """A SavedModel whose ``serving_default`` takes a batch of uint8 RGB images
     (``image``) and returns ``probabilities``, ``class_index`` and ``label``
     (and for a model with unknown detection ``unknown_score`` and ``unknown``:
@@ -52,6 +54,7 @@ def write_savedmodel(model, out: Path, labels, quantize, representative, thresho
     graph. Servable by TensorFlow Serving as it is."""
     import tensorflow as tf
 
+    model = sources.model
     height, width = input_spec(model)
     names = tf.constant(list(labels))
 
@@ -73,7 +76,7 @@ def write_savedmodel(model, out: Path, labels, quantize, representative, thresho
     return path
 
 
-def write_tflite(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
+def write_tflite(sources: FloatSavedModels, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """A LiteRT (TFLite) flatbuffer: float32 RGB 0-255 in, probabilities out
     (and the unknown score, when the model has it; ``export.json`` holds the threshold).
 
@@ -83,13 +86,13 @@ def write_tflite(model, out: Path, labels, quantize, representative, threshold=N
     """
     import tensorflow as tf
 
-    outputs = None
     if quantize in WITHOUT_UNKNOWN:  # the probabilities alone: TensorFlow prunes the score's branch
-        outputs = lambda y: {"probabilities": y["probabilities"] if isinstance(y, dict) else y}  # noqa: E731
-    with float_savedmodel(model, outputs) as saved:
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
-        path = out / "model.tflite"
-        path.write_bytes(_convert(converter, quantize, representative))
+        saved = sources.path("probabilities", lambda y: {"probabilities": y["probabilities"] if isinstance(y, dict) else y})
+    else:
+        saved = sources.path()
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
+    path = out / "model.tflite"
+    path.write_bytes(_convert(converter, quantize, representative))
     return path
 
 
@@ -149,7 +152,7 @@ def _label_onnx(path: Path, labels) -> None:
     onnx.save(proto, str(path))
 
 
-def write_onnx(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
+def write_onnx(sources: FloatSavedModels, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """ONNX by tf2onnx from the frozen SavedModel; the labels go into
     the model's ``metadata_props`` (``labels``, a JSON list).
 
@@ -157,8 +160,7 @@ def write_onnx(model, out: Path, labels, quantize, representative, threshold=Non
     ONNX graph wanted the Normalization layers' constants fed as inputs.
     """
     path = out / "model.onnx"
-    with float_savedmodel(model) as saved:
-        to_onnx(saved, path)
+    to_onnx(sources.path(), path)
     _label_onnx(path, labels)
     return path
 
@@ -198,13 +200,12 @@ def _base_output(names: list[str], index: int) -> str:
     return next(n for n in names if n == f"out{index}" or n.startswith(f"out{index}:"))
 
 
-def write_openvino(model, out: Path, labels, quantize, representative, threshold=None) -> Path:
+def write_openvino(sources: FloatSavedModels, out: Path, labels, quantize, representative, threshold=None) -> Path:
     """OpenVINO IR (.xml + .bin, fp32 weights) converted from the frozen
     SavedModel; the labels in the model's runtime info (``vggtl/labels``)."""
     import openvino as ov
 
-    with float_savedmodel(model) as saved:
-        return _save_openvino(ov.convert_model(saved), out, labels)
+    return _save_openvino(ov.convert_model(sources.path()), out, labels)
 
 
 def _save_openvino(ir, out: Path, labels) -> Path:

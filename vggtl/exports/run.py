@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggtl.backbones.savedmodel import FloatSavedModels
 from vggtl.data import UndecodableImage, evenly_spaced
 from vggtl.errors import ConfigError, VggtlError, require_extra
 from vggtl.exports import formats
@@ -114,13 +115,15 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     reference, reference_scores = _outputs(model.predict(images, verbose=0)) if len(images) else (None, None)
     representative = lambda: training_images(art, spec.decode)  # noqa: E731 - decoded only for int8
     threshold = art.unknown["threshold"] if art.unknown else None
-    context = _Context(art, model, out, representative, (images, labels, reference, note, reference_scores), min_agreement,
+    sources = FloatSavedModels(model)  # the converters' SavedModels, each written once for all the exports
+    context = _Context(art, sources, out, representative, (images, labels, reference, note, reference_scores), min_agreement,
                        CarriedBase(art, images), threshold)
     staged = []
     try:
-        for fmt, mode in jobs:
-            log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
-            staged.append(_stage(context, fmt, mode))
+        with sources:
+            for fmt, mode in jobs:
+                log(f"export {fmt.name}" + (f" ({mode})" if mode != "none" else "") + " ...")
+                staged.append(_stage(context, fmt, mode))
         measured = run_runtimes([(job.fmt.name, job.target) for job in staged if job.check[2] is not None], images)
         results, failed = _publish_all(context, staged, measured)
     except BaseException:
@@ -165,7 +168,9 @@ class _Context:
     """What every export of one ``vggtl export`` run shares.
 
     Attributes:
-        art, model: the artifact and its ``model.keras`` (with the unknown score when it has one).
+        art: the artifact.
+        sources: its ``model.keras`` (with the unknown score when it has one,
+            ``sources.model``) and the float SavedModels converters start from.
         out: the directory exports are published in.
         representative: () -> training images, decoded only for int8 calibration.
         check: ``(test images, labels, model.keras's probabilities, note)``.
@@ -175,7 +180,7 @@ class _Context:
     """
 
     art: object
-    model: object
+    sources: FloatSavedModels
     out: Path
     representative: object
     check: tuple
@@ -239,7 +244,7 @@ def _stage(context: _Context, fmt, mode: str) -> _Staged:
     staging.mkdir()
     try:
         on_base = carried.serves(fmt, mode)
-        target = carried.write(fmt, staging) if on_base else fmt.write(context.model, staging, art.labels, mode,
+        target = carried.write(fmt, staging) if on_base else fmt.write(context.sources, staging, art.labels, mode,
                                                                         context.representative, context.threshold)
         (staging / "labels.txt").write_text("\n".join(art.labels) + "\n", encoding="utf-8")
     except BaseException:
@@ -271,7 +276,7 @@ def _publish_all(context: _Context, staged: list[_Staged], measured: list) -> tu
 def _publish(context: _Context, job: _Staged, outcome) -> Result:
     """Fill in what verifying ``job`` measured (``outcome``: ``(probabilities, seconds)``,
     None when there was nothing to verify on), write its export.json, rename it into place."""
-    art, model, carried, staging = context.art, context.model, context.carried, job.staging
+    art, model, carried, staging = context.art, context.sources.model, context.carried, job.staging
     result = Result(job.fmt.name, job.mode, str(context.out / job.name), reference=carried.name if job.on_base else "model.keras")
     score(result, outcome, job.check, context.min_agreement, context.threshold)
     if job.fmt.name == "tflite" and job.mode == "int8" and not job.on_base:
