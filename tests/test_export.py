@@ -273,12 +273,11 @@ def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained
     x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
     np.save(tmp_path / "x.npy", x)
     # the snippet as written, once per image; then the probabilities of x, one JSON line
-    program = "import sys\nsys.modules['vggtl'] = None  # any import of vggtl now fails\n"
+    program = "import sys\nsys.modules['vggtl'] = None  # any import of vggtl now fails\nimport json, keras, numpy as np\n"
     program += "def run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
     program += "for path in sys.argv[2:]:\n    run(path)\n"
     program += (f"out = keras.saving.load_model({str(trained / 'model.keras')!r}).predict(np.load(sys.argv[1]), verbose=0)\n"
                 "print(json.dumps(out['probabilities'].tolist()))\n")
-    program = program.replace("def run(path):", "import json, keras, numpy as np\ndef run(path):", 1)
     done = subprocess.run([sys.executable, "-c", program, str(tmp_path / "x.npy"), *map(str, images)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

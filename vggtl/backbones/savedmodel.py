@@ -57,6 +57,10 @@ def float_savedmodel(model, outputs=None):
         yield tmp
 
 
+def _probabilities_alone(y) -> dict:
+    return {"probabilities": y["probabilities"] if isinstance(y, dict) else y}
+
+
 class FloatSavedModels:
     """The float SavedModels (:func:`float_savedmodel`) of one model, each
     written once and kept until :meth:`close`: every converter of one command
@@ -70,14 +74,16 @@ class FloatSavedModels:
     def __init__(self, model):
         self.model = model
         self._stack = contextlib.ExitStack()
-        self._paths: dict[str, str] = {}
+        self._paths: dict[bool, str] = {}
 
-    def path(self, name: str = "outputs", outputs=None) -> str:
-        """The SavedModel whose ``serving_default`` returns ``outputs(model(image))``
-        (default: the model's own outputs); ``name`` names that choice, made once."""
-        if name not in self._paths:
-            self._paths[name] = self._stack.enter_context(float_savedmodel(self.model, outputs))
-        return self._paths[name]
+    def path(self, probabilities_only: bool = False) -> str:
+        """The SavedModel returning the model's own outputs, or with
+        ``probabilities_only`` the probabilities alone (TensorFlow then prunes
+        the unknown score's branch); each written on first use."""
+        if probabilities_only not in self._paths:
+            outputs = _probabilities_alone if probabilities_only else None
+            self._paths[probabilities_only] = self._stack.enter_context(float_savedmodel(self.model, outputs))
+        return self._paths[probabilities_only]
 
     def close(self) -> None:
         """Remove every SavedModel written."""

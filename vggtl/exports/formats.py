@@ -86,10 +86,7 @@ def write_tflite(sources: FloatSavedModels, out: Path, labels, quantize, represe
     """
     import tensorflow as tf
 
-    if quantize in WITHOUT_UNKNOWN:  # the probabilities alone: TensorFlow prunes the score's branch
-        saved = sources.path("probabilities", lambda y: {"probabilities": y["probabilities"] if isinstance(y, dict) else y})
-    else:
-        saved = sources.path()
+    saved = sources.path(probabilities_only=quantize in WITHOUT_UNKNOWN)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
     path = out / "model.tflite"
     path.write_bytes(_convert(converter, quantize, representative))

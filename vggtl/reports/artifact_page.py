@@ -245,9 +245,9 @@ class ReportPage:
         decoded = {i: rgb for i in todo if (rgb := self._decoded(chosen[i].path)) is not None}
         if decoded:
             layer = gradcam.default_layer(model, self.cfg.spec.arch.gradcam_layer)
-        part_of = list(decoded)
-        for start in range(0, len(part_of), GRADCAM_BATCH):
-            part = part_of[start : start + GRADCAM_BATCH]
+        explained = list(decoded)
+        for start in range(0, len(explained), GRADCAM_BATCH):
+            part = explained[start : start + GRADCAM_BATCH]
             maps = gradcam.gradcams(model, [decoded[i] for i in part], [chosen[i].predicted for i in part], conv_layer=layer)
             heats.update(zip(part, maps))
         pictures.update(decoded)
@@ -259,7 +259,7 @@ class ReportPage:
         from vggtl.data import UndecodableImage
 
         try:
-            return self.cfg.spec.decode.decode(Path(self.manifest["data_root"]) / relpath)
+            return self.cfg.spec.decode.decode(self.thumbs.root / relpath)
         except (UndecodableImage, OSError):
             return None
 

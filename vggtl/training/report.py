@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +65,16 @@ def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
     """A grid of ``(relative path, title)`` images as the model sees them, each
     under its title (one or two lines, shortened with "..." to fit, never clipped).
 
-    The images are the thumbnails extraction cached (:mod:`vggtl.data.thumbnails`,
-    also report.html's): decoding the files again cost up to ~8 s per giant
-    image in every train. Drawn with Pillow: a matplotlib figure of 16 images
-    took ~3 s per run.
+    The images are the thumbnails extraction cached (:class:`vggtl.reports.thumbs.Thumbnails`,
+    as report.html's): decoding the files again cost seconds per giant image
+    in every train. Drawn with Pillow: a matplotlib figure of 16 images took
+    ~3 s per run.
     """
     from PIL import Image, ImageDraw
 
-    from vggtl.data import UndecodableImage
+    from vggtl.reports.thumbs import Thumbnails
 
+    thumbs = Thumbnails(cfg.spec.decode, root)
     font = _font(TITLE_FONT)
     cell_w, title_h, pad = THUMBNAIL + 40, 2 * (TITLE_FONT + 4), 8
     cols = min(cols, len(cells))
@@ -85,12 +85,11 @@ def plot_thumbnails(cells, cols: int, cfg, root: Path, path: Path) -> None:
         x, y = pad + (i % cols) * cell_w, pad + (i // cols) * (title_h + THUMBNAIL + pad)
         lines = [_fit(draw, line, font, cell_w - pad) for line in title.splitlines()[:2]]
         draw.multiline_text((x, y), "\n".join(lines), fill="black", font=font, spacing=4)
-        try:
-            image = Image.open(io.BytesIO(thumbnails.thumbnail(root / relpath, cfg.spec.decode)))
-        except (UndecodableImage, OSError):
+        picture = thumbs.picture(relpath)
+        if picture is None:
             draw.text((x, y + title_h), "(cannot be decoded)", fill="gray", font=font)
             continue
-        grid.paste(image, (x, y + title_h))
+        grid.paste(Image.fromarray(picture), (x, y + title_h))
     grid.save(path)
 
 
