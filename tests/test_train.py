@@ -565,3 +565,18 @@ def test_a_joined_layer_artifact_is_explained(joined_dir):
     image = next((joined_dir / "data" / "red").iterdir())
     assert predict.main([str(latest), str(image), "--gradcam", str(joined_dir / "gc")]) == 0
     assert [p.name for p in (joined_dir / "gc").iterdir()] and (joined_dir / "gc" / f"{image.stem}_gradcam.jpg").is_file()
+
+
+def test_a_model_keras_that_cannot_be_written_publishes_nothing(run_dir, tmp_path, monkeypatch, capsys):
+    """model.keras is written in a thread beside the metrics and the report:
+    its error still stops the publication, and its half-written file goes."""
+    import keras
+
+    def full_disk(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"half")  # what a full disk leaves behind
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    assert train_in(run_dir, "tiny.yaml", f"output.dir={tmp_path / 'out'}") != 0
+    assert "No space left on device" in capsys.readouterr().err
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # no version, no staging folder

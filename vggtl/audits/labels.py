@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vggtl import blas
+
 NEIGHBOURS = 10
 LOGISTIC_C = 0.01  # strong L2: small folds of 1024-d vectors; measured best of 1, 0.1, 0.01
 REPEATS = 3  # fold assignments averaged: less variance from which images share a fold
@@ -139,7 +141,7 @@ def logistic_probabilities(vectors, labels, fit_rows, held, n_classes: int, seed
 
     # tol 1e-3: a third of the iterations of the default 1e-4; flips found within one image of it (docs/audit.md)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=LOGISTIC_C, tol=1e-3, max_iter=1000, random_state=seed))
-    model.fit(vectors[fit_rows], labels[fit_rows])
+    blas.fit(model, vectors[fit_rows], labels[fit_rows])
     probs = np.zeros((len(held), n_classes))
     probs[:, model.classes_] = model.predict_proba(vectors[held])
     return probs

@@ -91,9 +91,13 @@ def begin(output_dir, name: str) -> Path:
     return staging
 
 
-def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap: float, seconds: float,
+def write_metadata(staging: Path, run, metrics, history: dict, *, seconds: float,
                    features_runtime: dict | None = None) -> None:
     """Write labels, config, metrics, history, manifest and info into ``staging``.
+
+    ``info.json``'s end-to-end check result is null until
+    :func:`record_end_to_end_gap` fills it in: the report is written from
+    these files while the check still runs.
 
     Args:
         staging: from :func:`begin`; ``model.keras`` and the report are written
@@ -103,8 +107,6 @@ def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap
             file list) and its location (settings, weights loaded).
         metrics: the :class:`~vggtl.training.results.RunMetrics` (``metrics.json``).
         history: the curves (``history.json``).
-        end_to_end_gap: max |p| difference of the saved model vs the
-            evaluated one on a few test images.
         seconds: training wall time.
         features_runtime: the converted base the features came from, when
             not TensorFlow (:func:`vggtl.training.features_runtime.write`).
@@ -131,13 +133,21 @@ def write_metadata(staging: Path, run, metrics, history: dict, *, end_to_end_gap
         "backbone": {"name": cfg.spec.name, "layer": cfg.spec.head_layer, "preprocessing": store_settings["preprocessing"]},
         "image_size": cfg.spec.image_size,
         "input": "RGB uint8 (or float 0-255), shape (H, W, 3) = image_size; preprocessing inside the model",
-        "end_to_end_check_max_abs_diff": end_to_end_gap,
+        "end_to_end_check_max_abs_diff": None,  # record_end_to_end_gap(), once the check has run
         "labels_since_previous": label_changes(staging.parent, manifest),
         **({"features_runtime": features_runtime} if features_runtime else {}),
         "versions": versions(),
         "train_seconds": round(seconds, 1),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    write_json(staging / "info.json", info)
+
+
+def record_end_to_end_gap(staging: Path, gap: float) -> None:
+    """Complete ``info.json`` in ``staging`` with the end-to-end check's result:
+    max |p| difference of the saved model vs the evaluated one on the checked images."""
+    info = json.loads((staging / "info.json").read_text(encoding="utf-8"))
+    info["end_to_end_check_max_abs_diff"] = gap
     write_json(staging / "info.json", info)
 
 

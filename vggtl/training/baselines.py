@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vggtl import blas
 from vggtl.data import SPLITS, DecodeSettings
 from vggtl.features.store import FeatureStore
 from vggtl.training import heads
@@ -40,8 +41,7 @@ def linear_probe(fs: FeatureStore, seed: int) -> dict:
         pooled[split] = (pooled_features(fs, rows, "avg"), fs.labels[rows])
     if len(pooled["train"][1]) > heads.PROBE_EXACT_MAX_ROWS:
         return _incremental_linear_probe(pooled, len(fs.class_names), seed)
-    model = probe_model(seed)
-    model.fit(*pooled["train"])
+    model = blas.fit(probe_model(seed), *pooled["train"])
     return {f"{split}_accuracy": round(float(model.score(*pooled[split])), 6) if len(pooled[split][1]) else None
             for split in SPLITS}
 

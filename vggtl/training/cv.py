@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl import config
+from vggtl import blas, config
 from vggtl.errors import ConfigError
 from vggtl.features.store import FeatureStore
 from vggtl.training import baselines, fit
@@ -141,7 +141,7 @@ def check_folds(fs: FeatureStore, folds: int) -> np.ndarray:
 
 def _probe_accuracy(pooled, labels, fit_idx, held_idx, seed: int) -> float:
     """The linear-probe baseline (standardized avg-pooled features, logistic regression) on one fold."""
-    model = baselines.probe_model(seed).fit(pooled[fit_idx], labels[fit_idx])
+    model = blas.fit(baselines.probe_model(seed), pooled[fit_idx], labels[fit_idx])
     return float(model.score(pooled[held_idx], labels[held_idx]))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vggtl import blas
 from vggtl.config import HeadConfig
 
 VARIANCE_FLOOR = 0.1
@@ -179,7 +180,7 @@ def fit_probe(pooled_train, y_train, stats, n_classes: int, seed: int):
         kernel, bias = incremental_probe(pooled_train, y_train, stats, n_classes, seed)
     else:
         z = (pooled_train - mean) / np.sqrt(variance)
-        model = LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed).fit(z, y_train)
+        model = blas.fit(LogisticRegression(max_iter=PROBE_MAX_ITER, random_state=seed), z, y_train)
         kernel, bias = model.coef_.T, model.intercept_
     if n_classes == 2:
         # scikit-learn keeps one logit z for two classes (class 1 against 0);

@@ -390,10 +390,11 @@ class Publication:
     """One artifact version being written, from the moment the run's models are final.
 
     Entering makes the staging folder, builds the end-to-end model (what
-    ``model.keras`` holds) and starts its end-to-end check in a thread: the
-    check's convolutions release the GIL, so they run while this thread computes
-    the metrics and writes ``model.keras`` (~60 MB). :meth:`publish` joins the
-    check, writes every other file and publishes the version. Leaving without
+    ``model.keras`` holds), starts its end-to-end check in a thread and
+    writes ``model.keras`` (~70 MB) in another: the check's convolutions and
+    the file's writing release the GIL, so both run while this thread computes
+    the metrics and the report. :meth:`publish` joins them, writes every other
+    file and publishes the version. Leaving without
     publishing (an error, a failed check, Ctrl-C) removes the staging folder:
     nothing that looks like an artifact is left, earlier versions untouched.
     """
@@ -406,7 +407,7 @@ class Publication:
         cfg, where = self.run.cfg, self.run.where
         artifact.clean_stale_staging(cfg.output.dir, cfg.name)
         self.staging = artifact.begin(cfg.output.dir, cfg.name)
-        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="vggtl-e2e-check")
+        self._pool = futures.ThreadPoolExecutor(2, thread_name_prefix="vggtl-publication")
         try:
             trained = self.trained
             self.detector = trained.unknown.detector if trained.unknown is not None else None
@@ -419,6 +420,7 @@ class Publication:
             self.test_images = SplitImages(self.run.fs, cfg.spec.decode, self.run.dataset.root)
             self._checked = self._pool.submit(self.test_images.predict, predictor,
                                               self.test_images.check_rows[:E2E_CHECK_IMAGES])
+            self._saved = self._pool.submit(self.full.save, self.staging / "model.keras")
         except BaseException:
             self._close()
             raise
@@ -428,7 +430,7 @@ class Publication:
         self._close()
 
     def _close(self) -> None:
-        self._pool.shutdown(wait=True)  # the check is one image: waiting for it is ~1 s at most
+        self._pool.shutdown(wait=True)  # the check (one image) and model.keras: ~1 s at most
         if self.published is None:
             artifact.abandon(self.staging)
 
@@ -440,7 +442,6 @@ class Publication:
                 (:func:`end_to_end_gap`); nothing is published.
         """
         run, trained, staging, fs = self.run, self.trained, self.staging, self.run.fs
-        self.full.save(staging / "model.keras")
         if self.detector is not None:
             unknown_detector.save(self.detector, staging)
         if self.record is not None and len(self.test_images.rows):
@@ -449,11 +450,13 @@ class Publication:
             metrics = dataclasses.replace(metrics, tensorflow_fp32=fp32)
         logs.write_history_csv(staging / "history.csv", trained.history)
         logs.write_tensorboard(staging / "tensorboard", trained.history)
-        gap = end_to_end_gap(self._checked.result(), lambda rows: trained.evaluate_cached(fs, rows), fs, trained.unknown)
-        artifact.write_metadata(staging, run, metrics, trained.history, end_to_end_gap=gap, seconds=seconds,
-                                features_runtime=self.record)
+        artifact.write_metadata(staging, run, metrics, trained.history, seconds=seconds, features_runtime=self.record)
+        # The report while the check and model.keras's writing finish: it reads neither.
         report.write(staging, run, metrics, trained.history, trained.probs, CachedGradcam(run.cfg, fs, trained),
                      trained.unknown.scores if self.detector is not None else None)
+        gap = end_to_end_gap(self._checked.result(), lambda rows: trained.evaluate_cached(fs, rows), fs, trained.unknown)
+        artifact.record_end_to_end_gap(staging, gap)
+        self._saved.result()  # model.keras written (an error writing it is raised here)
         self.published = artifact.publish(staging)
         return self.published
 
