@@ -15,7 +15,9 @@ from vggtl.features.store import FeatureStore
 from vggtl.training import run as training_run
 
 pytestmark = [pytest.mark.real_weights, pytest.mark.slow, needs_real_weights]
-CLASSES = ("birds", "fruit", "vehicles", "clothing")
+# Three of the demo's classes (72 images at 224 px: the extraction is most of
+# this module's time): measured 0.89 test accuracy, head and probe, 16 of 18.
+CLASSES = ("birds", "fruit", "vehicles")
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,9 @@ def test_store_equals_keras_pipeline(demo_run):
 
 def test_transfer_beats_chance(demo_run):
     metrics = json.loads((demo_run / "experiments/tiny/latest/metrics.json").read_text())
-    # 4 classes: chance is 0.25; ImageNet features separate these easily
-    assert metrics["test"]["accuracy"] >= 0.6
-    assert metrics["baseline"]["linear_probe"]["test_accuracy"] >= 0.6
+    # 3 classes: chance is 0.33; ImageNet features separate these easily (13 of 18 at least)
+    assert metrics["test"]["accuracy"] >= 0.7
+    assert metrics["baseline"]["linear_probe"]["test_accuracy"] >= 0.7
     info = json.loads((demo_run / "experiments/tiny/latest/info.json").read_text())
     assert info["weights"]["random"] is False
     assert info["end_to_end_check_max_abs_diff"] < training_run.E2E_TOLERANCE
