@@ -590,3 +590,28 @@ def test_store_module_imports_without_fcntl():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_averaged_maps_are_computed_once_for_the_whole_run(path, monkeypatch):
+    """``averaged``: each row's clean map averaged over its grid (what the
+    linear probe, the leakage audit and the unknown detector pool), for any
+    rows in any order, from one pass over the store in batches."""
+    _, feats = build_store(path, n=7)
+    with store.FeatureStore(path) as fs:
+        reads = []
+        real = store.FeatureStore.features
+
+        def spy(self, rows, *args, **kwargs):
+            reads.append(len(rows))
+            return real(self, rows, *args, **kwargs)
+
+        monkeypatch.setattr(store.FeatureStore, "features", spy)
+        rows = np.array([5, 0, 5, 3])
+        for layer in SHAPES:
+            got = fs.averaged(rows, layer, batch_size=3)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, feats[layer][rows].mean(axis=(1, 2)))
+        assert reads == [3, 3, 1] * len(SHAPES)  # every row once per layer, 3 maps at a time
+        np.testing.assert_array_equal(fs.averaged([1, 2]), feats[LAYER][[1, 2]].mean(axis=(1, 2)))
+        assert fs.averaged([], LAYER).shape == (0, SHAPES[LAYER][-1])
+        assert len(reads) == 3 * len(SHAPES)  # nothing read again

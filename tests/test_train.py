@@ -580,3 +580,19 @@ def test_a_model_keras_that_cannot_be_written_publishes_nothing(run_dir, tmp_pat
     assert train_in(run_dir, "tiny.yaml", f"output.dir={tmp_path / 'out'}") != 0
     assert "No space left on device" in capsys.readouterr().err
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # no version, no staging folder
+
+
+def test_one_train_averages_the_stored_maps_once(run_dir, tmp_path, monkeypatch):
+    """The linear probe, the leakage audit and the unknown detector all read the
+    store's averaged maps (``FeatureStore.averaged``): one pass for the run."""
+    from vggtl.features.store import FeatureStore
+
+    computed, real = [], FeatureStore.averaged
+
+    def spy(self, rows, layer=None, batch_size=256):
+        computed.append((layer or self.layers[0]) not in self._averaged)
+        return real(self, rows, layer, batch_size)
+
+    monkeypatch.setattr(FeatureStore, "averaged", spy)
+    assert train_in(run_dir, "tiny.yaml", f"output.dir={tmp_path / 'out'}") == 0
+    assert computed.count(True) == 1 and len(computed) >= 9  # 3 readers x 3 splits

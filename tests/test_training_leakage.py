@@ -16,7 +16,7 @@ from vggtl.training import leakage
 
 
 class FakeStore:
-    """Just what the audit reads: paths, entries, splits, features."""
+    """Just what the audit reads: paths, entries, splits, averaged maps."""
 
     def __init__(self, maps, splits, entries=None):
         self.maps, self.splits = maps, np.asarray(splits)
@@ -28,8 +28,8 @@ class FakeStore:
     def split_rows(self, split):
         return np.flatnonzero(self.splits == split)
 
-    def features(self, rows, layer=None):
-        return self.maps[self.entries[np.asarray(rows)]]
+    def averaged(self, rows, layer=None, batch_size=256):
+        return self.maps[self.entries[np.asarray(rows, dtype=np.int64)]].mean(axis=(1, 2))
 
 
 def test_only_the_planted_near_duplicate_is_listed():

@@ -725,6 +725,7 @@ class FeatureStore:
     def __init__(self, path):
         self.path = Path(path)
         self._cache = BlockCache(BLOCK_CACHE_BYTES)
+        self._averaged: dict[str, np.ndarray] = {}  # layer -> every row's average-pooled clean map
         if not self.path.is_file():
             raise StoreError(f"feature store {self.path} does not exist; run {invocation('extract')} CONFIG first")
         try:
@@ -904,6 +905,21 @@ class FeatureStore:
                              f"be read ({exc}); run extract: it recomputes the rows that fail their checksum") from None
         self._cache.put((layer, block), chunk)
         return chunk
+
+    def averaged(self, rows, layer: str | None = None, batch_size: int = 256) -> np.ndarray:
+        """``(N, C)`` float32: the global average of each clean map of ``layer``
+        for the given index rows. Computed for every row of the store on the
+        first call (``batch_size`` maps read at a time) and kept (4 bytes per
+        channel and row): a run's unknown detector, linear probe and leakage
+        audit (and a head with ``avg`` pooling) all read them, and a store
+        larger than the block cache would be read from disk once for each."""
+        layer = layer or self.layers[0]
+        if (averaged := self._averaged.get(layer)) is None:
+            every = np.arange(len(self.paths))
+            chunks = [self.features(every[i : i + batch_size], layer).mean(axis=(1, 2)) for i in range(0, len(every), batch_size)]
+            width = self.feature_shapes[layer][-1]
+            averaged = self._averaged[layer] = np.concatenate([np.zeros((0, width), np.float32), *chunks])
+        return averaged[np.asarray(rows, dtype=np.int64)]
 
     def iter_batches(self, rows, batch_size: int = 256, layer: str | None = None):
         """Yield ``(rows_chunk, features_chunk)`` of ``layer`` so callers never hold all features."""

@@ -76,6 +76,8 @@ def pooled_features(fs: FeatureStore, rows, pooling: str, layer: str | None = No
     of augmented view ``view`` of ``rows``, read from the store POOL_BATCH maps
     at a time, so only the vectors (~50x smaller than 7x7 maps) stay in RAM."""
     rows = np.asarray(rows, dtype=np.int64)
+    if pooling == "avg" and view == 0:  # kept by the store: the probe, the leakage audit and the unknown detector read them too
+        return fs.averaged(rows, layer, POOL_BATCH)
     shape = fs.feature_shapes[layer or fs.layers[0]]
     chunks = [heads.pool_numpy(np.zeros((0, *shape), np.float32), pooling)]
     for start in range(0, len(rows), POOL_BATCH):

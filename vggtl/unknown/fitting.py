@@ -50,18 +50,19 @@ def split_inputs(fs, rows, head_layer: str, top=None, batch_size: int = 256) -> 
     ``top``: the fine-tuned blocks as a model on stored ``boundary`` activations
     (``(boundary, model)``), whose output replaces the stored head-layer maps.
     """
-    pooled, stats = [], []
-    layer = head_layer if top is None else top[0]
-    for chunk, maps in fs.iter_batches(rows, batch_size, layer):
-        if top is not None:
-            # called eagerly: a few batches cost less than tracing the function
-            # Keras' predict builds (~1 s for ResNet50's conv5 stage)
-            maps = np.asarray(top[1](maps, training=False))
-        pooled.append(detector_mod.pooled(maps))
-        stats.append(fs.features(chunk, registry.STATS_LAYER).reshape(len(chunk), -1))
+    rows = np.asarray(rows, dtype=np.int64)
     width = fs.feature_shapes[registry.STATS_LAYER][-1]
-    if not pooled:
-        return np.zeros((0, fs.feature_shape[-1]), np.float32), np.zeros((0, width), np.float32)
+    stats = [np.zeros((0, width), np.float32)]
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        stats.append(fs.features(chunk, registry.STATS_LAYER).reshape(len(chunk), -1))
+    if top is None:  # the stored maps' averages, which the store keeps for the whole run
+        return fs.averaged(rows, head_layer, batch_size), np.concatenate(stats)
+    pooled = [np.zeros((0, fs.feature_shape[-1]), np.float32)]
+    for _, maps in fs.iter_batches(rows, batch_size, top[0]):
+        # called eagerly: a few batches cost less than tracing the function
+        # Keras' predict builds (~1 s for ResNet50's conv5 stage)
+        pooled.append(detector_mod.pooled(np.asarray(top[1](maps, training=False))))
     return np.concatenate(pooled), np.concatenate(stats)
 
 
