@@ -915,8 +915,7 @@ class FeatureStore:
         larger than the block cache would be read from disk once for each."""
         layer = layer or self.layers[0]
         if (averaged := self._averaged.get(layer)) is None:
-            every = np.arange(len(self.paths))
-            chunks = [self.features(every[i : i + batch_size], layer).mean(axis=(1, 2)) for i in range(0, len(every), batch_size)]
+            chunks = [maps.mean(axis=(1, 2)) for _, maps in self.iter_batches(np.arange(len(self.paths)), batch_size, layer)]
             width = self.feature_shapes[layer][-1]
             averaged = self._averaged[layer] = np.concatenate([np.zeros((0, width), np.float32), *chunks])
         return averaged[np.asarray(rows, dtype=np.int64)]

@@ -53,9 +53,7 @@ def split_inputs(fs, rows, head_layer: str, top=None, batch_size: int = 256) -> 
     rows = np.asarray(rows, dtype=np.int64)
     width = fs.feature_shapes[registry.STATS_LAYER][-1]
     stats = [np.zeros((0, width), np.float32)]
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        stats.append(fs.features(chunk, registry.STATS_LAYER).reshape(len(chunk), -1))
+    stats += [batch.reshape(len(chunk), -1) for chunk, batch in fs.iter_batches(rows, batch_size, registry.STATS_LAYER)]
     if top is None:  # the stored maps' averages, which the store keeps for the whole run
         return fs.averaged(rows, head_layer, batch_size), np.concatenate(stats)
     pooled = [np.zeros((0, fs.feature_shape[-1]), np.float32)]
