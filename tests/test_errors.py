@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_dataset, run_pipeline, write_config
+from conftest import make_dataset, run_pipeline, write_config
 from vggtl import extract, train
 from vggtl.errors import PathError, VggtlError, cli_entry, describe_os_error
 
@@ -76,52 +76,61 @@ def the_store(tmp: Path) -> Path:
     return store
 
 
-def run_command(module: str, tmp: Path, *args, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
-    """``python -m vggtl.<module> ...`` in ``tmp``; with ``limit_bytes``, every file
-    the process writes stops growing there (RLIMIT_FSIZE: what a full disk looks
-    like to a writer, EFBIG instead of ENOSPC)."""
+@contextmanager
+def file_size_limit(limit_bytes: int):
+    """Every file this process writes meanwhile stops growing at ``limit_bytes``
+    (RLIMIT_FSIZE: what a full disk looks like to a writer, EFBIG instead of
+    ENOSPC). In this process rather than a fresh one: the same command code,
+    without a second TensorFlow import."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
 
-    def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "VGGTL_CACHE_DIR": str(tmp / "vggtl-cache")}
-    return subprocess.run(
-        [sys.executable, "-m", f"vggtl.{module}", *args], cwd=tmp, env=env, capture_output=True, text=True,
-        preexec_fn=limit if limit_bytes else None, timeout=600,
-    )
+def extract_in(tmp: Path, monkeypatch, capsys, limit_bytes: int) -> tuple[int, str]:
+    """``vggtl extract c.yaml`` in ``tmp`` with every file limited to
+    ``limit_bytes``: ``(exit status, stderr)``."""
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("VGGTL_CACHE_DIR", str(tmp / "vggtl-cache"))
+    capsys.readouterr()
+    with file_size_limit(limit_bytes):
+        code = extract.main(["c.yaml", "--no-progress"])
+    return code, capsys.readouterr().err
 
 
 def test_full_disk_during_extract_keeps_the_store(pipeline_dir, capsys, monkeypatch):
     store = the_store(pipeline_dir)
     before = sha256(store)
     make_dataset(pipeline_dir / "data", per_class=4, start=100)  # new images: the store must be rewritten
-    proc = run_command("extract", pipeline_dir, "c.yaml", "--no-progress", limit_bytes=4096)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    code, err = extract_in(pipeline_dir, monkeypatch, capsys, limit_bytes=4096)
+    assert code == 2, err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
     assert line.startswith(f"error: cannot write the feature store part {store}.parts/part-")
     assert "File too large; the file-size limit was reached" in line
     assert sha256(store) == before
     leftovers = [p.name for p in store.parent.rglob("*") if ".tmp-" in p.name]
     assert not leftovers, leftovers
-    # the next run, with room again (here: no file-size limit to set), finishes the job
-    monkeypatch.chdir(pipeline_dir)
-    monkeypatch.setenv("VGGTL_CACHE_DIR", str(pipeline_dir / "vggtl-cache"))
+    # the next run, with room again, finishes the job
     assert extract.main(["c.yaml", "--no-progress"]) == 0
     assert "computed 12, reused 36" in capsys.readouterr().out
 
 
-def test_full_disk_while_publishing_the_store_keeps_the_old_one(pipeline_dir, monkeypatch):
+def test_full_disk_while_publishing_the_store_keeps_the_old_one(pipeline_dir, capsys, monkeypatch):
     """The last write (the whole store) fails: the published store is untouched."""
     store = the_store(pipeline_dir)
     before = sha256(store)
     make_dataset(pipeline_dir / "data", per_class=1, start=200)
     limit = store.stat().st_size  # parts fit, the new store (3 more rows) does not
-    proc = run_command("extract", pipeline_dir, "c.yaml", "--no-progress", limit_bytes=limit)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert f"error: cannot write the feature store {store}: " in proc.stderr
+    code, err = extract_in(pipeline_dir, monkeypatch, capsys, limit_bytes=limit)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert f"error: cannot write the feature store {store}: " in err
     assert sha256(store) == before
     assert not [p for p in store.parent.iterdir() if ".tmp-" in p.name]
 

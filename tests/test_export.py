@@ -113,13 +113,26 @@ def test_int8_tflite_is_smaller_than_float(core_exports, trained):
     assert "tflite int8: convolutions and max pooling in int8" in core_exports[1]
 
 
-def test_low_agreement_exits_1_and_keeps_the_files_marked_unverified(trained, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert export_command.main([str(trained), "--format", "tflite", "--quantize", "dynamic", "--out", str(out),
+def test_a_later_export_with_low_agreement_exits_1_keeps_its_files_unverified_and_adds_its_report_row(
+        trained, core_exports, tmp_path, capsys, monkeypatch):
+    """An export below --min-agreement is kept, marked unverified, and still
+    gets its row in the artifact's exports section after the earlier ones."""
+    from vggtl.training import artifact
+
+    assert core_exports[0] == 0  # the first export wrote the section
+    before = json.loads((trained / "exports.json").read_text())
+    monkeypatch.chdir(tmp_path)  # --out relative to the working directory
+    assert export_command.main([str(trained), "--format", "tflite", "--quantize", "dynamic", "--out", "rel/out",
                                 "--min-agreement", "1.01"]) == 1
-    record = json.loads((out / "tflite-dynamic" / "export.json").read_text())
+    record = json.loads((tmp_path / "rel/out/tflite-dynamic/export.json").read_text())
     assert record["verification"]["verified"] is False and "< --min-agreement 1.01" in record["verification"]["note"]
     assert "NO" in capsys.readouterr().out
+    rows = json.loads((trained / "exports.json").read_text())
+    assert rows[:-1] == before and rows[-1]["path"] == str(tmp_path / "rel/out/tflite-dynamic")
+    report, page = (trained / "report.md").read_text(), (trained / "report.html").read_text()
+    assert report.count("## Exports") == 1 and all(f"| {r['path']} |" in report for r in rows)
+    assert page.count('<tr class="export-row">') == len(rows) and all(r["path"] in page for r in rows)
+    artifact.load(trained)  # checksums still match
 
 
 def test_an_export_its_runtime_cannot_run_is_removed_and_the_others_are_published(trained, tmp_path, capsys, monkeypatch):
@@ -142,24 +155,6 @@ def test_an_export_its_runtime_cannot_run_is_removed_and_the_others_are_publishe
     assert f"(published: {out / 'tflite'})" in err
     assert json.loads((out / "tflite" / "export.json").read_text())["verification"]["verified"]
     assert sorted(p.name for p in out.iterdir()) == ["tflite"]  # no staging, no half export
-
-
-def test_report_gets_an_exports_section_and_the_artifact_still_verifies(trained, core_exports, tmp_path, capsys,
-                                                                         monkeypatch):
-    from vggtl.training import artifact
-
-    assert core_exports[0] == 0  # the first export wrote the section
-    before = json.loads((trained / "exports.json").read_text())
-    # a later export adds its row to the same section; --out relative to the working directory
-    monkeypatch.chdir(tmp_path)
-    assert export_command.main([str(trained), "--format", "savedmodel", "--out", "rel/out"]) == 0
-    assert json.loads((tmp_path / "rel/out/savedmodel/export.json").read_text())["verification"]["verified"]
-    rows = json.loads((trained / "exports.json").read_text())
-    assert rows[:-1] == before and rows[-1]["path"] == str(tmp_path / "rel/out/savedmodel")
-    report, page = (trained / "report.md").read_text(), (trained / "report.html").read_text()
-    assert report.count("## Exports") == 1 and all(f"| {r['path']} |" in report for r in rows)
-    assert page.count('<tr class="export-row">') == len(rows) and all(r["path"] in page for r in rows)
-    artifact.load(trained)  # checksums still match
 
 
 @pytest.mark.parametrize(
@@ -217,48 +212,57 @@ def test_docs_have_a_snippet_per_format():
         assert len(lines) <= 14 and "vggtl" not in code.replace("vggtl/labels", "")
 
 
-@pytest.mark.parametrize("fmt, folder", [("savedmodel", "savedmodel"),
-                                         pytest.param("tflite", "tflite-int8", marks=needs_extra("litert")),
-                                         pytest.param("onnx", "onnx", marks=needs_extra("onnx")),
-                                         pytest.param("openvino", "openvino", marks=needs_extra("openvino"))])
-def test_docs_snippet_classifies_an_image_without_vggtl(request, trained, tmp_path, fmt, folder):
-    """The docs' snippet, its export path swapped for a tiny artifact's export, run
-    as written in a fresh interpreter on 8 test images: the labels and unknown
-    decisions ``vggtl predict`` prints."""
+def run_without_vggtl(programs: list[tuple[str, list[str]]], cwd) -> list[str]:
+    """Run each ``(source, argv)`` of ``programs`` in turn in one fresh interpreter
+    where vggtl cannot be imported (TensorFlow imported once for all of them,
+    each program with its own ``sys.argv`` and globals): what each printed."""
     import subprocess
 
-    from vggtl.predict import predict_paths
-    from vggtl.training import artifact
-
-    out = exported(request, trained, tmp_path, fmt, "int8" if folder.endswith("int8") else "none")[2]
-    assert (out / folder / "export.json").is_file()
-    manifest = json.loads((trained / "manifest.json").read_text())
-    images = [f"{manifest['data_root']}/{f['path']}" for f in manifest["files"] if f["split"] == "test"][:8]
-    code = docs_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", path')
-    assert f'"{out / folder}", path' in code and len(images) == 8
-    program = "import sys\ndef run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
-    program += "for path in sys.argv[1:]:\n    run(path)\n"
-    done = subprocess.run([sys.executable, "-c", program, *images], capture_output=True, text=True, cwd=tmp_path)
+    driver = (
+        "import contextlib, io, json, sys\n"
+        "sys.modules['vggtl'] = None  # any import of vggtl now fails\n"
+        "printed = []\n"
+        "for source, argv in json.load(sys.stdin):\n"
+        "    sys.argv = ['-c', *argv]\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        exec(source, {'__name__': '__main__'})\n"
+        "    printed.append(out.getvalue())\n"
+        "print(json.dumps(printed))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", driver], input=json.dumps(programs), capture_output=True, text=True,
+                          cwd=cwd)
     assert done.returncode == 0, done.stderr[-2000:]
-    printed = [line.split() for line in done.stdout.splitlines()]
-    predicted = list(predict_paths(artifact.load(trained), images, top_k=1))
-    assert [label for label, _, _ in printed] == [r["top"][0][0] for r in predicted]
-    assert all(0 < float(p) <= 1 for _, p, _ in printed)
-    assert [unknown for _, _, unknown in printed] == [str(r["unknown"]) for r in predicted]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained, tmp_path):
-    """The docs' plain-Keras snippet, run in a fresh interpreter where vggtl
-    cannot be imported, on images whose transparent pixels hold another
-    class's colour: the labels ``predict`` gives; and plain Keras' model.keras
-    gives vggtl's probabilities (the artifact holds built-in layers only)."""
-    import subprocess
+def as_program(code: str, loop: str) -> str:
+    """``code`` as the body of ``run(path)``, then ``loop`` (which calls it)."""
+    return "import sys\ndef run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines()) + loop
 
+
+def held_out_paths(trained, n: int = 8) -> list[str]:
+    manifest = json.loads((trained / "manifest.json").read_text())
+    images = [f"{manifest['data_root']}/{f['path']}" for f in manifest["files"] if f["split"] == "test"][:n]
+    assert len(images) == n
+    return images
+
+
+def docs_snippet_program(fmt: str, folder: str, out) -> str:
+    """The docs' snippet for ``fmt``, its export path swapped for ``out / folder``,
+    run once per image path in ``sys.argv``."""
+    code = docs_snippets()[fmt].replace(f'"experiments/clipart8/exports/v3/{folder}", "photo.png"', f'"{out / folder}", path')
+    assert f'"{out / folder}", path' in code
+    return as_program(code, "for path in sys.argv[1:]:\n    run(path)\n")
+
+
+def model_keras_program(trained, tmp) -> tuple[str, list[str]]:
+    """The docs' plain-Keras snippet as written, once per image of 8 written into
+    ``tmp`` whose transparent pixels hold another class's colour; then plain
+    Keras' probabilities of ``x.npy`` (3 random images), one JSON line.
+    ``(program, argv)``: argv is ``[x.npy, *images]``."""
     from PIL import Image
 
     from conftest import COLORS, REPO
-    from vggtl.predict import predict_paths
-    from vggtl.training import artifact
 
     section = (REPO / "docs" / "artifacts.md").read_text().split("so it loads where vggtl is not installed:", 1)[1]
     snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
@@ -267,24 +271,66 @@ def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained
         rgba = np.zeros((32, 32, 4), np.uint8)
         rgba[..., :3] = COLORS[hidden]  # what .convert("RGB") alone would show
         rgba[8:24, 8:24, :3], rgba[8:24, 8:24, 3] = COLORS[name], 255
-        images.append(tmp_path / f"{i}_{name}.png")
+        images.append(str(tmp / f"{i}_{name}.png"))
         Image.fromarray(rgba, "RGBA").save(images[-1])
+    np.save(tmp / "x.npy", np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8))
     code = snippet.replace('"experiments/demo/latest', f'"{trained}').replace('Image.open("photo.png")', "Image.open(path)")
-    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
-    np.save(tmp_path / "x.npy", x)
-    # the snippet as written, once per image; then the probabilities of x, one JSON line
-    program = "import sys\nsys.modules['vggtl'] = None  # any import of vggtl now fails\nimport json, keras, numpy as np\n"
-    program += "def run(path):\n" + "".join(f"    {line}\n" for line in code.splitlines())
-    program += "for path in sys.argv[2:]:\n    run(path)\n"
-    program += (f"out = keras.saving.load_model({str(trained / 'model.keras')!r}).predict(np.load(sys.argv[1]), verbose=0)\n"
-                "print(json.dumps(out['probabilities'].tolist()))\n")
-    done = subprocess.run([sys.executable, "-c", program, str(tmp_path / "x.npy"), *map(str, images)],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    *labels, probabilities = done.stdout.strip().splitlines()
+    loop = ("import json, keras, numpy as np\n"
+            "for path in sys.argv[2:]:\n    run(path)\n"
+            f"out = keras.saving.load_model({str(trained / 'model.keras')!r}).predict(np.load(sys.argv[1]), verbose=0)\n"
+            "print(json.dumps(out['probabilities'].tolist()))\n")
+    return as_program(code, loop), [str(tmp / "x.npy"), *images]
+
+
+@pytest.fixture(scope="module")
+def core_snippets(trained, core_exports, tmp_path_factory):
+    """What the docs' savedmodel snippet and plain-Keras snippet printed, both run
+    by :func:`run_without_vggtl` in one interpreter: ``{name: (argv, printed)}``."""
+    tmp = tmp_path_factory.mktemp("snippets")
+    programs = {"savedmodel": (docs_snippet_program("savedmodel", "savedmodel", core_exports[2]), held_out_paths(trained)),
+                "model.keras": model_keras_program(trained, tmp)}
+    printed = run_without_vggtl(list(programs.values()), tmp)
+    return {name: (argv, out) for (name, (_, argv)), out in zip(programs.items(), printed)}
+
+
+@pytest.mark.parametrize("fmt, folder", [("savedmodel", "savedmodel"),
+                                         pytest.param("tflite", "tflite-int8", marks=needs_extra("litert")),
+                                         pytest.param("onnx", "onnx", marks=needs_extra("onnx")),
+                                         pytest.param("openvino", "openvino", marks=needs_extra("openvino"))])
+def test_docs_snippet_classifies_an_image_without_vggtl(request, trained, tmp_path, fmt, folder):
+    """The docs' snippet, its export path swapped for a tiny artifact's export, run
+    as written in a fresh interpreter where vggtl cannot be imported, on 8 test
+    images: the labels and unknown decisions ``vggtl predict`` prints."""
+    from vggtl.predict import predict_paths
+    from vggtl.training import artifact
+
+    if fmt == "savedmodel":
+        images, printed = request.getfixturevalue("core_snippets")["savedmodel"]
+    else:
+        out = exported(request, trained, tmp_path, fmt, "int8" if folder.endswith("int8") else "none")[2]
+        assert (out / folder / "export.json").is_file()
+        images = held_out_paths(trained)
+        (printed,) = run_without_vggtl([(docs_snippet_program(fmt, folder, out), images)], tmp_path)
+    printed = [line.split() for line in printed.splitlines()]
+    predicted = list(predict_paths(artifact.load(trained), images, top_k=1))
+    assert [label for label, _, _ in printed] == [r["top"][0][0] for r in predicted]
+    assert all(0 < float(p) <= 1 for _, p, _ in printed)
+    assert [unknown for _, _, unknown in printed] == [str(r["unknown"]) for r in predicted]
+
+
+def test_the_model_keras_snippet_composites_transparency_as_predict_does(trained, core_snippets):
+    """The docs' plain-Keras snippet, run where vggtl cannot be imported
+    (:func:`model_keras_program`), on images whose transparent pixels hold
+    another class's colour: the labels ``predict`` gives; and plain Keras'
+    model.keras gives vggtl's probabilities (the artifact holds built-in layers only)."""
+    from vggtl.predict import predict_paths
+    from vggtl.training import artifact
+
+    (x, *images), printed = core_snippets["model.keras"]
+    *labels, probabilities = printed.strip().splitlines()
     expected = [r["top"][0][0] for r in predict_paths(artifact.load(trained), images, top_k=1)]
     assert labels == expected
-    np.testing.assert_allclose(np.array(json.loads(probabilities)), artifact.load(trained).load_model().predict(x, verbose=0),
+    np.testing.assert_allclose(np.array(json.loads(probabilities)), artifact.load(trained).load_model().predict(np.load(x), verbose=0),
                                atol=1e-6)
 
 
