@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -99,9 +100,12 @@ def collections_paused():
 
 
 # Keras imports these at its own import when they are installed, for features
-# no vggtl command uses (keras.visualization's image gallery imports pyplot):
-# measured ~0.5 s of the import on 2 cores (python -X importtime).
-DEFERRABLE = ("matplotlib.pyplot",)
+# no vggtl command uses: keras.visualization's image gallery imports pyplot
+# (~0.5 s, python -X importtime), and keras.wrappers' scikit-learn estimators
+# import scikit-learn (~0.9 s of `import tensorflow, keras`'s ~4 s on 2
+# cores; commands that fit scikit-learn models import it themselves).
+# Each is a module of a top-level package.
+DEFERRABLE = ("matplotlib.pyplot", "keras.wrappers")
 
 
 class _Deferred(types.ModuleType):
@@ -137,13 +141,14 @@ def defer_unused_imports() -> None:
 
 def _stand_in_for_deferrable() -> None:
     for name in DEFERRABLE:
-        if name in sys.modules or importlib.util.find_spec(name.partition(".")[0]) is None:
+        package = importlib.util.find_spec(name.partition(".")[0])  # a top-level name: nothing imported
+        if name in sys.modules or package is None:
             continue
         stub = _Deferred(name)
-        # The real spec (finding it imports only the parent package, which
-        # Keras' import statement imports anyway): importlib.util.find_spec(name)
-        # answers as without the stand-in.
-        stub.__spec__ = importlib.util.find_spec(name)
+        # The real spec, found in the package's folders without importing the
+        # package (for keras.wrappers that would import all of Keras, wrappers
+        # included): importlib.util.find_spec(name) answers as without the stand-in.
+        stub.__spec__ = importlib.machinery.PathFinder.find_spec(name, package.submodule_search_locations)
         sys.modules[name] = stub
 
 

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 import traceback
+import types
 
 import numpy as np
 
@@ -108,6 +109,9 @@ def main(images, jobs):
     # makes ~a million objects the collector would walk again and again:
     # ~0.8 s of its ~5 s here), nor after: a short process running inference.
     gc.disable()
+    # TensorFlow's import imports Keras, whose scikit-learn wrappers import
+    # scikit-learn (~0.9 s); no runtime here uses them: an empty module instead.
+    sys.modules.setdefault("keras.wrappers", types.ModuleType("keras.wrappers"))
     x = np.load(images)
     with open(jobs) as f:
         todo = json.load(f)
