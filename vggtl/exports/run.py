@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vggtl.backbones.build import predict_eagerly
 from vggtl.backbones.savedmodel import FloatSavedModels
 from vggtl.data import UndecodableImage, evenly_spaced
 from vggtl.errors import ConfigError, VggtlError, require_extra
@@ -112,7 +113,7 @@ def export(artifact_path, names: list[str], modes: list[str], out=None, min_agre
     spec = artifact_config(art).spec
     model = art.load_model(with_unknown=True)
     images, labels, note = test_images(art, spec.decode)
-    reference, reference_scores = _outputs(model.predict(images, verbose=0)) if len(images) else (None, None)
+    reference, reference_scores = _outputs(predict_eagerly(model, images)) if len(images) else (None, None)
     representative = lambda: training_images(art, spec.decode)  # noqa: E731 - decoded only for int8
     threshold = art.unknown["threshold"] if art.unknown else None
     sources = FloatSavedModels(model)  # the converters' SavedModels, each written once for all the exports

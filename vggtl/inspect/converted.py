@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
+from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE, predict_eagerly
 from vggtl.errors import VggtlError
 
 # Measured for a one-image predict (scripts/bench_predict.py, docs/benchmarks.md).
@@ -166,10 +166,10 @@ def _convert(art, name: str, runtime: str, staging: Path) -> None:
         x = probe_features(model.input_shape[1:])
     else:  # head.keras with the unknown score: features and channel statistics
         x = {t.name: probe_features(t.shape[1:]) for t in model.inputs}
-    expected, got = model.predict(x, verbose=0), load(path, runtime)(x)
+    expected, got = predict_eagerly(model, x), load(path, runtime)(x)
     if isinstance(expected, dict):  # probabilities and the unknown score: both must agree
         expected, got = expected[PROBABILITIES], got[0]
-        reference = model.predict(x, verbose=0)[UNKNOWN_SCORE]
+        reference = predict_eagerly(model, x)[UNKNOWN_SCORE]
         score_gap = float(np.max(np.abs(reference - load(path, runtime)(x)[1]) / np.maximum(1.0, np.abs(reference))))
         if not score_gap <= SCORE_TOLERANCE:
             raise VggtlError(f"the {runtime} conversion of {art.path / name} gives another unknown score (by {score_gap:.3g} "

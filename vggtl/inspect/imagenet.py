@@ -28,6 +28,7 @@ import numpy as np
 
 from vggtl import data, tfquiet
 from vggtl.backbones import keras_files
+from vggtl.backbones.build import predict_eagerly
 from vggtl.backbones.registry import KERAS_WEIGHTS_URL
 from vggtl.errors import VggtlError, WeightsError
 from vggtl.inspect.predictions import (
@@ -269,7 +270,7 @@ def _run_images(model, preprocess, image_size, paths, args) -> int:
     decode = DECODE.at_size(image_size).decode
 
     def predict_fn(batch):
-        return model.predict(preprocess(batch.astype("float32")), verbose=0)
+        return predict_eagerly(model, preprocess(batch.astype("float32")))
 
     return print_image_predictions(
         paths, decode, predict_fn, lambda p: decode_predictions(p, args.top_k), _print_result, args.json,
@@ -282,7 +283,7 @@ def _run_tiles(model, preprocess, image_size, paths, args, grid, overlap) -> int
 
     labels = tiles.TileLabels([label for _, label in class_index()], lambda i, p: _entry(*class_index()[i], p), args.top_k)
     return tiles.print_tiled_predictions(
-        paths, tiles.TileGrid(*grid, overlap), lambda batch: model.predict(preprocess(batch.astype("float32")), verbose=0),
+        paths, tiles.TileGrid(*grid, overlap), lambda batch: predict_eagerly(model, preprocess(batch.astype("float32"))),
         DECODE.at_size(image_size), labels, args.json,
     )
 

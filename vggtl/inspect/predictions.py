@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vggtl import config, data
-from vggtl.backbones.build import PROBABILITIES, UNKNOWN_SCORE
+from vggtl.backbones.build import batch_predictor
 from vggtl.data import iter_probabilities
 from vggtl.errors import VggtlError, require_extra
 from vggtl.files import check_writable
@@ -131,10 +131,8 @@ def artifact_predictor(art: artifact_mod.Artifact, model=None, warn=None, with_u
         if note and sys.stderr.isatty():  # said at a terminal, not into every log and pipe
             warn(note)
     if scored:
-        full = art.load_model(with_unknown=True)
-        return lambda batch: (lambda out: (out[PROBABILITIES], out[UNKNOWN_SCORE]))(full.predict(batch, verbose=0))
-    model = model or art.load_model()
-    return lambda batch: model.predict(batch, verbose=0)
+        return batch_predictor(art.load_model(with_unknown=True))
+    return batch_predictor(model or art.load_model())
 
 
 def unknown_fields(result: dict, threshold: float | None) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from vggtl import blas
+from vggtl.backbones.build import predict_eagerly
 from vggtl.data import SPLITS, DecodeSettings
 from vggtl.features.store import FeatureStore
 from vggtl.training import heads
@@ -113,7 +114,7 @@ def train_scratch(cfg, fs, root) -> dict:
     # (the CNN has no L2 term, so its val_loss is the cross-entropy watched).
     schedule = Schedule(cfg.baseline.epochs, cfg.train.batch_size, cfg.baseline.patience, 0.0, cfg.train.class_weight, cfg.seed + 2)
     history = fit_keras(model, x["train"][None], y["train"], (x["val"], y["val"]), n_classes, schedule, "from-scratch CNN")
-    accuracy = {s: round(float(np.mean(model.predict(x[s], verbose=0).argmax(1) == y[s])), 6) for s in ("val", "test")}
+    accuracy = {s: round(float(np.mean(predict_eagerly(model, x[s]).argmax(1) == y[s])), 6) for s in ("val", "test")}
     return {
         "val_accuracy": accuracy["val"],
         "test_accuracy": accuracy["test"],

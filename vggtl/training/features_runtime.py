@@ -86,13 +86,12 @@ def load_predictor(path: Path, record: dict, load_keras, head=None, with_unknown
     With ``with_unknown`` and a head that scores out-of-scope images:
     ``images -> (probabilities, unknown scores)``, from the same pass.
     """
-    from vggtl.backbones.build import split_outputs
+    from vggtl.backbones.build import batch_predictor
 
     forward = runtimes.load_forward(path / record["model"], record["runtime"], record["layers"])
     inputs = head_inputs(record)
     if head is None:
-        model = load_keras(path / record["head"])
-        head = lambda feeds: split_outputs(model.predict(feeds, verbose=0))  # noqa: E731
+        head = batch_predictor(load_keras(path / record["head"]))
 
     def run(images):
         outs = forward(images)

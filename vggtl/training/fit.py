@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vggtl import config, tfquiet
+from vggtl.backbones import build
 from vggtl.errors import TrainingError
 from vggtl.features.store import FeatureStore
 from vggtl.training import devices, heads
@@ -42,19 +43,12 @@ class Split:
 
     def predict(self, model) -> np.ndarray:
         """``model``'s probabilities for every row, in order."""
+        # Called eagerly: a few batches cost less than tracing the function
+        # Keras' predict builds for every model (seconds per model under a
+        # distribution strategy).
         if self.x is not None:
-            return predict_eagerly(model, self.x)
-        return predict_eagerly(model, (maps for _, maps in self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)))
-
-
-def predict_eagerly(model, x) -> np.ndarray:
-    """``model``'s outputs for an array ``x`` (``PREDICT_BATCH`` rows at a time)
-    or for each array of an iterable of batches, the model called eagerly: a
-    few batches cost less than tracing the function Keras' ``predict`` builds
-    for every model (seconds per model under a distribution strategy)."""
-    batches = (x[i : i + PREDICT_BATCH] for i in range(0, len(x), PREDICT_BATCH)) if isinstance(x, np.ndarray) else x
-    out = [np.asarray(model(batch, training=False)) for batch in batches]
-    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), np.float32)
+            return build.predict_eagerly(model, self.x, PREDICT_BATCH)
+        return build.predict_eagerly(model, (maps for _, maps in self.fs.iter_batches(self.rows, PREDICT_BATCH, self.layer)))
 
 
 def load_split(fs: FeatureStore, split: str, layer: str | None = None):
@@ -489,8 +483,6 @@ def trainable_top(base, spec):
     """
     import keras
 
-    from vggtl.backbones import build
-
     top = build.top_model(base, spec.boundary_layer, spec.head_layer)
     for layer in top.layers:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
@@ -580,5 +572,5 @@ def val_scores(model, x_val, y_val) -> tuple[float, float]:
     """(cross-entropy, accuracy) of ``model`` on the validation split (``x_val``
     in RAM, or a :func:`store_batches` dataset)."""
     batches = x_val if isinstance(x_val, np.ndarray) else (x_val[i][0] for i in range(len(x_val)))
-    probs = predict_eagerly(model, batches)
+    probs = build.predict_eagerly(model, batches)
     return cross_entropy(y_val, probs), accuracy(y_val, probs)

@@ -80,7 +80,7 @@ class Trained:
     def evaluate_cached(self, fs: FeatureStore, rows):
         """Probabilities of the final model from the cached features of ``rows``
         (the few the artifact is checked on: called eagerly, nothing traced)."""
-        return fit.predict_eagerly(self.final, fs.features(rows, self.final_layer))
+        return build.predict_eagerly(self.final, fs.features(rows, self.final_layer), fit.PREDICT_BATCH)
 
 
 def run(plan, config_arg: str | None = None, log=print) -> artifact.Artifact:
@@ -413,7 +413,7 @@ class Publication:
             self.detector = trained.unknown.detector if trained.unknown is not None else None
             self.full = build.end_to_end_model(cfg.spec, where.weights, trained.head, f"vggtl_{cfg.name}", cfg.seed,
                                                base=trained.base, unknown=self.detector)
-            predictor, self.record = called_eagerly(self.full), None
+            predictor, self.record = build.batch_predictor(self.full), None
             if features_runtime.is_converted(cfg):
                 self.record = _write_carried_base(self.staging, self.run, trained, self.detector, self.log)
                 predictor = features_runtime.load_predictor(self.staging, self.record, artifact.load_keras, with_unknown=True)
@@ -469,17 +469,6 @@ def _write_carried_base(staging, run: RunInputs, trained: Trained, detector, log
         return features_runtime.write(staging, run.cfg, run.where, trained.final, [layer], log)
     head = build.scored_head(run.cfg.spec, trained.base, trained.head, layer, detector)
     return features_runtime.write(staging, run.cfg, run.where, head, [layer, registry.STATS_LAYER], log)
-
-
-def called_eagerly(model):
-    """``model`` as the predict loops take it (:func:`vggtl.data.iter_probabilities`),
-    called eagerly: for the few images the end-to-end check runs, tracing the
-    function Keras' ``predict`` builds costs more than the images."""
-    def predict(images):
-        out = build.split_outputs(model(images, training=False))
-        return tuple(np.asarray(o) for o in out) if isinstance(out, tuple) else np.asarray(out)
-
-    return predict
 
 
 class CachedGradcam:
@@ -569,7 +558,7 @@ def end_to_end_gap(ran, evaluate_cached, fs: FeatureStore, unknown: RunUnknown |
 def _through_tensorflow(model, trained: Trained, test_images: SplitImages, record: dict, log) -> dict:
     """Every test image through ``model.keras`` (TensorFlow fp32 base) beside the
     recorded runtime's cached-feature probabilities."""
-    probs, kept, _ = test_images.predict(lambda images: model.predict(images, verbose=0), test_images.rows)
+    probs, kept, _ = test_images.predict(build.batch_predictor(model), test_images.rows)
     position = {row: i for i, row in enumerate(test_images.rows)}
     runtime_probs = trained.probs["test"][[position[row] for row in kept]]
     result = features_runtime.compare_with_tensorflow(probs, runtime_probs, test_images.fs.labels[kept])
