@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,25 +111,28 @@ def test_weights_of_another_model_are_refused(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_offline_without_weights_fails_cleanly(tmp_path):
+def test_offline_without_weights_fails_cleanly(tmp_path, monkeypatch, capsys):
     """The real path: nothing cached, Keras' download attempted and refused -> exit 2, remedies."""
+    import urllib.request
+
     image = make_image(tmp_path / "photo.png", (200, 40, 40))
     home = tmp_path / "keras-home"
     home.mkdir()
-    env = dict(os.environ, KERAS_HOME=str(home))
-    # Never fetch ~550 MB from a test, even on a machine that is online:
-    # a proxy on a closed local port refuses the connection at once.
-    env.update(https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
-    proc = subprocess.run(
-        [sys.executable, "-m", "vggtl.classify", str(image)], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "error: no ImageNet VGG16 classifier weights (include_top) available" in proc.stderr
-    assert "Keras download failed" in proc.stderr
-    assert "--weights /path/to/vgg16_weights_tf_dim_ordering_tf_kernels.h5" in proc.stderr
-    assert str(home / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5") in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stdout == ""
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    # Never fetch ~550 MB from a test, even on a machine that is online: Keras
+    # downloads with urllib's urlretrieve, whose opener here goes through a
+    # proxy on a closed local port, which refuses the connection at once.
+    proxy = "http://127.0.0.1:9"
+    monkeypatch.setattr(urllib.request, "_opener", urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy, "https": proxy})))
+    assert classify.main([str(image)]) == 2
+    out, err = capsys.readouterr()
+    assert "error: no ImageNet VGG16 classifier weights (include_top) available" in err
+    assert "Keras download failed" in err and "Connection refused" in err
+    assert "--weights /path/to/vgg16_weights_tf_dim_ordering_tf_kernels.h5" in err
+    assert str(home / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5") in err
+    assert "Traceback" not in err
+    assert out == ""
+    assert not list(home.rglob("*.h5"))  # nothing half-downloaded left behind
 
 
 # --------------------------------------------------------------------------- the command

@@ -215,14 +215,25 @@ def test_docs_have_a_snippet_per_format():
 def run_without_vggtl(programs: list[tuple[str, list[str]]], cwd) -> list[str]:
     """Run each ``(source, argv)`` of ``programs`` in turn in one fresh interpreter
     where vggtl cannot be imported (TensorFlow imported once for all of them,
-    each program with its own ``sys.argv`` and globals): what each printed."""
+    each program with its own ``sys.argv`` and globals): what each printed.
+
+    The programs run a docs snippet once per image, and the snippet loads its
+    model each time, as it does for its one photo: there ``tf.saved_model.load``
+    and ``keras.saving.load_model`` return the first load of a path again (the
+    snippet's code runs as written; loading the same file seven more times
+    tested nothing and cost ~5 s)."""
     import subprocess
 
     driver = (
-        "import contextlib, io, json, sys\n"
+        "import contextlib, functools, io, json, sys\n"
         "sys.modules['vggtl'] = None  # any import of vggtl now fails\n"
+        "programs = json.load(sys.stdin)\n"
+        "if any(call in source for source, _ in programs for call in ('saved_model.load(', 'saving.load_model(')):\n"
+        "    import keras, tensorflow\n"
+        "    tensorflow.saved_model.load = functools.lru_cache(tensorflow.saved_model.load)\n"
+        "    keras.saving.load_model = functools.lru_cache(keras.saving.load_model)\n"
         "printed = []\n"
-        "for source, argv in json.load(sys.stdin):\n"
+        "for source, argv in programs:\n"
         "    sys.argv = ['-c', *argv]\n"
         "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "        exec(source, {'__name__': '__main__'})\n"
