@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_image, needs_extra
+from conftest import make_dataset, make_image, needs_extra, run_pipeline, write_config
 from tiny_artifact import make_artifact
 from vggtl.errors import VggtlError
 from vggtl.inspect import converted
@@ -53,6 +53,22 @@ def test_converted_once_then_predicts_without_tensorflow(tmp_path, monkeypatch, 
     assert [line["top"][0]["label"] for line in lines] == ["green", "green"]
     assert f"to {runtime} once" not in done.stderr  # made once, by the first call
     assert "cannot say 'unknown' (it was trained by a vggtl without unknown detection)" in done.stderr  # (a hand-made artifact)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_trained_artifact_converts_with_its_unknown_score(tmp_path, runtime):
+    """A trained artifact's model.keras gives probabilities and the unknown
+    score: the conversion is verified on both, and gives both."""
+    cfg = write_config(tmp_path / "c.yaml", make_dataset(tmp_path / "data"), tmp_path)
+    run_pipeline(tmp_path, cfg, [[str(cfg)]])
+    art = artifact.load(tmp_path / "experiments" / "tiny" / "latest")
+    assert art.unknown is not None
+    probabilities, scores = converted.predictor(art, runtime, log=lambda line: None)(x := converted.probe_images(32))
+    expected = art.load_model(with_unknown=True).predict(x, verbose=0)
+    np.testing.assert_allclose(probabilities, expected["probabilities"], atol=converted.TOLERANCE)
+    np.testing.assert_allclose(scores, expected["unknown_score"], atol=converted.SCORE_TOLERANCE * np.maximum(1, np.abs(scores)).max())
+    record = json.loads((converted.cache_folder(art, runtime) / "verification.json").read_text())
+    assert record["max_abs_dprob"] <= converted.TOLERANCE
 
 
 @needs_extra("onnx")

@@ -230,7 +230,8 @@ def predict_eagerly(model, x, batch_size: int = PREDICT_BATCH):
     dominate either way (`vggtl predict` on 3 images: wall ratio 1.00,
     ``farm-bench -n 6``; outputs equal, max difference 0.0); for a small model
     (a head on stored features, a tiny test network) the trace was most of
-    the cost (the predict, batch and Grad-CAM tests: 31.3 s -> 26.3 s).
+    the cost (the predict, inspect-batch, Grad-CAM and features-runtime
+    tests: 0.89x paired, ``farm-bench -n 6``).
 
     Args:
         model: a Keras model (``training=False``: BatchNormalization and

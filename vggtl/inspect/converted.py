@@ -168,9 +168,8 @@ def _convert(art, name: str, runtime: str, staging: Path) -> None:
         x = {t.name: probe_features(t.shape[1:]) for t in model.inputs}
     expected, got = predict_eagerly(model, x), load(path, runtime)(x)
     if isinstance(expected, dict):  # probabilities and the unknown score: both must agree
-        expected, got = expected[PROBABILITIES], got[0]
-        reference = predict_eagerly(model, x)[UNKNOWN_SCORE]
-        score_gap = float(np.max(np.abs(reference - load(path, runtime)(x)[1]) / np.maximum(1.0, np.abs(reference))))
+        (expected, reference), (got, score) = (expected[PROBABILITIES], expected[UNKNOWN_SCORE]), got
+        score_gap = float(np.max(np.abs(reference - score) / np.maximum(1.0, np.abs(reference))))
         if not score_gap <= SCORE_TOLERANCE:
             raise VggtlError(f"the {runtime} conversion of {art.path / name} gives another unknown score (by {score_gap:.3g} "
                              f"> {SCORE_TOLERANCE}); set {ENV}=tensorflow to predict with the Keras files")
