@@ -221,7 +221,7 @@ def run_without_vggtl(programs: list[tuple[str, list[str]]], cwd) -> list[str]:
     model each time, as it does for its one photo: there ``tf.saved_model.load``
     and ``keras.saving.load_model`` return the first load of a path again (the
     snippet's code runs as written; loading the same file seven more times
-    tested nothing and cost ~5 s)."""
+    tested nothing and cost ~7 s)."""
     import subprocess
 
     driver = (

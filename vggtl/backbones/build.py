@@ -214,15 +214,17 @@ def split_outputs(predicted):
     return (predicted[PROBABILITIES], predicted[UNKNOWN_SCORE]) if isinstance(predicted, dict) else predicted
 
 
-# Rows per call of predict_eagerly. A model called eagerly holds every layer's
-# activations until the call returns (a traced one frees them as it goes):
+# Rows per call of predict_eagerly by default: images (loops over stored maps
+# pass their own, vggtl.training.fit.PREDICT_BATCH). A model called eagerly
+# holds every layer's activations until the call returns (a traced one frees
+# them as it goes):
 # measured with `vggtl predict` on 16 images, VGG16 at 224 px (2-core VM),
 # peak 1.33 GB at 8 rows a call against 1.32 GB through Keras' predict
 # (1.85 GB at 16 rows, 1.05 GB at 4), the same wall time (8.8-10.1 s vs 9.1-9.4 s).
-PREDICT_BATCH = 8
+IMAGES_PER_CALL = 8
 
 
-def predict_eagerly(model, x, batch_size: int = PREDICT_BATCH):
+def predict_eagerly(model, x, batch_size: int = IMAGES_PER_CALL):
     """What ``model.predict(x)`` returns, the model called eagerly.
 
     Keras' ``predict`` traces a function for every model it is given, and a
@@ -239,7 +241,7 @@ def predict_eagerly(model, x, batch_size: int = PREDICT_BATCH):
         x: an array or a dict of arrays (a model with named inputs), read
             ``batch_size`` rows at a time, or an iterable of such batches.
         batch_size: rows per call when ``x`` is an array or a dict (see
-            :data:`PREDICT_BATCH`).
+            :data:`IMAGES_PER_CALL`).
 
     Returns:
         One array per output, in the model's output structure (an array, or
@@ -257,7 +259,7 @@ def predict_eagerly(model, x, batch_size: int = PREDICT_BATCH):
     return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *outs)
 
 
-def batch_predictor(model, batch_size: int = PREDICT_BATCH):
+def batch_predictor(model, batch_size: int = IMAGES_PER_CALL):
     """``model`` as the predict loops take it (:func:`vggtl.data.iter_probabilities`):
     images -> probabilities, or ``(probabilities, unknown scores)`` for a model
     that scores out-of-scope images; called eagerly (:func:`predict_eagerly`)."""

@@ -572,5 +572,5 @@ def val_scores(model, x_val, y_val) -> tuple[float, float]:
     """(cross-entropy, accuracy) of ``model`` on the validation split (``x_val``
     in RAM, or a :func:`store_batches` dataset)."""
     batches = x_val if isinstance(x_val, np.ndarray) else (x_val[i][0] for i in range(len(x_val)))
-    probs = build.predict_eagerly(model, batches)
+    probs = build.predict_eagerly(model, batches, PREDICT_BATCH)  # maps in RAM: as many a call as from the store
     return cross_entropy(y_val, probs), accuracy(y_val, probs)
